@@ -1,0 +1,133 @@
+//! `dht-sim`: runs one simulator scenario and reports what it measured.
+//!
+//! The last line of output is the report as one JSON object with `--json`; otherwise a short
+//! human summary. The seed is always printed, so any run can be replayed.
+
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use dht::sim::scenario::{self, Kind, Params};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScenarioArg {
+    Stable,
+    Fail,
+    Churn,
+}
+
+/// Simulate a Chord ring of the overlay's dht core.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "stable")]
+    scenario: ScenarioArg,
+    /// Number of nodes N.
+    #[arg(long, default_value_t = 1600)]
+    nodes: usize,
+    /// Seed of every random choice; the same seed gives the same report.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// User lookups in the measured phase.
+    #[arg(long, default_value_t = 10_000)]
+    lookups: u64,
+    /// Length of the measured phase in simulated seconds [default: 30 stable, 60 fail, 600 churn].
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// `fail`: fraction of nodes that crash at once.
+    #[arg(long, default_value_t = 0.2)]
+    fail_fraction: f64,
+    /// `churn`: fraction of N that crashes (and as many fresh nodes join) per simulated minute.
+    #[arg(long, default_value_t = 0.1)]
+    churn: f64,
+    /// Successor-list length r.
+    #[arg(long, default_value_t = 8)]
+    successors: usize,
+    /// Stabilize period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    stabilize_ms: u64,
+    /// Finger-refresh period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    fix_fingers_ms: u64,
+    /// Probability that a message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Nodes joining per simulated second while the ring grows [default: max(20, N/20)].
+    #[arg(long)]
+    join_rate: Option<f64>,
+    /// Print the report as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let kind = match args.scenario {
+        ScenarioArg::Stable => Kind::Stable,
+        ScenarioArg::Fail => Kind::Fail,
+        ScenarioArg::Churn => Kind::Churn,
+    };
+    if args.nodes == 0 {
+        eprintln!("dht-sim: --nodes must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    if !(0.0..1.0).contains(&args.loss) || !(0.0..1.0).contains(&args.fail_fraction) || args.churn < 0.0 {
+        eprintln!("dht-sim: --loss and --fail-fraction must lie in [0, 1), --churn must not be negative");
+        return ExitCode::FAILURE;
+    }
+    let mut params = Params::new(kind, args.nodes, args.seed);
+    let Some(successors) = NonZeroUsize::new(args.successors) else {
+        eprintln!("dht-sim: --successors must be at least 2");
+        return ExitCode::FAILURE;
+    };
+    params.config = params
+        .config
+        .with_successors(successors)
+        .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
+        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms));
+    if let Err(error) = params.config.validate() {
+        eprintln!("dht-sim: {error}");
+        return ExitCode::FAILURE;
+    }
+    params.lookups = args.lookups;
+    if let Some(d) = args.duration_s {
+        params.duration = Duration::from_secs_f64(d.max(0.0));
+    }
+    params.fail_fraction = args.fail_fraction;
+    params.churn_per_minute = args.churn;
+    params.network.loss = args.loss;
+    if let Some(rate) = args.join_rate {
+        params.join_rate = rate.max(0.001);
+    }
+    eprintln!(
+        "dht-sim: scenario {:?}, {} nodes, seed {}, r = {}",
+        params.kind, params.nodes, params.seed, args.successors
+    );
+    let report = scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "{:?} N={} seed={}: {} lookups, {:.3}% correct, {:.3}% wrong, {:.3}% failed; hops mean {:.2} p99 {} max {}; \
+             converged at {:?} s; {} invariant violations in {} checks; {:.1} msgs/node/s; {:.1} s wall",
+            report.scenario,
+            report.nodes,
+            report.seed,
+            report.lookups,
+            report.correct_pct,
+            report.wrong_pct,
+            report.failed_pct,
+            report.mean_hops,
+            report.p99_hops,
+            report.max_hops,
+            report.converge_sim_s,
+            report.invariant_violations,
+            report.invariant_checks,
+            report.messages_per_node_per_s,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,191 @@
+//! Tunables of one node's Chord core, with documented defaults and validation.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Configuration of a [`crate::Node`]. Build with [`Config::default`] and the `with_*` setters,
+/// then [`Config::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Length r of the successor list. Default 8. A node stays connected while fewer than r of
+    /// its successors fail between two stabilizations; choose r ≥ log2 N.
+    pub successors: NonZeroUsize,
+    /// How often a node asks its successor for its predecessor and list. Default 1 s.
+    pub stabilize_interval: Duration,
+    /// How often a node starts one finger-refresh lookup. A full round touches only the ~log2 N
+    /// distinct fingers. Default 1 s.
+    pub fix_fingers_interval: Duration,
+    /// How often a node pings its predecessor. Default 2 s.
+    pub check_predecessor_interval: Duration,
+    /// How long to wait for any single reply before treating the peer as unreachable. Default 500 ms.
+    pub rpc_timeout: Duration,
+    /// Most routing steps one lookup may take before it fails with
+    /// [`crate::LookupError::TooManyHops`]. Default 32.
+    pub max_lookup_hops: u32,
+    /// Longest one lookup may run before it fails with [`crate::LookupError::TimedOut`]. Default 10 s.
+    pub lookup_timeout: Duration,
+    /// How many closer nodes a routing reply offers, best first, so that the asker can fall back
+    /// when one is dead. Default 3.
+    pub route_candidates: NonZeroUsize,
+    /// Most lookups one node runs at once; further ones fail at once with
+    /// [`crate::LookupError::Overloaded`]. Default 1024.
+    pub max_concurrent_lookups: usize,
+    /// How long a joining node keeps retrying before [`crate::Event::JoinFailed`]. Default 30 s.
+    pub join_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            successors: NonZeroUsize::new(8).expect("8 is non-zero"),
+            stabilize_interval: Duration::from_secs(1),
+            fix_fingers_interval: Duration::from_secs(1),
+            check_predecessor_interval: Duration::from_secs(2),
+            rpc_timeout: Duration::from_millis(500),
+            max_lookup_hops: 32,
+            lookup_timeout: Duration::from_secs(10),
+            route_candidates: NonZeroUsize::new(3).expect("3 is non-zero"),
+            max_concurrent_lookups: 1024,
+            join_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The successor list must hold at least two entries to survive one failure.
+    #[error("the successor list needs at least 2 entries, got {0}")]
+    SuccessorListTooShort(usize),
+    /// The successor list is bounded so messages stay small.
+    #[error("the successor list may hold at most {max} entries, got {got}")]
+    SuccessorListTooLong {
+        /// The configured length.
+        got: usize,
+        /// The largest accepted length.
+        max: usize,
+    },
+    /// A period or timeout of zero would spin.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// The per-reply timeout must be shorter than the whole lookup's.
+    #[error("rpc_timeout ({rpc:?}) must be shorter than lookup_timeout ({lookup:?})")]
+    RpcTimeoutTooLong {
+        /// The per-reply timeout.
+        rpc: Duration,
+        /// The whole lookup's timeout.
+        lookup: Duration,
+    },
+    /// A lookup must be allowed at least one step.
+    #[error("max_lookup_hops must be at least 1")]
+    NoHops,
+}
+
+/// Upper bound on the successor list (and so on lists in messages).
+pub const MAX_SUCCESSORS: usize = 64;
+
+impl Config {
+    /// Sets the successor-list length r.
+    pub fn with_successors(mut self, r: NonZeroUsize) -> Self {
+        self.successors = r;
+        self
+    }
+    /// Sets the stabilize period.
+    pub fn with_stabilize_interval(mut self, d: Duration) -> Self {
+        self.stabilize_interval = d;
+        self
+    }
+    /// Sets the finger-refresh period.
+    pub fn with_fix_fingers_interval(mut self, d: Duration) -> Self {
+        self.fix_fingers_interval = d;
+        self
+    }
+    /// Sets the predecessor-check period.
+    pub fn with_check_predecessor_interval(mut self, d: Duration) -> Self {
+        self.check_predecessor_interval = d;
+        self
+    }
+    /// Sets the per-reply timeout.
+    pub fn with_rpc_timeout(mut self, d: Duration) -> Self {
+        self.rpc_timeout = d;
+        self
+    }
+    /// Sets the hop bound of a lookup.
+    pub fn with_max_lookup_hops(mut self, hops: u32) -> Self {
+        self.max_lookup_hops = hops;
+        self
+    }
+    /// Sets the overall lookup timeout.
+    pub fn with_lookup_timeout(mut self, d: Duration) -> Self {
+        self.lookup_timeout = d;
+        self
+    }
+    /// Sets the join timeout.
+    pub fn with_join_timeout(mut self, d: Duration) -> Self {
+        self.join_timeout = d;
+        self
+    }
+
+    /// Checks that the configuration can work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = self.successors.get();
+        if r < 2 {
+            return Err(ConfigError::SuccessorListTooShort(r));
+        }
+        if r > MAX_SUCCESSORS {
+            return Err(ConfigError::SuccessorListTooLong { got: r, max: MAX_SUCCESSORS });
+        }
+        for (name, d) in [
+            ("stabilize_interval", self.stabilize_interval),
+            ("fix_fingers_interval", self.fix_fingers_interval),
+            ("check_predecessor_interval", self.check_predecessor_interval),
+            ("rpc_timeout", self.rpc_timeout),
+            ("lookup_timeout", self.lookup_timeout),
+            ("join_timeout", self.join_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.rpc_timeout >= self.lookup_timeout {
+            return Err(ConfigError::RpcTimeoutTooLong {
+                rpc: self.rpc_timeout,
+                lookup: self.lookup_timeout,
+            });
+        }
+        if self.max_lookup_hops == 0 {
+            return Err(ConfigError::NoHops);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_unworkable_settings() {
+        let one = NonZeroUsize::new(1).expect("non-zero");
+        assert_eq!(
+            Config::default().with_successors(one).validate(),
+            Err(ConfigError::SuccessorListTooShort(1))
+        );
+        assert_eq!(
+            Config::default().with_stabilize_interval(Duration::ZERO).validate(),
+            Err(ConfigError::ZeroDuration("stabilize_interval"))
+        );
+        assert!(matches!(
+            Config::default().with_rpc_timeout(Duration::from_secs(60)).validate(),
+            Err(ConfigError::RpcTimeoutTooLong { .. })
+        ));
+        assert_eq!(Config::default().with_max_lookup_hops(0).validate(), Err(ConfigError::NoHops));
+    }
+}

@@ -1,0 +1,226 @@
+//! The state of one iterative lookup, driven by the node one reply at a time.
+//!
+//! A lookup keeps two queues. `route` holds nodes known to precede the target, closest to it
+//! first; asking one either yields nodes still closer, or a successor list that spans the target.
+//! `owners` holds the nodes that follow the target in such a list, in ring order: asking the first
+//! confirms it owns the target (target ∈ (its predecessor, it]), which proves it is alive and that no
+//! member it knows of lies in between. A lookup therefore only ever answers with a node that
+//! answered it. Dead or refusing nodes are skipped and the next candidate is asked; steps are
+//! bounded by `max_lookup_hops`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::address::NodeRef;
+use crate::error::LookupError;
+use crate::id::Id;
+use crate::message::RequestId;
+use crate::ring::is_ring_ordered;
+use crate::time::Time;
+
+/// Identifies a lookup started with [`crate::Node::lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LookupId(pub u64);
+
+/// A finished lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupOutcome<A> {
+    /// The target's successor, which confirmed it.
+    pub owner: NodeRef<A>,
+    /// The owner's successor list, nearest first, as the owner reported it.
+    pub successors: Vec<NodeRef<A>>,
+    /// Replies received on the way: each is one hop. Zero when this node owns the target.
+    pub hops: u32,
+    /// Requests that timed out or were refused on the way.
+    pub timeouts: u32,
+    /// Time from start to answer.
+    pub latency: Duration,
+}
+
+impl<A: Clone> LookupOutcome<A> {
+    /// The target's replica set of size up to `n`: the owner and its next `n − 1` successors.
+    pub fn replica_set(&self, n: usize) -> Vec<NodeRef<A>> {
+        std::iter::once(self.owner.clone())
+            .chain(self.successors.iter().cloned())
+            .take(n)
+            .collect()
+    }
+}
+
+/// Why a lookup runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Asked for by the driver; reported as an event.
+    User(LookupId),
+    /// Refreshing finger `i`.
+    FixFinger(usize),
+    /// Finding this node's own successor while joining.
+    Join,
+    /// Finding this node's own successor again after its whole successor list failed.
+    Rejoin,
+}
+
+/// What the lookup wants next.
+#[derive(Debug)]
+pub(crate) enum Next<A> {
+    /// Ask this node; `as_owner` when it is believed to follow the target.
+    Ask { node: NodeRef<A>, as_owner: bool },
+    /// The lookup is over.
+    Finish(Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>),
+}
+
+/// Most route candidates remembered; more would only be asked after the best ones all failed.
+const MAX_ROUTE: usize = 16;
+
+#[derive(Debug)]
+pub(crate) struct Lookup<A> {
+    pub(crate) target: Id,
+    pub(crate) purpose: Purpose,
+    pub(crate) started: Time,
+    pub(crate) deadline: Time,
+    pub(crate) hops: u32,
+    pub(crate) timeouts: u32,
+    /// The request in flight: its id, whom it went to, and whether as an owner candidate.
+    pub(crate) in_flight: Option<(RequestId, NodeRef<A>, bool)>,
+    route: Vec<NodeRef<A>>,
+    owners: VecDeque<NodeRef<A>>,
+    /// A node after the target that answered but pointed back at a predecessor still closer to the
+    /// target; it is the answer if that predecessor turns out dead.
+    fallback_owner: Option<(NodeRef<A>, Vec<NodeRef<A>>)>,
+    /// Nodes that failed, refused or were already asked in this lookup (a lookup contacts few).
+    done_with: Vec<A>,
+    /// A node that must not be the answer (the joining node itself).
+    exclude: Option<A>,
+}
+
+impl<A: Clone + Eq> Lookup<A> {
+    pub(crate) fn new(target: Id, purpose: Purpose, now: Time, timeout: Duration, exclude: Option<A>) -> Self {
+        Lookup {
+            target,
+            purpose,
+            started: now,
+            deadline: now + timeout,
+            hops: 0,
+            timeouts: 0,
+            in_flight: None,
+            route: Vec::new(),
+            owners: VecDeque::new(),
+            fallback_owner: None,
+            done_with: Vec::new(),
+            exclude,
+        }
+    }
+
+    fn usable(&self, addr: &A) -> bool {
+        self.exclude.as_ref() != Some(addr) && !self.done_with.contains(addr)
+    }
+
+    /// Adds nodes believed to precede the target, keeping the best `MAX_ROUTE`.
+    pub(crate) fn add_route(&mut self, nodes: impl IntoIterator<Item = NodeRef<A>>) {
+        for node in nodes {
+            if !self.usable(&node.addr) || self.route.iter().any(|n| n.addr == node.addr) {
+                continue;
+            }
+            let d = node.id.distance_to(&self.target);
+            let at = self.route.partition_point(|n| n.id.distance_to(&self.target) < d);
+            self.route.insert(at, node);
+        }
+        self.route.truncate(MAX_ROUTE);
+    }
+
+    /// Replaces the owner candidates with `list[k..]`, where the target lies in
+    /// `(from, list[0]]` ∪ … and `list[k]` is the first entry at or past the target.
+    /// Returns false (and changes nothing) if the target does not lie within the list.
+    pub(crate) fn set_owners_from_list(&mut self, from: &Id, list: &[NodeRef<A>]) -> bool {
+        let mut prev = *from;
+        for (k, node) in list.iter().enumerate() {
+            if self.target.in_open_closed(&prev, &node.id) {
+                self.owners = list[k..].iter().cloned().collect();
+                return true;
+            }
+            prev = node.id;
+        }
+        false
+    }
+
+    /// Handles a routing reply from `from`. Returns how many entries were dropped as impossible.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_reply(
+        &mut self,
+        from: NodeRef<A>,
+        as_owner: bool,
+        owner: bool,
+        predecessor: Option<NodeRef<A>>,
+        successors: Vec<NodeRef<A>>,
+        closer: Vec<NodeRef<A>>,
+    ) -> (Option<(NodeRef<A>, Vec<NodeRef<A>>)>, usize) {
+        self.hops += 1;
+        self.done_with.push(from.addr.clone());
+        let mut dropped = 0;
+        let successors = if is_ring_ordered(&from.id, &successors) {
+            successors
+        } else {
+            dropped += successors.len();
+            Vec::new()
+        };
+        if owner && self.exclude.as_ref() != Some(&from.addr) {
+            return (Some((from, successors)), dropped);
+        }
+        if as_owner {
+            // `from` follows the target but is not its owner: its predecessor lies in
+            // [target, from) and is the next owner candidate, unless it already failed us.
+            if let Some(pred) = predecessor.filter(|p| {
+                (p.id == self.target || p.id.in_open(&self.target, &from.id)) && self.usable(&p.addr)
+            }) {
+                // Candidates after `from` can never be the answer now that `from` has answered.
+                self.fallback_owner = Some((from, successors));
+                self.owners.clear();
+                self.owners.push_back(pred);
+                return (None, dropped);
+            }
+            if self.exclude.as_ref() != Some(&from.addr) {
+                return (Some((from, successors)), dropped);
+            }
+        }
+        if !self.set_owners_from_list(&from.id, &successors) {
+            let before = closer.len();
+            let valid: Vec<_> = closer
+                .into_iter()
+                .filter(|n| n.id.in_open(&from.id, &self.target))
+                .collect();
+            dropped += before - valid.len();
+            self.add_route(valid);
+        }
+        (None, dropped)
+    }
+
+    /// Records that `node` did not answer (or refused).
+    pub(crate) fn on_failure(&mut self, node: &A, timed_out: bool) {
+        if timed_out {
+            self.timeouts += 1;
+        }
+        self.done_with.push(node.clone());
+    }
+
+    /// Decides the next step.
+    pub(crate) fn next(&mut self, max_hops: u32) -> Next<A> {
+        if self.hops >= max_hops {
+            return Next::Finish(Err(LookupError::TooManyHops { hops: self.hops }));
+        }
+        while let Some(node) = self.owners.pop_front() {
+            if self.usable(&node.addr) {
+                return Next::Ask { node, as_owner: true };
+            }
+        }
+        if let Some(fallback) = self.fallback_owner.take() {
+            return Next::Finish(Ok(fallback));
+        }
+        while !self.route.is_empty() {
+            let node = self.route.remove(0);
+            if self.usable(&node.addr) {
+                return Next::Ask { node, as_owner: false };
+            }
+        }
+        Next::Finish(Err(LookupError::NoRoute { hops: self.hops, timeouts: self.timeouts }))
+    }
+}

@@ -1,0 +1,1168 @@
+//! One node's Chord state machine: routing state, Zave's maintenance rules, and lookups.
+//!
+//! [`Node`] owns the predecessor, successor list and finger table of one ring member and every
+//! request it has in flight. It never performs I/O: the driver feeds it messages, send failures and
+//! the time, and drains the messages, events and the next wake-up it asks for.
+//!
+//! Invariants kept here:
+//! - the successor list never contains this node, is in clockwise order from it, and holds at most
+//!   `r` entries; it is empty only when this node believes it is alone;
+//! - a new successor is adopted only after it has answered this node (stabilize asks a candidate
+//!   for its list first; join takes the successor that confirmed it owns this node's id);
+//! - every request in flight has a deadline, and every lookup has an overall deadline and a hop
+//!   bound, so nothing waits forever;
+//! - nothing that arrives from the network can panic this code: messages are validated, responses
+//!   are matched to requests by id and sender, and whatever does not fit is dropped and counted.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::{debug, trace};
+
+use crate::address::{Address, NodeRef};
+use crate::config::{Config, ConfigError};
+use crate::error::{JoinError, LookupError};
+use crate::finger::FingerTable;
+use crate::id::{ID_BITS, Id};
+use crate::lookup::{Lookup, LookupId, LookupOutcome, Next, Purpose as LookupPurpose};
+use crate::message::{Message, Request, RequestId, Response};
+use crate::ring::merge_successors;
+use crate::time::Time;
+
+/// A message for the driver to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit<A> {
+    /// Destination.
+    pub to: A,
+    /// What to send.
+    pub message: Message<A>,
+}
+
+/// Something the driver may want to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<A> {
+    /// This node has joined: its successor answered and acknowledged it as predecessor (or it
+    /// created a new ring).
+    Joined {
+        /// The successor at that moment (this node itself for a new ring).
+        successor: NodeRef<A>,
+    },
+    /// Joining failed; the node is idle and may be told to join again.
+    JoinFailed {
+        /// Why.
+        error: JoinError,
+    },
+    /// A lookup started with [`Node::lookup`] finished.
+    LookupFinished {
+        /// The lookup's id.
+        id: LookupId,
+        /// The owner of the target, or why none was found.
+        result: Result<LookupOutcome<A>, LookupError>,
+    },
+    /// The predecessor changed: the range of ids this node owns changed.
+    PredecessorChanged {
+        /// The new predecessor; `None` while it is unknown.
+        predecessor: Option<NodeRef<A>>,
+    },
+    /// The successor list changed: the nodes holding this node's replicas changed.
+    SuccessorsChanged {
+        /// The new list, nearest first.
+        successors: Vec<NodeRef<A>>,
+    },
+    /// A graceful leave finished; the node answers nothing any more.
+    Left,
+}
+
+/// Counts of what the node did and what it rejected. Monotonic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages handed to the driver.
+    pub messages_sent: u64,
+    /// Messages received and accepted for processing.
+    pub messages_received: u64,
+    /// Requests that got no reply in time, or that the driver could not deliver.
+    pub requests_failed: u64,
+    /// Messages dropped because they were not honest (forged id, over-long list).
+    pub dropped_invalid: u64,
+    /// Responses dropped because no request with their id was outstanding.
+    pub dropped_unknown_response: u64,
+    /// Responses dropped because they came from a node other than the one asked.
+    pub dropped_wrong_sender: u64,
+    /// Replies of the wrong kind, or carrying routing entries that cannot be right.
+    pub dropped_protocol_violation: u64,
+    /// Requests refused because this node is not a ring member.
+    pub refused: u64,
+    /// Lookups started (user and maintenance).
+    pub lookups_started: u64,
+    /// Lookups that found the owner.
+    pub lookups_succeeded: u64,
+    /// Lookups that ended with an error.
+    pub lookups_failed: u64,
+    /// Hops summed over successful lookups.
+    pub lookup_hops: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase<A> {
+    Idle,
+    Joining { bootstraps: Vec<A>, attempts: u32, deadline: Time, retry_at: Option<Time> },
+    Active,
+    Leaving { deadline: Time, awaiting: u8 },
+    Left,
+}
+
+/// Why a request is in flight.
+#[derive(Clone, Debug)]
+enum Purpose<A> {
+    Stabilize { successor: NodeRef<A> },
+    /// Asking a would-be successor for its list before adopting it; `fallback` is the nearest
+    /// node that has answered so far and its list, adopted if the candidate does not answer.
+    /// `chased` counts the predecessors followed in this round.
+    StabilizeCandidate { candidate: NodeRef<A>, fallback: Option<(NodeRef<A>, Vec<NodeRef<A>>)>, chased: u8 },
+    Notify,
+    CheckPredecessor { predecessor: NodeRef<A> },
+    /// Pinging the predecessor because `candidate` notified us; `candidate` replaces it if dead.
+    RectifyProbe { predecessor: NodeRef<A>, candidate: NodeRef<A> },
+    Lookup { key: u64 },
+    Leaving,
+}
+
+#[derive(Debug)]
+struct Pending<A> {
+    to: A,
+    deadline: Time,
+    purpose: Purpose<A>,
+}
+
+/// Upper bound on the delay between join attempts.
+const MAX_JOIN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a change of neighbours, this many stabilize rounds run at `1 / FAST_STABILIZE_DIVISOR`
+/// of the configured period.
+const FAST_STABILIZE_ROUNDS: u8 = 4;
+const FAST_STABILIZE_DIVISOR: u32 = 4;
+
+/// Most predecessors one stabilize round follows towards the true successor.
+const MAX_STABILIZE_CHASE: u8 = 32;
+
+/// Routing candidates a node considers when it starts a lookup of its own.
+const LOCAL_ROUTE_CANDIDATES: usize = 8;
+
+/// The Chord state machine of one node. See the crate docs for the driving contract.
+#[derive(Debug)]
+pub struct Node<A: Address> {
+    me: NodeRef<A>,
+    config: Config,
+    rng: ChaCha8Rng,
+    phase: Phase<A>,
+    predecessor: Option<NodeRef<A>>,
+    successors: Vec<NodeRef<A>>,
+    fingers: FingerTable<A>,
+    next_request: u64,
+    pending: BTreeMap<RequestId, Pending<A>>,
+    request_deadlines: BTreeSet<(Time, RequestId)>,
+    next_lookup: u64,
+    lookups: BTreeMap<u64, Lookup<A>>,
+    lookup_deadlines: BTreeSet<(Time, u64)>,
+    next_stabilize: Time,
+    next_fix_fingers: Time,
+    next_check_predecessor: Time,
+    stabilizing: bool,
+    fixing_finger: bool,
+    checking_predecessor: bool,
+    probing_predecessor: bool,
+    /// Stabilize rounds still to run at the fast pace after a change of neighbours.
+    fast_rounds: u8,
+    /// The successor list ran out and a lookup for this node's own id is finding a new one.
+    rejoining: bool,
+    announced: bool,
+    transmits: VecDeque<Transmit<A>>,
+    events: VecDeque<Event<A>>,
+    counters: Counters,
+}
+
+impl<A: Address> Node<A> {
+    /// A node at `addr` that is not yet part of any ring. `seed` drives all of its randomness.
+    pub fn new(addr: A, config: Config, seed: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Node {
+            me: NodeRef::new(addr),
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            phase: Phase::Idle,
+            predecessor: None,
+            successors: Vec::new(),
+            fingers: FingerTable::default(),
+            next_request: 0,
+            pending: BTreeMap::new(),
+            request_deadlines: BTreeSet::new(),
+            next_lookup: 0,
+            lookups: BTreeMap::new(),
+            lookup_deadlines: BTreeSet::new(),
+            next_stabilize: Time::ZERO,
+            next_fix_fingers: Time::ZERO,
+            next_check_predecessor: Time::ZERO,
+            stabilizing: false,
+            fixing_finger: false,
+            checking_predecessor: false,
+            probing_predecessor: false,
+            rejoining: false,
+            fast_rounds: 0,
+            announced: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    // ----- accessors -------------------------------------------------------------------------
+
+    /// This node.
+    pub fn me(&self) -> &NodeRef<A> {
+        &self.me
+    }
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The predecessor, if known.
+    pub fn predecessor(&self) -> Option<&NodeRef<A>> {
+        self.predecessor.as_ref()
+    }
+    /// The successor list, nearest first; empty when this node believes it is alone.
+    pub fn successors(&self) -> &[NodeRef<A>] {
+        &self.successors
+    }
+    /// The immediate successor: the first list entry, or this node when alone.
+    pub fn successor(&self) -> &NodeRef<A> {
+        self.successors.first().unwrap_or(&self.me)
+    }
+    /// The finger table.
+    pub fn fingers(&self) -> &FingerTable<A> {
+        &self.fingers
+    }
+    /// Whether this node is a ring member (created or joined, not left).
+    pub fn is_member(&self) -> bool {
+        self.phase == Phase::Active
+    }
+    /// Whether this node has joined and had its successor acknowledge it.
+    pub fn is_announced(&self) -> bool {
+        self.is_member() && self.announced
+    }
+    /// What the node has done and rejected so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Lookups in flight (user and maintenance).
+    pub fn lookups_in_flight(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// Whether this node believes it owns `key`: key ∈ (predecessor, me], or it is alone.
+    pub fn owns(&self, key: &Id) -> bool {
+        if self.successors.is_empty() {
+            return self.is_member() && !self.rejoining;
+        }
+        self.predecessor
+            .as_ref()
+            .is_some_and(|p| key.in_open_closed(&p.id, &self.me.id))
+    }
+
+    /// The replica set of `key` of size up to `n` — its owner and the next n − 1 successors — if
+    /// local knowledge determines it: when this node owns the key, or the key falls inside this
+    /// node's successor list. Shorter than `n` when the ring (or the known part of the list after
+    /// the owner) is smaller. `None` means a lookup is needed.
+    pub fn replica_set(&self, key: &Id, n: usize) -> Option<Vec<NodeRef<A>>> {
+        if !self.is_member() || n == 0 {
+            return None;
+        }
+        if self.owns(key) {
+            return Some(
+                std::iter::once(self.me.clone())
+                    .chain(self.successors.iter().cloned())
+                    .take(n)
+                    .collect(),
+            );
+        }
+        let mut prev = self.me.id;
+        for (k, node) in self.successors.iter().enumerate() {
+            if key.in_open_closed(&prev, &node.id) {
+                // The list after `node` wraps back to this node, which is then a replica too.
+                let after = self.successors[k..].iter().cloned().chain(std::iter::once(self.me.clone()));
+                return Some(after.take(n).collect());
+            }
+            prev = node.id;
+        }
+        None
+    }
+
+    // ----- commands --------------------------------------------------------------------------
+
+    /// Starts a new ring with this node as its only member.
+    pub fn create_ring(&mut self, now: Time) {
+        debug!(node = %self.me.id.short(), "creating a new ring");
+        self.activate(now);
+        self.announced = true;
+        self.events.push_back(Event::Joined { successor: self.me.clone() });
+    }
+
+    /// Joins the ring that `bootstraps` belong to, trying them in turn with back-off until
+    /// [`Config::join_timeout`] passes; ends with [`Event::Joined`] or [`Event::JoinFailed`].
+    pub fn join(&mut self, bootstraps: Vec<A>, now: Time) {
+        let bootstraps: Vec<A> = bootstraps.into_iter().filter(|b| *b != self.me.addr).collect();
+        if bootstraps.is_empty() {
+            self.events.push_back(Event::JoinFailed { error: JoinError::NoBootstrap });
+            return;
+        }
+        self.reset_routing();
+        self.phase = Phase::Joining {
+            bootstraps,
+            attempts: 0,
+            deadline: now + self.config.join_timeout,
+            retry_at: Some(now),
+        };
+        self.handle_timeout(now);
+    }
+
+    /// Starts a lookup for the successor of `target`; the answer arrives as
+    /// [`Event::LookupFinished`] with the returned id.
+    pub fn lookup(&mut self, target: Id, now: Time) -> LookupId {
+        let key = self.next_lookup;
+        let id = LookupId(key);
+        if !self.is_member() {
+            self.next_lookup += 1;
+            self.events.push_back(Event::LookupFinished { id, result: Err(LookupError::NotJoined) });
+            return id;
+        }
+        if self.lookups.len() >= self.config.max_concurrent_lookups {
+            self.next_lookup += 1;
+            self.events.push_back(Event::LookupFinished { id, result: Err(LookupError::Overloaded) });
+            return id;
+        }
+        self.start_lookup(target, LookupPurpose::User(id), now);
+        id
+    }
+
+    /// Leaves gracefully: tells the successor and predecessor, waits briefly for their
+    /// acknowledgements, then emits [`Event::Left`]. Data hand-off is the caller's, before this.
+    pub fn leave(&mut self, now: Time) {
+        if !self.is_member() {
+            self.phase = Phase::Left;
+            self.events.push_back(Event::Left);
+            return;
+        }
+        self.fail_all_lookups(LookupError::NotJoined, now);
+        let notice = Request::Leaving {
+            predecessor: self.predecessor.clone(),
+            successors: self.successors.clone(),
+        };
+        let mut awaiting = 0;
+        let mut told = Vec::new();
+        for node in self.successors.first().cloned().into_iter().chain(self.predecessor.clone()) {
+            if told.contains(&node.addr) {
+                continue;
+            }
+            told.push(node.addr.clone());
+            self.send_request(&node.addr, notice.clone(), Purpose::Leaving, now);
+            awaiting += 1;
+        }
+        debug!(node = %self.me.id.short(), told = awaiting, "leaving the ring");
+        self.phase = Phase::Leaving { deadline: now + self.config.rpc_timeout, awaiting };
+        if awaiting == 0 {
+            self.finish_leave();
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------------------------
+
+    /// Handles a message that arrived from `from` (an authenticated transport address).
+    pub fn handle_message(&mut self, from: A, message: Message<A>, now: Time) {
+        if from == self.me.addr {
+            self.counters.dropped_protocol_violation += 1;
+            debug!(kind = message.kind(), "dropped a message claiming to come from this node");
+            return;
+        }
+        if let Err(error) = message.validate() {
+            self.counters.dropped_invalid += 1;
+            debug!(peer = ?from, kind = message.kind(), %error, "dropped an invalid message");
+            return;
+        }
+        self.counters.messages_received += 1;
+        match message {
+            Message::Request { id, body } => {
+                let body = self.answer(&from, body, now);
+                self.transmit(from, Message::Response { id, body });
+            }
+            Message::Response { id, body } => {
+                match self.pending.get(&id) {
+                    None => {
+                        self.counters.dropped_unknown_response += 1;
+                        debug!(peer = ?from, request = id.0, "dropped a response to no outstanding request");
+                        return;
+                    }
+                    Some(pending) if pending.to != from => {
+                        self.counters.dropped_wrong_sender += 1;
+                        debug!(peer = ?from, request = id.0, "dropped a response from a node that was not asked");
+                        return;
+                    }
+                    Some(_) => {}
+                }
+                let pending = self.pending.remove(&id).expect("present: checked just above");
+                self.request_deadlines.remove(&(pending.deadline, id));
+                self.on_response(pending.to, pending.purpose, body, now);
+            }
+        }
+    }
+
+    /// The driver could not deliver request `id` (no connection, dial failure): treated as a
+    /// time-out now rather than later. Unknown ids are ignored.
+    pub fn handle_send_failure(&mut self, id: RequestId, now: Time) {
+        if let Some(pending) = self.pending.remove(&id) {
+            self.request_deadlines.remove(&(pending.deadline, id));
+            self.counters.requests_failed += 1;
+            self.on_request_failed(pending.to, pending.purpose, true, now);
+        }
+    }
+
+    /// Runs everything due at `now`: expired requests and lookups, and periodic maintenance.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&(deadline, id)) = self.request_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.request_deadlines.pop_first();
+            if let Some(pending) = self.pending.remove(&id) {
+                self.counters.requests_failed += 1;
+                trace!(peer = ?pending.to, request = id.0, "request timed out");
+                self.on_request_failed(pending.to, pending.purpose, true, now);
+            }
+        }
+        while let Some(&(deadline, key)) = self.lookup_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            let hops = self.lookups.get(&key).map_or(0, |l| l.hops);
+            self.finish_lookup(key, Err(LookupError::TimedOut { hops }), now);
+        }
+        match self.phase {
+            Phase::Joining { .. } => self.drive_join(now),
+            Phase::Active => {
+                if now >= self.next_stabilize {
+                    let period = if self.fast_rounds > 0 {
+                        self.fast_rounds -= 1;
+                        self.config.stabilize_interval / FAST_STABILIZE_DIVISOR
+                    } else {
+                        self.config.stabilize_interval
+                    };
+                    self.next_stabilize = now + period;
+                    self.stabilize(now);
+                }
+                if now >= self.next_check_predecessor {
+                    self.next_check_predecessor = now + self.config.check_predecessor_interval;
+                    self.check_predecessor(now);
+                }
+                if now >= self.next_fix_fingers {
+                    self.next_fix_fingers = now + self.config.fix_fingers_interval;
+                    self.fix_next_finger(now);
+                }
+            }
+            Phase::Leaving { deadline, .. } => {
+                if now >= deadline {
+                    self.finish_leave();
+                }
+            }
+            Phase::Idle | Phase::Left => {}
+        }
+    }
+
+    /// Starts the next join attempt when one is due, or gives up past the deadline.
+    fn drive_join(&mut self, now: Time) {
+        if self.lookups.values().any(|l| l.purpose == LookupPurpose::Join) {
+            return;
+        }
+        let Phase::Joining { bootstraps, attempts, deadline, retry_at } = &mut self.phase else {
+            return;
+        };
+        if now >= *deadline {
+            let error = JoinError::TimedOut { attempts: *attempts };
+            debug!(node = %self.me.id.short(), %error, "join failed");
+            self.phase = Phase::Idle;
+            self.events.push_back(Event::JoinFailed { error });
+            return;
+        }
+        if !retry_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        *retry_at = None;
+        let bootstrap = bootstraps[*attempts as usize % bootstraps.len()].clone();
+        *attempts += 1;
+        debug!(node = %self.me.id.short(), bootstrap = ?bootstrap, attempt = *attempts, "joining");
+        let target = self.me.id;
+        self.start_join_lookup(target, NodeRef::new(bootstrap), now);
+    }
+
+    // ----- outputs ---------------------------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must next be called; `None` when nothing is scheduled.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut next = [
+            self.request_deadlines.first().map(|(t, _)| *t),
+            self.lookup_deadlines.first().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut consider = |t: Time| next = Some(next.map_or(t, |n| n.min(t)));
+        match &self.phase {
+            Phase::Joining { deadline, retry_at, .. } => {
+                consider(*deadline);
+                if let Some(t) = retry_at {
+                    consider(*t);
+                }
+            }
+            Phase::Active => {
+                consider(self.next_stabilize);
+                consider(self.next_check_predecessor);
+                consider(self.next_fix_fingers);
+            }
+            Phase::Leaving { deadline, .. } => consider(*deadline),
+            Phase::Idle | Phase::Left => {}
+        }
+        next
+    }
+
+    // ----- answering requests ----------------------------------------------------------------
+
+    fn answer(&mut self, from: &A, body: Request<A>, now: Time) -> Response<A> {
+        if let Request::Ping = body {
+            return Response::Ack;
+        }
+        if !self.is_member() {
+            self.counters.refused += 1;
+            return Response::Refused;
+        }
+        match body {
+            Request::Ping => Response::Ack,
+            Request::GetNeighbours => Response::Neighbours {
+                predecessor: self.predecessor.clone(),
+                successors: self.successors.clone(),
+            },
+            Request::Notify => {
+                self.rectify(NodeRef::new(from.clone()), now);
+                Response::Ack
+            }
+            Request::FindSuccessor { target } => self.route_reply(&target),
+            Request::Leaving { predecessor: _, successors } => {
+                self.on_neighbour_leaving(from, &successors, now);
+                Response::Ack
+            }
+        }
+    }
+
+    /// This node's answer to one lookup step for `target`.
+    fn route_reply(&self, target: &Id) -> Response<A> {
+        let owner = self.owns(target);
+        let within_list = self
+            .successors
+            .last()
+            .is_some_and(|last| target.in_open_closed(&self.me.id, &last.id));
+        let closer = if owner || within_list {
+            Vec::new()
+        } else {
+            self.closest_preceding(target, self.config.route_candidates.get())
+        };
+        Response::Route {
+            owner,
+            predecessor: self.predecessor.clone(),
+            successors: self.successors.clone(),
+            closer,
+        }
+    }
+
+    /// Up to `k` known nodes strictly between this node and `target`, closest to `target` first.
+    fn closest_preceding(&self, target: &Id, k: usize) -> Vec<NodeRef<A>> {
+        let mut found: Vec<(Id, &NodeRef<A>)> = Vec::with_capacity(2 * k);
+        let candidates = self
+            .fingers
+            .distinct()
+            .chain(self.successors.iter())
+            .chain(self.predecessor.iter());
+        for node in candidates {
+            if !node.id.in_open(&self.me.id, target) {
+                continue;
+            }
+            let d = node.id.distance_to(target);
+            if found.iter().any(|(_, n)| n.addr == node.addr) {
+                continue;
+            }
+            let at = found.partition_point(|(fd, _)| *fd < d);
+            if at < k {
+                found.insert(at, (d, node));
+                found.truncate(k);
+            }
+        }
+        found.into_iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    // ----- maintenance -----------------------------------------------------------------------
+
+    fn activate(&mut self, now: Time) {
+        self.phase = Phase::Active;
+        // Spread periodic work so that nodes started together do not act in lock-step.
+        let jitter = |rng: &mut ChaCha8Rng, period: std::time::Duration| {
+            let micros = u64::try_from(period.as_micros()).unwrap_or(u64::MAX).max(1);
+            std::time::Duration::from_micros(rng.random_range(0..micros))
+        };
+        self.next_stabilize = now + jitter(&mut self.rng, self.config.stabilize_interval);
+        self.next_check_predecessor = now + jitter(&mut self.rng, self.config.check_predecessor_interval);
+        self.next_fix_fingers = now + jitter(&mut self.rng, self.config.fix_fingers_interval);
+    }
+
+    fn reset_routing(&mut self) {
+        self.predecessor = None;
+        self.successors.clear();
+        self.fingers = FingerTable::default();
+        self.announced = false;
+        self.stabilizing = false;
+        self.fixing_finger = false;
+        self.checking_predecessor = false;
+        self.probing_predecessor = false;
+        self.rejoining = false;
+    }
+
+    fn stabilize(&mut self, now: Time) {
+        if self.stabilizing || self.rejoining {
+            return;
+        }
+        let purpose = if let Some(successor) = self.successors.first().cloned() {
+            Purpose::Stabilize { successor }
+        } else if let Some(candidate) = self.predecessor.clone() {
+            // Alone so far, but someone notified us: it is our successor too, once it answers.
+            Purpose::StabilizeCandidate { candidate, fallback: None, chased: 0 }
+        } else {
+            return;
+        };
+        let to = match &purpose {
+            Purpose::Stabilize { successor } => successor.addr.clone(),
+            Purpose::StabilizeCandidate { candidate, .. } => candidate.addr.clone(),
+            _ => unreachable!("only the two purposes above are built here"),
+        };
+        self.stabilizing = true;
+        self.send_request(&to, Request::GetNeighbours, purpose, now);
+    }
+
+    fn check_predecessor(&mut self, now: Time) {
+        if self.checking_predecessor {
+            return;
+        }
+        if let Some(predecessor) = self.predecessor.clone() {
+            self.checking_predecessor = true;
+            let to = predecessor.addr.clone();
+            self.send_request(&to, Request::Ping, Purpose::CheckPredecessor { predecessor }, now);
+        }
+    }
+
+    fn fix_next_finger(&mut self, now: Time) {
+        if self.fixing_finger {
+            return;
+        }
+        let Some(successor) = self.successors.first().cloned() else {
+            return;
+        };
+        // Fingers whose start lies before the successor need no lookup, except finger 0 at the
+        // start of each round: looking up our own successor through the ring is what finds a
+        // closer node that joined beside us but that stabilize alone would never hear of (two
+        // interleaved chains, each consistent on its own).
+        let mut i = self.fingers.next_index();
+        let mut wrapped = false;
+        while i != 0 && self.me.id.finger_start(i).in_open_closed(&self.me.id, &successor.id) {
+            self.fingers.settle(&self.me.id, i, Some(successor.clone()));
+            let next = self.fingers.next_index();
+            if next <= i {
+                if wrapped {
+                    return;
+                }
+                wrapped = true;
+            }
+            i = next;
+        }
+        self.fixing_finger = true;
+        let target = self.me.id.finger_start(i);
+        self.start_lookup(target, LookupPurpose::FixFinger(i), now);
+    }
+
+    /// Zave's rectify: adopt `candidate` as predecessor if there is none, or it lies between the
+    /// current one and this node; otherwise check that the current one is still alive.
+    fn rectify(&mut self, candidate: NodeRef<A>, now: Time) {
+        match self.predecessor.clone() {
+            Some(p) if p.addr == candidate.addr => {}
+            Some(p) if !candidate.id.in_open(&p.id, &self.me.id) => {
+                if !self.probing_predecessor {
+                    self.probing_predecessor = true;
+                    let to = p.addr.clone();
+                    self.send_request(&to, Request::Ping, Purpose::RectifyProbe { predecessor: p, candidate }, now);
+                }
+            }
+            _ => {
+                trace!(node = %self.me.id.short(), predecessor = %candidate.id.short(), "rectify");
+                self.set_predecessor(Some(candidate));
+                self.hurry_stabilize(now);
+                if self.successors.is_empty() {
+                    // A ring of one learns its successor from its first notifier: stabilize now.
+                    self.next_stabilize = now;
+                }
+            }
+        }
+    }
+
+    fn on_neighbour_leaving(&mut self, from: &A, leaver_successors: &[NodeRef<A>], now: Time) {
+        let was_successor = self.successors.first().is_some_and(|s| &s.addr == from);
+        self.forget(from);
+        if self.predecessor.as_ref().is_some_and(|p| &p.addr == from) {
+            // The leaver's predecessor will notify us once it learns we follow it.
+            self.set_predecessor(None);
+        }
+        if was_successor {
+            if self.successors.is_empty() {
+                if let Some(next) = leaver_successors.iter().find(|n| n.addr != self.me.addr).cloned() {
+                    self.stabilizing = true;
+                    let to = next.addr.clone();
+                    self.send_request(
+                        &to,
+                        Request::GetNeighbours,
+                        Purpose::StabilizeCandidate { candidate: next, fallback: None, chased: 0 },
+                        now,
+                    );
+                }
+            } else {
+                self.next_stabilize = now;
+            }
+        }
+    }
+
+    fn finish_leave(&mut self) {
+        self.phase = Phase::Left;
+        self.reset_routing();
+        self.events.push_back(Event::Left);
+    }
+
+    // ----- responses and failures ------------------------------------------------------------
+
+    fn on_response(&mut self, from: A, purpose: Purpose<A>, body: Response<A>, now: Time) {
+        match (purpose, body) {
+            (purpose, Response::Refused) => {
+                trace!(peer = ?from, "request refused");
+                self.on_request_failed(from, purpose, false, now);
+            }
+            (Purpose::Stabilize { successor }, Response::Neighbours { predecessor, successors }) => {
+                self.stabilizing = false;
+                self.chase_or_adopt(successor, predecessor, successors, 0, now);
+            }
+            (Purpose::StabilizeCandidate { candidate, chased, .. }, Response::Neighbours { predecessor, successors }) => {
+                self.stabilizing = false;
+                self.chase_or_adopt(candidate, predecessor, successors, chased, now);
+            }
+            (Purpose::Notify, Response::Ack) => {
+                if self.is_member() && !self.announced {
+                    self.announced = true;
+                    let successor = self.successor().clone();
+                    self.events.push_back(Event::Joined { successor });
+                }
+            }
+            (Purpose::CheckPredecessor { .. }, Response::Ack) => self.checking_predecessor = false,
+            (Purpose::RectifyProbe { .. }, Response::Ack) => self.probing_predecessor = false,
+            (Purpose::Leaving, Response::Ack) => self.on_leave_acknowledged(),
+            (Purpose::Lookup { key }, Response::Route { owner, predecessor, successors, closer }) => {
+                let Some(lookup) = self.lookups.get_mut(&key) else {
+                    return; // finished (timed out) while this reply was on its way
+                };
+                let Some((_, node, as_owner)) = lookup.in_flight.take() else {
+                    return;
+                };
+                let (done, dropped) = lookup.on_reply(node, as_owner, owner, predecessor, successors, closer);
+                self.counters.dropped_protocol_violation += dropped as u64;
+                match done {
+                    Some(answer) => self.finish_lookup(key, Ok(answer), now),
+                    None => self.advance_lookup(key, now),
+                }
+            }
+            (purpose, body) => {
+                self.counters.dropped_protocol_violation += 1;
+                debug!(peer = ?from, kind = body_kind(&body), "reply of the wrong kind");
+                self.on_request_failed(from, purpose, false, now);
+            }
+        }
+    }
+
+    fn on_request_failed(&mut self, to: A, purpose: Purpose<A>, timed_out: bool, now: Time) {
+        match purpose {
+            Purpose::Stabilize { successor } => {
+                self.stabilizing = false;
+                debug!(node = %self.me.id.short(), successor = %successor.id.short(), "successor unreachable, dropping it");
+                self.forget(&successor.addr);
+                if self.successors.is_empty() {
+                    self.rejoin(now);
+                } else {
+                    // Fall back to the next live successor at once rather than a period later.
+                    self.stabilize(now);
+                }
+            }
+            Purpose::StabilizeCandidate { candidate, fallback, .. } => {
+                self.stabilizing = false;
+                if timed_out {
+                    self.fingers.forget(&candidate.addr);
+                }
+                if self.predecessor.as_ref().is_some_and(|p| p.addr == candidate.addr) && self.successors.is_empty() {
+                    self.set_predecessor(None);
+                }
+                if let Some((successor, list)) = fallback {
+                    self.adopt_successor(successor, &list, now);
+                }
+            }
+            Purpose::Notify => {}
+            Purpose::CheckPredecessor { predecessor } => {
+                self.checking_predecessor = false;
+                if self.predecessor.as_ref().is_some_and(|p| p.addr == predecessor.addr) {
+                    debug!(node = %self.me.id.short(), predecessor = %predecessor.id.short(), "predecessor unreachable");
+                    self.set_predecessor(None);
+                }
+                self.fingers.forget(&predecessor.addr);
+            }
+            Purpose::RectifyProbe { predecessor, candidate } => {
+                self.probing_predecessor = false;
+                if self.predecessor.as_ref().is_some_and(|p| p.addr == predecessor.addr) {
+                    self.set_predecessor(Some(candidate));
+                }
+            }
+            Purpose::Lookup { key } => {
+                if timed_out {
+                    self.fingers.forget(&to);
+                }
+                let Some(lookup) = self.lookups.get_mut(&key) else {
+                    return;
+                };
+                lookup.in_flight = None;
+                lookup.on_failure(&to, timed_out);
+                self.advance_lookup(key, now);
+            }
+            Purpose::Leaving => self.on_leave_acknowledged(),
+        }
+    }
+
+    fn on_leave_acknowledged(&mut self) {
+        if let Phase::Leaving { awaiting, .. } = &mut self.phase {
+            *awaiting = awaiting.saturating_sub(1);
+            if *awaiting == 0 {
+                self.finish_leave();
+            }
+        }
+    }
+
+    /// Every successor has failed. Taking the predecessor as successor would close a loop that
+    /// wraps the ring twice, so instead look up this node's own id through whatever nodes are still
+    /// known (predecessor, fingers), and adopt the owner that answers. Only if nobody is left does
+    /// this node become a ring of one.
+    fn rejoin(&mut self, now: Time) {
+        if self.rejoining || !self.is_member() {
+            return;
+        }
+        let mut known: Vec<NodeRef<A>> = self.predecessor.iter().cloned().collect();
+        known.extend(self.fingers.distinct().cloned());
+        if known.is_empty() {
+            debug!(node = %self.me.id.short(), "no node left to rejoin through: alone");
+            return;
+        }
+        debug!(node = %self.me.id.short(), known = known.len(), "successor list exhausted: rejoining");
+        self.rejoining = true;
+        let key = self.next_lookup;
+        self.next_lookup += 1;
+        self.counters.lookups_started += 1;
+        let mut lookup = Lookup::new(
+            self.me.id,
+            LookupPurpose::Rejoin,
+            now,
+            self.config.lookup_timeout,
+            Some(self.me.addr.clone()),
+        );
+        lookup.add_route(known);
+        self.lookup_deadlines.insert((lookup.deadline, key));
+        self.lookups.insert(key, lookup);
+        self.advance_lookup(key, now);
+    }
+
+    /// `node` answered with its predecessor and list. If that predecessor lies between this node and
+    /// `node`, it is a closer successor: ask it next (adopting nothing until it answers), still
+    /// within this stabilize round, so that a node that joined with a far successor converges in
+    /// round trips rather than stabilize periods. Otherwise adopt `node`.
+    fn chase_or_adopt(
+        &mut self,
+        node: NodeRef<A>,
+        predecessor: Option<NodeRef<A>>,
+        successors: Vec<NodeRef<A>>,
+        chased: u8,
+        now: Time,
+    ) {
+        match predecessor {
+            Some(p) if chased < MAX_STABILIZE_CHASE && p.addr != self.me.addr && p.id.in_open(&self.me.id, &node.id) => {
+                self.stabilizing = true;
+                let to = p.addr.clone();
+                self.send_request(
+                    &to,
+                    Request::GetNeighbours,
+                    Purpose::StabilizeCandidate { candidate: p, fallback: Some((node, successors)), chased: chased + 1 },
+                    now,
+                );
+            }
+            _ => self.adopt_successor(node, &successors, now),
+        }
+    }
+
+    /// Makes `head` (which has just answered) the successor, with `tail` (its list) behind it,
+    /// and notifies it.
+    fn adopt_successor(&mut self, head: NodeRef<A>, tail: &[NodeRef<A>], now: Time) {
+        if !self.is_member() {
+            return;
+        }
+        let list = merge_successors(&self.me, &head, tail, self.config.successors.get());
+        if list.first() != self.successors.first() {
+            self.hurry_stabilize(now);
+        }
+        if list != self.successors {
+            trace!(node = %self.me.id.short(), successor = %head.id.short(), "successor list updated");
+            self.successors = list;
+            self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
+        }
+        let to = head.addr.clone();
+        self.send_request(&to, Request::Notify, Purpose::Notify, now);
+    }
+
+    /// Neighbours just changed, so more changes are likely nearby (nodes joining or failing
+    /// together): run the next few stabilize rounds at a faster pace.
+    fn hurry_stabilize(&mut self, now: Time) {
+        self.fast_rounds = FAST_STABILIZE_ROUNDS;
+        let soon = now + self.config.stabilize_interval / FAST_STABILIZE_DIVISOR;
+        if soon < self.next_stabilize {
+            self.next_stabilize = soon;
+        }
+    }
+
+    fn set_predecessor(&mut self, predecessor: Option<NodeRef<A>>) {
+        if self.predecessor != predecessor {
+            self.predecessor = predecessor;
+            self.events.push_back(Event::PredecessorChanged { predecessor: self.predecessor.clone() });
+        }
+    }
+
+    /// Drops a node believed dead (or gone) from the successor list and fingers.
+    fn forget(&mut self, addr: &A) {
+        let before = self.successors.len();
+        self.successors.retain(|n| &n.addr != addr);
+        if self.successors.len() != before {
+            self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
+        }
+        self.fingers.forget(addr);
+    }
+
+    // ----- lookups ---------------------------------------------------------------------------
+
+    fn start_lookup(&mut self, target: Id, purpose: LookupPurpose, now: Time) {
+        let key = self.next_lookup;
+        self.next_lookup += 1;
+        self.counters.lookups_started += 1;
+        let mut lookup = Lookup::new(target, purpose, now, self.config.lookup_timeout, None);
+        if self.owns(&target) {
+            self.lookups.insert(key, lookup);
+            self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone())), now);
+            return;
+        }
+        if !lookup.set_owners_from_list(&self.me.id, &self.successors) {
+            lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
+            // With no closer node known, the successor list is the only way round the ring.
+            if self.successors.first().is_some() {
+                lookup.add_route(self.successors.iter().cloned());
+            }
+        }
+        self.lookup_deadlines.insert((lookup.deadline, key));
+        self.lookups.insert(key, lookup);
+        self.advance_lookup(key, now);
+    }
+
+    fn start_join_lookup(&mut self, target: Id, bootstrap: NodeRef<A>, now: Time) {
+        let key = self.next_lookup;
+        self.next_lookup += 1;
+        self.counters.lookups_started += 1;
+        let mut lookup = Lookup::new(
+            target,
+            LookupPurpose::Join,
+            now,
+            self.config.lookup_timeout,
+            Some(self.me.addr.clone()),
+        );
+        lookup.add_route([bootstrap]);
+        self.lookup_deadlines.insert((lookup.deadline, key));
+        self.lookups.insert(key, lookup);
+        self.advance_lookup(key, now);
+    }
+
+    fn advance_lookup(&mut self, key: u64, now: Time) {
+        loop {
+            let max_hops = self.config.max_lookup_hops;
+            let Some(lookup) = self.lookups.get_mut(&key) else {
+                return;
+            };
+            match lookup.next(max_hops) {
+                Next::Ask { node, as_owner } if node.addr == self.me.addr => {
+                    // Other nodes may point back at us; answer our own question without a message.
+                    let target = lookup.target;
+                    let Response::Route { owner, predecessor, successors, closer } = self.route_reply(&target) else {
+                        unreachable!("route_reply builds a Route");
+                    };
+                    let lookup = self.lookups.get_mut(&key).expect("present: fetched above");
+                    let (done, _) = lookup.on_reply(node, as_owner, owner, predecessor, successors, closer);
+                    lookup.hops -= 1; // a local step is not a hop
+                    if let Some(answer) = done {
+                        self.finish_lookup(key, Ok(answer), now);
+                        return;
+                    }
+                }
+                Next::Ask { node, as_owner } => {
+                    let target = lookup.target;
+                    let to = node.addr.clone();
+                    let id = self.send_request(&to, Request::FindSuccessor { target }, Purpose::Lookup { key }, now);
+                    let lookup = self.lookups.get_mut(&key).expect("present: fetched above");
+                    lookup.in_flight = Some((id, node, as_owner));
+                    return;
+                }
+                Next::Finish(result) => {
+                    self.finish_lookup(key, result, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish_lookup(&mut self, key: u64, result: Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>, now: Time) {
+        let Some(lookup) = self.lookups.remove(&key) else {
+            return;
+        };
+        self.lookup_deadlines.remove(&(lookup.deadline, key));
+        if let Some((request, _, _)) = lookup.in_flight {
+            // Nobody waits for that reply any more; drop it quietly when it comes.
+            if let Some(pending) = self.pending.remove(&request) {
+                self.request_deadlines.remove(&(pending.deadline, request));
+            }
+        }
+        match &result {
+            Ok(_) => {
+                self.counters.lookups_succeeded += 1;
+                self.counters.lookup_hops += u64::from(lookup.hops);
+            }
+            Err(_) => self.counters.lookups_failed += 1,
+        }
+        match lookup.purpose {
+            LookupPurpose::User(id) => {
+                let result = result.map(|(owner, successors)| LookupOutcome {
+                    owner,
+                    successors,
+                    hops: lookup.hops,
+                    timeouts: lookup.timeouts,
+                    latency: now - lookup.started,
+                });
+                self.events.push_back(Event::LookupFinished { id, result });
+            }
+            LookupPurpose::FixFinger(i) => {
+                self.fixing_finger = false;
+                match result {
+                    Ok((owner, _)) if owner.addr == self.me.addr => self.fingers.settle(&self.me.id, i, None),
+                    Ok((owner, list)) => {
+                        let closer_successor =
+                            self.successors.first().is_some_and(|s| owner.id.in_open(&self.me.id, &s.id));
+                        if i == 0 && closer_successor && !self.stabilizing {
+                            // The owner of me + 1 has just answered with its list: adopt it.
+                            debug!(node = %self.me.id.short(), successor = %owner.id.short(), "lookup found a closer successor");
+                            self.adopt_successor(owner.clone(), &list, now);
+                        }
+                        self.fingers.settle(&self.me.id, i, Some(owner));
+                    }
+                    Err(_) => self.fingers.set_next(i + 1),
+                }
+            }
+            LookupPurpose::Join => self.on_join_lookup_finished(result, now),
+            LookupPurpose::Rejoin => {
+                self.rejoining = false;
+                match result {
+                    Ok((successor, list)) => self.adopt_successor(successor, &list, now),
+                    Err(error) => {
+                        debug!(node = %self.me.id.short(), %error, "rejoin failed: alone until notified");
+                        self.set_predecessor(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_join_lookup_finished(&mut self, result: Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>, now: Time) {
+        let Phase::Joining { attempts, retry_at, .. } = &mut self.phase else {
+            return;
+        };
+        match result {
+            Ok((successor, list)) => {
+                debug!(node = %self.me.id.short(), successor = %successor.id.short(), "joined: successor found");
+                self.activate(now);
+                self.adopt_successor(successor, &list, now);
+            }
+            Err(error) => {
+                let backoff = self.config.rpc_timeout.saturating_mul(1 << (*attempts).min(6)).min(MAX_JOIN_BACKOFF);
+                debug!(node = %self.me.id.short(), %error, ?backoff, "join attempt failed");
+                *retry_at = Some(now + backoff);
+            }
+        }
+    }
+
+    fn fail_all_lookups(&mut self, error: LookupError, now: Time) {
+        let keys: Vec<u64> = self.lookups.keys().copied().collect();
+        for key in keys {
+            self.finish_lookup(key, Err(error.clone()), now);
+        }
+    }
+
+    // ----- sending ---------------------------------------------------------------------------
+
+    fn send_request(&mut self, to: &A, body: Request<A>, purpose: Purpose<A>, now: Time) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let deadline = now + self.config.rpc_timeout;
+        self.pending.insert(id, Pending { to: to.clone(), deadline, purpose });
+        self.request_deadlines.insert((deadline, id));
+        self.transmit(to.clone(), Message::Request { id, body });
+        id
+    }
+
+    fn transmit(&mut self, to: A, message: Message<A>) {
+        self.counters.messages_sent += 1;
+        self.transmits.push_back(Transmit { to, message });
+    }
+}
+
+fn body_kind<A>(body: &Response<A>) -> &'static str {
+    match body {
+        Response::Neighbours { .. } => "neighbours",
+        Response::Ack => "ack",
+        Response::Route { .. } => "route",
+        Response::Refused => "refused",
+    }
+}
+
+/// Number of fingers, re-exported for drivers that display the table.
+pub const FINGERS: usize = ID_BITS;

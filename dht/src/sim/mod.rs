@@ -1,0 +1,510 @@
+//! A deterministic discrete-event simulator that runs many [`Node`]s against each other.
+//!
+//! Time jumps from one event to the next (message deliveries, node wake-ups, scripted actions), so
+//! idle nodes cost nothing. Every random choice — addresses, latencies, losses, which node crashes
+//! or looks up what — comes from one generator seeded by the run's seed, and every queue is ordered
+//! by (time, sequence number): the same seed replays the same run bit for bit, which
+//! [`Simulation::trace_hash`] fingerprints.
+//!
+//! The simulator also keeps the *global view*: which nodes are members (see the crate docs), in
+//! ring order, so it can compute the true successor of any key and check the ring invariants.
+
+mod invariants;
+mod network;
+pub mod scenario;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use invariants::{InvariantReport, check as check_invariants};
+pub use network::NetworkModel;
+
+use crate::address::Address;
+use crate::config::Config;
+use crate::id::{ID_BITS, Id};
+use crate::lookup::LookupId;
+use crate::message::Message;
+use crate::node::{Event, Node};
+use crate::time::Time;
+
+/// A simulated node's address: its index in the simulation (low 32 bits) and a per-run salt (high
+/// 32 bits), so that ring positions differ from seed to seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SimAddr(pub u64);
+
+impl SimAddr {
+    /// Index of the node in the simulation.
+    pub fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+}
+
+impl Address for SimAddr {
+    fn node_id(&self) -> Id {
+        Id::hash(&self.0.to_be_bytes())
+    }
+}
+
+#[derive(Debug)]
+enum What {
+    Deliver { to: u32, from: SimAddr, message: Message<SimAddr> },
+    Wake { node: u32 },
+    StartLookup { key: Id },
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug)]
+struct SimNode {
+    node: Node<SimAddr>,
+    alive: bool,
+    /// The earliest wake-up already in the queue for this node.
+    wake_at: Option<Time>,
+}
+
+/// A lookup in flight, with the truth when it started.
+#[derive(Debug)]
+struct LookupRecord {
+    key: Id,
+    truth_at_start: Option<u32>,
+}
+
+/// Tallies of user lookups.
+#[derive(Clone, Debug, Default)]
+pub struct LookupTally {
+    /// Lookups started.
+    pub started: u64,
+    /// Answered with the true successor at start or end.
+    pub correct: u64,
+    /// Answered with another node.
+    pub wrong: u64,
+    /// Ended with an error (or never ended).
+    pub failed: u64,
+    /// Hop counts of answered lookups.
+    pub hops: Vec<u32>,
+    /// Latencies of answered lookups, in microseconds.
+    pub latencies_us: Vec<u64>,
+    /// Time-outs met by user lookups.
+    pub timeouts: u64,
+}
+
+/// The simulation: nodes, the network between them, and the global view.
+#[derive(Debug)]
+pub struct Simulation {
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    rng: ChaCha8Rng,
+    salt: u64,
+    config: Config,
+    network: NetworkModel,
+    nodes: Vec<SimNode>,
+    /// Members in ring order: the global view.
+    members: BTreeMap<Id, u32>,
+    /// Members in arbitrary (but deterministic) order, for picking one at random.
+    member_list: Vec<u32>,
+    member_pos: Vec<usize>,
+    lookups: BTreeMap<(u32, LookupId), LookupRecord>,
+    /// User-lookup results.
+    pub tally: LookupTally,
+    /// Messages sent by all nodes.
+    pub messages: u64,
+    trace: u64,
+}
+
+const NOT_MEMBER: usize = usize::MAX;
+
+impl Simulation {
+    /// An empty simulation.
+    pub fn new(seed: u64, config: Config, network: NetworkModel) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let salt = u64::from(rng.random::<u32>()) << 32;
+        Simulation {
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            rng,
+            salt,
+            config,
+            network,
+            nodes: Vec::new(),
+            members: BTreeMap::new(),
+            member_list: Vec::new(),
+            member_pos: Vec::new(),
+            lookups: BTreeMap::new(),
+            tally: LookupTally::default(),
+            messages: 0,
+            trace: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+
+    /// The current simulated time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// A fingerprint of everything that happened: equal for equal seeds and inputs.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace
+    }
+
+    fn record(&mut self, values: &[u64]) {
+        // FNV-1a over the values' bytes: cheap, stable across platforms and releases.
+        for v in values {
+            for byte in v.to_le_bytes() {
+                self.trace ^= u64::from(byte);
+                self.trace = self.trace.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+
+    /// The random generator shared by the scenario scripts.
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// Number of nodes ever added.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Number of members now.
+    pub fn member_count(&self) -> usize {
+        self.member_list.len()
+    }
+
+    /// Number of nodes not crashed (members, joining or idle).
+    pub fn alive_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.alive).count()
+    }
+
+    /// The node at `index`.
+    pub fn node(&self, index: usize) -> &Node<SimAddr> {
+        &self.nodes[index].node
+    }
+
+    /// Whether node `index` is alive.
+    pub fn is_alive(&self, index: usize) -> bool {
+        self.nodes[index].alive
+    }
+
+    /// Whether node `index` is a member.
+    pub fn is_member(&self, index: usize) -> bool {
+        self.member_pos[index] != NOT_MEMBER
+    }
+
+    /// A member chosen uniformly at random.
+    pub fn random_member(&mut self) -> Option<usize> {
+        if self.member_list.is_empty() {
+            return None;
+        }
+        let i = self.rng.random_range(0..self.member_list.len());
+        Some(self.member_list[i] as usize)
+    }
+
+    fn push(&mut self, at: Time, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+    }
+
+    /// Adds a node that is not yet in a ring; returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        let addr = SimAddr(self.salt | index as u64);
+        let seed = self.rng.random::<u64>();
+        let node = Node::new(addr, self.config.clone(), seed).expect("the scenario's config was validated");
+        self.nodes.push(SimNode { node, alive: true, wake_at: None });
+        self.member_pos.push(NOT_MEMBER);
+        index
+    }
+
+    /// Makes node `index` start a new ring.
+    pub fn create_ring(&mut self, index: usize) {
+        let now = self.now;
+        self.nodes[index].node.create_ring(now);
+        self.flush(index);
+    }
+
+    /// Makes node `index` join through the given bootstrap nodes.
+    pub fn join(&mut self, index: usize, bootstraps: &[usize]) {
+        let now = self.now;
+        let addrs = bootstraps.iter().map(|&b| self.nodes[b].node.me().addr).collect();
+        self.nodes[index].node.join(addrs, now);
+        self.flush(index);
+    }
+
+    /// Crashes node `index`: it stops at once, without telling anyone.
+    pub fn crash(&mut self, index: usize) {
+        self.nodes[index].alive = false;
+        self.remove_member(index);
+        self.record(&[self.now.as_micros(), index as u64, 0xdead]);
+    }
+
+    /// Starts a graceful leave of node `index`; it stops being a member at once.
+    pub fn leave(&mut self, index: usize) {
+        let now = self.now;
+        self.remove_member(index);
+        self.nodes[index].node.leave(now);
+        self.flush(index);
+    }
+
+    /// Schedules a user lookup for `key` at `at`, from a member chosen when it starts.
+    pub fn schedule_lookup(&mut self, at: Time, key: Id) {
+        self.push(at, What::StartLookup { key });
+    }
+
+    /// Starts a user lookup for `key` at node `index` now.
+    pub fn start_lookup(&mut self, index: usize, key: Id) {
+        let now = self.now;
+        let truth_at_start = self.true_successor(&key);
+        let id = self.nodes[index].node.lookup(key, now);
+        self.tally.started += 1;
+        self.lookups.insert((index as u32, id), LookupRecord { key, truth_at_start });
+        self.flush(index);
+    }
+
+    /// Lookups still running.
+    pub fn lookups_in_flight(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// Counts lookups that never finished as failed and forgets them.
+    pub fn abandon_lookups(&mut self) {
+        self.tally.failed += self.lookups.len() as u64;
+        self.lookups.clear();
+    }
+
+    /// The true successor of `key` among members.
+    pub fn true_successor(&self, key: &Id) -> Option<u32> {
+        self.members
+            .range(key..)
+            .next()
+            .or_else(|| self.members.iter().next())
+            .map(|(_, &i)| i)
+    }
+
+    fn add_member(&mut self, index: usize) {
+        if self.member_pos[index] != NOT_MEMBER {
+            return;
+        }
+        let id = self.nodes[index].node.me().id;
+        self.members.insert(id, index as u32);
+        self.member_pos[index] = self.member_list.len();
+        self.member_list.push(index as u32);
+    }
+
+    fn remove_member(&mut self, index: usize) {
+        let pos = self.member_pos[index];
+        if pos == NOT_MEMBER {
+            return;
+        }
+        let id = self.nodes[index].node.me().id;
+        self.members.remove(&id);
+        self.member_list.swap_remove(pos);
+        if let Some(&moved) = self.member_list.get(pos) {
+            self.member_pos[moved as usize] = pos;
+        }
+        self.member_pos[index] = NOT_MEMBER;
+    }
+
+    /// Processes every event scheduled up to and including `until`, then sets the clock to it.
+    pub fn run_until(&mut self, until: Time) {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > until {
+                break;
+            }
+            let Reverse(Scheduled { at, what, .. }) = self.queue.pop().expect("peeked just above");
+            self.now = at;
+            match what {
+                What::Deliver { to, from, message } => {
+                    let index = to as usize;
+                    if !self.nodes[index].alive {
+                        continue;
+                    }
+                    self.nodes[index].node.handle_message(from, message, at);
+                    self.flush(index);
+                }
+                What::Wake { node } => {
+                    let index = node as usize;
+                    let sim_node = &mut self.nodes[index];
+                    if sim_node.wake_at == Some(at) {
+                        sim_node.wake_at = None;
+                    }
+                    if !sim_node.alive {
+                        continue;
+                    }
+                    if sim_node.node.poll_timeout().is_some_and(|t| t <= at) {
+                        sim_node.node.handle_timeout(at);
+                    }
+                    // Re-book the next wake-up even when this one found nothing due.
+                    self.flush(index);
+                }
+                What::StartLookup { key } => {
+                    if let Some(index) = self.random_member() {
+                        self.start_lookup(index, key);
+                    }
+                }
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Drains node `index`'s outputs: schedules its messages, handles its events, and books its
+    /// next wake-up.
+    fn flush(&mut self, index: usize) {
+        let now = self.now;
+        while let Some(transmit) = self.nodes[index].node.poll_transmit() {
+            self.messages += 1;
+            let to = transmit.to.index();
+            if let Some(delay) = self.network.sample(&mut self.rng) {
+                let from = self.nodes[index].node.me().addr;
+                self.push(now + delay, What::Deliver { to: to as u32, from, message: transmit.message });
+            }
+        }
+        while let Some(event) = self.nodes[index].node.poll_event() {
+            self.on_event(index, event);
+        }
+        let sim_node = &mut self.nodes[index];
+        if let Some(at) = sim_node.node.poll_timeout()
+            && sim_node.wake_at.is_none_or(|w| at < w)
+        {
+            let at = at.max(now);
+            sim_node.wake_at = Some(at);
+            self.push(at, What::Wake { node: index as u32 });
+        }
+    }
+
+    fn on_event(&mut self, index: usize, event: Event<SimAddr>) {
+        match event {
+            Event::Joined { .. } => {
+                self.add_member(index);
+                self.record(&[self.now.as_micros(), index as u64, 1]);
+            }
+            Event::JoinFailed { .. } | Event::Left => self.remove_member(index),
+            Event::LookupFinished { id, result } => {
+                let Some(record) = self.lookups.remove(&(index as u32, id)) else {
+                    return;
+                };
+                match result {
+                    Ok(outcome) => {
+                        let owner = outcome.owner.addr.index() as u32;
+                        let truth_now = self.true_successor(&record.key);
+                        if Some(owner) == record.truth_at_start || Some(owner) == truth_now {
+                            self.tally.correct += 1;
+                        } else {
+                            self.tally.wrong += 1;
+                        }
+                        self.tally.hops.push(outcome.hops);
+                        self.tally.latencies_us.push(u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX));
+                        self.tally.timeouts += u64::from(outcome.timeouts);
+                        self.record(&[self.now.as_micros(), index as u64, u64::from(owner), u64::from(outcome.hops)]);
+                    }
+                    Err(_) => {
+                        self.tally.failed += 1;
+                        self.record(&[self.now.as_micros(), index as u64, u64::MAX]);
+                    }
+                }
+            }
+            Event::PredecessorChanged { .. } | Event::SuccessorsChanged { .. } => {}
+        }
+    }
+
+    /// Whether every member's successor and predecessor are the true ones.
+    pub fn ring_is_correct(&self) -> bool {
+        let ids: Vec<(&Id, &u32)> = self.members.iter().collect();
+        let n = ids.len();
+        if n == 0 {
+            return false;
+        }
+        ids.iter().enumerate().all(|(k, &(_, &index))| {
+            let node = &self.nodes[index as usize].node;
+            let (succ_id, _) = ids[(k + 1) % n];
+            let (pred_id, _) = ids[(k + n - 1) % n];
+            if n == 1 {
+                return node.successors().is_empty();
+            }
+            node.successor().id == *succ_id && node.predecessor().is_some_and(|p| p.id == *pred_id)
+        })
+    }
+
+    /// Fraction of fingers (beyond each node's successor) that point at the true successor of their
+    /// start.
+    pub fn finger_accuracy(&self) -> f64 {
+        let ring: Vec<Id> = self.members.keys().copied().collect();
+        if ring.len() < 2 {
+            return 1.0;
+        }
+        let succ_of = |key: &Id| -> Id {
+            let at = ring.partition_point(|id| id < key);
+            ring[at % ring.len()]
+        };
+        let (mut right, mut considered) = (0u64, 0u64);
+        for &index in self.members.values() {
+            let node = &self.nodes[index as usize].node;
+            let me = node.me().id;
+            let successor = node.successor().id;
+            for i in 0..ID_BITS {
+                let start = me.finger_start(i);
+                if start.in_open_closed(&me, &successor) {
+                    continue;
+                }
+                considered += 1;
+                let truth = succ_of(&start);
+                let believed = node.fingers().get(i).map_or(me, |f| f.id);
+                if believed == truth {
+                    right += 1;
+                }
+            }
+        }
+        if considered == 0 { 1.0 } else { right as f64 / considered as f64 }
+    }
+
+    /// Checks the ring invariants over every live node that is in the ring protocol (members, and
+    /// nodes whose join is done but whose successor's acknowledgement is still in flight).
+    pub fn check_invariants(&self) -> InvariantReport {
+        let in_ring = |index: usize| self.nodes[index].alive && self.nodes[index].node.is_member();
+        let by_id: BTreeMap<Id, usize> = (0..self.nodes.len())
+            .filter(|&i| in_ring(i))
+            .map(|i| (self.nodes[i].node.me().id, i))
+            .collect();
+        let best: BTreeMap<Id, Option<Id>> = by_id
+            .iter()
+            .map(|(id, &index)| {
+                let node = &self.nodes[index].node;
+                let next = if node.successors().is_empty() {
+                    Some(*id)
+                } else {
+                    node.successors().iter().find(|s| by_id.contains_key(&s.id)).map(|s| s.id)
+                };
+                (*id, next)
+            })
+            .collect();
+        check_invariants(&best)
+    }
+}
