@@ -19,8 +19,12 @@ pub struct Config {
     pub fix_fingers_interval: Duration,
     /// How often a node pings its predecessor. Default 2 s.
     pub check_predecessor_interval: Duration,
-    /// How long to wait for any single reply before treating the peer as unreachable. Default 500 ms.
+    /// How long to wait for a reply to one transmission of a request. Default 300 ms.
     pub rpc_timeout: Duration,
+    /// How many times a request is sent (same id, every `rpc_timeout`) before the peer is treated
+    /// as unreachable. Requests are idempotent, so a lost message costs a resend, not a false
+    /// failure. Default 3: a peer is declared unreachable after about 0.9 s.
+    pub request_attempts: u32,
     /// Most routing steps one lookup may take before it fails with
     /// [`crate::LookupError::TooManyHops`]. Default 32.
     pub max_lookup_hops: u32,
@@ -43,7 +47,8 @@ impl Default for Config {
             stabilize_interval: Duration::from_secs(1),
             fix_fingers_interval: Duration::from_secs(1),
             check_predecessor_interval: Duration::from_secs(2),
-            rpc_timeout: Duration::from_millis(500),
+            rpc_timeout: Duration::from_millis(300),
+            request_attempts: 3,
             max_lookup_hops: 32,
             lookup_timeout: Duration::from_secs(10),
             route_candidates: NonZeroUsize::new(3).expect("3 is non-zero"),
@@ -70,10 +75,13 @@ pub enum ConfigError {
     /// A period or timeout of zero would spin.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
-    /// The per-reply timeout must be shorter than the whole lookup's.
-    #[error("rpc_timeout ({rpc:?}) must be shorter than lookup_timeout ({lookup:?})")]
+    /// Requests are sent between 1 and 10 times.
+    #[error("request_attempts must lie in 1..=10, got {0}")]
+    RequestAttempts(u32),
+    /// All attempts of one request must fit within one lookup.
+    #[error("rpc_timeout × request_attempts ({rpc:?}) must be shorter than lookup_timeout ({lookup:?})")]
     RpcTimeoutTooLong {
-        /// The per-reply timeout.
+        /// The time all attempts of one request take.
         rpc: Duration,
         /// The whole lookup's timeout.
         lookup: Duration,
@@ -107,9 +115,14 @@ impl Config {
         self.check_predecessor_interval = d;
         self
     }
-    /// Sets the per-reply timeout.
+    /// Sets the per-transmission timeout.
     pub fn with_rpc_timeout(mut self, d: Duration) -> Self {
         self.rpc_timeout = d;
+        self
+    }
+    /// Sets how many times a request is sent before its peer counts as unreachable.
+    pub fn with_request_attempts(mut self, attempts: u32) -> Self {
+        self.request_attempts = attempts;
         self
     }
     /// Sets the hop bound of a lookup.
@@ -149,9 +162,12 @@ impl Config {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
-        if self.rpc_timeout >= self.lookup_timeout {
+        if self.request_attempts == 0 || self.request_attempts > 10 {
+            return Err(ConfigError::RequestAttempts(self.request_attempts));
+        }
+        if self.rpc_timeout * self.request_attempts >= self.lookup_timeout {
             return Err(ConfigError::RpcTimeoutTooLong {
-                rpc: self.rpc_timeout,
+                rpc: self.rpc_timeout * self.request_attempts,
                 lookup: self.lookup_timeout,
             });
         }

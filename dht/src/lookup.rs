@@ -40,12 +40,12 @@ pub struct LookupOutcome<A> {
 impl<A: Clone> LookupOutcome<A> {
     /// The target's replica set of size up to `n`: the owner and its next `n − 1` successors.
     pub fn replica_set(&self, n: usize) -> Vec<NodeRef<A>> {
-        std::iter::once(self.owner.clone())
-            .chain(self.successors.iter().cloned())
-            .take(n)
-            .collect()
+        std::iter::once(self.owner.clone()).chain(self.successors.iter().cloned()).take(n).collect()
     }
 }
+
+/// The owner a lookup found, with the owner's successor list.
+pub(crate) type Answer<A> = (NodeRef<A>, Vec<NodeRef<A>>);
 
 /// Why a lookup runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub(crate) enum Purpose {
     Join,
     /// Finding this node's own successor again after its whole successor list failed.
     Rejoin,
+    /// Checking, through the ring, that this node's successor is right.
+    CheckSuccessor,
 }
 
 /// What the lookup wants next.
@@ -66,7 +68,7 @@ pub(crate) enum Next<A> {
     /// Ask this node; `as_owner` when it is believed to follow the target.
     Ask { node: NodeRef<A>, as_owner: bool },
     /// The lookup is over.
-    Finish(Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>),
+    Finish(Result<Answer<A>, LookupError>),
 }
 
 /// Most route candidates remembered; more would only be asked after the best ones all failed.
@@ -86,7 +88,7 @@ pub(crate) struct Lookup<A> {
     owners: VecDeque<NodeRef<A>>,
     /// A node after the target that answered but pointed back at a predecessor still closer to the
     /// target; it is the answer if that predecessor turns out dead.
-    fallback_owner: Option<(NodeRef<A>, Vec<NodeRef<A>>)>,
+    fallback_owner: Option<Answer<A>>,
     /// Nodes that failed, refused or were already asked in this lookup (a lookup contacts few).
     done_with: Vec<A>,
     /// A node that must not be the answer (the joining node itself).
@@ -94,7 +96,13 @@ pub(crate) struct Lookup<A> {
 }
 
 impl<A: Clone + Eq> Lookup<A> {
-    pub(crate) fn new(target: Id, purpose: Purpose, now: Time, timeout: Duration, exclude: Option<A>) -> Self {
+    pub(crate) fn new(
+        target: Id,
+        purpose: Purpose,
+        now: Time,
+        timeout: Duration,
+        exclude: Option<A>,
+    ) -> Self {
         Lookup {
             target,
             purpose,
@@ -153,7 +161,7 @@ impl<A: Clone + Eq> Lookup<A> {
         predecessor: Option<NodeRef<A>>,
         successors: Vec<NodeRef<A>>,
         closer: Vec<NodeRef<A>>,
-    ) -> (Option<(NodeRef<A>, Vec<NodeRef<A>>)>, usize) {
+    ) -> (Option<Answer<A>>, usize) {
         self.hops += 1;
         self.done_with.push(from.addr.clone());
         let mut dropped = 0;
@@ -184,10 +192,7 @@ impl<A: Clone + Eq> Lookup<A> {
         }
         if !self.set_owners_from_list(&from.id, &successors) {
             let before = closer.len();
-            let valid: Vec<_> = closer
-                .into_iter()
-                .filter(|n| n.id.in_open(&from.id, &self.target))
-                .collect();
+            let valid: Vec<_> = closer.into_iter().filter(|n| n.id.in_open(&from.id, &self.target)).collect();
             dropped += before - valid.len();
             self.add_route(valid);
         }

@@ -131,11 +131,7 @@ impl<A: Address> Message<A> {
     /// Checks what parsing cannot: every node reference is genuine and every list is bounded.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
         fn check_ref<A: Address>(node: &NodeRef<A>) -> Result<(), InvalidMessage> {
-            if node.is_genuine() {
-                Ok(())
-            } else {
-                Err(InvalidMessage::ForgedId { claimed: node.id })
-            }
+            if node.is_genuine() { Ok(()) } else { Err(InvalidMessage::ForgedId { claimed: node.id }) }
         }
         fn check_list<A: Address>(list: &[NodeRef<A>]) -> Result<(), InvalidMessage> {
             if list.len() > MAX_SUCCESSORS {
@@ -149,10 +145,9 @@ impl<A: Address> Message<A> {
                     predecessor.iter().try_for_each(check_ref)?;
                     check_list(successors)
                 }
-                Request::GetNeighbours
-                | Request::Notify
-                | Request::Ping
-                | Request::FindSuccessor { .. } => Ok(()),
+                Request::GetNeighbours | Request::Notify | Request::Ping | Request::FindSuccessor { .. } => {
+                    Ok(())
+                }
             },
             Message::Response { body, .. } => match body {
                 Response::Neighbours { predecessor, successors } => {

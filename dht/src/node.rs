@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::{JoinError, LookupError};
 use crate::finger::FingerTable;
 use crate::id::{ID_BITS, Id};
-use crate::lookup::{Lookup, LookupId, LookupOutcome, Next, Purpose as LookupPurpose};
+use crate::lookup::{Answer, Lookup, LookupId, LookupOutcome, Next, Purpose as LookupPurpose};
 use crate::message::{Message, Request, RequestId, Response};
 use crate::ring::merge_successors;
 use crate::time::Time;
@@ -81,12 +81,17 @@ pub struct Counters {
     pub messages_sent: u64,
     /// Messages received and accepted for processing.
     pub messages_received: u64,
-    /// Requests that got no reply in time, or that the driver could not deliver.
+    /// Requests that got no reply to any attempt, or that the driver could not deliver.
     pub requests_failed: u64,
+    /// Requests sent again because an attempt got no reply in time.
+    pub requests_resent: u64,
     /// Messages dropped because they were not honest (forged id, over-long list).
     pub dropped_invalid: u64,
-    /// Responses dropped because no request with their id was outstanding.
+    /// Responses dropped because no request with their id was ever sent.
     pub dropped_unknown_response: u64,
+    /// Responses that came after their request was completed or given up (resent duplicates,
+    /// replies after a time-out): harmless, ignored.
+    pub late_responses: u64,
     /// Responses dropped because they came from a node other than the one asked.
     pub dropped_wrong_sender: u64,
     /// Replies of the wrong kind, or carrying routing entries that cannot be right.
@@ -115,16 +120,29 @@ enum Phase<A> {
 /// Why a request is in flight.
 #[derive(Clone, Debug)]
 enum Purpose<A> {
-    Stabilize { successor: NodeRef<A> },
+    Stabilize {
+        successor: NodeRef<A>,
+    },
     /// Asking a would-be successor for its list before adopting it; `fallback` is the nearest
     /// node that has answered so far and its list, adopted if the candidate does not answer.
     /// `chased` counts the predecessors followed in this round.
-    StabilizeCandidate { candidate: NodeRef<A>, fallback: Option<(NodeRef<A>, Vec<NodeRef<A>>)>, chased: u8 },
+    StabilizeCandidate {
+        candidate: NodeRef<A>,
+        fallback: Option<Answer<A>>,
+        chased: u8,
+    },
     Notify,
-    CheckPredecessor { predecessor: NodeRef<A> },
+    CheckPredecessor {
+        predecessor: NodeRef<A>,
+    },
     /// Pinging the predecessor because `candidate` notified us; `candidate` replaces it if dead.
-    RectifyProbe { predecessor: NodeRef<A>, candidate: NodeRef<A> },
-    Lookup { key: u64 },
+    RectifyProbe {
+        predecessor: NodeRef<A>,
+        candidate: NodeRef<A>,
+    },
+    Lookup {
+        key: u64,
+    },
     Leaving,
 }
 
@@ -133,6 +151,9 @@ struct Pending<A> {
     to: A,
     deadline: Time,
     purpose: Purpose<A>,
+    /// What was sent, for resending.
+    body: Request<A>,
+    attempts_left: u32,
 }
 
 /// Upper bound on the delay between join attempts.
@@ -142,6 +163,9 @@ const MAX_JOIN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 /// of the configured period.
 const FAST_STABILIZE_ROUNDS: u8 = 4;
 const FAST_STABILIZE_DIVISOR: u32 = 4;
+
+/// In steady state, every this many stabilize rounds the successor is also checked by a lookup.
+const SUCCESSOR_CHECK_EVERY: u32 = 4;
 
 /// Most predecessors one stabilize round follows towards the true successor.
 const MAX_STABILIZE_CHASE: u8 = 32;
@@ -174,6 +198,10 @@ pub struct Node<A: Address> {
     probing_predecessor: bool,
     /// Stabilize rounds still to run at the fast pace after a change of neighbours.
     fast_rounds: u8,
+    /// Stabilize rounds run so far (wrapping).
+    stabilize_rounds: u32,
+    /// A lookup of this node's own successor is running.
+    checking_successor: bool,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
     rejoining: bool,
     announced: bool,
@@ -209,6 +237,8 @@ impl<A: Address> Node<A> {
             probing_predecessor: false,
             rejoining: false,
             fast_rounds: 0,
+            stabilize_rounds: 0,
+            checking_successor: false,
             announced: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -264,9 +294,7 @@ impl<A: Address> Node<A> {
         if self.successors.is_empty() {
             return self.is_member() && !self.rejoining;
         }
-        self.predecessor
-            .as_ref()
-            .is_some_and(|p| key.in_open_closed(&p.id, &self.me.id))
+        self.predecessor.as_ref().is_some_and(|p| key.in_open_closed(&p.id, &self.me.id))
     }
 
     /// The replica set of `key` of size up to `n` — its owner and the next n − 1 successors — if
@@ -279,10 +307,7 @@ impl<A: Address> Node<A> {
         }
         if self.owns(key) {
             return Some(
-                std::iter::once(self.me.clone())
-                    .chain(self.successors.iter().cloned())
-                    .take(n)
-                    .collect(),
+                std::iter::once(self.me.clone()).chain(self.successors.iter().cloned()).take(n).collect(),
             );
         }
         let mut prev = self.me.id;
@@ -353,10 +378,8 @@ impl<A: Address> Node<A> {
             return;
         }
         self.fail_all_lookups(LookupError::NotJoined, now);
-        let notice = Request::Leaving {
-            predecessor: self.predecessor.clone(),
-            successors: self.successors.clone(),
-        };
+        let notice =
+            Request::Leaving { predecessor: self.predecessor.clone(), successors: self.successors.clone() };
         let mut awaiting = 0;
         let mut told = Vec::new();
         for node in self.successors.first().cloned().into_iter().chain(self.predecessor.clone()) {
@@ -368,7 +391,10 @@ impl<A: Address> Node<A> {
             awaiting += 1;
         }
         debug!(node = %self.me.id.short(), told = awaiting, "leaving the ring");
-        self.phase = Phase::Leaving { deadline: now + self.config.rpc_timeout, awaiting };
+        self.phase = Phase::Leaving {
+            deadline: now + self.config.rpc_timeout * self.config.request_attempts,
+            awaiting,
+        };
         if awaiting == 0 {
             self.finish_leave();
         }
@@ -396,9 +422,14 @@ impl<A: Address> Node<A> {
             }
             Message::Response { id, body } => {
                 match self.pending.get(&id) {
+                    None if id.0 < self.next_request => {
+                        // An answer to an earlier attempt of a request already completed or given up.
+                        self.counters.late_responses += 1;
+                        return;
+                    }
                     None => {
                         self.counters.dropped_unknown_response += 1;
-                        debug!(peer = ?from, request = id.0, "dropped a response to no outstanding request");
+                        debug!(peer = ?from, request = id.0, "dropped a response to a request never sent");
                         return;
                     }
                     Some(pending) if pending.to != from => {
@@ -432,11 +463,23 @@ impl<A: Address> Node<A> {
                 break;
             }
             self.request_deadlines.pop_first();
-            if let Some(pending) = self.pending.remove(&id) {
-                self.counters.requests_failed += 1;
-                trace!(peer = ?pending.to, request = id.0, "request timed out");
-                self.on_request_failed(pending.to, pending.purpose, true, now);
+            let Some(pending) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if pending.attempts_left > 0 {
+                // Resend under the same id: whichever copy is answered first completes it.
+                pending.attempts_left -= 1;
+                pending.deadline = now + self.config.rpc_timeout;
+                let (to, body, deadline) = (pending.to.clone(), pending.body.clone(), pending.deadline);
+                self.request_deadlines.insert((deadline, id));
+                self.counters.requests_resent += 1;
+                self.transmit(to, Message::Request { id, body });
+                continue;
             }
+            let pending = self.pending.remove(&id).expect("present: fetched above");
+            self.counters.requests_failed += 1;
+            trace!(peer = ?pending.to, request = id.0, "request timed out");
+            self.on_request_failed(pending.to, pending.purpose, true, now);
         }
         while let Some(&(deadline, key)) = self.lookup_deadlines.first() {
             if deadline > now {
@@ -516,13 +559,11 @@ impl<A: Address> Node<A> {
 
     /// When [`Node::handle_timeout`] must next be called; `None` when nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let mut next = [
-            self.request_deadlines.first().map(|(t, _)| *t),
-            self.lookup_deadlines.first().map(|(t, _)| *t),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let mut next =
+            [self.request_deadlines.first().map(|(t, _)| *t), self.lookup_deadlines.first().map(|(t, _)| *t)]
+                .into_iter()
+                .flatten()
+                .min();
         let mut consider = |t: Time| next = Some(next.map_or(t, |n| n.min(t)));
         match &self.phase {
             Phase::Joining { deadline, retry_at, .. } => {
@@ -546,7 +587,12 @@ impl<A: Address> Node<A> {
 
     fn answer(&mut self, from: &A, body: Request<A>, now: Time) -> Response<A> {
         if let Request::Ping = body {
-            return Response::Ack;
+            // A node that is leaving or has left must not look alive to a liveness probe, or its
+            // neighbours would keep it as their predecessor.
+            return match self.phase {
+                Phase::Leaving { .. } | Phase::Left => Response::Refused,
+                Phase::Idle | Phase::Joining { .. } | Phase::Active => Response::Ack,
+            };
         }
         if !self.is_member() {
             self.counters.refused += 1;
@@ -573,10 +619,8 @@ impl<A: Address> Node<A> {
     /// This node's answer to one lookup step for `target`.
     fn route_reply(&self, target: &Id) -> Response<A> {
         let owner = self.owns(target);
-        let within_list = self
-            .successors
-            .last()
-            .is_some_and(|last| target.in_open_closed(&self.me.id, &last.id));
+        let within_list =
+            self.successors.last().is_some_and(|last| target.in_open_closed(&self.me.id, &last.id));
         let closer = if owner || within_list {
             Vec::new()
         } else {
@@ -593,11 +637,7 @@ impl<A: Address> Node<A> {
     /// Up to `k` known nodes strictly between this node and `target`, closest to `target` first.
     fn closest_preceding(&self, target: &Id, k: usize) -> Vec<NodeRef<A>> {
         let mut found: Vec<(Id, &NodeRef<A>)> = Vec::with_capacity(2 * k);
-        let candidates = self
-            .fingers
-            .distinct()
-            .chain(self.successors.iter())
-            .chain(self.predecessor.iter());
+        let candidates = self.fingers.distinct().chain(self.successors.iter()).chain(self.predecessor.iter());
         for node in candidates {
             if !node.id.in_open(&self.me.id, target) {
                 continue;
@@ -639,11 +679,21 @@ impl<A: Address> Node<A> {
         self.checking_predecessor = false;
         self.probing_predecessor = false;
         self.rejoining = false;
+        self.checking_successor = false;
     }
 
     fn stabilize(&mut self, now: Time) {
         if self.stabilizing || self.rejoining {
             return;
+        }
+        self.stabilize_rounds = self.stabilize_rounds.wrapping_add(1);
+        let check_due = self.fast_rounds > 0 || self.stabilize_rounds.is_multiple_of(SUCCESSOR_CHECK_EVERY);
+        if check_due && !self.checking_successor && !self.successors.is_empty() {
+            // Stabilize only ever hears of nodes through the successor's predecessor. Nodes that
+            // joined concurrently can form chains interleaved with the ring, each link consistent
+            // on its own, which stabilize undoes one link per round; a lookup of our own successor
+            // through the ring finds the right one in a single step.
+            self.check_successor(now);
         }
         let purpose = if let Some(successor) = self.successors.first().cloned() {
             Purpose::Stabilize { successor }
@@ -680,13 +730,10 @@ impl<A: Address> Node<A> {
         let Some(successor) = self.successors.first().cloned() else {
             return;
         };
-        // Fingers whose start lies before the successor need no lookup, except finger 0 at the
-        // start of each round: looking up our own successor through the ring is what finds a
-        // closer node that joined beside us but that stabilize alone would never hear of (two
-        // interleaved chains, each consistent on its own).
+        // Fingers whose start lies before the successor need no lookup.
         let mut i = self.fingers.next_index();
         let mut wrapped = false;
-        while i != 0 && self.me.id.finger_start(i).in_open_closed(&self.me.id, &successor.id) {
+        while self.me.id.finger_start(i).in_open_closed(&self.me.id, &successor.id) {
             self.fingers.settle(&self.me.id, i, Some(successor.clone()));
             let next = self.fingers.next_index();
             if next <= i {
@@ -711,7 +758,12 @@ impl<A: Address> Node<A> {
                 if !self.probing_predecessor {
                     self.probing_predecessor = true;
                     let to = p.addr.clone();
-                    self.send_request(&to, Request::Ping, Purpose::RectifyProbe { predecessor: p, candidate }, now);
+                    self.send_request(
+                        &to,
+                        Request::Ping,
+                        Purpose::RectifyProbe { predecessor: p, candidate },
+                        now,
+                    );
                 }
             }
             _ => {
@@ -769,7 +821,10 @@ impl<A: Address> Node<A> {
                 self.stabilizing = false;
                 self.chase_or_adopt(successor, predecessor, successors, 0, now);
             }
-            (Purpose::StabilizeCandidate { candidate, chased, .. }, Response::Neighbours { predecessor, successors }) => {
+            (
+                Purpose::StabilizeCandidate { candidate, chased, .. },
+                Response::Neighbours { predecessor, successors },
+            ) => {
                 self.stabilizing = false;
                 self.chase_or_adopt(candidate, predecessor, successors, chased, now);
             }
@@ -823,7 +878,9 @@ impl<A: Address> Node<A> {
                 if timed_out {
                     self.fingers.forget(&candidate.addr);
                 }
-                if self.predecessor.as_ref().is_some_and(|p| p.addr == candidate.addr) && self.successors.is_empty() {
+                if self.predecessor.as_ref().is_some_and(|p| p.addr == candidate.addr)
+                    && self.successors.is_empty()
+                {
                     self.set_predecessor(None);
                 }
                 if let Some((successor, list)) = fallback {
@@ -867,6 +924,38 @@ impl<A: Address> Node<A> {
                 self.finish_leave();
             }
         }
+    }
+
+    /// Looks up the successor of `me + 1`, routed from a random finger rather than from this node's
+    /// own successor list (which would only confirm what it already believes).
+    fn check_successor(&mut self, now: Time) {
+        let successor = self.successor().addr.clone();
+        let others: Vec<NodeRef<A>> = self
+            .fingers
+            .distinct()
+            .chain(self.predecessor.iter())
+            .filter(|n| n.addr != successor)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let start = others[self.rng.random_range(0..others.len())].clone();
+        self.checking_successor = true;
+        let key = self.next_lookup;
+        self.next_lookup += 1;
+        self.counters.lookups_started += 1;
+        let mut lookup = Lookup::new(
+            self.me.id.finger_start(0),
+            LookupPurpose::CheckSuccessor,
+            now,
+            self.config.lookup_timeout,
+            Some(self.me.addr.clone()),
+        );
+        lookup.add_route([start]);
+        self.lookup_deadlines.insert((lookup.deadline, key));
+        self.lookups.insert(key, lookup);
+        self.advance_lookup(key, now);
     }
 
     /// Every successor has failed. Taking the predecessor as successor would close a loop that
@@ -913,14 +1002,28 @@ impl<A: Address> Node<A> {
         chased: u8,
         now: Time,
     ) {
+        // The successor may have moved closer while this round was in flight (a successor check
+        // found a nearer node): never trade it for a farther one.
+        let current = self.successor().id;
+        if !self.successors.is_empty() && !node.id.in_open_closed(&self.me.id, &current) {
+            return;
+        }
         match predecessor {
-            Some(p) if chased < MAX_STABILIZE_CHASE && p.addr != self.me.addr && p.id.in_open(&self.me.id, &node.id) => {
+            Some(p)
+                if chased < MAX_STABILIZE_CHASE
+                    && p.addr != self.me.addr
+                    && p.id.in_open(&self.me.id, &node.id) =>
+            {
                 self.stabilizing = true;
                 let to = p.addr.clone();
                 self.send_request(
                     &to,
                     Request::GetNeighbours,
-                    Purpose::StabilizeCandidate { candidate: p, fallback: Some((node, successors)), chased: chased + 1 },
+                    Purpose::StabilizeCandidate {
+                        candidate: p,
+                        fallback: Some((node, successors)),
+                        chased: chased + 1,
+                    },
                     now,
                 );
             }
@@ -989,7 +1092,7 @@ impl<A: Address> Node<A> {
         if !lookup.set_owners_from_list(&self.me.id, &self.successors) {
             lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
             // With no closer node known, the successor list is the only way round the ring.
-            if self.successors.first().is_some() {
+            if !self.successors.is_empty() {
                 lookup.add_route(self.successors.iter().cloned());
             }
         }
@@ -1025,7 +1128,9 @@ impl<A: Address> Node<A> {
                 Next::Ask { node, as_owner } if node.addr == self.me.addr => {
                     // Other nodes may point back at us; answer our own question without a message.
                     let target = lookup.target;
-                    let Response::Route { owner, predecessor, successors, closer } = self.route_reply(&target) else {
+                    let Response::Route { owner, predecessor, successors, closer } =
+                        self.route_reply(&target)
+                    else {
                         unreachable!("route_reply builds a Route");
                     };
                     let lookup = self.lookups.get_mut(&key).expect("present: fetched above");
@@ -1039,7 +1144,12 @@ impl<A: Address> Node<A> {
                 Next::Ask { node, as_owner } => {
                     let target = lookup.target;
                     let to = node.addr.clone();
-                    let id = self.send_request(&to, Request::FindSuccessor { target }, Purpose::Lookup { key }, now);
+                    let id = self.send_request(
+                        &to,
+                        Request::FindSuccessor { target },
+                        Purpose::Lookup { key },
+                        now,
+                    );
                     let lookup = self.lookups.get_mut(&key).expect("present: fetched above");
                     lookup.in_flight = Some((id, node, as_owner));
                     return;
@@ -1052,7 +1162,7 @@ impl<A: Address> Node<A> {
         }
     }
 
-    fn finish_lookup(&mut self, key: u64, result: Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>, now: Time) {
+    fn finish_lookup(&mut self, key: u64, result: Result<Answer<A>, LookupError>, now: Time) {
         let Some(lookup) = self.lookups.remove(&key) else {
             return;
         };
@@ -1085,20 +1195,23 @@ impl<A: Address> Node<A> {
                 self.fixing_finger = false;
                 match result {
                     Ok((owner, _)) if owner.addr == self.me.addr => self.fingers.settle(&self.me.id, i, None),
-                    Ok((owner, list)) => {
-                        let closer_successor =
-                            self.successors.first().is_some_and(|s| owner.id.in_open(&self.me.id, &s.id));
-                        if i == 0 && closer_successor && !self.stabilizing {
-                            // The owner of me + 1 has just answered with its list: adopt it.
-                            debug!(node = %self.me.id.short(), successor = %owner.id.short(), "lookup found a closer successor");
-                            self.adopt_successor(owner.clone(), &list, now);
-                        }
-                        self.fingers.settle(&self.me.id, i, Some(owner));
-                    }
+                    Ok((owner, _)) => self.fingers.settle(&self.me.id, i, Some(owner)),
                     Err(_) => self.fingers.set_next(i + 1),
                 }
             }
             LookupPurpose::Join => self.on_join_lookup_finished(result, now),
+            LookupPurpose::CheckSuccessor => {
+                self.checking_successor = false;
+                if let Ok((owner, list)) = result {
+                    let closer =
+                        self.successors.first().is_some_and(|s| owner.id.in_open(&self.me.id, &s.id));
+                    if closer {
+                        // The owner of me + 1 has just answered, with its list: adopt it.
+                        debug!(node = %self.me.id.short(), successor = %owner.id.short(), "lookup found a closer successor");
+                        self.adopt_successor(owner, &list, now);
+                    }
+                }
+            }
             LookupPurpose::Rejoin => {
                 self.rejoining = false;
                 match result {
@@ -1112,7 +1225,7 @@ impl<A: Address> Node<A> {
         }
     }
 
-    fn on_join_lookup_finished(&mut self, result: Result<(NodeRef<A>, Vec<NodeRef<A>>), LookupError>, now: Time) {
+    fn on_join_lookup_finished(&mut self, result: Result<Answer<A>, LookupError>, now: Time) {
         let Phase::Joining { attempts, retry_at, .. } = &mut self.phase else {
             return;
         };
@@ -1123,7 +1236,8 @@ impl<A: Address> Node<A> {
                 self.adopt_successor(successor, &list, now);
             }
             Err(error) => {
-                let backoff = self.config.rpc_timeout.saturating_mul(1 << (*attempts).min(6)).min(MAX_JOIN_BACKOFF);
+                let backoff =
+                    self.config.rpc_timeout.saturating_mul(1 << (*attempts).min(6)).min(MAX_JOIN_BACKOFF);
                 debug!(node = %self.me.id.short(), %error, ?backoff, "join attempt failed");
                 *retry_at = Some(now + backoff);
             }
@@ -1143,7 +1257,9 @@ impl<A: Address> Node<A> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         let deadline = now + self.config.rpc_timeout;
-        self.pending.insert(id, Pending { to: to.clone(), deadline, purpose });
+        let attempts_left = self.config.request_attempts.saturating_sub(1);
+        self.pending
+            .insert(id, Pending { to: to.clone(), deadline, purpose, body: body.clone(), attempts_left });
         self.request_deadlines.insert((deadline, id));
         self.transmit(to.clone(), Message::Request { id, body });
         id

@@ -60,6 +60,9 @@ struct Args {
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Print progress to stderr while the ring grows.
+    #[arg(long)]
+    progress: bool,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     params.lookups = args.lookups;
+    params.progress = args.progress;
     if let Some(d) = args.duration_s {
         params.duration = Duration::from_secs_f64(d.max(0.0));
     }

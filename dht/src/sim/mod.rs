@@ -302,11 +302,7 @@ impl Simulation {
 
     /// The true successor of `key` among members.
     pub fn true_successor(&self, key: &Id) -> Option<u32> {
-        self.members
-            .range(key..)
-            .next()
-            .or_else(|| self.members.iter().next())
-            .map(|(_, &i)| i)
+        self.members.range(key..).next().or_else(|| self.members.iter().next()).map(|(_, &i)| i)
     }
 
     fn add_member(&mut self, index: usize) {
@@ -421,9 +417,16 @@ impl Simulation {
                             self.tally.wrong += 1;
                         }
                         self.tally.hops.push(outcome.hops);
-                        self.tally.latencies_us.push(u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX));
+                        self.tally
+                            .latencies_us
+                            .push(u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX));
                         self.tally.timeouts += u64::from(outcome.timeouts);
-                        self.record(&[self.now.as_micros(), index as u64, u64::from(owner), u64::from(outcome.hops)]);
+                        self.record(&[
+                            self.now.as_micros(),
+                            index as u64,
+                            u64::from(owner),
+                            u64::from(outcome.hops),
+                        ]);
                     }
                     Err(_) => {
                         self.tally.failed += 1;
@@ -450,6 +453,28 @@ impl Simulation {
                 return node.successors().is_empty();
             }
             node.successor().id == *succ_id && node.predecessor().is_some_and(|p| p.id == *pred_id)
+        })
+    }
+
+    /// How many members have the true successor as their first successor.
+    pub fn correct_successor_count(&self) -> usize {
+        let ring: Vec<(&Id, &u32)> = self.members.iter().collect();
+        let n = ring.len();
+        (0..n)
+            .filter(|&k| self.nodes[*ring[k].1 as usize].node.successor().id == *ring[(k + 1) % n].0)
+            .count()
+    }
+
+    /// Whether every member's whole successor list holds the next members in ring order (as many
+    /// as fit in r, or all the others in a smaller ring).
+    pub fn successor_lists_are_correct(&self) -> bool {
+        let ring: Vec<Id> = self.members.keys().copied().collect();
+        let n = ring.len();
+        let expected_len = self.config.successors.get().min(n.saturating_sub(1));
+        ring.iter().enumerate().all(|(k, _)| {
+            let node = &self.nodes[self.members[&ring[k]] as usize].node;
+            node.successors().len() == expected_len
+                && node.successors().iter().enumerate().all(|(j, s)| s.id == ring[(k + 1 + j) % n])
         })
     }
 
@@ -489,10 +514,8 @@ impl Simulation {
     /// nodes whose join is done but whose successor's acknowledgement is still in flight).
     pub fn check_invariants(&self) -> InvariantReport {
         let in_ring = |index: usize| self.nodes[index].alive && self.nodes[index].node.is_member();
-        let by_id: BTreeMap<Id, usize> = (0..self.nodes.len())
-            .filter(|&i| in_ring(i))
-            .map(|i| (self.nodes[i].node.me().id, i))
-            .collect();
+        let by_id: BTreeMap<Id, usize> =
+            (0..self.nodes.len()).filter(|&i| in_ring(i)).map(|i| (self.nodes[i].node.me().id, i)).collect();
         let best: BTreeMap<Id, Option<Id>> = by_id
             .iter()
             .map(|(id, &index)| {

@@ -53,6 +53,8 @@ pub struct Params {
     pub join_rate: f64,
     /// Longest the ring may take to grow and converge before the run gives up.
     pub converge_limit: Duration,
+    /// Print a progress line to stderr every simulated 10 s while the ring grows.
+    pub progress: bool,
 }
 
 impl Params {
@@ -76,6 +78,7 @@ impl Params {
             churn_per_minute: 0.1,
             join_rate: (nodes as f64 / 20.0).max(20.0),
             converge_limit: Duration::from_secs(3600),
+            progress: false,
         }
     }
 }
@@ -178,10 +181,12 @@ pub fn run(params: &Params) -> Report {
         }
     }
     let churn_events = match params.kind {
-        Kind::Churn => (params.nodes as f64 * params.churn_per_minute * params.duration.as_secs_f64() / 60.0).round() as u64,
+        Kind::Churn => (params.nodes as f64 * params.churn_per_minute * params.duration.as_secs_f64() / 60.0)
+            .round() as u64,
         _ => 0,
     };
-    let churn_gap = if churn_events > 0 { params.duration.as_secs_f64() / churn_events as f64 } else { f64::INFINITY };
+    let churn_gap =
+        if churn_events > 0 { params.duration.as_secs_f64() / churn_events as f64 } else { f64::INFINITY };
     let mut next_churn = 0u64;
 
     let end = phase_start + params.duration;
@@ -273,12 +278,23 @@ fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
         sim.join(fresh, &bootstraps);
     }
     let limit = Time::ZERO + params.converge_limit;
+    let mut next_report = Time::ZERO;
     loop {
         if sim.member_count() == params.nodes && sim.ring_is_correct() {
             return Some(sim.now());
         }
         if sim.now() >= limit {
             return None;
+        }
+        if params.progress && sim.now() >= next_report {
+            next_report = sim.now() + 10 * SECOND;
+            eprintln!(
+                "dht-sim: t={:?} members={} successors right={} messages={}",
+                sim.now(),
+                sim.member_count(),
+                sim.correct_successor_count(),
+                sim.messages
+            );
         }
         sim.run_until(sim.now() + Duration::from_millis(250));
     }

@@ -1,0 +1,145 @@
+//! Simulated rings of a few hundred nodes with fixed seeds: the small versions of the benchmark
+//! scenarios, asserting correctness, hop counts, invariants and determinism.
+
+use std::time::Duration;
+
+use dht::sim::scenario::{self, Kind, Params, Report};
+use dht::sim::{NetworkModel, Simulation};
+use dht::{Config, Id, Time};
+
+fn run(kind: Kind, nodes: usize, seed: u64, tweak: impl FnOnce(&mut Params)) -> Report {
+    let mut params = Params::new(kind, nodes, seed);
+    params.lookups = 2_000;
+    tweak(&mut params);
+    let report = scenario::run(&params);
+    eprintln!("{}", serde_json::to_string(&report).expect("serializable"));
+    report
+}
+
+#[test]
+fn stable_ring_converges_and_answers_every_lookup_correctly() {
+    let report = run(Kind::Stable, 300, 7, |_| {});
+    assert!(report.converge_sim_s.is_some(), "the ring never became correct");
+    assert_eq!(report.lookups, 2_000);
+    assert_eq!(report.correct_pct, 100.0);
+    assert_eq!(report.invariant_violations, 0);
+    // ½·log2(300) ≈ 4.1 routing hops; the confirming hop and successor-list shortcuts roughly
+    // cancel out. A regression to linear or successor-only routing would blow far past this.
+    assert!(report.mean_hops <= 5.0, "mean hops {}", report.mean_hops);
+    assert!(report.max_hops <= 12, "max hops {}", report.max_hops);
+    assert!(report.finger_accuracy >= 0.99, "fingers {}", report.finger_accuracy);
+}
+
+#[test]
+fn a_fifth_of_the_ring_crashing_at_once_keeps_lookups_correct() {
+    let report = run(Kind::Fail, 300, 11, |p| p.fail_fraction = 0.2);
+    assert_eq!(report.crashes, 60);
+    assert!(report.correct_pct >= 99.5, "correct {}", report.correct_pct);
+    assert_eq!(report.wrong_pct, 0.0, "a lookup answered a node that is not the owner");
+    assert_eq!(report.invariant_violations, 0);
+    let repair = report.repair_sim_s.expect("the ring repaired itself");
+    assert!(repair <= 30.0, "repair took {repair} s");
+    assert_eq!(report.final_members, 240);
+}
+
+#[test]
+fn lookups_stay_correct_under_continuous_churn() {
+    let report = run(Kind::Churn, 300, 5, |p| {
+        p.churn_per_minute = 0.1;
+        p.duration = Duration::from_secs(180);
+    });
+    assert_eq!(report.crashes, 90);
+    assert_eq!(report.joins, 90);
+    assert!(report.correct_pct >= 99.0, "correct {}", report.correct_pct);
+    assert_eq!(report.invariant_violations, 0);
+    assert!(report.final_members >= 295, "members {}", report.final_members);
+}
+
+#[test]
+fn a_lossy_network_still_converges_and_answers_correctly() {
+    let report = run(Kind::Stable, 200, 3, |p| p.network.loss = 0.05);
+    assert!(report.converge_sim_s.is_some(), "the ring never became correct");
+    assert!(report.correct_pct >= 99.0, "correct {}", report.correct_pct);
+    assert!(report.timeouts > 0, "5 % loss must show up as time-outs");
+    assert_eq!(report.invariant_violations, 0);
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let strip = |r: Report| {
+        let mut v = serde_json::to_value(r).expect("serializable");
+        v.as_object_mut().expect("an object").remove("wall_s");
+        v
+    };
+    let a = strip(run(Kind::Fail, 120, 42, |p| p.lookups = 500));
+    let b = strip(run(Kind::Fail, 120, 42, |p| p.lookups = 500));
+    assert_eq!(a, b);
+    let c = strip(run(Kind::Fail, 120, 43, |p| p.lookups = 500));
+    assert_ne!(a["trace_hash"], c["trace_hash"], "a different seed must give a different run");
+}
+
+/// Grows a ring of `n` nodes with the simulator's API; returns it converged.
+fn converged_ring(n: usize, seed: u64) -> Simulation {
+    let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
+    let first = sim.add_node();
+    sim.create_ring(first);
+    for k in 1..n {
+        sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
+        let fresh = sim.add_node();
+        let bootstrap = sim.random_member().expect("the first node is a member");
+        sim.join(fresh, &[bootstrap]);
+    }
+    let deadline = sim.now() + Duration::from_secs(120);
+    while !(sim.member_count() == n && sim.ring_is_correct() && sim.successor_lists_are_correct()) {
+        assert!(sim.now() < deadline, "ring of {n} did not converge");
+        sim.run_until(sim.now() + Duration::from_millis(500));
+    }
+    sim
+}
+
+#[test]
+fn graceful_leaves_keep_the_ring_correct() {
+    let mut sim = converged_ring(100, 9);
+    // A third of the ring leaves, one node every 200 ms.
+    let mut left = 0;
+    while left < 33 {
+        let leaver = sim.random_member().expect("members remain");
+        sim.leave(leaver);
+        left += 1;
+        sim.run_until(sim.now() + Duration::from_millis(200));
+        assert!(sim.check_invariants().holds(), "invariants broke after {left} leaves");
+    }
+    let deadline = sim.now() + Duration::from_secs(30);
+    while !sim.ring_is_correct() {
+        assert!(sim.now() < deadline, "ring not correct 30 s after the leaves");
+        sim.run_until(sim.now() + Duration::from_millis(250));
+    }
+    assert_eq!(sim.member_count(), 67);
+    // Every lookup now answers the true owner.
+    for k in 0..300u32 {
+        let key = Id::hash(&k.to_be_bytes());
+        let from = sim.random_member().expect("members remain");
+        sim.start_lookup(from, key);
+    }
+    sim.run_until(sim.now() + Duration::from_secs(15));
+    assert_eq!(sim.lookups_in_flight(), 0);
+    assert_eq!((sim.tally.correct, sim.tally.wrong, sim.tally.failed), (300, 0, 0));
+}
+
+#[test]
+fn replica_sets_from_local_knowledge_match_the_ring() {
+    let sim = converged_ring(40, 21);
+    let mut ring: Vec<(Id, usize)> = (0..sim.node_count()).map(|i| (sim.node(i).me().id, i)).collect();
+    ring.sort();
+    for (pos, &(id, index)) in ring.iter().enumerate() {
+        let node = sim.node(index);
+        // A key this node owns: its own id. Replicas = it and its next two successors.
+        let set = node.replica_set(&id, 3).expect("a node knows the replicas of its own keys");
+        let expected: Vec<Id> = (0..3).map(|k| ring[(pos + k) % ring.len()].0).collect();
+        assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), expected);
+        // A key just past its successor lies in its successor list, owned by the next node.
+        let key = ring[(pos + 1) % ring.len()].0.wrapping_add(&Id::pow2(0));
+        let set = node.replica_set(&key, 3).expect("within the successor list");
+        assert_eq!(set[0].id, ring[(pos + 2) % ring.len()].0);
+    }
+}
