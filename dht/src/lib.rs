@@ -6,6 +6,8 @@
 //!   corrected maintenance rules (join, stabilize, rectify, fix fingers, predecessor checks,
 //!   dropping dead successors, graceful leave) and iterative lookups.
 //! - [`message`]: the wire messages, their CBOR encoding, the size cap and validation.
+//! - [`store`]: replicated records (versions from a hybrid logical clock, checksums), the storage
+//!   wire protocol, quorum sizes and the range digests anti-entropy compares.
 //! - [`sim`]: a discrete-event simulator of many nodes over a seeded network model, with global
 //!   invariant checks; the `dht-sim` binary runs its scenarios.
 //!
@@ -57,6 +59,7 @@ pub mod message;
 pub mod node;
 mod ring;
 pub mod sim;
+pub mod store;
 pub mod time;
 
 pub use address::{Address, NodeRef};

@@ -1,0 +1,88 @@
+//! The node's command-line flags (each also an `OVERLAY_*` environment variable) and the
+//! settings derived from them.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use libp2p::Multiaddr;
+
+/// A peer-to-peer overlay node: a Chord ring with replicated, persistent key/value storage.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "overlay-node", version, about)]
+pub struct Flags {
+    /// Address to listen on for peers.
+    #[arg(long, env = "OVERLAY_LISTEN", default_value = "/ip4/127.0.0.1/tcp/4001")]
+    pub listen: Multiaddr,
+    /// Address peers should dial to reach this node [default: the listen address].
+    #[arg(long, env = "OVERLAY_ANNOUNCE")]
+    pub announce: Option<Multiaddr>,
+    /// A node of the ring to join (repeatable; `/p2p/<peer id>` optional). None: start a new ring.
+    #[arg(long = "bootstrap", env = "OVERLAY_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Directory for the identity key and the record store.
+    #[arg(long, env = "OVERLAY_DATA_DIR", default_value = "./overlay-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, env = "OVERLAY_HTTP", default_value = "127.0.0.1:7001")]
+    pub http: SocketAddr,
+    /// Replicas of each key (n): the owner and n − 1 successors.
+    #[arg(long, env = "OVERLAY_REPLICAS", default_value_t = NonZeroUsize::new(3).expect("3 > 0"))]
+    pub replicas: NonZeroUsize,
+    /// Length r of the successor list (at least 2; at least the replicas).
+    #[arg(long, env = "OVERLAY_SUCCESSORS", default_value_t = NonZeroUsize::new(8).expect("8 > 0"))]
+    pub successors: NonZeroUsize,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "OVERLAY_MAX_VALUE_BYTES", default_value_t = dht::store::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// Stabilize period, in milliseconds.
+    #[arg(long, env = "OVERLAY_STABILIZE_MS", default_value_t = 500)]
+    pub stabilize_ms: u64,
+    /// Finger-refresh period, in milliseconds.
+    #[arg(long, env = "OVERLAY_FIX_FINGERS_MS", default_value_t = 1000)]
+    pub fix_fingers_ms: u64,
+    /// Predecessor-check period, in milliseconds.
+    #[arg(long, env = "OVERLAY_CHECK_PREDECESSOR_MS", default_value_t = 1000)]
+    pub check_predecessor_ms: u64,
+    /// Anti-entropy period (replicas compare digests), in milliseconds.
+    #[arg(long, env = "OVERLAY_SYNC_MS", default_value_t = 3000)]
+    pub sync_ms: u64,
+    /// Per-message time-out for peer requests, in milliseconds.
+    #[arg(long, env = "OVERLAY_RPC_TIMEOUT_MS", default_value_t = 1000)]
+    pub rpc_timeout_ms: u64,
+    /// How long to keep trying to join before giving up, in seconds.
+    #[arg(long, env = "OVERLAY_JOIN_TIMEOUT_S", default_value_t = 60)]
+    pub join_timeout_s: u64,
+    /// Log as JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, env = "OVERLAY_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Flags {
+    /// The `dht` core's configuration from these flags.
+    pub fn dht_config(&self) -> anyhow::Result<dht::Config> {
+        let config = dht::Config::default()
+            .with_successors(self.successors)
+            .with_stabilize_interval(Duration::from_millis(self.stabilize_ms))
+            .with_fix_fingers_interval(Duration::from_millis(self.fix_fingers_ms))
+            .with_check_predecessor_interval(Duration::from_millis(self.check_predecessor_ms))
+            // Streams are reliable: one attempt per request, with a generous time-out.
+            .with_rpc_timeout(Duration::from_millis(self.rpc_timeout_ms))
+            .with_request_attempts(1)
+            .with_join_timeout(Duration::from_secs(self.join_timeout_s));
+        config.validate()?;
+        if self.replicas.get() > self.successors.get() + 1 {
+            anyhow::bail!(
+                "--replicas ({}) cannot exceed --successors + 1 ({}): replicas are the owner and its successors",
+                self.replicas,
+                self.successors.get() + 1
+            );
+        }
+        if self.sync_ms == 0 {
+            anyhow::bail!("--sync-ms must be greater than zero");
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,126 @@
+//! The overlay node: drives the `dht` core over libp2p, persists records in redb, and serves an
+//! HTTP API.
+//!
+//! [`run`] wires the pieces: identity and store from the data directory, the swarm, the event loop
+//! that owns the core, and the HTTP server. SIGINT/SIGTERM (the `shutdown` token) makes the node
+//! hand off its records, leave the ring, and return.
+
+pub mod address;
+pub mod config;
+pub mod event_loop;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod network;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, noise, tcp, yamux};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Flags;
+use crate::event_loop::{EventLoop, LoopConfig};
+use crate::metrics::Metrics;
+use crate::network::Behaviour;
+use crate::storage::Storage;
+
+/// Runs a node until `shutdown` fires (then leaves gracefully) or it fails.
+pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dht_config = flags.dht_config()?;
+    info!(?flags, ?dht_config, "effective configuration");
+    std::fs::create_dir_all(&flags.data_dir)
+        .with_context(|| format!("creating the data directory {}", flags.data_dir.display()))?;
+    let keypair = identity::load_or_create(&flags.data_dir)?;
+    let storage = Storage::open(&flags.data_dir).context("opening the record store")?;
+
+    let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
+    let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_dns()?
+        .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    swarm.listen_on(flags.listen.clone()).with_context(|| format!("listening on {}", flags.listen))?;
+    // The actual address (a port of 0 is resolved by the OS) is known once the listener is up.
+    let listening = loop {
+        match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => break address,
+            Ok(SwarmEvent::ListenerError { error, .. }) => anyhow::bail!("listener failed: {error}"),
+            Ok(_) => {}
+            Err(_) => anyhow::bail!("no listen address after 10 s on {}", flags.listen),
+        }
+    };
+    let announce = flags.announce.clone().unwrap_or_else(|| without_p2p(&listening));
+    let metrics = Arc::new(Metrics::default());
+    let (commands_tx, commands_rx) = mpsc::channel(1024);
+
+    let listener = tokio::net::TcpListener::bind(flags.http)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", flags.http))?;
+    let http_addr = listener.local_addr()?.to_string();
+    info!(peer = %swarm.local_peer_id(), p2p = %announce, http = %http_addr, "node up");
+
+    let event_loop_peer = swarm.local_peer_id().to_string();
+    let announce_for_file = announce.clone();
+    let loop_config = LoopConfig {
+        replicas: flags.replicas.get(),
+        max_value_bytes: flags.max_value_bytes,
+        sync_interval: Duration::from_millis(flags.sync_ms),
+        op_timeout: Duration::from_secs(5),
+        join_timeout: Duration::from_secs(flags.join_timeout_s),
+        bootstrap: flags.bootstrap.clone(),
+    };
+    let event_loop = EventLoop::new(
+        swarm,
+        announce,
+        dht_config,
+        storage,
+        loop_config,
+        metrics.clone(),
+        commands_rx,
+        shutdown.clone(),
+    )?;
+    write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
+    let state = http::ApiState { commands: commands_tx, metrics, http: http_addr };
+    let app = http::router(state, flags.max_value_bytes);
+    let http_stop = CancellationToken::new();
+    let http_stopped = http_stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(http_stopped.cancelled_owned()).await
+    });
+
+    let result = event_loop.run().await;
+    http_stop.cancel();
+    // In-flight HTTP requests get their answers (the loop is gone: 503); do not wait long.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    result
+}
+
+/// Writes `<data-dir>/node.json` with the addresses actually bound (ports of 0 resolved), for
+/// tools and tests that start nodes without choosing ports.
+fn write_node_file(
+    data_dir: &std::path::Path,
+    peer: &str,
+    p2p: &Multiaddr,
+    http: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "peer_id": peer, "p2p": p2p.to_string(), "http": http, "pid": std::process::id() });
+    let tmp = data_dir.join("node.json.tmp");
+    std::fs::write(&tmp, body.to_string()).context("writing node.json")?;
+    std::fs::rename(&tmp, data_dir.join("node.json")).context("writing node.json")?;
+    Ok(())
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}

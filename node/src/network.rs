@@ -1,0 +1,193 @@
+//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's two
+//! request/response protocols) and the size-capped CBOR codec they share.
+//!
+//! `/overlay/ring/1` carries the `dht` core's messages in a [`RingEnvelope`] that adds the
+//! sender's announced address (its `PeerId` comes authenticated from Noise). `/overlay/kv/1`
+//! carries the storage protocol. Every frame is read with a hard cap before it is parsed; what
+//! does not decode is an I/O error of kind `InvalidData`, which libp2p reports as an inbound or
+//! outbound failure and the event loop counts.
+
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use dht::store::{KvRequest, KvResponse};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, identify, identity, ping, request_response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::address::PeerAddr;
+
+/// Protocol name of the ring maintenance and lookup messages.
+pub const RING_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/ring/1");
+/// Protocol name of the storage messages.
+pub const KV_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/kv/1");
+/// Cap on one ring frame.
+pub const MAX_RING_FRAME: usize = dht::message::MAX_MESSAGE_BYTES;
+
+/// A ring message with the address its sender can be dialed at.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RingEnvelope {
+    /// The sender's announced address (a hint; the peer id is authenticated separately).
+    pub sender: PeerAddr,
+    /// The core's message.
+    pub message: dht::Message<PeerAddr>,
+}
+
+/// A request/response codec that writes one CBOR value per stream and refuses to read more than
+/// `max_bytes`.
+#[derive(Debug)]
+pub struct CborCodec<Req, Resp> {
+    max_bytes: usize,
+    types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> CborCodec<Req, Resp> {
+    /// A codec that accepts frames of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        CborCodec { max_bytes, types: PhantomData }
+    }
+}
+
+impl<Req, Resp> Clone for CborCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        CborCodec::new(self.max_bytes)
+    }
+}
+
+async fn read_capped<T, V>(io: &mut T, max_bytes: usize) -> io::Result<V>
+where
+    T: AsyncRead + Unpin + Send,
+    V: DeserializeOwned,
+{
+    let mut buf = Vec::new();
+    io.take(max_bytes as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame exceeds the cap of {max_bytes} bytes"),
+        ));
+    }
+    ciborium::de::from_reader_with_recursion_limit(buf.as_slice(), 32)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+fn encode<V: Serialize>(value: &V) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    ciborium::into_writer(value, &mut buf).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(buf)
+}
+
+async fn write_frame<T>(io: &mut T, frame: io::Result<Vec<u8>>) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    io.write_all(&frame?).await?;
+    io.close().await
+}
+
+impl<Req, Resp> request_response::Codec for CborCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> impl Future<Output = io::Result<Req>> + Send
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_capped(io, self.max_bytes)
+    }
+
+    fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> impl Future<Output = io::Result<Resp>> + Send
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_capped(io, self.max_bytes)
+    }
+
+    fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Req,
+    ) -> impl Future<Output = io::Result<()>> + Send
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        // Encode before the first await, so the future holds bytes rather than the message.
+        write_frame(io, encode(&req))
+    }
+
+    fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> impl Future<Output = io::Result<()>> + Send
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, encode(&resp))
+    }
+}
+
+/// Codec of the ring protocol.
+pub type RingCodec = CborCodec<RingEnvelope, RingEnvelope>;
+/// Codec of the storage protocol.
+pub type KvCodec = CborCodec<KvRequest, KvResponse>;
+
+/// Everything the node's swarm runs.
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // the derived event enum and inner behaviours are not all Debug
+pub struct Behaviour {
+    /// Exchanges agent and addresses with every peer.
+    pub identify: identify::Behaviour,
+    /// Keeps connections alive and measures round trips.
+    pub ping: ping::Behaviour,
+    /// The `dht` core's messages.
+    pub ring: request_response::Behaviour<RingCodec>,
+    /// Storage messages.
+    pub kv: request_response::Behaviour<KvCodec>,
+}
+
+impl Behaviour {
+    /// The behaviour for a node with `key`. `request_timeout` bounds every request/response
+    /// exchange; `max_kv_frame` caps storage frames (a record plus framing).
+    pub fn new(key: &identity::Keypair, request_timeout: Duration, max_kv_frame: usize) -> Self {
+        let config = request_response::Config::default()
+            .with_request_timeout(request_timeout)
+            .with_max_concurrent_streams(1024);
+        Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/overlay/1.0.0".to_string(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            ring: request_response::Behaviour::with_codec(
+                RingCodec::new(MAX_RING_FRAME),
+                [(RING_PROTOCOL, request_response::ProtocolSupport::Full)],
+                config.clone(),
+            ),
+            kv: request_response::Behaviour::with_codec(
+                KvCodec::new(max_kv_frame),
+                [(KV_PROTOCOL, request_response::ProtocolSupport::Full)],
+                config,
+            ),
+        }
+    }
+}

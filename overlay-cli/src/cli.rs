@@ -1,0 +1,257 @@
+//! The command line: every subcommand, flag, default and environment variable of `overlay`.
+//!
+//! Global flags (`--node`, `--consistency`, `--json`, `--dir`) are declared `global = true`, so
+//! they are accepted before or after the subcommand (`overlay --json status` and
+//! `overlay status --json` mean the same).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::Consistency;
+
+/// Help text listing the exit codes; kept next to the flags so `--help` documents the contract.
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   the key does not exist (get, delete)
+  2   the node cannot be reached
+  3   any other failure (the node refused, a step of cluster/demo/bench failed, ...)
+  64  the command line is wrong";
+
+/// Command-line client of an overlay node, and a launcher of local clusters.
+#[derive(Debug, Parser)]
+#[command(name = "overlay", version, after_help = EXIT_CODES_HELP)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every subcommand accepts, before or after its name.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Base URL of the node's HTTP API. Default: the first live node of the local cluster in
+    /// --dir if one answers, else http://127.0.0.1:7001.
+    #[arg(long, global = true, env = "OVERLAY_NODE", value_name = "URL")]
+    pub(crate) node: Option<String>,
+
+    /// Consistency of reads and writes (default: the node's own default).
+    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    pub(crate) consistency: Option<Consistency>,
+
+    /// Print machine-readable JSON on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Directory of the local cluster (cluster.json, node data and logs).
+    #[arg(long, global = true, env = "OVERLAY_CLUSTER_DIR", value_name = "DIR", default_value = ".overlay")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Store a value under a key: `put KEY VALUE`, `put KEY --file PATH` or `put KEY -` (stdin).
+    Put(PutArgs),
+    /// Write the value of a key, and nothing else, to stdout.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Show which nodes own and replicate a key, and how many hops finding them took.
+    Lookup {
+        /// The key.
+        key: String,
+    },
+    /// Show the node's identity, neighbours, fingers and load.
+    Status,
+    /// List the ring's members in ring order, starting at the node asked.
+    Ring,
+    /// Run overlay-node processes on this machine.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Start a 5-node cluster, store keys, kill a node and show the keys survive.
+    Demo(DemoArgs),
+    /// Measure put and get latency and throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PutArgs {
+    /// The key.
+    pub(crate) key: String,
+    /// The value; `-` reads it from stdin.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub(crate) value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Start N nodes in the background and wait until they form a correct ring.
+    Up(UpArgs),
+    /// Show the cluster's nodes and whether each is running.
+    Status,
+    /// Kill node I with SIGKILL (a crash: no graceful leave).
+    Kill {
+        /// Index of the node, as `cluster status` lists it.
+        index: usize,
+    },
+    /// Restart node I on its data directory and ports, joining through a live node.
+    Start(StartArgs),
+    /// Stop every node (SIGTERM, then SIGKILL after 15 s).
+    Down,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Number of nodes.
+    #[arg(short = 'n', long = "nodes", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) nodes: u16,
+    /// Remove the data directories of an earlier cluster in --dir first.
+    #[arg(long)]
+    pub(crate) fresh: bool,
+    #[command(flatten)]
+    pub(crate) binary: NodeBinaryArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// Index of the node, as `cluster status` lists it.
+    pub(crate) index: usize,
+    #[command(flatten)]
+    pub(crate) binary: NodeBinaryArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeBinaryArgs {
+    /// The overlay-node executable. Default: the one next to this `overlay` executable, else
+    /// the first on PATH.
+    #[arg(long, env = "OVERLAY_NODE_BIN", value_name = "PATH")]
+    pub(crate) node_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Stop the cluster at the end instead of leaving it running.
+    #[arg(long)]
+    pub(crate) stop: bool,
+    #[command(flatten)]
+    pub(crate) binary: NodeBinaryArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Operations to run after the key set is written.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) ops: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub(crate) concurrency: u64,
+    /// Size of every value written, in bytes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=(16 << 20)))]
+    pub(crate) value_size: u64,
+    /// Fraction of operations that are gets (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.9, value_parser = parse_ratio)]
+    pub(crate) read_ratio: f64,
+    /// Number of distinct keys, written before the measured run.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) keys: u64,
+    /// Stop issuing operations after this many seconds, whatever --ops says.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) max_seconds: u64,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) { Ok(ratio) } else { Err(format!("{ratio} is not between 0 and 1")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("overlay").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = parse(&["get", "k", "--node", "http://127.0.0.1:9", "--json", "--consistency", "all"])
+            .expect("valid command line");
+        assert_eq!(cli.global.node.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(cli.global.json);
+        assert_eq!(cli.global.consistency, Some(Consistency::All));
+        assert!(matches!(cli.command, Command::Get { ref key } if key == "k"));
+    }
+
+    #[test]
+    fn global_flags_work_before_the_subcommand_and_in_nested_ones() {
+        let cli = parse(&["--json", "cluster", "status", "--dir", "/tmp/c"]).expect("valid command line");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.dir, PathBuf::from("/tmp/c"));
+        assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Status)));
+
+        let cli = parse(&["cluster", "up", "-n", "5", "--json"]).expect("valid command line");
+        assert!(cli.global.json);
+        assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Up(UpArgs { nodes: 5, .. }))));
+    }
+
+    #[test]
+    fn put_takes_a_value_a_file_or_stdin_but_not_two() {
+        let cli = parse(&["put", "k", "v"]).expect("value");
+        assert!(
+            matches!(cli.command, Command::Put(PutArgs { value: Some(ref v), file: None, .. }) if v == "v")
+        );
+        let cli = parse(&["put", "k", "--file", "/etc/hostname"]).expect("file");
+        assert!(matches!(cli.command, Command::Put(PutArgs { value: None, file: Some(_), .. })));
+        let cli = parse(&["put", "k", "-"]).expect("stdin");
+        assert!(matches!(cli.command, Command::Put(PutArgs { value: Some(ref v), .. }) if v == "-"));
+        assert!(parse(&["put", "k"]).is_err());
+        assert!(parse(&["put", "k", "v", "--file", "f"]).is_err());
+    }
+
+    #[test]
+    fn bench_flags_are_bounded() {
+        let cli = parse(&[
+            "bench",
+            "--ops",
+            "100",
+            "--concurrency",
+            "4",
+            "--value-size",
+            "10",
+            "--read-ratio",
+            "0.5",
+        ])
+        .expect("valid bench");
+        let Command::Bench(bench) = cli.command else { panic!("bench expected") };
+        assert_eq!((bench.ops, bench.concurrency, bench.value_size), (100, 4, 10));
+        assert!((bench.read_ratio - 0.5).abs() < f64::EPSILON);
+        assert!(parse(&["bench", "--read-ratio", "1.5"]).is_err());
+        assert!(parse(&["bench", "--concurrency", "0"]).is_err());
+        assert!(parse(&["bench", "--ops", "0"]).is_err());
+    }
+
+    #[test]
+    fn cluster_node_counts_are_bounded() {
+        assert!(parse(&["cluster", "up", "-n", "0"]).is_err());
+        assert!(parse(&["cluster", "up", "-n", "65"]).is_err());
+        let cli = parse(&["cluster", "up"]).expect("default node count");
+        assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Up(UpArgs { nodes: 3, .. }))));
+    }
+}

@@ -1,0 +1,272 @@
+//! The one-shot client subcommands — put, get, delete, lookup, status, ring — and the choice
+//! of which node they talk to.
+//!
+//! Each calls the node's API once and renders the answer: text for people by default, and
+//! with `--json` the node's own JSON document unchanged (see `api::Document`). Only where the
+//! node answers with something other than JSON (a raw value, an empty 204) does the CLI make
+//! up a small object, using the node's field names.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::api::{Consistency, NodeClient, NodeInfo, PutOutcome};
+use crate::cli::{GlobalArgs, PutArgs};
+use crate::cluster;
+use crate::output::{self, Table};
+
+/// The node used when neither --node nor a local cluster says otherwise.
+pub(crate) const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7001";
+
+/// Time-out of one client request; generous, because a quorum write may wait on a replica
+/// that the node is about to declare dead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest value `put` reads from a file or stdin. The node enforces its own (smaller) cap
+/// with a clear 413; this only keeps the CLI from reading an endless pipe into memory.
+const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// The node to talk to: `--node`/`OVERLAY_NODE`, else the first answering node of the local
+/// cluster in `--dir`, else [`DEFAULT_NODE_URL`].
+pub(crate) fn resolve_node_url(global: &GlobalArgs) -> String {
+    if let Some(url) = &global.node {
+        return url.clone();
+    }
+    cluster::first_answering_node(&global.dir).unwrap_or_else(|| DEFAULT_NODE_URL.to_owned())
+}
+
+fn client(global: &GlobalArgs) -> Result<NodeClient> {
+    Ok(NodeClient::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?)
+}
+
+pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> Result<()> {
+    let value = match (&args.value, &args.file) {
+        (_, Some(path)) => read_value_file(path)?,
+        (Some(dash), None) if dash == "-" => read_value_stdin()?,
+        (Some(text), None) => text.clone().into_bytes(),
+        // clap requires one of the two; this is only reachable if that rule is removed.
+        (None, None) => bail!("give a value, `--file PATH`, or `-` for stdin"),
+    };
+    let (outcome, receipt) = client(global)?.put(&args.key, &value, global.consistency)?;
+    if global.json {
+        let mut raw = receipt.raw;
+        // Created-or-overwritten is only in the HTTP status, so it is added to the document.
+        if let Some(object) = raw.as_object_mut() {
+            object.entry("created").or_insert(serde_json::Value::Bool(outcome == PutOutcome::Created));
+        }
+        output::write_json(out, &raw)?;
+    } else {
+        let what = match outcome {
+            PutOutcome::Created => "created",
+            PutOutcome::Overwritten => "overwrote",
+        };
+        writeln!(
+            out,
+            "{what} {:?} ({}, version {}, {} replica{} acknowledged)",
+            receipt.parsed.key,
+            output::human_bytes(value.len() as u64),
+            display_version(&receipt.parsed.version),
+            receipt.parsed.replicas_acked,
+            if receipt.parsed.replicas_acked == 1 { "" } else { "s" },
+        )?;
+    }
+    Ok(())
+}
+
+fn display_version(version: &serde_json::Value) -> String {
+    match version {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn read_value_file(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    read_bounded(file).with_context(|| format!("reading {}", path.display()))
+}
+
+fn read_value_stdin() -> Result<Vec<u8>> {
+    read_bounded(io::stdin().lock()).context("reading the value from stdin")
+}
+
+fn read_bounded(reader: impl Read) -> Result<Vec<u8>> {
+    let mut value = Vec::new();
+    reader.take(MAX_INPUT_BYTES + 1).read_to_end(&mut value)?;
+    if value.len() as u64 > MAX_INPUT_BYTES {
+        bail!("the value is larger than {}", output::human_bytes(MAX_INPUT_BYTES));
+    }
+    Ok(value)
+}
+
+pub(crate) fn get(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Result<()> {
+    let stored = client(global)?.get(key, global.consistency)?;
+    if global.json {
+        output::write_json(out, &value_json(key, stored.version.as_deref(), &stored.value))?;
+    } else {
+        // Only the value, byte for byte, so `overlay get k > file` and pipes get exactly it.
+        out.write_all(&stored.value)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `get --json`: JSON cannot hold arbitrary bytes, so the value is a UTF-8 string when it is
+/// valid UTF-8 and lowercase hex otherwise, and `encoding` says which.
+fn value_json(key: &str, version: Option<&str>, value: &[u8]) -> serde_json::Value {
+    let (encoding, text) = match std::str::from_utf8(value) {
+        Ok(text) => ("utf8", text.to_owned()),
+        Err(_) => ("hex", value.iter().map(|byte| format!("{byte:02x}")).collect()),
+    };
+    serde_json::json!({
+        "key": key,
+        "version": version,
+        "size": value.len(),
+        "encoding": encoding,
+        "value": text,
+    })
+}
+
+pub(crate) fn delete(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Result<()> {
+    client(global)?.delete(key, global.consistency)?;
+    if global.json {
+        output::write_json(out, &serde_json::json!({ "key": key, "deleted": true }))?;
+    } else {
+        writeln!(out, "deleted {key:?}")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn lookup(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Result<()> {
+    let lookup = client(global)?.lookup(key)?;
+    if global.json {
+        return Ok(output::write_json(out, &lookup.raw)?);
+    }
+    let lookup = lookup.parsed;
+    writeln!(out, "key     {}", lookup.key)?;
+    writeln!(out, "key id  {}", lookup.key_id)?;
+    writeln!(out, "hops    {}", lookup.hops)?;
+    writeln!(out)?;
+    let mut table = Table::new(["role", "ring id", "peer id", "addr"]);
+    table.row(node_cells("owner", &lookup.owner));
+    for replica in lookup.replicas.iter().filter(|replica| **replica != lookup.owner) {
+        table.row(node_cells("replica", replica));
+    }
+    Ok(table.write(out)?)
+}
+
+fn node_cells(label: &str, node: &NodeInfo) -> [String; 4] {
+    [
+        label.to_owned(),
+        output::short_ring_id(&node.ring_id),
+        output::short_peer_id(&node.peer_id),
+        node.addr.clone(),
+    ]
+}
+
+pub(crate) fn status(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
+    let status = client(global)?.status()?;
+    if global.json {
+        return Ok(output::write_json(out, &status.raw)?);
+    }
+    let status = status.parsed;
+    let mut facts = Table::new(["node", &status.peer_id]);
+    facts.row(["ring id", &status.ring_id]);
+    facts.row(["http", &status.http]);
+    for (position, address) in status.addresses.iter().enumerate() {
+        facts.row([if position == 0 { "addresses" } else { "" }, address.as_str()]);
+    }
+    facts.row(["member", if status.member { "yes" } else { "no (joining)" }]);
+    facts.row(["keys".to_owned(), format!("{} ({})", status.keys, output::human_bytes(status.bytes))]);
+    facts.row(["uptime".to_owned(), output::human_duration(status.uptime_s)]);
+    facts.row(["version", &status.version]);
+    facts.write(out)?;
+
+    writeln!(out)?;
+    let mut neighbours = Table::new(["neighbour", "ring id", "peer id", "addr"]);
+    match &status.predecessor {
+        Some(predecessor) => neighbours.row(node_cells("predecessor", predecessor)),
+        None => neighbours.row(["predecessor", "none"]),
+    }
+    for (position, successor) in status.successors.iter().enumerate() {
+        neighbours.row(node_cells(&format!("successor {}", position + 1), successor));
+    }
+    neighbours.write(out)?;
+
+    writeln!(out)?;
+    let mut fingers = Table::new(["finger", "ring id", "peer id", "addr"]);
+    for finger in &status.fingers {
+        fingers.row(node_cells(&finger.index.to_string(), &finger.node));
+    }
+    Ok(fingers.write(out)?)
+}
+
+pub(crate) fn ring(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
+    let ring = client(global)?.ring()?;
+    if global.json {
+        return Ok(output::write_json(out, &ring.raw)?);
+    }
+    write_ring_table(&ring.parsed.nodes, out)?;
+    if !ring.parsed.complete {
+        writeln!(out, "(incomplete: the walk around the ring did not get back to the start)")?;
+    }
+    Ok(())
+}
+
+/// `position  ring id  peer id  addr`, one row per member in ring order.
+pub(crate) fn write_ring_table(nodes: &[NodeInfo], out: &mut impl Write) -> io::Result<()> {
+    let mut table = Table::new(["position", "ring id", "peer id", "addr"]);
+    for (position, node) in nodes.iter().enumerate() {
+        table.row(node_cells(&position.to_string(), node));
+    }
+    table.write(out)
+}
+
+/// Names the consistency level requests will use, for the progress lines of bench and demo.
+pub(crate) fn consistency_label(consistency: Option<Consistency>) -> &'static str {
+    match consistency {
+        None => "the node's default consistency",
+        Some(Consistency::One) => "consistency one",
+        Some(Consistency::Quorum) => "consistency quorum",
+        Some(Consistency::All) => "consistency all",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_are_text_when_utf8_and_hex_otherwise() {
+        let text = value_json("k", Some("v1"), "héllo".as_bytes());
+        assert_eq!(text["encoding"], "utf8");
+        assert_eq!(text["value"], "héllo");
+        assert_eq!(text["size"], 6);
+        assert_eq!(text["version"], "v1");
+        let binary = value_json("k", None, &[0xff, 0x00, 0x10]);
+        assert_eq!(binary["encoding"], "hex");
+        assert_eq!(binary["value"], "ff0010");
+        assert!(binary["version"].is_null());
+    }
+
+    #[test]
+    fn bounded_reads_refuse_oversized_input() {
+        assert_eq!(read_bounded(&b"abc"[..]).expect("small input"), b"abc");
+        let endless = io::repeat(b'x');
+        assert!(read_bounded(endless).is_err());
+    }
+
+    #[test]
+    fn an_explicit_node_wins_over_the_cluster() {
+        let global = GlobalArgs {
+            node: Some("http://127.0.0.1:9".to_owned()),
+            consistency: None,
+            json: false,
+            dir: "/nonexistent".into(),
+        };
+        assert_eq!(resolve_node_url(&global), "http://127.0.0.1:9");
+        let global = GlobalArgs { node: None, ..global };
+        assert_eq!(resolve_node_url(&global), DEFAULT_NODE_URL);
+    }
+}

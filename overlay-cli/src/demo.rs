@@ -1,0 +1,293 @@
+//! `overlay demo`: a guided tour for a newcomer. Starts a 5-node cluster, stores keys, reads
+//! them back through other nodes, crashes a node, waits until every key is readable again, and
+//! says what it does at each step. Every wait polls against a deadline; a step that does not
+//! finish in time fails the demo with a non-zero exit.
+
+use std::io::Write;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::api::NodeClient;
+use crate::cli::{DemoArgs, GlobalArgs};
+use crate::cluster::{self, ClusterFile};
+use crate::commands;
+use crate::output;
+
+const NODES: usize = 5;
+const KEYS: usize = 20;
+/// Per-request time-out during the demo.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the demo waits for every key to be readable after the crash. The node has to
+/// notice the failure (timeouts) and repair routes, which takes seconds, not minutes.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
+const RECOVERY_POLL: Duration = Duration::from_millis(500);
+
+/// The demo's key/value pairs: short, readable, and spread over the ring by their hashes.
+fn demo_pairs() -> Vec<(String, String)> {
+    const CITIES: [&str; KEYS] = [
+        "amsterdam",
+        "berlin",
+        "cairo",
+        "delhi",
+        "edinburgh",
+        "florence",
+        "geneva",
+        "havana",
+        "istanbul",
+        "jakarta",
+        "kyoto",
+        "lagos",
+        "madrid",
+        "nairobi",
+        "oslo",
+        "paris",
+        "quito",
+        "rome",
+        "sydney",
+        "toronto",
+    ];
+    CITIES.iter().map(|city| (format!("demo/{city}"), format!("hello from {city}"))).collect()
+}
+
+pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs, out: &mut impl Write) -> Result<()> {
+    let dir = &global.dir;
+    say(
+        out,
+        &format!("Step 1: starting a {NODES}-node ring in {} (overlay cluster up -n {NODES})", dir.display()),
+    )?;
+    let cluster = cluster::up(dir, NODES, false, args.binary.node_bin.as_deref())
+        .context("step 1 (starting the cluster) failed")?;
+    let result = tour(global, &cluster, out);
+    if args.stop {
+        say(out, "Stopping the cluster (overlay cluster down) because of --stop.")?;
+        let (stopped, killed) = cluster::down(dir).context("stopping the cluster")?;
+        say(out, &format!("Stopped {stopped} nodes ({killed} needed SIGKILL)."))?;
+    } else if result.is_err() {
+        say(
+            out,
+            &format!(
+                "The cluster is left running so you can look around; logs are in {}/node-*/node.log.",
+                dir.display()
+            ),
+        )?;
+    }
+    let victim = result?;
+    if !args.stop {
+        next_steps(dir, victim, out)?;
+    }
+    Ok(())
+}
+
+/// Steps 2 to 6; returns the index of the node it crashed.
+fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Result<usize> {
+    let clients = cluster
+        .nodes
+        .iter()
+        .map(|node| NodeClient::new(&node.http, REQUEST_TIMEOUT, 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    let consistency = global.consistency;
+    say(out, "The ring is correct: every node's successor and predecessor are its neighbours by ring id.")?;
+    let ring = clients[0].ring().context("reading the ring from node 0")?;
+    commands::write_ring_table(&ring.parsed.nodes, out)?;
+    writeln!(out)?;
+
+    let pairs = demo_pairs();
+    say(
+        out,
+        &format!(
+            "Step 2: storing {KEYS} keys, sending each write to a different node ({}).",
+            commands::consistency_label(consistency)
+        ),
+    )?;
+    for (position, (key, value)) in pairs.iter().enumerate() {
+        let client = &clients[position % clients.len()];
+        let (_, receipt) = client
+            .put(key, value.as_bytes(), consistency)
+            .with_context(|| format!("step 2: storing {key:?} through {}", client.base_url()))?;
+        if position < 3 {
+            say(
+                out,
+                &format!(
+                    "  put {key:?} via node {} -> {} replicas acknowledged",
+                    position % clients.len(),
+                    receipt.parsed.replicas_acked
+                ),
+            )?;
+        }
+    }
+    say(out, &format!("  ... and {} more.", KEYS - 3))?;
+
+    let (key, _) = &pairs[0];
+    let lookup = clients[0].lookup(key).with_context(|| format!("looking up {key:?}"))?;
+    say(
+        out,
+        &format!(
+            "  Where does {key:?} live? SHA-1 puts it at {}; its owner is {} ({} hops), replicated on {} nodes.",
+            output::short_ring_id(&lookup.parsed.key_id),
+            output::short_peer_id(&lookup.parsed.owner.peer_id),
+            lookup.parsed.hops,
+            lookup.parsed.replicas.len().max(1),
+        ),
+    )?;
+    writeln!(out)?;
+
+    say(out, "Step 3: reading every key back through a node other than the one that stored it.")?;
+    for (position, (key, value)) in pairs.iter().enumerate() {
+        let reader = (position + 1) % clients.len();
+        let stored = clients[reader]
+            .get(key, consistency)
+            .with_context(|| format!("step 3: reading {key:?} through node {reader}"))?;
+        if stored.value != value.as_bytes() {
+            bail!(
+                "step 3: node {reader} returned {:?} for {key:?}, expected {value:?}",
+                String::from_utf8_lossy(&stored.value)
+            );
+        }
+    }
+    say(out, &format!("  All {KEYS} keys read back correctly."))?;
+    writeln!(out)?;
+
+    let (victim, owned) = choose_victim(&clients, &pairs);
+    say(
+        out,
+        &format!(
+            "Step 4: crashing node {victim} with SIGKILL (overlay cluster kill {victim}); it owns {owned} of the {KEYS} keys, \
+         and it gets no chance to hand them over."
+        ),
+    )?;
+    cluster::kill(&global.dir, victim).with_context(|| format!("step 4: killing node {victim}"))?;
+
+    let survivors: Vec<usize> = (0..clients.len()).filter(|&index| index != victim).collect();
+    say(
+        out,
+        &format!(
+            "Step 5: reading all keys through the surviving nodes until every read succeeds (up to {} s).",
+            RECOVERY_DEADLINE.as_secs()
+        ),
+    )?;
+    let recovered_after = wait_until_all_readable(&clients, &survivors, &pairs, global, out)?;
+    say(
+        out,
+        &format!(
+            "  All {KEYS} keys survived the crash: readable with the right values {:.1} s after node {victim} died.",
+            recovered_after.as_secs_f64()
+        ),
+    )?;
+
+    say(out, "Step 6: waiting for the four survivors to close the ring around the gap.")?;
+    let mut cluster_now = ClusterFile::load_existing(&global.dir)?;
+    let started = Instant::now();
+    cluster::wait_for_ring(&mut cluster_now, &survivors, started, started + cluster::RING_DEADLINE)
+        .context("step 6: the survivors did not repair the ring")?;
+    let ring = clients[survivors[0]].ring().context("reading the repaired ring")?;
+    commands::write_ring_table(&ring.parsed.nodes, out)?;
+    writeln!(out)?;
+    Ok(victim)
+}
+
+/// The node to crash and how many demo keys it owns: not node 0 (the one newcomers talk to),
+/// and among the others the one that owns the most demo keys, so the crash actually tests
+/// replication. Ownership that cannot be learnt counts as zero.
+fn choose_victim(clients: &[NodeClient], pairs: &[(String, String)]) -> (usize, usize) {
+    let peers: Vec<Option<String>> =
+        clients.iter().map(|client| client.status().ok().map(|status| status.parsed.peer_id)).collect();
+    let mut owned = vec![0usize; clients.len()];
+    for (key, _) in pairs {
+        let Ok(lookup) = clients[0].lookup(key) else { continue };
+        let owner = Some(lookup.parsed.owner.peer_id.as_str());
+        if let Some(index) = peers.iter().position(|peer| peer.as_deref() == owner) {
+            owned[index] += 1;
+        }
+    }
+    let victim =
+        (1..clients.len()).max_by_key(|&index| (owned[index], std::cmp::Reverse(index))).unwrap_or(1);
+    (victim, owned.get(victim).copied().unwrap_or(0))
+}
+
+/// Polls until every key reads back with its value through the survivors (rotating which
+/// survivor serves which key), printing the count whenever it changes. Returns how long it took.
+fn wait_until_all_readable(
+    clients: &[NodeClient],
+    survivors: &[usize],
+    pairs: &[(String, String)],
+    global: &GlobalArgs,
+    out: &mut impl Write,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let deadline = started + RECOVERY_DEADLINE;
+    let mut last_readable = None;
+    let mut round = 0usize;
+    loop {
+        let mut readable = 0;
+        let mut first_failure = None;
+        for (position, (key, value)) in pairs.iter().enumerate() {
+            let reader = survivors[(position + round) % survivors.len()];
+            match clients[reader].get(key, global.consistency) {
+                Ok(stored) if stored.value == value.as_bytes() => readable += 1,
+                Ok(_) => {
+                    first_failure
+                        .get_or_insert_with(|| format!("node {reader} returned a wrong value for {key:?}"));
+                }
+                Err(error) => {
+                    first_failure.get_or_insert_with(|| format!("{key:?} via node {reader}: {error}"));
+                }
+            }
+        }
+        if last_readable != Some(readable) {
+            say(
+                out,
+                &format!(
+                    "  after {:.1} s: {readable}/{} keys readable",
+                    started.elapsed().as_secs_f64(),
+                    pairs.len()
+                ),
+            )?;
+            last_readable = Some(readable);
+        }
+        if readable == pairs.len() {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "step 5: only {readable} of {} keys were readable {} s after the crash; first failure: {}",
+                pairs.len(),
+                RECOVERY_DEADLINE.as_secs(),
+                first_failure.unwrap_or_default()
+            );
+        }
+        thread::sleep(RECOVERY_POLL);
+        round = round.wrapping_add(1);
+    }
+}
+
+fn say(out: &mut impl Write, line: &str) -> Result<()> {
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn next_steps(dir: &Path, victim: usize, out: &mut impl Write) -> Result<()> {
+    // The default --dir needs no flag; any other must be repeated for commands to find the
+    // cluster (kv commands use it to pick a node).
+    let dir_flag =
+        if dir == Path::new(".overlay") { String::new() } else { format!(" --dir {}", dir.display()) };
+    writeln!(out, "Done. The cluster keeps running with node {victim} down. Try next:")?;
+    for (command, what) in [
+        ("cluster status".to_owned(), "which nodes run, their ports and key counts"),
+        ("ring".to_owned(), "the ring in order, as one node sees it"),
+        ("status".to_owned(), "one node's predecessor, successors and fingers"),
+        ("put greeting 'hello, ring'".to_owned(), "store a value"),
+        ("get greeting".to_owned(), "read it back (only the raw value on stdout)"),
+        ("lookup greeting".to_owned(), "which nodes own and replicate it, and the hop count"),
+        (format!("cluster start {victim}"), "bring the crashed node back on its data directory"),
+        ("bench --ops 5000 --concurrency 16 --value-size 256".to_owned(), "latency and throughput"),
+        ("cluster down".to_owned(), "stop every node"),
+    ] {
+        let line = format!("overlay {command}{dir_flag}");
+        writeln!(out, "  {line:<60} # {what}")?;
+    }
+    Ok(())
+}
