@@ -50,6 +50,7 @@
 //! are counted as failed.
 
 pub mod address;
+pub mod bytes;
 pub mod config;
 pub mod error;
 pub mod finger;

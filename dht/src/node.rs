@@ -299,8 +299,9 @@ impl<A: Address> Node<A> {
 
     /// The replica set of `key` of size up to `n` — its owner and the next n − 1 successors — if
     /// local knowledge determines it: when this node owns the key, or the key falls inside this
-    /// node's successor list. Shorter than `n` when the ring (or the known part of the list after
-    /// the owner) is smaller. `None` means a lookup is needed.
+    /// node's successor list. Shorter than `n` when the ring is smaller than `n`, or when the owner
+    /// sits near the end of a full successor list (what follows it is not known here); callers that
+    /// need all `n` should then look the key up. `None` means a lookup is needed.
     pub fn replica_set(&self, key: &Id, n: usize) -> Option<Vec<NodeRef<A>>> {
         if !self.is_member() || n == 0 {
             return None;
@@ -310,12 +311,19 @@ impl<A: Address> Node<A> {
                 std::iter::once(self.me.clone()).chain(self.successors.iter().cloned()).take(n).collect(),
             );
         }
+        // A list shorter than r holds the whole ring: after its last entry comes this node again.
+        // A full list says nothing about what follows its last entry.
+        let whole_ring = self.successors.len() < self.config.successors.get();
         let mut prev = self.me.id;
         for (k, node) in self.successors.iter().enumerate() {
             if key.in_open_closed(&prev, &node.id) {
-                // The list after `node` wraps back to this node, which is then a replica too.
-                let after = self.successors[k..].iter().cloned().chain(std::iter::once(self.me.clone()));
-                return Some(after.take(n).collect());
+                let mut set: Vec<NodeRef<A>> = self.successors[k..].iter().take(n).cloned().collect();
+                if whole_ring {
+                    // Round the ring: this node, then the list's first entries.
+                    let wrapped = std::iter::once(&self.me).chain(&self.successors[..k]);
+                    set.extend(wrapped.take(n - set.len()).cloned());
+                }
+                return Some(set);
             }
             prev = node.id;
         }
@@ -542,7 +550,7 @@ impl<A: Address> Node<A> {
         *attempts += 1;
         debug!(node = %self.me.id.short(), bootstrap = ?bootstrap, attempt = *attempts, "joining");
         let target = self.me.id;
-        self.start_join_lookup(target, NodeRef::new(bootstrap), now);
+        self.start_routed_lookup(target, LookupPurpose::Join, vec![NodeRef::new(bootstrap)], now);
     }
 
     // ----- outputs ---------------------------------------------------------------------------
@@ -942,20 +950,8 @@ impl<A: Address> Node<A> {
         }
         let start = others[self.rng.random_range(0..others.len())].clone();
         self.checking_successor = true;
-        let key = self.next_lookup;
-        self.next_lookup += 1;
-        self.counters.lookups_started += 1;
-        let mut lookup = Lookup::new(
-            self.me.id.finger_start(0),
-            LookupPurpose::CheckSuccessor,
-            now,
-            self.config.lookup_timeout,
-            Some(self.me.addr.clone()),
-        );
-        lookup.add_route([start]);
-        self.lookup_deadlines.insert((lookup.deadline, key));
-        self.lookups.insert(key, lookup);
-        self.advance_lookup(key, now);
+        let target = self.me.id.finger_start(0);
+        self.start_routed_lookup(target, LookupPurpose::CheckSuccessor, vec![start], now);
     }
 
     /// Every successor has failed. Taking the predecessor as successor would close a loop that
@@ -974,20 +970,8 @@ impl<A: Address> Node<A> {
         }
         debug!(node = %self.me.id.short(), known = known.len(), "successor list exhausted: rejoining");
         self.rejoining = true;
-        let key = self.next_lookup;
-        self.next_lookup += 1;
-        self.counters.lookups_started += 1;
-        let mut lookup = Lookup::new(
-            self.me.id,
-            LookupPurpose::Rejoin,
-            now,
-            self.config.lookup_timeout,
-            Some(self.me.addr.clone()),
-        );
-        lookup.add_route(known);
-        self.lookup_deadlines.insert((lookup.deadline, key));
-        self.lookups.insert(key, lookup);
-        self.advance_lookup(key, now);
+        let target = self.me.id;
+        self.start_routed_lookup(target, LookupPurpose::Rejoin, known, now);
     }
 
     /// `node` answered with its predecessor and list. If that predecessor lies between this node and
@@ -1101,18 +1085,16 @@ impl<A: Address> Node<A> {
         self.advance_lookup(key, now);
     }
 
-    fn start_join_lookup(&mut self, target: Id, bootstrap: NodeRef<A>, now: Time) {
+    /// Starts a lookup that is routed through `route` rather than this node's own tables, and
+    /// that must not answer with this node: for joining, rejoining and checking our successor,
+    /// where our own view is what is in question.
+    fn start_routed_lookup(&mut self, target: Id, purpose: LookupPurpose, route: Vec<NodeRef<A>>, now: Time) {
         let key = self.next_lookup;
         self.next_lookup += 1;
         self.counters.lookups_started += 1;
-        let mut lookup = Lookup::new(
-            target,
-            LookupPurpose::Join,
-            now,
-            self.config.lookup_timeout,
-            Some(self.me.addr.clone()),
-        );
-        lookup.add_route([bootstrap]);
+        let mut lookup =
+            Lookup::new(target, purpose, now, self.config.lookup_timeout, Some(self.me.addr.clone()));
+        lookup.add_route(route);
         self.lookup_deadlines.insert((lookup.deadline, key));
         self.lookups.insert(key, lookup);
         self.advance_lookup(key, now);

@@ -70,10 +70,10 @@ impl HybridClock {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The user's key.
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
     /// The value; empty for a tombstone.
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::bytes")]
     pub value: Vec<u8>,
     /// Who wrote it, when.
     pub version: Version,
@@ -137,32 +137,6 @@ impl Record {
     /// Whether `self` should replace `other` (it is strictly newer).
     pub fn supersedes(&self, other: &Record) -> bool {
         self.version > other.version
-    }
-}
-
-mod serde_bytes_vec {
-    //! `Vec<u8>` as a CBOR byte string rather than an array of integers.
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        struct BytesVisitor;
-        impl serde::de::Visitor<'_> for BytesVisitor {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        deserializer.deserialize_byte_buf(BytesVisitor)
     }
 }
 
@@ -251,7 +225,7 @@ pub fn digest<'a>(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The user's key.
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
     /// Its version at the sender.
     pub version: Version,
@@ -326,7 +300,7 @@ pub enum KvRequest {
     /// Return the receiver's record for `key`.
     Fetch {
         /// The user's key.
-        #[serde(with = "serde_bytes_vec")]
+        #[serde(with = "crate::bytes")]
         key: Vec<u8>,
     },
     /// Anti-entropy, step 1: the sender's digest of range `(start, end]`.

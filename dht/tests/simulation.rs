@@ -140,6 +140,21 @@ fn replica_sets_from_local_knowledge_match_the_ring() {
         // A key just past its successor lies in its successor list, owned by the next node.
         let key = ring[(pos + 1) % ring.len()].0.wrapping_add(&Id::pow2(0));
         let set = node.replica_set(&key, 3).expect("within the successor list");
-        assert_eq!(set[0].id, ring[(pos + 2) % ring.len()].0);
+        let expected: Vec<Id> = (2..5).map(|k| ring[(pos + k) % ring.len()].0).collect();
+        assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), expected);
+        // A key owned by the last entry of a full list: nothing is known past it, and this node
+        // is not its successor (the ring has more than r + 1 nodes).
+        let r = node.successors().len();
+        assert_eq!(r, 8);
+        let last = ring[(pos + r - 1) % ring.len()].0.wrapping_add(&Id::pow2(0));
+        let set = node.replica_set(&last, 3).expect("within the successor list");
+        assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), vec![ring[(pos + r) % ring.len()].0]);
     }
+    // In a ring smaller than r, the list wraps back to the node itself.
+    let small = converged_ring(3, 4);
+    let mut ids: Vec<(Id, usize)> = (0..3).map(|i| (small.node(i).me().id, i)).collect();
+    ids.sort();
+    let key = ids[2].0.wrapping_add(&Id::pow2(0)); // owned by the first node, after the last
+    let set = small.node(ids[1].1).replica_set(&key, 3).expect("whole ring known");
+    assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), vec![ids[0].0, ids[1].0, ids[2].0]);
 }

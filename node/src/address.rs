@@ -66,34 +66,10 @@ impl Address for PeerAddr {
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
-    #[serde(with = "bytes")]
+    #[serde(with = "dht::bytes")]
     peer: Vec<u8>,
-    #[serde(with = "bytes")]
+    #[serde(with = "dht::bytes")]
     addr: Vec<u8>,
-}
-
-mod bytes {
-    //! `Vec<u8>` as a CBOR byte string.
-    use serde::{Deserializer, Serializer};
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
 }
 
 impl Serialize for PeerAddr {

@@ -727,6 +727,18 @@ impl EventLoop {
                 answers: Vec::new(),
             },
         );
+        // When this node's own successor list already spans the key's replica set, a lookup would
+        // only confirm it: skip it. (Both can be stale while the ring changes; quorums cover that.)
+        let locally_known = self
+            .core
+            .replica_set(&key_id, self.config.replicas)
+            .filter(|set| set.len() >= self.config.replicas.min(self.core.successors().len() + 1));
+        if let Some(replicas) = locally_known
+            && !matches!(self.ops.get(&op).map(|o| &o.kind), Some(OpKind::Locate { .. }))
+        {
+            self.dispatch(op, replicas, 0);
+            return;
+        }
         let now = self.now();
         let lookup = self.core.lookup(key_id, now);
         self.lookup_ops.insert(lookup, op);
@@ -753,6 +765,11 @@ impl EventLoop {
             }
         };
         let replicas = outcome.replica_set(self.config.replicas);
+        self.dispatch(op_id, replicas, outcome.hops);
+    }
+
+    /// Sends an operation to its replica set.
+    fn dispatch(&mut self, op_id: OpId, replicas: Vec<NodeRef<PeerAddr>>, hops: u32) {
         let Some(op) = self.ops.get_mut(&op_id) else {
             return;
         };
@@ -764,7 +781,7 @@ impl EventLoop {
                 let Some(Op { kind: OpKind::Locate { reply, .. }, .. }) = self.ops.remove(&op_id) else {
                     unreachable!("matched just above");
                 };
-                let _ = reply.send(Ok(Located { key_id, replicas, hops: outcome.hops }));
+                let _ = reply.send(Ok(Located { key_id, replicas, hops }));
             }
             OpKind::Write { record, .. } => {
                 let record = record.clone();

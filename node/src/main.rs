@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: the event loop is a single task that owns all state, HTTP handlers only pass
+    // messages to it, and storage writes have their own thread. Many nodes share a machine, and
+    // cross-thread wake-ups and per-thread allocator arenas cost more than they bring.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("overlay-node: cannot start the runtime: {error}");

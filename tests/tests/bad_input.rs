@@ -23,6 +23,17 @@ const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
 #[derive(Clone, Default)]
 struct RawCodec;
 
+async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(4 << 20).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_all<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> std::io::Result<()> {
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
@@ -33,18 +44,14 @@ impl request_response::Codec for RawCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.take(4 << 20).read_to_end(&mut buf).await?;
-        Ok(buf)
+        read_all(io).await
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.take(4 << 20).read_to_end(&mut buf).await?;
-        Ok(buf)
+        read_all(io).await
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -52,8 +59,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
         req: Vec<u8>,
     ) -> std::io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
+        write_all(io, req).await
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -61,8 +67,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
         res: Vec<u8>,
     ) -> std::io::Result<()> {
-        io.write_all(&res).await?;
-        io.close().await
+        write_all(io, res).await
     }
 }
 
