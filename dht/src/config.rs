@@ -38,6 +38,10 @@ pub struct Config {
     pub max_concurrent_lookups: usize,
     /// How long a joining node keeps retrying before [`crate::Event::JoinFailed`]. Default 30 s.
     pub join_timeout: Duration,
+    /// How long a range an owner vouched for in a lookup may answer
+    /// [`crate::Node::cached_replicas`] without a new lookup; zero disables the cache.
+    /// Default 5 s.
+    pub lookup_cache_ttl: Duration,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             route_candidates: NonZeroUsize::new(3).expect("3 is non-zero"),
             max_concurrent_lookups: 1024,
             join_timeout: Duration::from_secs(30),
+            lookup_cache_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -133,6 +138,11 @@ impl Config {
     /// Sets the overall lookup timeout.
     pub fn with_lookup_timeout(mut self, d: Duration) -> Self {
         self.lookup_timeout = d;
+        self
+    }
+    /// Sets how long vouched-for ranges are remembered (zero: not at all).
+    pub fn with_lookup_cache_ttl(mut self, d: Duration) -> Self {
+        self.lookup_cache_ttl = d;
         self
     }
     /// Sets the join timeout.

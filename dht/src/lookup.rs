@@ -44,8 +44,9 @@ impl<A: Clone> LookupOutcome<A> {
     }
 }
 
-/// The owner a lookup found, with the owner's successor list.
-pub(crate) type Answer<A> = (NodeRef<A>, Vec<NodeRef<A>>);
+/// The owner a lookup found, the owner's successor list, and the owner's predecessor when the
+/// owner itself vouched for the range (predecessor, owner].
+pub(crate) type Answer<A> = (NodeRef<A>, Vec<NodeRef<A>>, Option<NodeRef<A>>);
 
 /// Why a lookup runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +173,7 @@ impl<A: Clone + Eq> Lookup<A> {
             Vec::new()
         };
         if owner && self.exclude.as_ref() != Some(&from.addr) {
-            return (Some((from, successors)), dropped);
+            return (Some((from, successors, predecessor)), dropped);
         }
         if as_owner {
             // `from` follows the target but is not its owner: its predecessor lies in
@@ -181,13 +182,13 @@ impl<A: Clone + Eq> Lookup<A> {
                 (p.id == self.target || p.id.in_open(&self.target, &from.id)) && self.usable(&p.addr)
             }) {
                 // Candidates after `from` can never be the answer now that `from` has answered.
-                self.fallback_owner = Some((from, successors));
+                self.fallback_owner = Some((from, successors, None));
                 self.owners.clear();
                 self.owners.push_back(pred);
                 return (None, dropped);
             }
             if self.exclude.as_ref() != Some(&from.addr) {
-                return (Some((from, successors)), dropped);
+                return (Some((from, successors, None)), dropped);
             }
         }
         if !self.set_owners_from_list(&from.id, &successors) {

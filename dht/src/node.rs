@@ -128,7 +128,7 @@ enum Purpose<A> {
     /// `chased` counts the predecessors followed in this round.
     StabilizeCandidate {
         candidate: NodeRef<A>,
-        fallback: Option<Answer<A>>,
+        fallback: Option<SuccessorWithList<A>>,
         chased: u8,
     },
     Notify,
@@ -145,6 +145,21 @@ enum Purpose<A> {
     },
     Leaving,
 }
+
+/// A node that answered with its successor list.
+type SuccessorWithList<A> = (NodeRef<A>, Vec<NodeRef<A>>);
+
+/// A range some owner vouched for in a lookup: keys in (start, owner.id] are its.
+#[derive(Clone, Debug)]
+struct CachedRange<A> {
+    start: Id,
+    owner: NodeRef<A>,
+    successors: Vec<NodeRef<A>>,
+    expires: Time,
+}
+
+/// Most ranges remembered.
+const MAX_CACHED_RANGES: usize = 4096;
 
 #[derive(Debug)]
 struct Pending<A> {
@@ -202,6 +217,8 @@ pub struct Node<A: Address> {
     stabilize_rounds: u32,
     /// A lookup of this node's own successor is running.
     checking_successor: bool,
+    /// Ranges (predecessor, owner] recently vouched for by their owners, keyed by owner id.
+    range_cache: BTreeMap<Id, CachedRange<A>>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
     rejoining: bool,
     announced: bool,
@@ -239,6 +256,7 @@ impl<A: Address> Node<A> {
             fast_rounds: 0,
             stabilize_rounds: 0,
             checking_successor: false,
+            range_cache: BTreeMap::new(),
             announced: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -328,6 +346,52 @@ impl<A: Address> Node<A> {
             prev = node.id;
         }
         None
+    }
+
+    /// The replica set of `key` of size `n` without a lookup, if this node knows it: from its own
+    /// successor list ([`Node::replica_set`]) or from a range an owner vouched for in a lookup
+    /// within [`Config::lookup_cache_ttl`]. May be stale by up to that long; callers that write or
+    /// read through quorums tolerate that, and entries naming a node found unreachable are dropped.
+    pub fn cached_replicas(&self, key: &Id, n: usize, now: Time) -> Option<Vec<NodeRef<A>>> {
+        let known = self.replica_set(key, n).filter(|set| set.len() >= n.min(self.successors.len() + 1));
+        if known.is_some() {
+            return known;
+        }
+        let (_, entry) = self.range_cache.range(key..).next().or_else(|| self.range_cache.iter().next())?;
+        (entry.expires > now && key.in_open_closed(&entry.start, &entry.owner.id)).then(|| {
+            std::iter::once(entry.owner.clone()).chain(entry.successors.iter().cloned()).take(n).collect()
+        })
+    }
+
+    /// Forgets cached ranges that involve `addr` (the driver found it unreachable).
+    pub fn forget_cached(&mut self, addr: &A) {
+        self.range_cache
+            .retain(|_, e| &e.owner.addr != addr && !e.successors.iter().any(|s| &s.addr == addr));
+    }
+
+    fn remember_range(
+        &mut self,
+        predecessor: &NodeRef<A>,
+        owner: &NodeRef<A>,
+        successors: &[NodeRef<A>],
+        now: Time,
+    ) {
+        if self.config.lookup_cache_ttl.is_zero() || owner.addr == self.me.addr {
+            return;
+        }
+        if self.range_cache.len() >= MAX_CACHED_RANGES {
+            self.range_cache.retain(|_, e| e.expires > now);
+            if self.range_cache.len() >= MAX_CACHED_RANGES {
+                return;
+            }
+        }
+        let entry = CachedRange {
+            start: predecessor.id,
+            owner: owner.clone(),
+            successors: successors.to_vec(),
+            expires: now + self.config.lookup_cache_ttl,
+        };
+        self.range_cache.insert(owner.id, entry);
     }
 
     // ----- commands --------------------------------------------------------------------------
@@ -913,6 +977,7 @@ impl<A: Address> Node<A> {
             Purpose::Lookup { key } => {
                 if timed_out {
                     self.fingers.forget(&to);
+                    self.forget_cached(&to);
                 }
                 let Some(lookup) = self.lookups.get_mut(&key) else {
                     return;
@@ -1059,6 +1124,7 @@ impl<A: Address> Node<A> {
             self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
         }
         self.fingers.forget(addr);
+        self.forget_cached(addr);
     }
 
     // ----- lookups ---------------------------------------------------------------------------
@@ -1070,7 +1136,7 @@ impl<A: Address> Node<A> {
         let mut lookup = Lookup::new(target, purpose, now, self.config.lookup_timeout, None);
         if self.owns(&target) {
             self.lookups.insert(key, lookup);
-            self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone())), now);
+            self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone(), None)), now);
             return;
         }
         if !lookup.set_owners_from_list(&self.me.id, &self.successors) {
@@ -1156,6 +1222,11 @@ impl<A: Address> Node<A> {
             }
         }
         match &result {
+            Ok((owner, successors, Some(predecessor))) => {
+                self.counters.lookups_succeeded += 1;
+                self.counters.lookup_hops += u64::from(lookup.hops);
+                self.remember_range(predecessor, owner, successors, now);
+            }
             Ok(_) => {
                 self.counters.lookups_succeeded += 1;
                 self.counters.lookup_hops += u64::from(lookup.hops);
@@ -1164,7 +1235,7 @@ impl<A: Address> Node<A> {
         }
         match lookup.purpose {
             LookupPurpose::User(id) => {
-                let result = result.map(|(owner, successors)| LookupOutcome {
+                let result = result.map(|(owner, successors, _)| LookupOutcome {
                     owner,
                     successors,
                     hops: lookup.hops,
@@ -1176,15 +1247,17 @@ impl<A: Address> Node<A> {
             LookupPurpose::FixFinger(i) => {
                 self.fixing_finger = false;
                 match result {
-                    Ok((owner, _)) if owner.addr == self.me.addr => self.fingers.settle(&self.me.id, i, None),
-                    Ok((owner, _)) => self.fingers.settle(&self.me.id, i, Some(owner)),
+                    Ok((owner, _, _)) if owner.addr == self.me.addr => {
+                        self.fingers.settle(&self.me.id, i, None)
+                    }
+                    Ok((owner, _, _)) => self.fingers.settle(&self.me.id, i, Some(owner)),
                     Err(_) => self.fingers.set_next(i + 1),
                 }
             }
             LookupPurpose::Join => self.on_join_lookup_finished(result, now),
             LookupPurpose::CheckSuccessor => {
                 self.checking_successor = false;
-                if let Ok((owner, list)) = result {
+                if let Ok((owner, list, _)) = result {
                     let closer =
                         self.successors.first().is_some_and(|s| owner.id.in_open(&self.me.id, &s.id));
                     if closer {
@@ -1197,7 +1270,7 @@ impl<A: Address> Node<A> {
             LookupPurpose::Rejoin => {
                 self.rejoining = false;
                 match result {
-                    Ok((successor, list)) => self.adopt_successor(successor, &list, now),
+                    Ok((successor, list, _)) => self.adopt_successor(successor, &list, now),
                     Err(error) => {
                         debug!(node = %self.me.id.short(), %error, "rejoin failed: alone until notified");
                         self.set_predecessor(None);
@@ -1212,7 +1285,7 @@ impl<A: Address> Node<A> {
             return;
         };
         match result {
-            Ok((successor, list)) => {
+            Ok((successor, list, _)) => {
                 debug!(node = %self.me.id.short(), successor = %successor.id.short(), "joined: successor found");
                 self.activate(now);
                 self.adopt_successor(successor, &list, now);

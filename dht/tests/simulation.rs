@@ -158,3 +158,30 @@ fn replica_sets_from_local_knowledge_match_the_ring() {
     let set = small.node(ids[1].1).replica_set(&key, 3).expect("whole ring known");
     assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), vec![ids[0].0, ids[1].0, ids[2].0]);
 }
+
+#[test]
+fn ranges_vouched_for_in_lookups_answer_replica_sets_until_they_expire() {
+    let mut sim = converged_ring(60, 13);
+    let mut ring: Vec<(Id, usize)> = (0..sim.node_count()).map(|i| (sim.node(i).me().id, i)).collect();
+    ring.sort();
+    let asker = ring[0].1;
+    // A key far from the asker, so that its own successor list does not cover it.
+    let (target_pos, key) = (30, ring[30].0);
+    let now = sim.now();
+    assert_eq!(sim.node(asker).cached_replicas(&key, 3, now), None, "nothing known before a lookup");
+    sim.start_lookup(asker, key);
+    sim.run_until(sim.now() + Duration::from_secs(5));
+    assert_eq!(sim.tally.correct, 1);
+    let expected: Vec<Id> = (0..3).map(|k| ring[(target_pos + k) % ring.len()].0).collect();
+    let now = sim.now();
+    let set = sim.node(asker).cached_replicas(&key, 3, now).expect("the owner vouched for its range");
+    assert_eq!(set.iter().map(|n| n.id).collect::<Vec<_>>(), expected);
+    // Any key of the same range is covered; the next range is not.
+    let same_range = ring[29].0.wrapping_add(&Id::pow2(0));
+    assert!(sim.node(asker).cached_replicas(&same_range, 3, now).is_some());
+    let next_range = ring[30].0.wrapping_add(&Id::pow2(0));
+    assert_eq!(sim.node(asker).cached_replicas(&next_range, 3, now), None);
+    // Past the TTL (5 s by default), the cache no longer answers.
+    let later = now + Duration::from_secs(6);
+    assert_eq!(sim.node(asker).cached_replicas(&key, 3, later), None);
+}

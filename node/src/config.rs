@@ -55,6 +55,11 @@ pub struct Flags {
     /// How long to keep trying to join before giving up, in seconds.
     #[arg(long, env = "OVERLAY_JOIN_TIMEOUT_S", default_value_t = 60)]
     pub join_timeout_s: u64,
+    /// At most this long between a write's acknowledgement and its fsync, in milliseconds. 0
+    /// (the default): fsync before acknowledging. More: acknowledge once committed, fsync in the
+    /// background; a crash of this node can lose its last writes, which the other replicas hold.
+    #[arg(long, env = "OVERLAY_FSYNC_INTERVAL_MS", default_value_t = 0)]
+    pub fsync_interval_ms: u64,
     /// Log as JSON lines instead of text (filter with RUST_LOG).
     #[arg(long, env = "OVERLAY_LOG_JSON")]
     pub log_json: bool,

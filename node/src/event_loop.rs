@@ -727,12 +727,10 @@ impl EventLoop {
                 answers: Vec::new(),
             },
         );
-        // When this node's own successor list already spans the key's replica set, a lookup would
-        // only confirm it: skip it. (Both can be stale while the ring changes; quorums cover that.)
-        let locally_known = self
-            .core
-            .replica_set(&key_id, self.config.replicas)
-            .filter(|set| set.len() >= self.config.replicas.min(self.core.successors().len() + 1));
+        // When this node already knows the key's replica set (its successor list spans it, or the
+        // owner vouched for its range moments ago), a lookup would only confirm it: skip it.
+        // Both can be stale while the ring changes; quorums and anti-entropy cover that.
+        let locally_known = self.core.cached_replicas(&key_id, self.config.replicas, self.now());
         if let Some(replicas) = locally_known
             && !matches!(self.ops.get(&op).map(|o| &o.kind), Some(OpKind::Locate { .. }))
         {
@@ -969,9 +967,24 @@ impl EventLoop {
 
     fn on_kv_failure(&mut self, purpose: KvPurpose) {
         match purpose {
-            KvPurpose::OpStore { op, .. } => self.on_store_failure(op),
-            KvPurpose::OpFetch { op, peer } => self.on_fetched(op, peer, None),
+            KvPurpose::OpStore { op } => {
+                // Whoever failed, the op's replica set came from a view that may be stale.
+                if let Some(replicas) = self.ops.get(&op).map(|o| o.replicas.clone()) {
+                    self.forget_cached_replicas(&replicas);
+                }
+                self.on_store_failure(op)
+            }
+            KvPurpose::OpFetch { op, peer } => {
+                self.core.forget_cached(&peer.addr);
+                self.on_fetched(op, peer, None)
+            }
             _ => {}
+        }
+    }
+
+    fn forget_cached_replicas(&mut self, replicas: &[NodeRef<PeerAddr>]) {
+        for replica in replicas {
+            self.core.forget_cached(&replica.addr);
         }
     }
 

@@ -39,7 +39,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     std::fs::create_dir_all(&flags.data_dir)
         .with_context(|| format!("creating the data directory {}", flags.data_dir.display()))?;
     let keypair = identity::load_or_create(&flags.data_dir)?;
-    let storage = Storage::open(&flags.data_dir).context("opening the record store")?;
+    let storage = Storage::open_with(&flags.data_dir, Duration::from_millis(flags.fsync_interval_ms))
+        .context("opening the record store")?;
 
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
@@ -48,7 +49,12 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_dns()?
         .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(120))
+                // Send each request together with its protocol proposal instead of waiting a
+                // round trip for the protocol to be accepted: every request is a new substream.
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     swarm.listen_on(flags.listen.clone()).with_context(|| format!("listening on {}", flags.listen))?;
     // The actual address (a port of 0 is resolved by the OS) is known once the listener is up.

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use dht::Id;
 use dht::id::ID_BYTES;
@@ -158,6 +159,16 @@ impl Storage {
     /// [`StorageError::Db`] rather than trusted; it then scans every record once to count
     /// [`StorageStats`]. Both take time proportional to the file size.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        Self::open_with(data_dir, Duration::ZERO)
+    }
+
+    /// Like [`Storage::open`], choosing when writes reach the disk. With `fsync_interval` zero
+    /// (the default) every group commit is fsync'd before its callers hear back. Otherwise groups
+    /// are committed without fsync, and one fsync'd commit follows within `fsync_interval`:
+    /// acknowledged writes survive a crash of this process only if they were flushed, so the
+    /// caller relies on other replicas for the last `fsync_interval` (as Cassandra's periodic
+    /// commit log does). Closing the store flushes.
+    pub fn open_with(data_dir: &Path, fsync_interval: Duration) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(data_dir).map_err(db_error("creating the data directory"))?;
         let path = data_dir.join(FILE_NAME);
         // Without the integrity check a file altered outside redb may make the open panic.
@@ -193,7 +204,7 @@ impl Storage {
             let counters = Arc::clone(&counters);
             std::thread::Builder::new()
                 .name("storage-writer".into())
-                .spawn(move || run_writer(&db, queue, &counters))
+                .spawn(move || run_writer(&db, queue, &counters, fsync_interval))
                 .map_err(db_error("starting the writer thread"))?
         };
         Ok(Storage {
@@ -495,9 +506,35 @@ impl StatsDelta {
     }
 }
 
-/// The writer thread: group commits until every sender is gone and the queue is empty.
-fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters) {
-    while let Some(first) = queue.blocking_recv() {
+/// The writer thread: group commits until every sender is gone and the queue is empty. With a
+/// non-zero `fsync_interval`, groups commit without fsync and a flush follows within the interval.
+fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters, fsync_interval: Duration) {
+    let deferred = !fsync_interval.is_zero();
+    let durability = if deferred { Durability::None } else { Durability::Immediate };
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match unsynced_since {
+            None => match queue.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+            Some(since) => {
+                // Wait for work, but flush once the oldest unsynced commit is due.
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if since.elapsed() >= fsync_interval {
+                            flush(db);
+                            unsynced_since = None;
+                        } else {
+                            std::thread::sleep(Duration::from_micros(500));
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
         let mut records = first.records.len();
         let mut group = vec![first];
         while records < GROUP_COMMIT_RECORDS {
@@ -505,8 +542,11 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters
             records += job.records.len();
             group.push(job);
         }
-        match apply_group(db, &group) {
+        match apply_group(db, &group, durability) {
             Ok((outcomes, delta)) => {
+                if deferred && unsynced_since.is_none() {
+                    unsynced_since = Some(Instant::now());
+                }
                 delta.apply(counters);
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 let applied = outcomes.iter().flatten().filter(|outcome| outcome.applied).count();
@@ -529,15 +569,34 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters
             }
         }
     }
+    if unsynced_since.is_some() {
+        flush(db);
+    }
     debug!("storage writer stopped");
 }
 
-/// Applies every job of a group in one transaction and commits it durably. On error nothing of
-/// the group is written.
+/// Makes every earlier commit durable: an empty commit with fsync.
+fn flush(db: &Database) {
+    let result = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
+        txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => debug!("flushed"),
+        Err(error) => warn!(%error, "flushing the store failed"),
+    }
+}
+
+/// Applies every job of a group in one transaction and commits it with `durability`. On error
+/// nothing of the group is written.
 #[allow(clippy::type_complexity)]
-fn apply_group(db: &Database, group: &[Job]) -> Result<(Vec<Vec<PutOutcome>>, StatsDelta), StorageError> {
+fn apply_group(
+    db: &Database,
+    group: &[Job],
+    durability: Durability,
+) -> Result<(Vec<Vec<PutOutcome>>, StatsDelta), StorageError> {
     let mut txn = db.begin_write().map_err(db_error("beginning a write transaction"))?;
-    txn.set_durability(Durability::Immediate).map_err(db_error("setting durability"))?;
+    txn.set_durability(durability).map_err(db_error("setting durability"))?;
     let mut delta = StatsDelta::default();
     let mut outcomes = Vec::with_capacity(group.len());
     {
@@ -1017,5 +1076,25 @@ mod tests {
         );
         assert_eq!(ring_segments(&lo, &Id::MAX), [(lo.wrapping_add(&one), None)]);
         assert_eq!(ring_segments(&Id::MAX, &lo), [(Id::ZERO, Some(lo.wrapping_add(&one)))]);
+    }
+
+    #[tokio::test]
+    async fn periodic_fsync_still_persists_what_was_acknowledged_once_closed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = Storage::open_with(dir.path(), Duration::from_millis(20)).expect("open");
+            for i in 0..50u64 {
+                let record = Record::new(
+                    format!("k{i}").into_bytes(),
+                    b"v".to_vec(),
+                    dht::store::Version { hlc: i + 1, writer: dht::Id::ZERO },
+                );
+                assert!(store.put(record).await.expect("put").applied);
+            }
+            assert_eq!(store.get(b"k7").expect("get").map(|r| r.value), Some(b"v".to_vec()));
+        }
+        // Closing flushed: everything is there after a reopen.
+        let store = Storage::open(dir.path()).expect("reopen");
+        assert_eq!(store.stats().keys, 50);
     }
 }
