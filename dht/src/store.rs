@@ -240,6 +240,13 @@ pub struct SyncPlan {
     pub pull: Vec<Vec<u8>>,
 }
 
+/// Whether `key_id` lies after `after` (or `after` is `None`) and at or before `until`, walking
+/// the ring from `start`: the part of a range one page of entries covers.
+pub fn in_page(key_id: &Id, start: &Id, after: Option<&Id>, until: &Id) -> bool {
+    let d = start.distance_to(key_id);
+    after.is_none_or(|a| d > start.distance_to(a)) && d <= start.distance_to(until)
+}
+
 /// Compares local and remote entries (each for the same differing buckets) key by key.
 pub fn plan_sync(local: &[Entry], remote: &[Entry]) -> SyncPlan {
     let mut local_sorted: Vec<&Entry> = local.iter().collect();
@@ -312,7 +319,8 @@ pub enum KvRequest {
         /// [`DIGEST_BUCKETS`] bucket hashes.
         buckets: Vec<BucketHash>,
     },
-    /// Anti-entropy, step 2: the receiver's entries in these buckets of `(start, end]`.
+    /// Anti-entropy, step 2: the receiver's entries in these buckets of `(start, end]`, in ring
+    /// order from `start`, beginning after the key id `after` (paging through large ranges).
     Entries {
         /// Exclusive start of the range.
         start: Id,
@@ -320,6 +328,9 @@ pub enum KvRequest {
         end: Id,
         /// Bucket indexes.
         buckets: Vec<u16>,
+        /// Continue after this key id (exclusive); `None` from the start of the range.
+        #[serde(default)]
+        after: Option<Id>,
     },
 }
 
@@ -343,7 +354,8 @@ pub enum KvResponse {
     },
     /// Answer to [`KvRequest::Entries`].
     Entries {
-        /// The receiver's entries in the asked buckets (at most [`MAX_BATCH`]; `truncated` if more).
+        /// The receiver's entries in the asked buckets, in ring order (at most [`MAX_BATCH`];
+        /// `truncated` if more follow the last one).
         entries: Vec<Entry>,
         /// Whether entries were left out.
         truncated: bool,
@@ -494,6 +506,20 @@ mod tests {
         let plan = plan_sync(&local, &remote);
         assert_eq!(plan.push, vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(plan.pull, vec![b"d".to_vec()]);
+    }
+
+    #[test]
+    fn pages_cover_a_range_in_ring_order_without_gaps_or_overlap() {
+        let start = Id::MAX; // a range that wraps past zero
+        let end = Id::pow2(100);
+        let a = Id::ZERO;
+        let b = Id::pow2(50);
+        // First page up to b, second page after b up to the end.
+        assert!(in_page(&a, &start, None, &b));
+        assert!(in_page(&b, &start, None, &b));
+        assert!(!in_page(&b, &start, Some(&b), &end), "the cursor itself belongs to the previous page");
+        assert!(in_page(&Id::pow2(60), &start, Some(&b), &end));
+        assert!(!in_page(&Id::pow2(120), &start, Some(&b), &end), "past the range's end");
     }
 
     proptest! {

@@ -19,6 +19,10 @@ pub struct Flags {
     /// Address peers should dial to reach this node [default: the listen address].
     #[arg(long, env = "OVERLAY_ANNOUNCE")]
     pub announce: Option<Multiaddr>,
+    /// Announce `/dns4/<this host's name>/tcp/<port>` instead of an address: for containers,
+    /// whose name resolves on their network even when their address changes.
+    #[arg(long, env = "OVERLAY_ANNOUNCE_HOSTNAME", conflicts_with = "announce")]
+    pub announce_hostname: bool,
     /// A node of the ring to join (repeatable; `/p2p/<peer id>` optional). None: start a new ring.
     #[arg(long = "bootstrap", env = "OVERLAY_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<Multiaddr>,

@@ -192,7 +192,7 @@ enum KvPurpose {
     OpFetch { op: OpId, peer: NodeRef<PeerAddr> },
     Repair,
     SyncDigest { peer: PeerAddr, start: Id, end: Id },
-    SyncEntries { peer: PeerAddr, start: Id, end: Id, buckets: Vec<u16> },
+    SyncEntries { peer: PeerAddr, start: Id, end: Id, buckets: Vec<u16>, after: Option<Id> },
     SyncPush,
     SyncPull,
     Handoff,
@@ -217,6 +217,11 @@ struct Walk {
 const WALK_REQUEST_ID: RequestId = RequestId(u64::MAX);
 /// Longest ring walk.
 const MAX_WALK: usize = 4096;
+/// How long a node whose bootstrap list includes itself waits for another bootstrap node
+/// before it starts a ring of its own.
+const SELF_BOOTSTRAP_GRACE: Duration = Duration::from_secs(10);
+/// How long a node with bootstrap addresses stays alone before it tries to rejoin.
+const REJOIN_EVERY: Duration = Duration::from_secs(5);
 
 /// The loop's state.
 #[allow(missing_debug_implementations)] // holds the swarm, which is not Debug
@@ -244,6 +249,12 @@ pub struct EventLoop {
     join: JoinState,
     shutdown: CancellationToken,
     leave: LeaveState,
+    /// Joining again after being cut off (a failure returns to being alone, not to exiting).
+    rejoining: bool,
+    /// When a node found alone next tries to rejoin.
+    next_rejoin_check: Instant,
+    /// When dialing a bootstrap address first reached this node itself.
+    bootstrap_is_self_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -318,6 +329,9 @@ impl EventLoop {
             next_sync: now,
             shutdown,
             leave: LeaveState::Running,
+            rejoining: false,
+            next_rejoin_check: now + REJOIN_EVERY,
+            bootstrap_is_self_since: None,
         })
     }
 
@@ -369,7 +383,17 @@ impl EventLoop {
                 Event::Joined { successor } => {
                     info!(ring_id = %self.core.me().id, successor = %successor.id.short(), "joined the ring");
                     self.join = JoinState::Done;
+                    self.rejoining = false;
                     self.next_sync = Instant::now();
+                }
+                Event::JoinFailed { error } if self.rejoining => {
+                    // Stay up as a ring of one and try again later.
+                    warn!(%error, "rejoining failed; alone until the next attempt");
+                    self.rejoining = false;
+                    self.join = JoinState::Done;
+                    self.next_rejoin_check = Instant::now() + REJOIN_EVERY;
+                    let now = self.now();
+                    self.core.create_ring(now);
                 }
                 Event::JoinFailed { error } => {
                     anyhow::bail!("could not join the ring: {error}");
@@ -449,6 +473,15 @@ impl EventLoop {
                     self.core.join(vec![bootstrap], now);
                 }
             }
+            // One of the bootstrap addresses is this node (a StatefulSet's first pod, listed with
+            // the others): if nobody else answers, this node starts the ring.
+            SwarmEvent::OutgoingConnectionError {
+                error: libp2p::swarm::DialError::LocalPeerId { .. },
+                ..
+            } if matches!(self.join, JoinState::Dialing { .. }) && self.bootstrap_is_self_since.is_none() => {
+                debug!("a bootstrap address leads back to this node");
+                self.bootstrap_is_self_since = Some(Instant::now());
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
             }
@@ -501,7 +534,8 @@ impl EventLoop {
                     self.core.handle_message(response.sender, response.message, now);
                 }
             },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.drop_dead_connection(peer, &error);
                 if let Some(walk) = self.walks.remove(&request_id) {
                     self.continue_walk(walk, None);
                     return;
@@ -541,7 +575,8 @@ impl EventLoop {
                     self.on_kv_response(purpose, response);
                 }
             },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.drop_dead_connection(peer, &error);
                 if let Some(purpose) = self.kv_out.remove(&request_id) {
                     debug!(%error, "storage request failed");
                     self.on_kv_failure(purpose);
@@ -552,6 +587,16 @@ impl EventLoop {
                 debug!(%error, "inbound storage request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A request that timed out suggests the connection under it is dead (a peer cut off by a
+    /// partition or gone without a FIN): TCP may take many minutes to notice, and every request
+    /// would keep timing out on it. Closing it makes the next request dial afresh.
+    fn drop_dead_connection(&mut self, peer: PeerId, error: &request_response::OutboundFailure) {
+        if matches!(error, request_response::OutboundFailure::Timeout) && self.swarm.is_connected(&peer) {
+            debug!(%peer, "request timed out: closing the connection");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -609,9 +654,18 @@ impl EventLoop {
                 };
                 self.respond_kv(channel, response);
             }
-            KvRequest::Entries { start, end, buckets } => {
-                let response = match self.storage.entries(&start, &end, Some(&buckets), MAX_BATCH) {
-                    Ok((entries, truncated)) => KvResponse::Entries { entries, truncated },
+            KvRequest::Entries { start, end, buckets, after } => {
+                let response = match self.storage.entries(&start, &end, Some(&buckets), usize::MAX) {
+                    Ok((all, _)) => {
+                        let mut page: Vec<Entry> = all
+                            .into_iter()
+                            .filter(|e| dht::store::in_page(&Id::hash(&e.key), &start, after.as_ref(), &end))
+                            .take(MAX_BATCH + 1)
+                            .collect();
+                        let truncated = page.len() > MAX_BATCH;
+                        page.truncate(MAX_BATCH);
+                        KvResponse::Entries { entries: page, truncated }
+                    }
                     Err(error) => KvResponse::Refused { reason: error.to_string() },
                 };
                 self.respond_kv(channel, response);
@@ -863,11 +917,16 @@ impl EventLoop {
             }
             None => op.failed += 1,
         }
+        // A found record is answered as soon as a quorum replied. "Not found" waits for every
+        // replica (or the deadline): replica sets seen from different nodes can differ for a
+        // moment while the ring changes, and a quorum of the wrong two must not hide a write.
+        let all_in = op.ok + op.failed >= op.replicas.len();
+        let newest = newest(&op.answers).cloned();
         if op.ok >= op.needed
+            && (newest.is_some() || all_in)
             && let OpKind::Read { reply, .. } = &mut op.kind
             && let Some(reply) = reply.take()
         {
-            let newest = newest(&op.answers).cloned();
             let _ = reply.send(Ok(newest));
         }
         self.fail_if_hopeless(op_id);
@@ -932,26 +991,56 @@ impl EventLoop {
             }
             (KvPurpose::SyncDigest { peer, start, end }, KvResponse::DigestDiff { buckets }) => {
                 if !buckets.is_empty() {
-                    let request = KvRequest::Entries { start, end, buckets: buckets.clone() };
+                    let request = KvRequest::Entries { start, end, buckets: buckets.clone(), after: None };
                     self.send_kv(
                         &peer.clone(),
                         request,
-                        KvPurpose::SyncEntries { peer, start, end, buckets },
+                        KvPurpose::SyncEntries { peer, start, end, buckets, after: None },
                     );
                 }
             }
-            (KvPurpose::SyncEntries { peer, start, end, buckets }, KvResponse::Entries { entries, .. }) => {
-                self.reconcile(peer, start, end, &buckets, entries);
+            (
+                KvPurpose::SyncEntries { peer, start, end, buckets, after },
+                KvResponse::Entries { entries, truncated },
+            ) => {
+                // A truncated page covers the range only up to its last entry: compare that part,
+                // then ask for the next page. (Comparing past it would take every key the peer
+                // did not list for missing, and push the same ones forever.)
+                let until = match entries.last() {
+                    Some(last) if truncated => Id::hash(&last.key),
+                    _ => end,
+                };
+                self.reconcile(peer.clone(), start, end, &buckets, after, until, entries);
+                if truncated {
+                    let request =
+                        KvRequest::Entries { start, end, buckets: buckets.clone(), after: Some(until) };
+                    self.send_kv(
+                        &peer.clone(),
+                        request,
+                        KvPurpose::SyncEntries { peer, start, end, buckets, after: Some(until) },
+                    );
+                }
             }
             (KvPurpose::SyncPull, KvResponse::Found { record: Some(record) }) => {
                 self.clock.observe(&record.version);
                 let storage = self.storage.clone();
                 let internal = self.internal_tx.clone();
                 tokio::spawn(async move {
-                    if let Ok(outcome) = storage.put(record).await {
-                        let _ = internal.send(Internal::Pulled { count: usize::from(outcome.applied) }).await;
+                    let key_id = record.key_id();
+                    match storage.put(record).await {
+                        Ok(outcome) => {
+                            if !outcome.applied {
+                                debug!(key = %key_id.short(), "pulled record was not newer");
+                            }
+                            let _ =
+                                internal.send(Internal::Pulled { count: usize::from(outcome.applied) }).await;
+                        }
+                        Err(error) => warn!(key = %key_id.short(), %error, "storing a pulled record failed"),
                     }
                 });
+            }
+            (KvPurpose::SyncPull, KvResponse::Found { record: None }) => {
+                debug!("a record listed by anti-entropy was gone when fetched");
             }
             (KvPurpose::Repair | KvPurpose::SyncPush | KvPurpose::SyncPull | KvPurpose::Handoff, _) => {}
             (purpose, KvResponse::Refused { reason }) => {
@@ -994,7 +1083,15 @@ impl EventLoop {
         let expired: Vec<OpId> =
             self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
-            if let Some(op) = self.ops.remove(&id) {
+            if let Some(mut op) = self.ops.remove(&id) {
+                // A read that had its quorum but waited for stragglers to confirm "not found".
+                if op.ok >= op.needed
+                    && let OpKind::Read { reply, .. } = &mut op.kind
+                    && let Some(reply) = reply.take()
+                {
+                    let _ = reply.send(Ok(newest(&op.answers).cloned()));
+                    continue;
+                }
                 let error = KvError::NoQuorum { needed: op.needed, got: op.ok };
                 if fail_op(op, error) {
                     self.metrics.quorum_failures.fetch_add(1, Relaxed);
@@ -1032,10 +1129,26 @@ impl EventLoop {
         }
     }
 
-    /// Pushes what the peer lacks and pulls what it has newer, for the differing buckets.
-    fn reconcile(&mut self, peer: PeerAddr, start: Id, end: Id, buckets: &[u16], remote: Vec<Entry>) {
+    /// Pushes what the peer lacks and pulls what it has newer, for the differing buckets, within
+    /// the part of the range the peer's page covered: after `after`, up to `until`.
+    #[allow(clippy::too_many_arguments)]
+    fn reconcile(
+        &mut self,
+        peer: PeerAddr,
+        start: Id,
+        end: Id,
+        buckets: &[u16],
+        after: Option<Id>,
+        until: Id,
+        remote: Vec<Entry>,
+    ) {
         let (local, _) = match self.storage.entries(&start, &end, Some(buckets), usize::MAX) {
-            Ok(found) => found,
+            Ok((all, truncated)) => (
+                all.into_iter()
+                    .filter(|e| dht::store::in_page(&Id::hash(&e.key), &start, after.as_ref(), &until))
+                    .collect::<Vec<_>>(),
+                truncated,
+            ),
             Err(error) => {
                 warn!(%error, "could not list local entries");
                 return;
@@ -1102,17 +1215,38 @@ impl EventLoop {
             Relaxed,
         );
         self.metrics.rejected_unexpected.fetch_max(core.dropped_unknown_response, Relaxed);
-        if let JoinState::Dialing { deadline, next_dial, attempt } = &mut self.join {
-            if now >= *deadline {
+        self.rejoin_if_alone(now);
+        if matches!(self.join, JoinState::Dialing { .. })
+            && !self.rejoining
+            && self.bootstrap_is_self_since.is_some_and(|t| now - t >= SELF_BOOTSTRAP_GRACE)
+        {
+            info!("no other bootstrap node answered and one of them is this node: starting a new ring");
+            self.join = JoinState::Done;
+            let core_now = self.now();
+            self.core.create_ring(core_now);
+        }
+        if let JoinState::Dialing { deadline, .. } = self.join {
+            if now >= deadline && self.rejoining {
+                warn!("no bootstrap node answered; alone until the next attempt");
+                self.rejoining = false;
+                self.join = JoinState::Done;
+                self.next_rejoin_check = now + REJOIN_EVERY;
+            } else if now >= deadline {
                 anyhow::bail!("no bootstrap node answered within {:?}", self.config.join_timeout);
             }
-            if now >= *next_dial {
-                *attempt += 1;
-                *next_dial = now + Duration::from_millis(250 * u64::from((*attempt).min(8)));
-                for addr in self.config.bootstrap.clone() {
-                    if let Err(error) = self.swarm.dial(addr.clone()) {
-                        debug!(%addr, %error, "could not dial bootstrap");
+        }
+        if let JoinState::Dialing { next_dial, attempt, .. } = &mut self.join
+            && now >= *next_dial
+        {
+            *attempt += 1;
+            *next_dial = now + Duration::from_millis(250 * u64::from((*attempt).min(8)));
+            for addr in self.config.bootstrap.clone() {
+                if let Err(error) = self.swarm.dial(addr.clone()) {
+                    // The swarm refuses outright to dial one of its own listen addresses.
+                    if self.swarm.listeners().any(|own| *own == addr) {
+                        self.bootstrap_is_self_since.get_or_insert(now);
                     }
+                    debug!(%addr, %error, "could not dial bootstrap");
                 }
             }
         }
@@ -1133,6 +1267,28 @@ impl EventLoop {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A node configured with bootstrap addresses that finds itself alone (cut off long enough to
+    /// declare every other node dead, as in a network partition) rejoins through them: Chord
+    /// cannot merge two rings by itself. Its records stay; anti-entropy reconciles them.
+    fn rejoin_if_alone(&mut self, now: Instant) {
+        let alone =
+            self.core.is_member() && self.core.successors().is_empty() && self.core.predecessor().is_none();
+        if !alone {
+            self.next_rejoin_check = now + REJOIN_EVERY;
+            return;
+        }
+        if self.config.bootstrap.is_empty()
+            || !matches!(self.join, JoinState::Done)
+            || now < self.next_rejoin_check
+        {
+            return;
+        }
+        info!("alone in the ring: rejoining through the bootstrap nodes");
+        self.rejoining = true;
+        self.join =
+            JoinState::Dialing { deadline: now + Duration::from_secs(10), next_dial: now, attempt: 0 };
     }
 
     // ----- status and ring walk ----------------------------------------------------------------

@@ -57,16 +57,33 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         })
         .build();
     swarm.listen_on(flags.listen.clone()).with_context(|| format!("listening on {}", flags.listen))?;
-    // The actual address (a port of 0 is resolved by the OS) is known once the listener is up.
-    let listening = loop {
-        match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
-            Ok(SwarmEvent::NewListenAddr { address, .. }) => break address,
+    // The actual addresses (a port of 0 resolved, 0.0.0.0 expanded to each interface) are known
+    // once the listener is up; an unspecified address reports every interface in a burst.
+    let mut listening = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let wait = if listening.is_empty() {
+            deadline
+        } else {
+            tokio::time::Instant::now() + Duration::from_millis(100)
+        };
+        match tokio::time::timeout_at(wait, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listening.push(address),
             Ok(SwarmEvent::ListenerError { error, .. }) => anyhow::bail!("listener failed: {error}"),
             Ok(_) => {}
-            Err(_) => anyhow::bail!("no listen address after 10 s on {}", flags.listen),
+            Err(_) if listening.is_empty() => {
+                anyhow::bail!("no listen address after 10 s on {}", flags.listen)
+            }
+            Err(_) => break,
         }
+    }
+    let listen_addr =
+        without_p2p(preferred_announce(&listening).expect("at least one address: checked above"));
+    let announce = match &flags.announce {
+        Some(announce) => announce.clone(),
+        None if flags.announce_hostname => hostname_address(&listen_addr)?,
+        None => listen_addr,
     };
-    let announce = flags.announce.clone().unwrap_or_else(|| without_p2p(&listening));
     let metrics = Arc::new(Metrics::default());
     let (commands_tx, commands_rx) = mpsc::channel(1024);
 
@@ -78,6 +95,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
 
     let event_loop_peer = swarm.local_peer_id().to_string();
     let announce_for_file = announce.clone();
+    info!(%announce, listening = ?listening, "announcing");
     let loop_config = LoopConfig {
         replicas: flags.replicas.get(),
         max_value_bytes: flags.max_value_bytes,
@@ -127,6 +145,47 @@ fn write_node_file(
     Ok(())
 }
 
+/// `/dns4/<hostname>/tcp/<port of listen_addr>`.
+fn hostname_address(listen_addr: &Multiaddr) -> anyhow::Result<Multiaddr> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .context("reading this host's name for --announce-hostname")?;
+    let port = listen_addr
+        .iter()
+        .find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None })
+        .context("the listen address has no TCP port")?;
+    format!("/dns4/{}/tcp/{port}", hostname.trim()).parse().context("building the announce address")
+}
+
+/// The address to tell peers when none was given: a non-loopback one if the node listens on
+/// several interfaces (in a container, loopback reaches nobody else), else the first.
+fn preferred_announce(listening: &[Multiaddr]) -> Option<&Multiaddr> {
+    let is_loopback = |addr: &Multiaddr| {
+        addr.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    listening.iter().find(|a| !is_loopback(a)).or_else(|| listening.first())
+}
+
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_on_all_interfaces_announces_a_reachable_address() {
+        let addrs: Vec<Multiaddr> = ["/ip4/127.0.0.1/tcp/4001", "/ip4/172.18.0.3/tcp/4001"]
+            .iter()
+            .map(|a| a.parse().expect("valid"))
+            .collect();
+        assert_eq!(preferred_announce(&addrs), Some(&addrs[1]));
+        assert_eq!(preferred_announce(&addrs[..1]), Some(&addrs[0]));
+        assert_eq!(preferred_announce(&[]), None);
+    }
 }

@@ -203,6 +203,17 @@ impl NodeClient {
     /// `GET /v1/kv/{key}`.
     pub(crate) fn get(&self, key: &str, consistency: Option<Consistency>) -> Result<StoredValue, ApiError> {
         let url = kv_url(&self.base_url, key, consistency)?;
+        self.get_url(key, &url)
+    }
+
+    /// This node's own copy of `key`, without asking the other replicas (`?local=true`).
+    pub(crate) fn get_local(&self, key: &str) -> Result<StoredValue, ApiError> {
+        let url = format!("{}?local=true", kv_url(&self.base_url, key, None)?);
+        self.get_url(key, &url)
+    }
+
+    fn get_url(&self, key: &str, url: &str) -> Result<StoredValue, ApiError> {
+        let url = url.to_owned();
         let mut response = self.agent.get(&url).call().map_err(|e| self.transport_error(&url, e))?;
         match response.status() {
             StatusCode::OK => {

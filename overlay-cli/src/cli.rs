@@ -58,6 +58,9 @@ pub(crate) enum Command {
     Get {
         /// The key.
         key: String,
+        /// Read only this node's own copy (no quorum): to see what one replica holds.
+        #[arg(long)]
+        local: bool,
     },
     /// Delete a key.
     Delete {
@@ -196,7 +199,7 @@ mod tests {
         assert_eq!(cli.global.node.as_deref(), Some("http://127.0.0.1:9"));
         assert!(cli.global.json);
         assert_eq!(cli.global.consistency, Some(Consistency::All));
-        assert!(matches!(cli.command, Command::Get { ref key } if key == "k"));
+        assert!(matches!(cli.command, Command::Get { ref key, .. } if key == "k"));
     }
 
     #[test]

@@ -100,8 +100,9 @@ fn read_bounded(reader: impl Read) -> Result<Vec<u8>> {
     Ok(value)
 }
 
-pub(crate) fn get(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Result<()> {
-    let stored = client(global)?.get(key, global.consistency)?;
+pub(crate) fn get(global: &GlobalArgs, key: &str, local: bool, out: &mut impl Write) -> Result<()> {
+    let client = client(global)?;
+    let stored = if local { client.get_local(key)? } else { client.get(key, global.consistency)? };
     if global.json {
         output::write_json(out, &value_json(key, stored.version.as_deref(), &stored.value))?;
     } else {

@@ -51,7 +51,7 @@ fn run(cli: &Cli) -> Result<()> {
     let out = &mut io::stdout().lock();
     match &cli.command {
         Command::Put(args) => commands::put(global, args, out),
-        Command::Get { key } => commands::get(global, key, out),
+        Command::Get { key, local } => commands::get(global, key, *local, out),
         Command::Delete { key } => commands::delete(global, key, out),
         Command::Lookup { key } => commands::lookup(global, key, out),
         Command::Status => commands::status(global, out),

@@ -57,9 +57,11 @@ fn eight_nodes_keep_every_key_through_crashes_and_restarts() {
     assert!(held_before > 0, "node 3 holds no keys");
     cluster.kill(3);
     cluster.kill(6);
+    let crashed = std::time::Instant::now();
 
-    // Once repair has run: every key readable, and held by n = 3 live replicas.
-    poll("every key back on 3 live replicas", Duration::from_secs(60), || {
+    // Once repair has run (the issue allows 30 s with default settings): every key readable, and
+    // held by n = 3 live replicas.
+    poll("every key back on 3 live replicas", Duration::from_secs(30), || {
         let failures = parallel(&indexes, 8, |&i| {
             let (holding, replicas) =
                 cluster.replicas_holding(0, &key(i), &value(i)).map_err(|e| format!("{e:#}"))?;
@@ -75,6 +77,7 @@ fn eight_nodes_keep_every_key_through_crashes_and_restarts() {
             anyhow::bail!("{} keys under-replicated, e.g. {:?}", failures.len(), failures.first())
         }
     });
+    eprintln!("all {KEYS} keys back on 3 live replicas {:?} after the crash", crashed.elapsed());
     let failures = parallel(&indexes, 8, |&i| {
         let answer = cluster.http(1).get(&format!("/v1/kv/{}", key(i))).map_err(|e| format!("{e:#}"))?;
         if answer.status == 200 && answer.body == value(i) { Ok(()) } else { Err(key(i)) }
