@@ -27,7 +27,17 @@ compose() { "${compose_cmd[@]}" -p "$project" -f deploy/compose.yaml "$@"; }
 cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 say() { echo "smoke: $*" >&2; }
-fail() { say "FAILED: $*"; compose logs --tail=40 >&2 2>/dev/null || true; echo "smoke: FAILED: $*"; exit 1; }
+fail() {
+    say "FAILED: $*"
+    compose logs --tail=40 >&2 2>/dev/null || true
+    if [[ -n "${SMOKE_LOG_DIR:-}" ]]; then # full logs of every container, for a post-mortem
+        mkdir -p "$SMOKE_LOG_DIR"
+        for c in $(compose ps -q); do docker logs "$c" >"$SMOKE_LOG_DIR/${c:0:12}.log" 2>&1; done
+        say "container logs saved in $SMOKE_LOG_DIR"
+    fi
+    echo "smoke: FAILED: $*"
+    exit 1
+}
 check_time() { ((SECONDS < deadline)) || fail "ran out of time"; }
 
 # The published API port: a free one, so a local node on 7001 does not collide.

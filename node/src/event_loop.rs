@@ -237,7 +237,6 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
-    known_addrs: HashMap<PeerId, Multiaddr>,
     ring_out: HashMap<OutboundRequestId, RequestId>,
     ring_in: HashMap<(PeerId, RequestId), ResponseChannel<RingEnvelope>>,
     walks: HashMap<OutboundRequestId, Walk>,
@@ -318,7 +317,6 @@ impl EventLoop {
             commands,
             internal_tx,
             internal_rx,
-            known_addrs: HashMap::new(),
             ring_out: HashMap::new(),
             ring_in: HashMap::new(),
             walks: HashMap::new(),
@@ -425,14 +423,11 @@ impl EventLoop {
         }
     }
 
-    fn learn_addr(&mut self, peer: &PeerAddr) {
-        if peer.peer == self.me.peer {
-            return;
-        }
-        if self.known_addrs.get(&peer.peer) != Some(&peer.addr) {
-            self.known_addrs.insert(peer.peer, peer.addr.clone());
-            self.swarm.add_peer_address(peer.peer, peer.addr.clone());
-        }
+    /// Every request carries the address the core knows for its peer, used if a connection must
+    /// be dialed. (libp2p's own address book drops an address after a failed dial — during a
+    /// partition every dial fails — and would leave the peer undialable once it is back.)
+    fn dial_addresses(to: &PeerAddr) -> Vec<Multiaddr> {
+        vec![to.addr.clone()]
     }
 
     fn send_ring(&mut self, to: PeerAddr, message: dht::Message<PeerAddr>) {
@@ -440,8 +435,12 @@ impl EventLoop {
         match &envelope.message {
             dht::Message::Request { id, .. } => {
                 let id = *id;
-                self.learn_addr(&to);
-                let outbound = self.swarm.behaviour_mut().ring.send_request(&to.peer, envelope);
+                let addresses = Self::dial_addresses(&to);
+                let outbound = self
+                    .swarm
+                    .behaviour_mut()
+                    .ring
+                    .send_request_with_addresses(&to.peer, envelope, addresses);
                 self.ring_out.insert(outbound, id);
             }
             dht::Message::Response { id, .. } => {
@@ -467,7 +466,6 @@ impl EventLoop {
                     let addr = endpoint.get_remote_address().clone();
                     info!(bootstrap = %peer_id, %addr, "reached a bootstrap node, joining");
                     let bootstrap = PeerAddr::new(peer_id, addr);
-                    self.learn_addr(&bootstrap);
                     self.join = JoinState::Joining;
                     let now = self.now();
                     self.core.join(vec![bootstrap], now);
@@ -510,7 +508,6 @@ impl EventLoop {
                     };
                     let id = *id;
                     self.ring_in.insert((peer, id), channel);
-                    self.learn_addr(&request.sender);
                     let now = self.now();
                     self.core.handle_message(request.sender, request.message, now);
                     // The core answers requests at once; one it dropped (invalid) has no answer, and
@@ -601,9 +598,9 @@ impl EventLoop {
     }
 
     fn send_kv(&mut self, to: &PeerAddr, request: KvRequest, purpose: KvPurpose) {
-        self.learn_addr(to);
         self.metrics.kv_requests_out.fetch_add(1, Relaxed);
-        let id = self.swarm.behaviour_mut().kv.send_request(&to.peer, request);
+        let addresses = Self::dial_addresses(to);
+        let id = self.swarm.behaviour_mut().kv.send_request_with_addresses(&to.peer, request, addresses);
         self.kv_out.insert(id, purpose);
     }
 
@@ -1333,12 +1330,13 @@ impl EventLoop {
             return;
         }
         walk.nodes.push(next.clone());
-        self.learn_addr(&next.addr);
         let envelope = RingEnvelope {
             sender: self.me.clone(),
             message: dht::Message::Request { id: WALK_REQUEST_ID, body: dht::Request::GetNeighbours },
         };
-        let outbound = self.swarm.behaviour_mut().ring.send_request(&next.addr.peer, envelope);
+        let addresses = Self::dial_addresses(&next.addr);
+        let outbound =
+            self.swarm.behaviour_mut().ring.send_request_with_addresses(&next.addr.peer, envelope, addresses);
         self.walks.insert(outbound, walk);
     }
 
