@@ -1,8 +1,9 @@
 //! The container checks of `deploy/smoke.sh`, run when a Docker engine answers: the image built
 //! from scratch, a 5-node compose ring, `docker kill` of one node and a network partition of
 //! another while writes continue, every acknowledged key back on 3 replicas, and a 16-node ring.
-//! It runs only when `OVERLAY_CONTAINER_TESTS=1` and a Docker engine answers; otherwise it prints
-//! why it skipped. (Opt-in for now: the partition-heal step does not pass yet, see the README.)
+//! It runs whenever a Docker engine answers (`docker info`), and prints why it skipped otherwise;
+//! `OVERLAY_CONTAINER_TESTS=0` skips it on purpose (it builds a static release, several minutes
+//! cold).
 
 use std::path::Path;
 use std::process::Command;
@@ -16,10 +17,8 @@ fn docker_works() -> bool {
 
 #[test]
 fn container_ring_survives_node_loss_and_partition() {
-    if std::env::var("OVERLAY_CONTAINER_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIPPED container_ring_survives_node_loss_and_partition: set OVERLAY_CONTAINER_TESTS=1 to run it"
-        );
+    if std::env::var("OVERLAY_CONTAINER_TESTS").as_deref() == Ok("0") {
+        eprintln!("SKIPPED container_ring_survives_node_loss_and_partition: OVERLAY_CONTAINER_TESTS=0");
         return;
     }
     if !docker_works() {
