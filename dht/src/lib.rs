@@ -6,6 +6,9 @@
 //!   corrected maintenance rules (join, stabilize, rectify, fix fingers, predecessor checks,
 //!   dropping dead successors, graceful leave) and iterative lookups.
 //! - [`message`]: the wire messages, their CBOR encoding, the size cap and validation.
+//! - [`multicast`]: Scribe-style multicast trees on the ring (one [`multicast::Multicast`] per
+//!   node): joins routed toward a group's id, a root that numbers and replicates every message,
+//!   repair, gap filling and the multicast wire messages.
 //! - [`store`]: replicated records (versions from a hybrid logical clock, checksums), the storage
 //!   wire protocol, quorum sizes and the range digests anti-entropy compares.
 //! - [`sim`]: a discrete-event simulator of many nodes over a seeded network model, with global
@@ -57,6 +60,7 @@ pub mod finger;
 pub mod id;
 pub mod lookup;
 pub mod message;
+pub mod multicast;
 pub mod node;
 mod ring;
 pub mod sim;

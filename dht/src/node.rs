@@ -315,6 +315,39 @@ impl<A: Address> Node<A> {
         self.predecessor.as_ref().is_some_and(|p| key.in_open_closed(&p.id, &self.me.id))
     }
 
+    /// The next hop of a message routed hop by hop toward the owner of `target` (used by
+    /// multicast trees): `None` when this node owns `target` (or knows no other node), else the
+    /// owner itself when `target` falls within the successor list, else the known node closest
+    /// before `target` (fingers, successors, predecessor), else the successor. Local knowledge
+    /// only; nothing is sent and no state changes.
+    pub fn next_hop(&self, target: &Id) -> Option<NodeRef<A>> {
+        self.next_hops(target, 1).into_iter().next()
+    }
+
+    /// Up to `k` candidates for [`Node::next_hop`], best first, so that a caller that suspects one
+    /// of them to be dead can fall back to the next. Empty when this node owns `target`.
+    pub fn next_hops(&self, target: &Id, k: usize) -> Vec<NodeRef<A>> {
+        if self.owns(target) || k == 0 {
+            return Vec::new();
+        }
+        let mut prev = self.me.id;
+        for (i, node) in self.successors.iter().enumerate() {
+            if target.in_open_closed(&prev, &node.id) {
+                // The owner is in the list: it first, then the nodes after it.
+                return self.successors[i..].iter().take(k).cloned().collect();
+            }
+            prev = node.id;
+        }
+        let mut hops = self.closest_preceding(target, k);
+        if hops.len() < k
+            && let Some(successor) = self.successors.first()
+            && !hops.iter().any(|h| h.addr == successor.addr)
+        {
+            hops.push(successor.clone());
+        }
+        hops
+    }
+
     /// The replica set of `key` of size up to `n` — its owner and the next n − 1 successors — if
     /// local knowledge determines it: when this node owns the key, or the key falls inside this
     /// node's successor list. Shorter than `n` when the ring is smaller than `n`, or when the owner

@@ -1,5 +1,9 @@
 //! `dht-sim`: runs one simulator scenario and reports what it measured.
 //!
+//! Scenarios: `stable`, `fail`, `churn` (lookups; see `dht::sim::scenario`) and `multicast`
+//! (multicast trees, see `dht::sim::multicast`), e.g.
+//! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`.
+//!
 //! The last line of output is the report as one JSON object with `--json`; otherwise a short
 //! human summary. The seed is always printed, so any run can be replayed.
 
@@ -8,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dht::sim::multicast::{self as multicast_scenario, MulticastParams};
 use dht::sim::scenario::{self, Kind, Params};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -15,6 +20,7 @@ enum ScenarioArg {
     Stable,
     Fail,
     Churn,
+    Multicast,
 }
 
 /// Simulate a Chord ring of the overlay's dht core.
@@ -36,9 +42,25 @@ struct Args {
     /// Length of the measured phase in simulated seconds [default: 30 stable, 60 fail, 600 churn].
     #[arg(long)]
     duration_s: Option<f64>,
-    /// `fail`: fraction of nodes that crash at once.
-    #[arg(long, default_value_t = 0.2)]
-    fail_fraction: f64,
+    /// `fail`: fraction of nodes that crash at once [default: 0.2]. `multicast`: fraction of the
+    /// forwarders that crash halfway through the broadcasts [default: 0].
+    #[arg(long)]
+    fail_fraction: Option<f64>,
+    /// `multicast`: number of groups.
+    #[arg(long, default_value_t = 10)]
+    groups: usize,
+    /// `multicast`: members per group.
+    #[arg(long, default_value_t = 50)]
+    members: usize,
+    /// `multicast`: broadcasts in total.
+    #[arg(long, default_value_t = 1_000)]
+    messages: u64,
+    /// `multicast`: simulated seconds the broadcasts are spread over [default: messages / 20].
+    #[arg(long)]
+    publish_duration_s: Option<f64>,
+    /// `multicast`: most children per tree node before joins are redirected.
+    #[arg(long, default_value_t = 32)]
+    max_children: usize,
     /// `churn`: fraction of N that crashes (and as many fresh nodes join) per simulated minute.
     #[arg(long, default_value_t = 0.1)]
     churn: f64,
@@ -68,15 +90,17 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let kind = match args.scenario {
-        ScenarioArg::Stable => Kind::Stable,
+        ScenarioArg::Stable | ScenarioArg::Multicast => Kind::Stable,
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
     };
+    let multicast = matches!(args.scenario, ScenarioArg::Multicast);
+    let fail_fraction = args.fail_fraction.unwrap_or(if multicast { 0.0 } else { 0.2 });
     if args.nodes == 0 {
         eprintln!("dht-sim: --nodes must be at least 1");
         return ExitCode::FAILURE;
     }
-    if !(0.0..1.0).contains(&args.loss) || !(0.0..1.0).contains(&args.fail_fraction) || args.churn < 0.0 {
+    if !(0.0..1.0).contains(&args.loss) || !(0.0..1.0).contains(&fail_fraction) || args.churn < 0.0 {
         eprintln!("dht-sim: --loss and --fail-fraction must lie in [0, 1), --churn must not be negative");
         return ExitCode::FAILURE;
     }
@@ -99,16 +123,20 @@ fn main() -> ExitCode {
     if let Some(d) = args.duration_s {
         params.duration = Duration::from_secs_f64(d.max(0.0));
     }
-    params.fail_fraction = args.fail_fraction;
+    params.fail_fraction = fail_fraction;
     params.churn_per_minute = args.churn;
     params.network.loss = args.loss;
     if let Some(rate) = args.join_rate {
         params.join_rate = rate.max(0.001);
     }
+    let scenario_name = if multicast { "Multicast".to_string() } else { format!("{:?}", params.kind) };
     eprintln!(
-        "dht-sim: scenario {:?}, {} nodes, seed {}, r = {}",
-        params.kind, params.nodes, params.seed, args.successors
+        "dht-sim: scenario {}, {} nodes, seed {}, r = {}",
+        scenario_name, params.nodes, params.seed, args.successors
     );
+    if multicast {
+        return run_multicast(&args, params, fail_fraction);
+    }
     let report = scenario::run(&params);
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
@@ -130,6 +158,51 @@ fn main() -> ExitCode {
             report.invariant_violations,
             report.invariant_checks,
             report.messages_per_node_per_s,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_multicast(args: &Args, ring: Params, fail_fraction: f64) -> ExitCode {
+    let mut params = MulticastParams::new(ring.nodes, ring.seed);
+    params.ring = ring;
+    params.groups = args.groups.max(1);
+    params.members = args.members.max(1);
+    params.messages = args.messages;
+    params.fail_fraction = fail_fraction;
+    params.multicast = params.multicast.with_max_children(args.max_children);
+    if let Err(error) = params.multicast.validate() {
+        eprintln!("dht-sim: {error}");
+        return ExitCode::FAILURE;
+    }
+    let publish_s = args.publish_duration_s.unwrap_or(args.messages as f64 / 20.0).max(0.0);
+    params.publish_duration = Duration::from_secs_f64(publish_s);
+    let report = multicast_scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "multicast N={} seed={}: {} groups x {} members, {} broadcasts ({} acknowledged): {:.3}% delivered, \
+             {} duplicates, {} order violations, {} gaps; tree depth mean {:.2} max {}; max children {}; \
+             {:.1} msgs/broadcast ({:.1} data); {} crashes, repair {:?} s; {:.1} s wall",
+            report.nodes,
+            report.seed,
+            report.groups,
+            report.members,
+            report.messages,
+            report.published,
+            report.delivered_pct,
+            report.duplicates,
+            report.order_violations,
+            report.gaps,
+            report.mean_tree_depth,
+            report.max_tree_depth,
+            report.max_children,
+            report.messages_per_broadcast,
+            report.data_messages_per_broadcast,
+            report.crashes,
+            report.repair_s,
             report.wall_s
         );
     }

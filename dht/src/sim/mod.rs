@@ -6,10 +6,16 @@
 //! by (time, sequence number): the same seed replays the same run bit for bit, which
 //! [`Simulation::trace_hash`] fingerprints.
 //!
+//! With [`Simulation::enable_multicast`], every node also runs a [`Multicast`] core beside its
+//! ring core; multicast messages travel through the same network model (latency, loss), and the
+//! multicast events are collected for the scenario to check ([`Simulation::take_group_events`]).
+//! Without it nothing changes: runs stay bit-identical to those of a simulator without multicast.
+//!
 //! The simulator also keeps the *global view*: which nodes are members (see the crate docs), in
 //! ring order, so it can compute the true successor of any key and check the ring invariants.
 
 mod invariants;
+pub mod multicast;
 mod network;
 pub mod scenario;
 
@@ -28,6 +34,9 @@ use crate::config::Config;
 use crate::id::{ID_BITS, Id};
 use crate::lookup::LookupId;
 use crate::message::Message;
+use crate::multicast::{
+    GroupError, GroupEvent, GroupMessage, GroupName, Multicast, MulticastConfig, PublishId,
+};
 use crate::node::{Event, Node};
 use crate::time::Time;
 
@@ -52,6 +61,7 @@ impl Address for SimAddr {
 #[derive(Debug)]
 enum What {
     Deliver { to: u32, from: SimAddr, message: Message<SimAddr> },
+    DeliverGroup { to: u32, from: SimAddr, message: GroupMessage<SimAddr> },
     Wake { node: u32 },
     StartLookup { key: Id },
 }
@@ -83,6 +93,8 @@ impl Ord for Scheduled {
 #[derive(Debug)]
 struct SimNode {
     node: Node<SimAddr>,
+    /// The node's multicast core, once [`Simulation::enable_multicast`] was called.
+    multicast: Option<Multicast<SimAddr>>,
     alive: bool,
     /// The earliest wake-up already in the queue for this node.
     wake_at: Option<Time>,
@@ -114,6 +126,17 @@ pub struct LookupTally {
     pub timeouts: u64,
 }
 
+/// A multicast event one node emitted, and when.
+#[derive(Clone, Debug)]
+pub struct GroupRecord {
+    /// The node.
+    pub node: usize,
+    /// When.
+    pub at: Time,
+    /// What.
+    pub event: GroupEvent,
+}
+
 /// The simulation: nodes, the network between them, and the global view.
 #[derive(Debug)]
 pub struct Simulation {
@@ -135,6 +158,12 @@ pub struct Simulation {
     pub tally: LookupTally,
     /// Messages sent by all nodes.
     pub messages: u64,
+    /// Multicast messages sent by all nodes (all kinds).
+    pub group_messages: u64,
+    /// Multicast data messages (stamped messages sent down a tree) sent by all nodes.
+    pub group_data_messages: u64,
+    multicast: Option<MulticastConfig>,
+    group_events: Vec<GroupRecord>,
     trace: u64,
 }
 
@@ -160,6 +189,10 @@ impl Simulation {
             lookups: BTreeMap::new(),
             tally: LookupTally::default(),
             messages: 0,
+            group_messages: 0,
+            group_data_messages: 0,
+            multicast: None,
+            group_events: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
         }
     }
@@ -239,7 +272,8 @@ impl Simulation {
         let addr = SimAddr(self.salt | index as u64);
         let seed = self.rng.random::<u64>();
         let node = Node::new(addr, self.config.clone(), seed).expect("the scenario's config was validated");
-        self.nodes.push(SimNode { node, alive: true, wake_at: None });
+        let multicast = self.multicast.clone().map(|config| Multicast::new(node.me().clone(), config));
+        self.nodes.push(SimNode { node, multicast, alive: true, wake_at: None });
         self.member_pos.push(NOT_MEMBER);
         index
     }
@@ -266,10 +300,15 @@ impl Simulation {
         self.record(&[self.now.as_micros(), index as u64, 0xdead]);
     }
 
-    /// Starts a graceful leave of node `index`; it stops being a member at once.
+    /// Starts a graceful leave of node `index`; it stops being a member at once. Its multicast
+    /// core (if any) hands off and prunes first, while it can still route.
     pub fn leave(&mut self, index: usize) {
         let now = self.now;
         self.remove_member(index);
+        let SimNode { node, multicast, .. } = &mut self.nodes[index];
+        if let Some(mc) = multicast {
+            mc.leave_all(node, now);
+        }
         self.nodes[index].node.leave(now);
         self.flush(index);
     }
@@ -346,6 +385,15 @@ impl Simulation {
                     self.nodes[index].node.handle_message(from, message, at);
                     self.flush(index);
                 }
+                What::DeliverGroup { to, from, message } => {
+                    let index = to as usize;
+                    let SimNode { node, multicast, alive, .. } = &mut self.nodes[index];
+                    let Some(mc) = multicast.as_mut().filter(|_| *alive) else {
+                        continue;
+                    };
+                    mc.handle_message(from, message, node, at);
+                    self.flush(index);
+                }
                 What::Wake { node } => {
                     let index = node as usize;
                     let sim_node = &mut self.nodes[index];
@@ -357,6 +405,11 @@ impl Simulation {
                     }
                     if sim_node.node.poll_timeout().is_some_and(|t| t <= at) {
                         sim_node.node.handle_timeout(at);
+                    }
+                    if let Some(mc) = sim_node.multicast.as_mut()
+                        && mc.poll_timeout().is_some_and(|t| t <= at)
+                    {
+                        mc.handle_timeout(&sim_node.node, at);
                     }
                     // Re-book the next wake-up even when this one found nothing due.
                     self.flush(index);
@@ -386,14 +439,126 @@ impl Simulation {
         while let Some(event) = self.nodes[index].node.poll_event() {
             self.on_event(index, event);
         }
+        if self.nodes[index].multicast.is_some() {
+            self.flush_multicast(index);
+        }
         let sim_node = &mut self.nodes[index];
-        if let Some(at) = sim_node.node.poll_timeout()
+        let multicast_at = sim_node.multicast.as_ref().and_then(Multicast::poll_timeout);
+        let next = match (sim_node.node.poll_timeout(), multicast_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next
             && sim_node.wake_at.is_none_or(|w| at < w)
         {
             let at = at.max(now);
             sim_node.wake_at = Some(at);
             self.push(at, What::Wake { node: index as u32 });
         }
+    }
+
+    fn flush_multicast(&mut self, index: usize) {
+        let now = self.now;
+        let from = self.nodes[index].node.me().addr;
+        while let Some((to, message)) =
+            self.nodes[index].multicast.as_mut().and_then(Multicast::poll_transmit)
+        {
+            self.group_messages += 1;
+            if matches!(message, GroupMessage::Data { .. }) {
+                self.group_data_messages += 1;
+            }
+            if let Some(delay) = self.network.sample(&mut self.rng) {
+                self.push(now + delay, What::DeliverGroup { to: to.index() as u32, from, message });
+            }
+        }
+        while let Some(event) = self.nodes[index].multicast.as_mut().and_then(Multicast::poll_event) {
+            match &event {
+                GroupEvent::Delivered { seq, .. } => self.record(&[now.as_micros(), index as u64, 2, *seq]),
+                GroupEvent::Published { seq, .. } => self.record(&[now.as_micros(), index as u64, 3, *seq]),
+                GroupEvent::Gap { from, to, .. } => {
+                    self.record(&[now.as_micros(), index as u64, 4, *from, *to])
+                }
+                _ => self.record(&[now.as_micros(), index as u64, 5]),
+            }
+            self.group_events.push(GroupRecord { node: index, at: now, event });
+        }
+    }
+
+    // ----- multicast -------------------------------------------------------------------------
+
+    /// Gives every node (present and future) a multicast core with `config`.
+    pub fn enable_multicast(&mut self, config: MulticastConfig) {
+        for sim_node in &mut self.nodes {
+            if sim_node.multicast.is_none() {
+                sim_node.multicast = Some(Multicast::new(sim_node.node.me().clone(), config.clone()));
+            }
+        }
+        self.multicast = Some(config);
+    }
+
+    /// Node `index`'s multicast core, if multicast is enabled.
+    pub fn multicast(&self, index: usize) -> Option<&Multicast<SimAddr>> {
+        self.nodes[index].multicast.as_ref()
+    }
+
+    /// Makes node `index` join `group` as a member.
+    pub fn join_group(&mut self, index: usize, group: &GroupName) -> Result<(), GroupError> {
+        let now = self.now;
+        let SimNode { node, multicast, .. } = &mut self.nodes[index];
+        let result = multicast.as_mut().expect("multicast is enabled").join(group, node, now);
+        self.flush(index);
+        result
+    }
+
+    /// Makes node `index` leave `group`.
+    pub fn leave_group(&mut self, index: usize, group: &GroupName) {
+        let now = self.now;
+        let SimNode { node, multicast, .. } = &mut self.nodes[index];
+        multicast.as_mut().expect("multicast is enabled").leave(group, node, now);
+        self.flush(index);
+    }
+
+    /// Publishes `body` to `group` from node `index` (label `n<index>`, timestamp = sim time).
+    pub fn publish(
+        &mut self,
+        index: usize,
+        group: &GroupName,
+        body: Vec<u8>,
+    ) -> Result<PublishId, GroupError> {
+        let now = self.now;
+        let ts_ms = now.as_micros() / 1000;
+        let SimNode { node, multicast, .. } = &mut self.nodes[index];
+        let mc = multicast.as_mut().expect("multicast is enabled");
+        let result = mc.publish(group, format!("n{index}"), body, ts_ms, node, now);
+        self.flush(index);
+        result
+    }
+
+    /// Asks for history of `group` from node `index`.
+    pub fn request_history(&mut self, index: usize, group: &GroupName, from_seq: u64) {
+        let now = self.now;
+        let SimNode { node, multicast, .. } = &mut self.nodes[index];
+        multicast.as_mut().expect("multicast is enabled").request_history(group, from_seq, node, now);
+        self.flush(index);
+    }
+
+    /// Hands node `to` a multicast message as if `from` had sent it, now (bypassing the network):
+    /// for tests that play a hostile peer.
+    pub fn inject_group_message(&mut self, to: usize, from: SimAddr, message: GroupMessage<SimAddr>) {
+        let now = self.now;
+        let SimNode { node, multicast, .. } = &mut self.nodes[to];
+        multicast.as_mut().expect("multicast is enabled").handle_message(from, message, node, now);
+        self.flush(to);
+    }
+
+    /// The multicast events emitted since the last call, in order.
+    pub fn take_group_events(&mut self) -> Vec<GroupRecord> {
+        std::mem::take(&mut self.group_events)
+    }
+
+    /// Node `index`'s address.
+    pub fn addr(&self, index: usize) -> SimAddr {
+        self.nodes[index].node.me().addr
     }
 
     fn on_event(&mut self, index: usize, event: Event<SimAddr>) {

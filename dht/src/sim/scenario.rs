@@ -267,7 +267,7 @@ pub fn run(params: &Params) -> Report {
 }
 
 /// Grows the ring to `params.nodes` members; returns when it was first correct, if it was.
-fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
+pub(crate) fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
     let first = sim.add_node();
     sim.create_ring(first);
     let gap = Duration::from_secs_f64(1.0 / params.join_rate);
@@ -301,7 +301,7 @@ fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
 }
 
 /// Three members to join through (fewer while the ring is smaller).
-fn pick_bootstraps(sim: &mut Simulation) -> Vec<usize> {
+pub(crate) fn pick_bootstraps(sim: &mut Simulation) -> Vec<usize> {
     let mut picked = Vec::with_capacity(3);
     for _ in 0..6 {
         if picked.len() == 3 {
@@ -330,6 +330,6 @@ fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
     sorted[rank - 1]
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
