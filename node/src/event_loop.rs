@@ -24,7 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod multicast;
+
+use self::multicast::GroupState;
 use crate::address::PeerAddr;
+use crate::groups::{GroupError, GroupView, Subscription, TreeView};
 use crate::metrics::Metrics;
 use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::{PutOutcome, Storage};
@@ -143,6 +147,23 @@ pub enum Command {
     Status { reply: oneshot::Sender<Status> },
     /// Walk the ring.
     Ring { reply: oneshot::Sender<RingWalk> },
+    /// The groups this node roots, forwards or belongs to.
+    Groups { reply: oneshot::Sender<Vec<GroupView>> },
+    /// Become a member of a group (until left).
+    JoinGroup { group: String, reply: oneshot::Sender<Result<GroupView, GroupError>> },
+    /// Stop being a member of a group (listeners keep it a member while they last).
+    LeaveGroup { group: String, reply: oneshot::Sender<Result<(), GroupError>> },
+    /// Send a message to a group; answered with its sequence number once the root stamped it.
+    Publish {
+        group: String,
+        from: Option<String>,
+        body: String,
+        reply: oneshot::Sender<Result<u64, GroupError>>,
+    },
+    /// Attach a listener (the node is a member while one is attached).
+    Subscribe { group: String, from: Option<u64>, reply: oneshot::Sender<Result<Subscription, GroupError>> },
+    /// Walk a group's tree from its root.
+    GroupTree { group: String, reply: oneshot::Sender<Result<TreeView, GroupError>> },
 }
 
 /// Settings of the loop.
@@ -228,6 +249,8 @@ const REJOIN_EVERY: Duration = Duration::from_secs(5);
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     core: dht::Node<PeerAddr>,
+    /// Multicast groups: the core's trees and the API's listeners.
+    groups: GroupState,
     storage: Storage,
     clock: HybridClock,
     config: LoopConfig,
@@ -298,11 +321,13 @@ impl EventLoop {
             ^ SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let core = dht::Node::new(me.clone(), dht_config, seed)?;
         let clock = HybridClock::new(core.me().id);
+        let groups = GroupState::new(core.me().clone());
         let (internal_tx, internal_rx) = mpsc::channel(1024);
         let now = Instant::now();
         Ok(EventLoop {
             swarm,
             core,
+            groups,
             storage,
             clock,
             join: if config.bootstrap.is_empty() {
@@ -351,9 +376,11 @@ impl EventLoop {
             if self.leave == LeaveState::Done {
                 return Ok(());
             }
-            let wake = self
-                .core
-                .poll_timeout()
+            let next = match (self.core.poll_timeout(), self.groups.core.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wake = next
                 .map(|t| self.started + t.since_epoch())
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let shutting_down = self.leave != LeaveState::Running;
@@ -364,6 +391,7 @@ impl EventLoop {
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = self.now();
                     self.core.handle_timeout(now);
+                    self.groups.core.handle_timeout(&self.core, now);
                 }
                 _ = housekeeping.tick() => self.housekeeping()?,
                 () = self.shutdown.cancelled(), if !shutting_down => self.begin_leave(),
@@ -411,6 +439,7 @@ impl EventLoop {
                 }
             }
         }
+        self.drive_multicast();
         let counters = self.core.counters();
         self.metrics.ring_messages_out.store(counters.messages_sent, Relaxed);
         self.metrics.ring_messages_in.store(counters.messages_received, Relaxed);
@@ -458,6 +487,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => self.on_kv_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_)) => {}
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 if let JoinState::Dialing { .. } = self.join
@@ -701,6 +731,12 @@ impl EventLoop {
                 Command::Lookup { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Status { reply } => drop(reply.send(self.status())),
                 Command::Ring { reply } => drop(reply.send(RingWalk { nodes: vec![], complete: false })),
+                Command::Groups { reply } => drop(reply.send(self.group_views())),
+                Command::JoinGroup { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::LeaveGroup { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::Publish { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::Subscribe { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::GroupTree { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
             }
             return;
         }
@@ -741,6 +777,12 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Ring { reply } => self.start_walk(reply),
+            command @ (Command::Groups { .. }
+            | Command::JoinGroup { .. }
+            | Command::LeaveGroup { .. }
+            | Command::Publish { .. }
+            | Command::Subscribe { .. }
+            | Command::GroupTree { .. }) => self.on_group_command(command),
         }
     }
 
@@ -799,6 +841,9 @@ impl EventLoop {
             Err(_) => {
                 self.metrics.lookups_failed.fetch_add(1, Relaxed);
             }
+        }
+        if self.on_walk_lookup(id, &result) {
+            return;
         }
         let Some(op_id) = self.lookup_ops.remove(&id) else {
             return;
@@ -1168,6 +1213,9 @@ impl EventLoop {
         info!("shutting down: handing off records and leaving the ring");
         let deadline = Instant::now() + Duration::from_secs(5);
         self.leave = LeaveState::HandingOff { deadline };
+        // Rooted groups go to the successor, children are told to re-join elsewhere.
+        let now = self.now();
+        self.groups.core.leave_all(&self.core, now);
         // Fail client operations still waiting: their callers get a clear answer now.
         let ids: Vec<OpId> = self.ops.keys().copied().collect();
         for id in ids {
@@ -1202,6 +1250,7 @@ impl EventLoop {
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         self.expire_ops();
+        self.sync_group_memberships();
         let stats = self.storage.stats();
         self.metrics.stored_keys.store(stats.keys, Relaxed);
         self.metrics.stored_bytes.store(stats.bytes, Relaxed);

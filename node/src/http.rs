@@ -1,27 +1,33 @@
-//! The node's HTTP/JSON API: keys, lookups, status, the ring, and metrics.
+//! The node's HTTP/JSON API: keys, lookups, status, the ring, multicast groups, and metrics.
 //!
 //! Handlers only translate between HTTP and [`Command`]s sent to the event loop over a bounded
 //! channel; errors are `{"error": "..."}` with a status that says what to do (413 too large, 404
 //! missing, 503 retry later).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use dht::NodeRef;
 use dht::store::Consistency;
+use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::PeerAddr;
 use crate::event_loop::{Command, KvError, Located, RingWalk, Status, Written};
+use crate::groups::{self, GroupError, GroupItem, GroupView, Reorder, Subscription, TreeView};
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -43,7 +49,13 @@ pub fn router(state: ApiState, max_value_bytes: usize) -> Router {
         .route("/v1/lookup/{key}", get(lookup))
         .route("/v1/status", get(status))
         .route("/v1/ring", get(ring))
+        .route("/v1/groups", get(list_groups))
+        .route("/v1/groups/{group}/join", post(join_group))
+        .route("/v1/groups/{group}/leave", post(leave_group))
+        .route("/v1/groups/{group}/messages", post(send_message).get(listen))
+        .route("/v1/groups/{group}/tree", get(group_tree))
         .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; the API is under /v1/".into()) })
         .layer(DefaultBodyLimit::max(max_value_bytes))
         .with_state(state)
 }
@@ -65,6 +77,33 @@ impl From<KvError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+/// One path segment (a key or a group name), refused with a JSON error when it is not valid
+/// percent-encoded UTF-8.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(Segment(segment)),
+            Err(rejection) => Err(ApiError(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+impl From<GroupError> for ApiError {
+    fn from(error: GroupError) -> Self {
+        let status = match &error {
+            GroupError::InvalidName(_) | GroupError::Invalid(_) => StatusCode::BAD_REQUEST,
+            GroupError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GroupError::NoTree(_) => StatusCode::NOT_FOUND,
+            GroupError::Unreachable(_) | GroupError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, error.to_string())
     }
@@ -103,7 +142,7 @@ async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> Comma
 
 async fn get_key(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    Segment(key): Segment,
     Query(query): Query<KvQuery>,
 ) -> Result<Response, ApiError> {
     let consistency = query.consistency()?;
@@ -132,7 +171,7 @@ fn written_json(key: &str, written: &Written) -> Value {
 
 async fn put_key(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    Segment(key): Segment,
     Query(query): Query<KvQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -155,7 +194,7 @@ async fn put_key(
 
 async fn delete_key(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    Segment(key): Segment,
     Query(query): Query<KvQuery>,
 ) -> Result<Response, ApiError> {
     let consistency = query.consistency()?;
@@ -172,7 +211,7 @@ fn node_json(node: &NodeRef<PeerAddr>) -> Value {
     json!({ "peer_id": node.addr.peer.to_string(), "ring_id": node.id.to_string(), "addr": node.addr.addr.to_string() })
 }
 
-async fn lookup(State(state): State<ApiState>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn lookup(State(state): State<ApiState>, Segment(key): Segment) -> Result<Json<Value>, ApiError> {
     let key_bytes = key.clone().into_bytes();
     let located: Located = ask(&state, |reply| Command::Lookup { key: key_bytes, reply }).await??;
     Ok(Json(json!({
@@ -214,4 +253,191 @@ async fn ring(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], state.metrics.render())
+}
+
+// ----- multicast groups ------------------------------------------------------------------------
+
+fn group_json(view: &GroupView) -> Value {
+    json!({
+        "group": view.name,
+        "group_id": view.id.to_string(),
+        "role": view.role,
+        "member": view.member,
+        "listeners": view.listeners,
+        "head_seq": view.head_seq,
+        "parent": view.parent.as_ref().map(node_json),
+        "children": view.children.iter().map(node_json).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_groups(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let views: Vec<GroupView> = ask(&state, |reply| Command::Groups { reply }).await?;
+    Ok(Json(json!({ "groups": views.iter().map(group_json).collect::<Vec<_>>() })))
+}
+
+async fn join_group(State(state): State<ApiState>, Segment(group): Segment) -> Result<Json<Value>, ApiError> {
+    groups::check_name(&group)?;
+    let view = ask(&state, |reply| Command::JoinGroup { group, reply }).await??;
+    Ok(Json(group_json(&view)))
+}
+
+async fn leave_group(
+    State(state): State<ApiState>,
+    Segment(group): Segment,
+) -> Result<Json<Value>, ApiError> {
+    groups::check_name(&group)?;
+    let name = group.clone();
+    ask(&state, |reply| Command::LeaveGroup { group, reply }).await??;
+    Ok(Json(
+        json!({ "group": name, "group_id": dht::Id::hash(name.as_bytes()).to_string(), "member": false }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SendQuery {
+    /// The sender's label.
+    from: Option<String>,
+}
+
+async fn send_message(
+    State(state): State<ApiState>,
+    Segment(group): Segment,
+    Query(query): Query<SendQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    groups::check_name(&group)?;
+    let body = body.map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))?;
+    if body.len() > groups::MAX_BODY_BYTES {
+        return Err(GroupError::TooLarge { len: body.len(), max: groups::MAX_BODY_BYTES }.into());
+    }
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| GroupError::Invalid("the message must be UTF-8 text".into()))?;
+    if let Some(from) = &query.from
+        && (from.len() > groups::MAX_FROM_BYTES || from.chars().any(char::is_control))
+    {
+        return Err(GroupError::Invalid(format!(
+            "from must be at most {} bytes without control characters",
+            groups::MAX_FROM_BYTES
+        ))
+        .into());
+    }
+    let name = group.clone();
+    let seq = ask(&state, |reply| Command::Publish { group, from: query.from, body, reply }).await??;
+    Ok((StatusCode::CREATED, Json(json!({ "group": name, "seq": seq }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListenQuery {
+    /// First sequence number to replay.
+    from: Option<String>,
+}
+
+async fn listen(
+    State(state): State<ApiState>,
+    Segment(group): Segment,
+    Query(query): Query<ListenQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    groups::check_name(&group)?;
+    let from = match &query.from {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| GroupError::Invalid(format!("from must be a sequence number, not {text:?}")))?,
+        ),
+    };
+    let name = group.clone();
+    let subscription = ask(&state, |reply| Command::Subscribe { group, from, reply }).await??;
+    Ok(Sse::new(listener_stream(name, subscription))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+}
+
+fn item_event(group: &str, item: &GroupItem) -> SseEvent {
+    match item {
+        GroupItem::Message(m) => SseEvent::default().event("message").data(
+            json!({ "group": m.group, "seq": m.seq, "from": m.from, "body": m.body, "ts": m.ts_ms })
+                .to_string(),
+        ),
+        GroupItem::Gap { from, to } => SseEvent::default()
+            .event("gap")
+            .data(json!({ "group": group, "from": from, "to": to }).to_string()),
+    }
+}
+
+/// One listener's events: the backlog, then the live feed, through a [`Reorder`] so that each
+/// sequence number comes once and in order. A listener that falls too far behind gets an
+/// `error` event and the stream ends (its client can reconnect with `?from=`).
+fn listener_stream(
+    group: String,
+    subscription: Subscription,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    struct State {
+        group: String,
+        reorder: Reorder,
+        backlog: std::vec::IntoIter<GroupItem>,
+        live: tokio::sync::broadcast::Receiver<GroupItem>,
+        ready: std::collections::VecDeque<GroupItem>,
+        done: bool,
+    }
+    let Subscription { backlog, live, next_seq } = subscription;
+    let state = State {
+        group,
+        reorder: Reorder::new(next_seq),
+        backlog: backlog.into_iter(),
+        live,
+        ready: Default::default(),
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.ready.pop_front() {
+                return Some((Ok(item_event(&state.group, &item)), state));
+            }
+            if state.done {
+                return None;
+            }
+            let item = match state.backlog.next() {
+                Some(item) => item,
+                None => match state.live.recv().await {
+                    Ok(item) => item,
+                    Err(RecvError::Closed) => return None,
+                    Err(RecvError::Lagged(missed)) => {
+                        state.done = true;
+                        let event = SseEvent::default().event("error").data(
+                            json!({ "error": format!("this listener fell {missed} messages behind; reconnect with ?from={}", state.reorder.next().unwrap_or(1)) }).to_string(),
+                        );
+                        return Some((Ok(event), state));
+                    }
+                },
+            };
+            match state.reorder.push(item) {
+                Ok(ready) => state.ready.extend(ready),
+                Err(held) => {
+                    state.done = true;
+                    let event = SseEvent::default().event("error").data(
+                        json!({ "error": format!("{held} messages are waiting for a missing one; reconnect with ?from={}", state.reorder.next().unwrap_or(1)) }).to_string(),
+                    );
+                    return Some((Ok(event), state));
+                }
+            }
+        }
+    })
+}
+
+async fn group_tree(State(state): State<ApiState>, Segment(group): Segment) -> Result<Json<Value>, ApiError> {
+    groups::check_name(&group)?;
+    let tree: TreeView = ask(&state, |reply| Command::GroupTree { group, reply }).await??;
+    Ok(Json(json!({
+        "group": tree.name,
+        "group_id": tree.id.to_string(),
+        "root": node_json(&tree.root),
+        "complete": tree.complete,
+        "nodes": tree.nodes.iter().map(|n| json!({
+            "node": node_json(&n.node),
+            "parent": n.parent.map(|p| p.to_string()),
+            "depth": n.depth,
+            "role": n.role,
+            "member": n.member,
+            "children": n.children.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })))
 }

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod config;
 pub mod event_loop;
+pub mod groups;
 pub mod http;
 pub mod identity;
 pub mod metrics;

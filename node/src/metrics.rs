@@ -47,6 +47,14 @@ pub struct Metrics {
     pub corrupt_reads: AtomicU64,
     /// Client operations answered 503 for want of a quorum.
     pub quorum_failures: AtomicU64,
+    /// Multicast messages sent (from the multicast core's counters).
+    pub group_messages_out: AtomicU64,
+    /// Multicast messages received and accepted.
+    pub group_messages_in: AtomicU64,
+    /// Multicast data messages (stamped broadcasts) sent down trees.
+    pub group_data_out: AtomicU64,
+    /// Multicast messages dropped: invalid, unknown group, not from the parent, unexpected.
+    pub group_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +87,26 @@ impl Metrics {
             "overlay_ring_messages_received_total",
             "Ring protocol messages received.",
             self.ring_messages_in.load(Relaxed),
+        );
+        counter(
+            "overlay_group_messages_sent_total",
+            "Multicast protocol messages sent.",
+            self.group_messages_out.load(Relaxed),
+        );
+        counter(
+            "overlay_group_messages_received_total",
+            "Multicast protocol messages received and accepted.",
+            self.group_messages_in.load(Relaxed),
+        );
+        counter(
+            "overlay_group_data_sent_total",
+            "Stamped multicast messages sent down group trees.",
+            self.group_data_out.load(Relaxed),
+        );
+        counter(
+            "overlay_group_messages_dropped_total",
+            "Multicast messages dropped: invalid, for an unknown group, not from the parent, or unexpected.",
+            self.group_dropped.load(Relaxed),
         );
         counter(
             "overlay_kv_requests_sent_total",

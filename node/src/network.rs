@@ -1,9 +1,10 @@
-//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's two
+//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's three
 //! request/response protocols) and the size-capped CBOR codec they share.
 //!
 //! `/overlay/ring/1` carries the `dht` core's messages in a [`RingEnvelope`] that adds the
 //! sender's announced address (its `PeerId` comes authenticated from Noise). `/overlay/kv/1`
-//! carries the storage protocol. Every frame is read with a hard cap before it is parsed; what
+//! carries the storage protocol. `/overlay/group/1` carries the multicast core's one-way messages
+//! (answered with an empty acknowledgement) and the driver's tree queries. Every frame is read with a hard cap before it is parsed; what
 //! does not decode is an I/O error of kind `InvalidData`, which libp2p reports as an inbound or
 //! outbound failure and the event loop counts.
 
@@ -25,6 +26,10 @@ use crate::address::PeerAddr;
 pub const RING_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/ring/1");
 /// Protocol name of the storage messages.
 pub const KV_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/kv/1");
+/// Protocol name of the multicast messages.
+pub const GROUP_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/group/1");
+/// Cap on one multicast frame.
+pub const MAX_GROUP_FRAME: usize = dht::multicast::MAX_GROUP_FRAME_BYTES;
 /// Cap on one ring frame.
 pub const MAX_RING_FRAME: usize = dht::message::MAX_MESSAGE_BYTES;
 
@@ -35,6 +40,47 @@ pub struct RingEnvelope {
     pub sender: PeerAddr,
     /// The core's message.
     pub message: dht::Message<PeerAddr>,
+}
+
+/// A request on the group protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum GroupRequest {
+    /// A multicast core message, from the sender's announced address.
+    Message {
+        /// The sender's announced address (its `PeerId` is checked against the connection's).
+        sender: PeerAddr,
+        /// The core's message.
+        message: Box<dht::multicast::GroupMessage<PeerAddr>>,
+    },
+    /// "What is your place in this group's tree?" (for `/v1/groups/{g}/tree`).
+    Describe {
+        /// The group.
+        group: dht::multicast::GroupName,
+    },
+}
+
+/// The answer on the group protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum GroupReply {
+    /// The message was received (whatever the core makes of it).
+    Ack,
+    /// The answer to [`GroupRequest::Describe`]; `None` when the node has no state for the group.
+    Described(Option<TreeNodeInfo>),
+    /// The request was refused (malformed, or the sender's address names another peer).
+    Refused,
+}
+
+/// One node's place in a group's tree.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TreeNodeInfo {
+    /// `root`, `forwarder` or `member`.
+    pub role: String,
+    /// Whether a local member joined.
+    pub member: bool,
+    /// The parent.
+    pub parent: Option<dht::NodeRef<PeerAddr>>,
+    /// The children (at most the core's fan-out bound).
+    pub children: Vec<dht::NodeRef<PeerAddr>>,
 }
 
 /// A request/response codec that writes one CBOR value per stream and refuses to read more than
@@ -150,6 +196,8 @@ where
 pub type RingCodec = CborCodec<RingEnvelope, RingEnvelope>;
 /// Codec of the storage protocol.
 pub type KvCodec = CborCodec<KvRequest, KvResponse>;
+/// Codec of the group protocol.
+pub type GroupCodec = CborCodec<GroupRequest, GroupReply>;
 
 /// Everything the node's swarm runs.
 #[derive(NetworkBehaviour)]
@@ -163,6 +211,8 @@ pub struct Behaviour {
     pub ring: request_response::Behaviour<RingCodec>,
     /// Storage messages.
     pub kv: request_response::Behaviour<KvCodec>,
+    /// Multicast messages and tree queries.
+    pub group: request_response::Behaviour<GroupCodec>,
 }
 
 impl Behaviour {
@@ -186,6 +236,11 @@ impl Behaviour {
             kv: request_response::Behaviour::with_codec(
                 KvCodec::new(max_kv_frame),
                 [(KV_PROTOCOL, request_response::ProtocolSupport::Full)],
+                config.clone(),
+            ),
+            group: request_response::Behaviour::with_codec(
+                GroupCodec::new(MAX_GROUP_FRAME),
+                [(GROUP_PROTOCOL, request_response::ProtocolSupport::Full)],
                 config,
             ),
         }

@@ -8,6 +8,7 @@
 //! value for `--json`, so the CLI prints exactly what the node said instead of a re-serialised
 //! subset that would silently drop fields the node adds later.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::Read;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use ureq::http::StatusCode;
+
+use crate::sse::{SseEvent, SseParser};
 
 /// Largest response body the client reads. The node caps values (1 MiB by default); this only
 /// guards the CLI against a misbehaving server, so it is far above any sane cap.
@@ -140,6 +143,193 @@ pub(crate) struct PutReceipt {
     /// kept as JSON and shown as-is.
     pub(crate) version: serde_json::Value,
     pub(crate) replicas_acked: u32,
+}
+
+/// Answer to `POST /v1/groups/{g}/join` and `.../leave`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupMembership {
+    pub(crate) group: String,
+    pub(crate) member: bool,
+    /// `root`, `forwarder` or `member`; absent after a leave.
+    #[serde(default)]
+    pub(crate) role: Option<String>,
+}
+
+/// Answer to `POST /v1/groups/{g}/messages`: the sequence number the group's root stamped.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupReceipt {
+    pub(crate) group: String,
+    pub(crate) seq: u64,
+}
+
+/// `GET /v1/groups`: the groups this node takes part in.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupList {
+    #[serde(default)]
+    pub(crate) groups: Vec<GroupSummary>,
+}
+
+/// One group of `GET /v1/groups`, as this node sees it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupSummary {
+    pub(crate) group: String,
+    #[serde(default)]
+    pub(crate) group_id: String,
+    /// `root`, `forwarder` or `member`, kept as text so a role added later still shows.
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) member: bool,
+    #[serde(default)]
+    pub(crate) listeners: u64,
+    #[serde(default)]
+    pub(crate) head_seq: Option<u64>,
+    #[serde(default)]
+    pub(crate) parent: Option<NodeInfo>,
+    #[serde(default)]
+    pub(crate) children: Vec<NodeInfo>,
+}
+
+/// `GET /v1/groups/{g}/tree`: the group's tree, breadth-first from the root.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupTree {
+    pub(crate) group: String,
+    #[serde(default)]
+    pub(crate) group_id: String,
+    pub(crate) root: NodeInfo,
+    #[serde(default)]
+    pub(crate) complete: bool,
+    #[serde(default)]
+    pub(crate) nodes: Vec<TreeNode>,
+}
+
+/// One node of a [`GroupTree`]; `parent` and `children` are peer ids.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct TreeNode {
+    pub(crate) node: NodeInfo,
+    #[serde(default)]
+    pub(crate) parent: Option<String>,
+    #[serde(default)]
+    pub(crate) depth: u32,
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) member: bool,
+    #[serde(default)]
+    pub(crate) children: Vec<String>,
+}
+
+/// One `event: message` of a group's stream. The human view needs only these fields; `group`
+/// and `ts` (milliseconds since the Unix epoch when it was sent) are in the raw document.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupMessage {
+    pub(crate) seq: u64,
+    pub(crate) from: String,
+    pub(crate) body: String,
+}
+
+/// One `event: gap` of a group's stream: messages `from..=to` are no longer in the history.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GroupGap {
+    /// Empty if the node left it out; the caller knows which group it listens to.
+    #[serde(default)]
+    pub(crate) group: String,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+}
+
+/// What a group's stream delivers.
+#[derive(Debug, Clone)]
+pub(crate) enum GroupEvent {
+    Message(Document<GroupMessage>),
+    Gap(Document<GroupGap>),
+    /// An `event: error` (`{"error": "..."}`): the node gives up on this stream, e.g. because the
+    /// listener fell too far behind, and ends it next.
+    Error(String),
+    /// A `message` or `gap` event whose data does not follow the contract. The stream itself is
+    /// still usable; whether to go on is the caller's choice.
+    Unreadable {
+        event: String,
+        reason: String,
+    },
+}
+
+/// An open `GET /v1/groups/{g}/messages` stream. While it is open the node is a member of the
+/// group; dropping it closes the connection.
+pub(crate) struct GroupStream {
+    url: String,
+    limit: Option<Duration>,
+    reader: ureq::BodyReader<'static>,
+    parser: SseParser,
+    /// Events parsed but not yet returned, oldest first.
+    pending: VecDeque<SseEvent>,
+    buffer: Box<[u8]>,
+}
+
+impl fmt::Debug for GroupStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupStream").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl GroupStream {
+    /// The next message or gap; `Ok(None)` when the node ended the stream. Blocks until one
+    /// arrives (keep-alive comments are consumed silently), or until the stream's time limit.
+    pub(crate) fn next_event(&mut self) -> Result<Option<GroupEvent>, ApiError> {
+        loop {
+            while let Some(event) = self.pending.pop_front() {
+                if let Some(event) = interpret_group_event(event) {
+                    return Ok(Some(event));
+                }
+            }
+            let read = match self.reader.read(&mut self.buffer) {
+                Ok(0) => return Ok(None),
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(ApiError::TimedOut {
+                        url: self.url.clone(),
+                        after: self.limit.unwrap_or_default(),
+                    });
+                }
+                Err(e) => {
+                    return Err(ApiError::Protocol {
+                        url: self.url.clone(),
+                        reason: format!("the stream broke: {e}"),
+                    });
+                }
+            };
+            let mut parsed = Vec::new();
+            let result = self.parser.feed(&self.buffer[..read], &mut parsed);
+            self.pending.extend(parsed);
+            if let Err(e) = result {
+                return Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() });
+            }
+        }
+    }
+}
+
+/// Turns one server-sent event into a [`GroupEvent`]; events of other names are skipped
+/// (`None`), so a node that adds kinds of events does not break older clients.
+pub(crate) fn interpret_group_event(event: SseEvent) -> Option<GroupEvent> {
+    fn parse<T: DeserializeOwned>(data: &str) -> Result<Document<T>, String> {
+        let raw: serde_json::Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+        let parsed = T::deserialize(&raw).map_err(|e| e.to_string())?;
+        Ok(Document { parsed, raw })
+    }
+    let result = match event.event.as_str() {
+        "message" => parse(&event.data).map(GroupEvent::Message),
+        "gap" => parse(&event.data).map(GroupEvent::Gap),
+        "error" => {
+            #[derive(Deserialize)]
+            struct ErrorData {
+                error: String,
+            }
+            let message =
+                serde_json::from_str::<ErrorData>(&event.data).map_or(event.data, |data| data.error);
+            Ok(GroupEvent::Error(message.split_whitespace().collect::<Vec<_>>().join(" ")))
+        }
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(|reason| GroupEvent::Unreadable { event: event.event, reason }))
 }
 
 /// A JSON answer, typed for humans and raw for `--json`.
@@ -281,6 +471,102 @@ impl NodeClient {
         self.get_json(&format!("{}/v1/ring", self.base_url))
     }
 
+    /// `POST /v1/groups/{g}/join`.
+    pub(crate) fn join_group(&self, group: &str) -> Result<Document<GroupMembership>, ApiError> {
+        self.post_json(&group_url(&self.base_url, group, "/join")?, b"", &[StatusCode::OK])
+    }
+
+    /// `POST /v1/groups/{g}/leave`.
+    pub(crate) fn leave_group(&self, group: &str) -> Result<Document<GroupMembership>, ApiError> {
+        self.post_json(&group_url(&self.base_url, group, "/leave")?, b"", &[StatusCode::OK])
+    }
+
+    /// `POST /v1/groups/{g}/messages[?from=NAME]` with `message` as the body.
+    pub(crate) fn send_to_group(
+        &self,
+        group: &str,
+        message: &[u8],
+        from: Option<&str>,
+    ) -> Result<Document<GroupReceipt>, ApiError> {
+        let mut url = group_url(&self.base_url, group, "/messages")?;
+        if let Some(from) = from {
+            url.push_str("?from=");
+            url.push_str(&encode_path_segment(from));
+        }
+        // 201 is the contract; 200 would mean the same.
+        self.post_json(&url, message, &[StatusCode::CREATED, StatusCode::OK])
+    }
+
+    /// `GET /v1/groups`.
+    pub(crate) fn groups(&self) -> Result<Document<GroupList>, ApiError> {
+        self.get_json(&format!("{}/v1/groups", self.base_url))
+    }
+
+    /// `GET /v1/groups/{g}/tree`.
+    pub(crate) fn group_tree(&self, group: &str) -> Result<Document<GroupTree>, ApiError> {
+        self.get_json(&group_url(&self.base_url, group, "/tree")?)
+    }
+
+    /// Opens `GET /v1/groups/{g}/messages[?from=SEQ]`. The connect time-out and, for the
+    /// response's head, the request time-out apply; after that the stream has no read time-out
+    /// (a quiet group is not a dead node: keep-alives arrive every 15 s), unless `limit` bounds
+    /// the whole exchange, as the demo does.
+    pub(crate) fn group_messages(
+        &self,
+        group: &str,
+        from: Option<u64>,
+        limit: Option<Duration>,
+    ) -> Result<GroupStream, ApiError> {
+        let mut url = group_url(&self.base_url, group, "/messages")?;
+        if let Some(from) = from {
+            url.push_str(&format!("?from={from}"));
+        }
+        let response = self
+            .agent
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .config()
+            .timeout_global(limit)
+            .timeout_recv_response(Some(self.timeout))
+            .build()
+            .call()
+            .map_err(|e| self.transport_error(&url, e))?;
+        let mut response = response;
+        if response.status() != StatusCode::OK {
+            return Err(rejection(&url, response.status(), &mut response));
+        }
+        // Unlimited on purpose: a stream runs for as long as the user listens; the parser
+        // bounds what it buffers.
+        let reader = response.into_body().into_reader();
+        Ok(GroupStream {
+            url,
+            limit,
+            reader,
+            parser: SseParser::new(),
+            pending: VecDeque::new(),
+            buffer: vec![0; 16 * 1024].into_boxed_slice(),
+        })
+    }
+
+    fn post_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &[u8],
+        expected: &[StatusCode],
+    ) -> Result<Document<T>, ApiError> {
+        let mut response = self
+            .agent
+            .post(url)
+            .header("content-type", "text/plain; charset=utf-8")
+            .send(body)
+            .map_err(|e| self.transport_error(url, e))?;
+        if !expected.contains(&response.status()) {
+            return Err(rejection(url, response.status(), &mut response));
+        }
+        let body = read_body(url, &mut response)?;
+        parse_document(url, &body)
+    }
+
     fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<Document<T>, ApiError> {
         let mut response = self.agent.get(url).call().map_err(|e| self.transport_error(url, e))?;
         match response.status() {
@@ -400,6 +686,14 @@ pub(crate) fn kv_url(
     Ok(url)
 }
 
+/// `{base}/v1/groups/{group}{suffix}`, the group percent-encoded as one path segment.
+pub(crate) fn group_url(base_url: &str, group: &str, suffix: &str) -> Result<String, ApiError> {
+    if group.is_empty() {
+        return Err(ApiError::InvalidRequest("a group name must not be empty".to_owned()));
+    }
+    Ok(format!("{base_url}/v1/groups/{}{suffix}", encode_path_segment(group)))
+}
+
 fn encode_key(key: &str) -> Result<String, ApiError> {
     if key.is_empty() {
         return Err(ApiError::InvalidRequest("a key must not be empty".to_owned()));
@@ -478,6 +772,24 @@ mod tests {
         assert_eq!(error_message(status, br#"{"error":"no quorum:\n1 of 2"}"#), "no quorum: 1 of 2");
         assert_eq!(error_message(status, b"plain text"), "plain text");
         assert_eq!(error_message(status, b""), "Service Unavailable");
+    }
+
+    #[test]
+    fn group_events_are_read_by_name() {
+        let event = |name: &str, data: &str| SseEvent { event: name.to_owned(), data: data.to_owned() };
+        let message = r#"{"group":"g","seq":17,"from":"alice","body":"hello","ts":1763877600123}"#;
+        let Some(GroupEvent::Message(message)) = interpret_group_event(event("message", message)) else {
+            panic!("a message")
+        };
+        assert_eq!((message.parsed.seq, message.parsed.from.as_str()), (17, "alice"));
+        assert_eq!(message.raw["ts"], 1_763_877_600_123u64);
+        let gap = interpret_group_event(event("gap", r#"{"from":3,"to":9}"#));
+        assert!(matches!(gap, Some(GroupEvent::Gap(ref gap)) if (gap.parsed.from, gap.parsed.to) == (3, 9)));
+        let error = interpret_group_event(event("error", r#"{"error":"fell\nbehind"}"#));
+        assert!(matches!(error, Some(GroupEvent::Error(ref text)) if text == "fell behind"), "{error:?}");
+        let broken = interpret_group_event(event("message", r#"{"seq":"x"}"#));
+        assert!(matches!(broken, Some(GroupEvent::Unreadable { ref event, .. }) if event == "message"));
+        assert!(interpret_group_event(event("presence", "{}")).is_none());
     }
 
     #[test]

@@ -76,10 +76,14 @@ pub(crate) enum Command {
     Status,
     /// List the ring's members in ring order, starting at the node asked.
     Ring,
+    /// Multicast groups: join, leave, send to, listen to and inspect them.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Run overlay-node processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Start a 5-node cluster, store keys, kill a node and show the keys survive.
+    /// Start a 5-node cluster, store keys, kill a node and show the keys survive, then send
+    /// messages to a multicast group.
     Demo(DemoArgs),
     /// Measure put and get latency and throughput.
     Bench(BenchArgs),
@@ -95,6 +99,56 @@ pub(crate) struct PutArgs {
     /// Read the value from this file.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
+}
+
+/// `overlay group ...`. Group names are 1 to 128 bytes of UTF-8 without control characters; the
+/// node checks them.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Make the node a member of a group (idempotent).
+    Join {
+        /// The group.
+        group: String,
+    },
+    /// End the node's membership of a group (idempotent).
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Send a message to every member of a group; prints the sequence number it got.
+    Send(GroupSendArgs),
+    /// Print a group's messages as they arrive, until interrupted. The node is a member while
+    /// this runs.
+    Listen(GroupListenArgs),
+    /// Draw a group's tree: its root, forwarders and members.
+    Tree {
+        /// The group.
+        group: String,
+    },
+    /// List the groups the node takes part in.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupSendArgs {
+    /// The group.
+    pub(crate) group: String,
+    /// The message (UTF-8 text, at most 64 KiB); `-` reads it from stdin, without the one
+    /// line ending that closes it.
+    pub(crate) message: String,
+    /// Sender label shown to listeners (default: the node's short peer id).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupListenArgs {
+    /// The group.
+    pub(crate) group: String,
+    /// Replay the group's history from this sequence number first (as far as the history
+    /// reaches), then go on live. Default: only messages sent from now on.
+    #[arg(long, value_name = "SEQ")]
+    pub(crate) from: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +302,53 @@ mod tests {
         assert!(parse(&["bench", "--read-ratio", "1.5"]).is_err());
         assert!(parse(&["bench", "--concurrency", "0"]).is_err());
         assert!(parse(&["bench", "--ops", "0"]).is_err());
+    }
+
+    #[test]
+    fn group_subcommands_parse_with_global_flags_anywhere() {
+        let cli = parse(&["group", "join", "chat", "--json"]).expect("join");
+        assert!(cli.global.json);
+        assert!(matches!(cli.command, Command::Group(GroupCommand::Join { ref group }) if group == "chat"));
+        let cli = parse(&["--node", "http://127.0.0.1:9", "group", "leave", "chat"]).expect("leave");
+        assert_eq!(cli.global.node.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(matches!(cli.command, Command::Group(GroupCommand::Leave { ref group }) if group == "chat"));
+        let cli = parse(&["group", "tree", "chat"]).expect("tree");
+        assert!(matches!(cli.command, Command::Group(GroupCommand::Tree { ref group }) if group == "chat"));
+        let cli = parse(&["group", "list", "--json"]).expect("list");
+        assert!(cli.global.json);
+        assert!(matches!(cli.command, Command::Group(GroupCommand::List)));
+        assert!(parse(&["group", "join"]).is_err());
+        assert!(parse(&["group"]).is_err());
+    }
+
+    #[test]
+    fn group_send_takes_a_message_or_stdin_and_an_optional_sender() {
+        let cli = parse(&["group", "send", "chat", "hello there", "--from", "alice"]).expect("send");
+        let Command::Group(GroupCommand::Send(send)) = cli.command else { panic!("group send expected") };
+        assert_eq!((send.group.as_str(), send.message.as_str()), ("chat", "hello there"));
+        assert_eq!(send.from.as_deref(), Some("alice"));
+        let cli = parse(&["group", "send", "chat", "-"]).expect("stdin");
+        let Command::Group(GroupCommand::Send(send)) = cli.command else { panic!("group send expected") };
+        assert_eq!(send.message, "-");
+        assert!(send.from.is_none());
+        // A message that starts with a dash goes after `--`.
+        let cli = parse(&["group", "send", "chat", "--", "-1 from me"]).expect("dash message");
+        let Command::Group(GroupCommand::Send(send)) = cli.command else { panic!("group send expected") };
+        assert_eq!(send.message, "-1 from me");
+        assert!(parse(&["group", "send", "chat"]).is_err());
+    }
+
+    #[test]
+    fn group_listen_takes_a_starting_sequence_number() {
+        let cli = parse(&["group", "listen", "chat", "--from", "17", "--json"]).expect("listen");
+        assert!(cli.global.json);
+        let Command::Group(GroupCommand::Listen(listen)) = cli.command else { panic!("listen expected") };
+        assert_eq!((listen.group.as_str(), listen.from), ("chat", Some(17)));
+        let cli = parse(&["group", "listen", "chat"]).expect("listen live");
+        let Command::Group(GroupCommand::Listen(listen)) = cli.command else { panic!("listen expected") };
+        assert_eq!(listen.from, None);
+        assert!(parse(&["group", "listen", "chat", "--from", "x"]).is_err());
+        assert!(parse(&["group", "listen", "chat", "--from", "-1"]).is_err());
     }
 
     #[test]

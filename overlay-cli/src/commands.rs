@@ -37,7 +37,7 @@ pub(crate) fn resolve_node_url(global: &GlobalArgs) -> String {
     cluster::first_answering_node(&global.dir).unwrap_or_else(|| DEFAULT_NODE_URL.to_owned())
 }
 
-fn client(global: &GlobalArgs) -> Result<NodeClient> {
+pub(crate) fn client(global: &GlobalArgs) -> Result<NodeClient> {
     Ok(NodeClient::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?)
 }
 
@@ -91,7 +91,7 @@ fn read_value_stdin() -> Result<Vec<u8>> {
     read_bounded(io::stdin().lock()).context("reading the value from stdin")
 }
 
-fn read_bounded(reader: impl Read) -> Result<Vec<u8>> {
+pub(crate) fn read_bounded(reader: impl Read) -> Result<Vec<u8>> {
     let mut value = Vec::new();
     reader.take(MAX_INPUT_BYTES + 1).read_to_end(&mut value)?;
     if value.len() as u64 > MAX_INPUT_BYTES {

@@ -1,7 +1,8 @@
 //! `overlay demo`: a guided tour for a newcomer. Starts a 5-node cluster, stores keys, reads
-//! them back through other nodes, crashes a node, waits until every key is readable again, and
-//! says what it does at each step. Every wait polls against a deadline; a step that does not
-//! finish in time fails the demo with a non-zero exit.
+//! them back through other nodes, crashes a node, waits until every key is readable again, then
+//! has one node listen to a multicast group while two others send to it, and says what it does
+//! at each step. Every wait polls against a deadline; a step that does not finish in time fails
+//! the demo with a non-zero exit.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,8 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ureq::http::StatusCode;
 
-use crate::api::NodeClient;
+use crate::api::{ApiError, GroupEvent, NodeClient};
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::cluster::{self, ClusterFile};
 use crate::commands;
@@ -24,6 +26,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// notice the failure (timeouts) and repair routes, which takes seconds, not minutes.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 const RECOVERY_POLL: Duration = Duration::from_millis(500);
+/// The multicast group of step 7.
+const GROUP: &str = "demo-chat";
+/// How long step 7 may take in all: attaching the listener, sending, and every message arriving.
+/// The ring was repaired in step 6, so this is seconds of work; the margin covers a slow machine.
+const MULTICAST_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between attempts when the group's root could not be reached in time (503).
+const MULTICAST_RETRY: Duration = Duration::from_millis(500);
 
 /// The demo's key/value pairs: short, readable, and spread over the ring by their hashes.
 fn demo_pairs() -> Vec<(String, String)> {
@@ -81,7 +90,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs, out: &mut impl Write) ->
     Ok(())
 }
 
-/// Steps 2 to 6; returns the index of the node it crashed.
+/// Steps 2 to 7; returns the index of the node it crashed.
 fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Result<usize> {
     let clients = cluster
         .nodes
@@ -185,7 +194,150 @@ fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Res
     let ring = clients[survivors[0]].ring().context("reading the repaired ring")?;
     commands::write_ring_table(&ring.parsed.nodes, out)?;
     writeln!(out)?;
+
+    multicast(&clients, &survivors, out).context("step 7 (multicast) failed")?;
+    writeln!(out)?;
     Ok(victim)
+}
+
+/// Step 7: the first survivor listens to [`GROUP`]; the next two send three messages in turn;
+/// the listener must receive exactly those, in the order of the sequence numbers the group's
+/// root gave them. The listener asks for the history from seq 1, so it misses nothing however
+/// long it takes to attach; messages of an earlier demo on the same cluster are skipped.
+fn multicast(clients: &[NodeClient], survivors: &[usize], out: &mut impl Write) -> Result<()> {
+    let [listener, first_sender, second_sender, ..] = *survivors else {
+        bail!("needs three running nodes, {} are left", survivors.len());
+    };
+    say(
+        out,
+        &format!(
+            "Step 7: multicast. Node {listener} listens to group {GROUP:?} (overlay group listen {GROUP} --from 1); \
+             nodes {first_sender} and {second_sender} send it three messages."
+        ),
+    )?;
+    let started = Instant::now();
+    let deadline = started + MULTICAST_DEADLINE;
+    // The whole stream, replay and waiting included, is bounded by the step's deadline.
+    let mut stream = retry_while_unavailable(deadline, || {
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        clients[listener].group_messages(GROUP, Some(1), Some(remaining))
+    })
+    .with_context(|| format!("node {listener} could not start listening to {GROUP:?}"))?;
+    say(
+        out,
+        &format!(
+            "  Node {listener} is a member of {GROUP:?} now ({:.1} s); --from 1 replays what the group already \
+             holds, so nothing sent meanwhile is missed.",
+            started.elapsed().as_secs_f64()
+        ),
+    )?;
+
+    let messages = [
+        (first_sender, format!("hello from node {first_sender}")),
+        (second_sender, format!("hi, node {second_sender} here")),
+        (first_sender, "multicast keeps the order: every member sees the same sequence".to_owned()),
+    ];
+    let mut sent = Vec::new();
+    let first_sent = Instant::now();
+    for (sender, body) in &messages {
+        let label = format!("node-{sender}");
+        let receipt = retry_while_unavailable(deadline, || {
+            clients[*sender].send_to_group(GROUP, body.as_bytes(), Some(&label))
+        })
+        .with_context(|| format!("node {sender} could not send to {GROUP:?}"))?;
+        let seq = receipt.parsed.seq;
+        say(
+            out,
+            &format!(
+                "  node {sender} sent {body:?} (overlay group send {GROUP} ... --from {label}) -> seq {seq}"
+            ),
+        )?;
+        sent.push((seq, label, body.clone()));
+    }
+    // Sent one after the other, so the root numbered them in this order.
+    if !sent.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        bail!("the sequence numbers are not increasing: {:?}", sent.iter().map(|s| s.0).collect::<Vec<_>>());
+    }
+
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let event = stream.next_event().with_context(|| {
+            format!(
+                "waiting for the messages at node {listener} ({} of {} arrived)",
+                received.len(),
+                sent.len()
+            )
+        })?;
+        let message = match event {
+            Some(GroupEvent::Message(message)) => message.parsed,
+            // History this cluster no longer holds, or an event of a kind this CLI does not know:
+            // neither is one of the demo's messages.
+            Some(GroupEvent::Gap(_) | GroupEvent::Unreadable { .. }) => continue,
+            Some(GroupEvent::Error(reason)) => bail!("node {listener} ended the stream: {reason}"),
+            None => bail!(
+                "node {listener} ended the stream after {} of the {} messages",
+                received.len(),
+                sent.len()
+            ),
+        };
+        let Some((_, label, body)) = sent.iter().find(|(seq, ..)| *seq == message.seq) else {
+            continue; // an earlier demo's message, replayed by --from 1
+        };
+        if message.body != *body || message.from != *label {
+            bail!(
+                "node {listener} received seq {} as {:?} from {:?}, but {label} sent {body:?}",
+                message.seq,
+                message.body,
+                message.from
+            );
+        }
+        say(
+            out,
+            &format!("  node {listener} received [{}] {}: {}", message.seq, message.from, message.body),
+        )?;
+        received.push(message.seq);
+    }
+    let expected: Vec<u64> = sent.iter().map(|(seq, ..)| *seq).collect();
+    if received != expected {
+        bail!("node {listener} received seqs {received:?}, expected {expected:?} in that order");
+    }
+    say(
+        out,
+        &format!(
+            "  All {} messages reached node {listener} once each, in sequence order, {:.1} s after the first was sent.",
+            sent.len(),
+            first_sent.elapsed().as_secs_f64()
+        ),
+    )?;
+    say(out, &format!("  The tree that carried them: overlay group tree {GROUP}"))?;
+    Ok(())
+}
+
+/// Calls `attempt` until it succeeds, retrying while the group's root cannot be reached in time
+/// (503) or the node is slow to answer, both of which pass once the ring has settled; any
+/// other error, or the deadline, ends the wait with the last error.
+fn retry_while_unavailable<T>(
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    loop {
+        match attempt() {
+            Err(error) if is_transient(&error) && Instant::now() + MULTICAST_RETRY < deadline => {
+                thread::sleep(MULTICAST_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_transient(error: &ApiError) -> bool {
+    match error {
+        ApiError::Rejected { status, .. } => {
+            matches!(*status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+        }
+        ApiError::TimedOut { .. } => true,
+        _ => false,
+    }
 }
 
 /// The node to crash and how many demo keys it owns: not node 0 (the one newcomers talk to),
@@ -282,6 +434,10 @@ fn next_steps(dir: &Path, victim: usize, out: &mut impl Write) -> Result<()> {
         ("put greeting 'hello, ring'".to_owned(), "store a value"),
         ("get greeting".to_owned(), "read it back (only the raw value on stdout)"),
         ("lookup greeting".to_owned(), "which nodes own and replicate it, and the hop count"),
+        (format!("group listen {GROUP}"), "print the group's messages as they arrive (Ctrl-C to stop)"),
+        (format!("group send {GROUP} 'hello, group'"), "send one; every listener prints it"),
+        (format!("group tree {GROUP}"), "the group's tree: root, forwarders, members"),
+        ("group list".to_owned(), "the groups one node takes part in"),
         (format!("cluster start {victim}"), "bring the crashed node back on its data directory"),
         ("bench --ops 5000 --concurrency 16 --value-size 256".to_owned(), "latency and throughput"),
         ("cluster down".to_owned(), "stop every node"),

@@ -7,9 +7,11 @@ mod cli;
 mod cluster;
 mod commands;
 mod demo;
+mod group;
 mod output;
 mod process;
 mod ring_check;
+mod sse;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -56,6 +58,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Lookup { key } => commands::lookup(global, key, out),
         Command::Status => commands::status(global, out),
         Command::Ring => commands::ring(global, out),
+        Command::Group(command) => group::run(global, command, out),
         Command::Cluster(command) => run_cluster(global, command, out),
         Command::Demo(args) => demo::run(global, args, out),
         Command::Bench(args) => bench::run(global, args, out),
@@ -128,6 +131,7 @@ fn report_failure(cli: &Cli, error: &anyhow::Error) -> ExitCode {
             | Command::Lookup { .. }
             | Command::Status
             | Command::Ring
+            | Command::Group(_)
             | Command::Bench(_)
     );
     let api_error = error.chain().find_map(|cause| cause.downcast_ref::<ApiError>());

@@ -3,8 +3,12 @@
 //! and polls for conditions with deadlines (never sleep-then-assert).
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -81,6 +85,11 @@ impl Http {
     /// PUT bytes to a path.
     pub fn put(&self, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
         Self::finish(self.agent.put(format!("{}{path}", self.base)).send(body))
+    }
+
+    /// POST bytes to a path.
+    pub fn post(&self, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
+        Self::finish(self.agent.post(format!("{}{path}", self.base)).send(body))
     }
 
     /// DELETE a path.
@@ -339,4 +348,350 @@ pub fn parallel<T: Sync, E: Send>(
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("worker thread")).collect()
     })
+}
+
+/// Percent-encodes `segment` as one URL path segment (or query value): every byte except RFC 3986
+/// unreserved characters is encoded.
+pub fn encode_segment(segment: &str) -> String {
+    let mut encoded = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// One message a [`GroupListener`] received (`event: message`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The group it was sent to.
+    pub group: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The sender label.
+    pub from: String,
+    /// The message.
+    pub body: String,
+    /// When it was sent, in ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// What a listener's reader thread passes on.
+#[derive(Debug)]
+enum StreamItem {
+    Message(Delivered),
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    /// The stream ended or broke, or carried something that does not follow the contract.
+    Ended(String),
+}
+
+/// Longest silence a listener accepts before it calls its stream dead: the node sends a
+/// keep-alive comment every 15 s.
+const STREAM_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Most items a listener's thread queues for the test; a test that does not drain just pushes back
+/// on the node through TCP.
+const LISTENER_QUEUE: usize = 16_384;
+
+/// A subscriber to `GET /v1/groups/{g}/messages` (server-sent events) on one node: a thread reads
+/// the stream over plain `std::net` (so dropping the listener can close the socket and end the
+/// thread) and hands messages and gaps to the test, which collects them with [`GroupListener::drain`].
+#[derive(Debug)]
+pub struct GroupListener {
+    /// The node's HTTP `host:port`.
+    pub addr: String,
+    /// The group.
+    pub group: String,
+    /// Every message received so far (after [`GroupListener::drain`]), in arrival order.
+    pub messages: Vec<Delivered>,
+    /// Every gap reported so far, as `(from, to)`.
+    pub gaps: Vec<(u64, u64)>,
+    /// Why the stream ended, once it has.
+    pub ended: Option<String>,
+    items: mpsc::Receiver<StreamItem>,
+    socket: TcpStream,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl GroupListener {
+    /// Opens the stream of `group` on the node at `addr` (`host:port`), replaying from `from` if
+    /// given. Fails unless the node answers 200 (e.g. 503 while the group's root is unreachable).
+    pub fn open(addr: &str, group: &str, from: Option<u64>) -> anyhow::Result<GroupListener> {
+        let target = addr.to_socket_addrs()?.next().context("no address")?;
+        let socket = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut path = format!("/v1/groups/{}/messages", encode_segment(group));
+        if let Some(from) = from {
+            path.push_str(&format!("?from={from}"));
+        }
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        );
+        (&socket).write_all(request.as_bytes())?;
+        let mut reader = BufReader::new(socket.try_clone()?);
+        let head = read_head(&mut reader).with_context(|| format!("the head of GET {path}"))?;
+        let mut body = Body::new(reader, &head);
+        if head.status != 200 {
+            let mut text = Vec::new();
+            while let Some(chunk) = body.next_chunk()? {
+                text.extend(chunk);
+                if text.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            bail!("GET {path} answered {}: {}", head.status, String::from_utf8_lossy(&text));
+        }
+        socket.set_read_timeout(Some(STREAM_SILENCE_LIMIT))?;
+        let (sender, items) = mpsc::sync_channel(LISTENER_QUEUE);
+        let reader = std::thread::Builder::new()
+            .name(format!("listener {addr} {group}"))
+            .spawn(move || read_events(body, &sender))
+            .context("spawning the listener thread")?;
+        Ok(GroupListener {
+            addr: addr.to_string(),
+            group: group.to_string(),
+            messages: Vec::new(),
+            gaps: Vec::new(),
+            ended: None,
+            items,
+            socket,
+            reader: Some(reader),
+        })
+    }
+
+    /// Moves everything the stream delivered since the last call into `messages`, `gaps` and
+    /// `ended`; returns how many messages were added.
+    pub fn drain(&mut self) -> usize {
+        let before = self.messages.len();
+        while let Ok(item) = self.items.try_recv() {
+            match item {
+                StreamItem::Message(message) => self.messages.push(message),
+                StreamItem::Gap { from, to } => self.gaps.push((from, to)),
+                StreamItem::Ended(reason) => self.ended = Some(reason),
+            }
+        }
+        self.messages.len() - before
+    }
+
+    /// Whether a message with this sequence number has arrived (drains first).
+    pub fn has_seq(&mut self, seq: u64) -> bool {
+        self.drain();
+        self.messages.iter().any(|message| message.seq == seq)
+    }
+
+    /// The highest sequence number received so far (drains first).
+    pub fn last_seq(&mut self) -> Option<u64> {
+        self.drain();
+        self.messages.iter().map(|message| message.seq).max()
+    }
+
+    /// Waits until `done` holds for this listener, draining as it goes; panics after `timeout`,
+    /// or at once if the stream ended first.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&GroupListener) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if done(self) {
+                return;
+            }
+            if let Some(reason) = &self.ended {
+                panic!("{what}: the stream of {} at {} ended first: {reason}", self.group, self.addr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached within {timeout:?} at {} ({} messages, last seq {:?})",
+                self.addr,
+                self.messages.len(),
+                self.messages.last().map(|message| message.seq)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GroupListener {
+    fn drop(&mut self) {
+        // Closing the socket wakes the reader's blocked read; draining lets a reader blocked on a
+        // full queue finish, so the join below cannot hang.
+        let _ = self.socket.shutdown(Shutdown::Both);
+        while self.items.recv().is_ok() {}
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// Status and the headers that matter for reading the body.
+struct Head {
+    status: u16,
+    chunked: bool,
+    content_length: Option<u64>,
+}
+
+fn read_head(reader: &mut impl BufRead) -> anyhow::Result<Head> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("status line {line:?}"))?;
+    let (mut chunked, mut content_length) = (false, None);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the connection closed inside the head");
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if name == "content-length" {
+                content_length = value.parse().ok();
+            }
+        }
+    }
+    Ok(Head { status, chunked, content_length })
+}
+
+/// An HTTP/1.1 response body: chunked, of a known length, or up to the end of the connection.
+struct Body {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    remaining: Option<u64>,
+    done: bool,
+}
+
+impl Body {
+    fn new(reader: BufReader<TcpStream>, head: &Head) -> Body {
+        Body { reader, chunked: head.chunked, remaining: head.content_length, done: false }
+    }
+
+    /// The next bytes of the body; `None` at its end.
+    fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.chunked {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("the connection closed inside a chunked body");
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size, 16).with_context(|| format!("chunk size {line:?}"))?;
+            if size == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+            let mut chunk = vec![0; size];
+            self.reader.read_exact(&mut chunk)?;
+            let mut crlf = [0; 2];
+            self.reader.read_exact(&mut crlf)?;
+            return Ok(Some(chunk));
+        }
+        let mut chunk = vec![0; 16 * 1024];
+        let want = self.remaining.map_or(chunk.len(), |left| chunk.len().min(left as usize));
+        if want == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        let read = self.reader.read(&mut chunk[..want])?;
+        if read == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        if let Some(left) = &mut self.remaining {
+            *left -= read as u64;
+        }
+        chunk.truncate(read);
+        Ok(Some(chunk))
+    }
+}
+
+/// The listener thread: reads the body, splits it into server-sent events and sends on the
+/// messages and gaps, then why it stopped.
+fn read_events(mut body: Body, sender: &mpsc::SyncSender<StreamItem>) {
+    let mut line = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    let reason = loop {
+        let chunk = match body.next_chunk() {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break "the node ended the stream".to_string(),
+            Err(error) => break format!("the stream broke: {error:#}"),
+        };
+        for byte in chunk {
+            if byte != b'\n' {
+                line.push(byte);
+                continue;
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            line.clear();
+            if text.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    let item = parse_event(&event, &data);
+                    if sender.send(item).is_err() {
+                        return;
+                    }
+                }
+                event.clear();
+                data.clear();
+            } else if text.starts_with(':') {
+                // keep-alive comment
+            } else {
+                let (field, value) = text.split_once(':').unwrap_or((&text, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => event = value.to_string(),
+                    "data" => {
+                        data.push_str(value);
+                        data.push('\n');
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    let _ = sender.send(StreamItem::Ended(reason));
+}
+
+fn parse_event(event: &str, data: &str) -> StreamItem {
+    let parsed: Result<Value, _> = serde_json::from_str(data);
+    let Ok(json) = parsed else {
+        return StreamItem::Ended(format!("event {event:?} carries no JSON: {data:?}"));
+    };
+    let number = |field: &str| json[field].as_u64();
+    let text = |field: &str| json[field].as_str().map(str::to_string);
+    match event {
+        "message" | "" => match (text("group"), number("seq"), text("from"), text("body"), number("ts")) {
+            (Some(group), Some(seq), Some(from), Some(body), Some(ts)) => {
+                StreamItem::Message(Delivered { group, seq, from, body, ts })
+            }
+            _ => StreamItem::Ended(format!("a message event without group, seq, from, body and ts: {data}")),
+        },
+        "gap" => match (number("from"), number("to")) {
+            (Some(from), Some(to)) => StreamItem::Gap { from, to },
+            _ => StreamItem::Ended(format!("a gap event without from and to: {data}")),
+        },
+        other => StreamItem::Ended(format!("an event of unknown kind {other:?}: {data}")),
+    }
 }

@@ -1,0 +1,650 @@
+//! The event loop's multicast side: drives `dht::multicast::Multicast` next to the ring core,
+//! carries its one-way messages on `/overlay/group/1`, answers tree queries, walks trees for the
+//! API, and connects deliveries to the API's listeners ([`LocalGroup`]).
+//!
+//! Membership here is the union of explicit joins (`POST .../join`) and open listeners: the
+//! housekeeping tick joins a group when the first listener attaches and leaves it when the last
+//! one goes, unless it was joined explicitly.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use dht::multicast::{self as mc, GroupEvent, GroupName, Multicast, PublishId, Role};
+use dht::{Id, LookupError, LookupId, LookupOutcome, NodeRef};
+use libp2p::PeerId;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use tokio::sync::oneshot;
+use tracing::{debug, info};
+
+use super::{EventLoop, wall_ms};
+use crate::address::PeerAddr;
+use crate::event_loop::Command;
+use crate::groups::{Delivered, GroupError, GroupItem, GroupView, LocalGroup, TreeNodeView, TreeView};
+use crate::network::{GroupReply, GroupRequest, TreeNodeInfo};
+
+/// Most nodes a tree walk visits.
+const MAX_TREE_NODES: usize = 4096;
+/// How long a tree walk may take.
+const TREE_WALK_TIMEOUT: Duration = Duration::from_secs(5);
+/// History requests per replay before the rest is declared unavailable.
+const HISTORY_ATTEMPTS: u32 = 3;
+
+/// What a request on the group protocol was for.
+#[derive(Debug)]
+pub(super) enum GroupOutbound {
+    /// A core message to this peer.
+    Message(PeerAddr),
+    /// A tree query of a walk.
+    Describe { walk: u64, node: NodeRef<PeerAddr>, parent: Option<PeerId>, depth: u32 },
+}
+
+/// A tree walk for the API.
+#[derive(Debug)]
+pub(super) struct TreeWalk {
+    name: String,
+    id: Id,
+    root: Option<NodeRef<PeerAddr>>,
+    nodes: Vec<TreeNodeView>,
+    seen: HashSet<PeerId>,
+    in_flight: usize,
+    complete: bool,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<TreeView, GroupError>>,
+}
+
+/// A replay from the root's history in progress for a group.
+#[derive(Debug)]
+pub(super) struct Replay {
+    /// The first number still wanted.
+    from: u64,
+    /// Up to where (the oldest message the local log held when it started, minus one).
+    to: u64,
+    attempts: u32,
+}
+
+/// The multicast state the loop keeps beside the core's.
+#[allow(missing_debug_implementations)] // holds the core's state, which is large
+pub(super) struct GroupState {
+    pub(super) core: Multicast<PeerAddr>,
+    pub(super) local: BTreeMap<String, LocalGroup>,
+    pub(super) publishes: HashMap<PublishId, oneshot::Sender<Result<u64, GroupError>>>,
+    pub(super) outbound: HashMap<OutboundRequestId, GroupOutbound>,
+    pub(super) walks: HashMap<u64, TreeWalk>,
+    pub(super) walk_lookups: HashMap<LookupId, u64>,
+    pub(super) replays: BTreeMap<String, Replay>,
+    pub(super) next_walk: u64,
+}
+
+impl GroupState {
+    pub(super) fn new(me: NodeRef<PeerAddr>) -> Self {
+        GroupState {
+            core: Multicast::new(me, mc::MulticastConfig::default()),
+            local: BTreeMap::new(),
+            publishes: HashMap::new(),
+            outbound: HashMap::new(),
+            walks: HashMap::new(),
+            walk_lookups: HashMap::new(),
+            replays: BTreeMap::new(),
+            next_walk: 0,
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Root => "root",
+        Role::Forwarder => "forwarder",
+        Role::Member => "member",
+    }
+}
+
+fn group_name(name: &str) -> Result<GroupName, GroupError> {
+    GroupName::new(name).map_err(|e| GroupError::InvalidName(e.to_string()))
+}
+
+fn core_error(error: mc::GroupError) -> GroupError {
+    match error {
+        mc::GroupError::BodyTooLarge { len, max } => GroupError::TooLarge { len, max },
+        mc::GroupError::FromTooLong(len) => {
+            GroupError::Invalid(format!("from label of {len} bytes exceeds {} bytes", mc::MAX_FROM_BYTES))
+        }
+        mc::GroupError::NotJoined => GroupError::Unreachable("this node is not in a ring yet".into()),
+        error @ (mc::GroupError::TooManyGroups { .. } | mc::GroupError::Overloaded) => {
+            GroupError::Unreachable(error.to_string())
+        }
+    }
+}
+
+impl EventLoop {
+    // ----- commands from the API -------------------------------------------------------------
+
+    pub(super) fn on_group_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Groups { reply } => {
+                let _ = reply.send(self.group_views());
+            }
+            Command::JoinGroup { group, reply } => {
+                let result = group_name(&group).and_then(|name| {
+                    self.groups.local.entry(group.clone()).or_default().joined = true;
+                    self.ensure_member(&name, now)?;
+                    Ok(self.group_view(&group))
+                });
+                let _ = reply.send(result);
+            }
+            Command::LeaveGroup { group, reply } => {
+                let result = group_name(&group).map(|name| {
+                    if let Some(local) = self.groups.local.get_mut(&group) {
+                        local.joined = false;
+                    }
+                    self.sync_membership(&name, now);
+                });
+                let _ = reply.send(result);
+            }
+            Command::Publish { group, from, body, reply } => {
+                let result = group_name(&group).and_then(|name| {
+                    let from = from.unwrap_or_else(|| short_peer(&self.me.peer));
+                    self.groups
+                        .core
+                        .publish(&name, from, body.into_bytes(), wall_ms(), &self.core, now)
+                        .map_err(core_error)
+                });
+                match result {
+                    Ok(id) => {
+                        self.groups.publishes.insert(id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Subscribe { group, from, reply } => {
+                let result = group_name(&group).and_then(|name| {
+                    self.ensure_member(&name, now)?;
+                    let local = self.groups.local.entry(group.clone()).or_default();
+                    let (subscription, missing) = local.subscribe(from);
+                    if let Some(missing) = missing {
+                        let to = local.log.front().map_or(u64::MAX, |m| m.seq.saturating_sub(1));
+                        self.start_replay(&name, missing, to, now);
+                    }
+                    Ok(subscription)
+                });
+                let _ = reply.send(result);
+            }
+            Command::GroupTree { group, reply } => match group_name(&group) {
+                Ok(name) => self.start_tree_walk(name, reply),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            _ => unreachable!("on_group_command is only given group commands"),
+        }
+    }
+
+    /// Makes this node a member of `name` if it is not one yet.
+    fn ensure_member(&mut self, name: &GroupName, now: dht::Time) -> Result<(), GroupError> {
+        let is_member = self.groups.core.groups().iter().any(|g| g.name == *name && g.is_member);
+        if !is_member {
+            self.groups.core.join(name, &self.core, now).map_err(core_error)?;
+            info!(group = name.as_str(), "joined group");
+        }
+        Ok(())
+    }
+
+    /// Joins or leaves `name` so that membership matches what the API wants.
+    fn sync_membership(&mut self, name: &GroupName, now: dht::Time) {
+        let wanted = self.groups.local.get(name.as_str()).is_some_and(LocalGroup::wanted);
+        let is_member = self.groups.core.groups().iter().any(|g| g.name == *name && g.is_member);
+        if wanted && !is_member {
+            if let Err(error) = self.groups.core.join(name, &self.core, now) {
+                debug!(group = name.as_str(), %error, "could not rejoin group");
+            }
+        } else if !wanted && is_member {
+            self.groups.core.leave(name, &self.core, now);
+            self.groups.local.remove(name.as_str());
+            self.groups.replays.remove(name.as_str());
+            info!(group = name.as_str(), "left group");
+        }
+    }
+
+    /// Leaves groups whose last listener went away (called from housekeeping).
+    pub(super) fn sync_group_memberships(&mut self) {
+        let now = self.now();
+        let unwanted: Vec<String> = self
+            .groups
+            .local
+            .iter()
+            .filter(|(_, local)| !local.wanted())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in unwanted {
+            if let Ok(name) = GroupName::new(name) {
+                self.sync_membership(&name, now);
+            }
+        }
+        self.expire_tree_walks();
+        let counters = self.groups.core.counters();
+        self.metrics.group_messages_out.store(counters.messages_sent, Relaxed);
+        self.metrics.group_messages_in.store(counters.messages_received, Relaxed);
+        self.metrics.group_data_out.store(counters.data_sent, Relaxed);
+        self.metrics.group_dropped.store(
+            counters.dropped_invalid
+                + counters.dropped_unknown_group
+                + counters.dropped_not_parent
+                + counters.dropped_unexpected,
+            Relaxed,
+        );
+    }
+
+    pub(super) fn group_views(&self) -> Vec<GroupView> {
+        self.groups.core.groups().into_iter().map(|g| self.view_of(g)).collect()
+    }
+
+    fn group_view(&self, name: &str) -> GroupView {
+        let summary = self.groups.core.groups().into_iter().find(|g| g.name.as_str() == name);
+        match summary {
+            Some(summary) => self.view_of(summary),
+            None => GroupView {
+                name: name.to_string(),
+                id: Id::hash(name.as_bytes()),
+                role: "member",
+                member: true,
+                listeners: self.groups.local.get(name).map_or(0, LocalGroup::listeners),
+                head_seq: 0,
+                parent: None,
+                children: Vec::new(),
+            },
+        }
+    }
+
+    fn view_of(&self, g: mc::GroupSummary<PeerAddr>) -> GroupView {
+        let local = self.groups.local.get(g.name.as_str());
+        GroupView {
+            name: g.name.as_str().to_string(),
+            id: g.mid,
+            role: role_name(g.role),
+            member: g.is_member,
+            listeners: local.map_or(0, LocalGroup::listeners),
+            head_seq: g.head.unwrap_or(0),
+            parent: g.parent,
+            children: g.children,
+        }
+    }
+
+    // ----- driving the core ------------------------------------------------------------------
+
+    /// Sends what the multicast core wants sent and acts on its events.
+    pub(super) fn drive_multicast(&mut self) {
+        while let Some((to, message)) = self.groups.core.poll_transmit() {
+            if to.peer == self.me.peer {
+                // Addressed to this node (it is its own root or parent): no network.
+                let now = self.now();
+                let me = self.me.clone();
+                self.groups.core.handle_message(me, message, &self.core, now);
+                continue;
+            }
+            let request = GroupRequest::Message { sender: self.me.clone(), message: Box::new(message) };
+            let addresses = Self::dial_addresses(&to);
+            let id =
+                self.swarm.behaviour_mut().group.send_request_with_addresses(&to.peer, request, addresses);
+            self.groups.outbound.insert(id, GroupOutbound::Message(to));
+        }
+        while let Some(event) = self.groups.core.poll_event() {
+            self.on_multicast_event(event);
+        }
+    }
+
+    fn on_multicast_event(&mut self, event: GroupEvent) {
+        match event {
+            GroupEvent::Delivered { group, seq, from, body, ts_ms } => {
+                let local = self.groups.local.entry(group.as_str().to_string()).or_default();
+                local.deliver(Delivered {
+                    group: group.as_str().to_string(),
+                    seq,
+                    from,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    ts_ms,
+                });
+            }
+            GroupEvent::Published { id, seq, .. } => {
+                if let Some(reply) = self.groups.publishes.remove(&id) {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            GroupEvent::PublishFailed { id, error, .. } => {
+                if let Some(reply) = self.groups.publishes.remove(&id) {
+                    let _ = reply.send(Err(GroupError::Unreachable(error.to_string())));
+                }
+            }
+            GroupEvent::Gap { group, from, to } => {
+                info!(group = group.as_str(), from, to, "messages lost to the group's history limit");
+                if let Some(local) = self.groups.local.get_mut(group.as_str()) {
+                    local.replay(vec![GroupItem::Gap { from, to }]);
+                }
+            }
+            GroupEvent::History { group, messages, covered_to, head } => {
+                self.on_history(&group, messages, covered_to, head);
+            }
+            GroupEvent::HistoryFailed { group, from_seq } => {
+                let now = self.now();
+                let Some(replay) = self.groups.replays.get_mut(group.as_str()) else { return };
+                replay.attempts += 1;
+                if replay.attempts < HISTORY_ATTEMPTS {
+                    self.groups.core.request_history(&group, from_seq, &self.core, now);
+                    return;
+                }
+                let replay = self.groups.replays.remove(group.as_str()).expect("looked up above");
+                debug!(group = group.as_str(), from = replay.from, "history unavailable");
+                if let Some(local) = self.groups.local.get_mut(group.as_str())
+                    && replay.to >= replay.from
+                    && replay.to != u64::MAX
+                {
+                    local.replay(vec![GroupItem::Gap { from: replay.from, to: replay.to }]);
+                }
+            }
+        }
+    }
+
+    fn start_replay(&mut self, name: &GroupName, from: u64, to: u64, now: dht::Time) {
+        let replay =
+            self.groups.replays.entry(name.as_str().to_string()).or_insert(Replay { from, to, attempts: 0 });
+        // A replay already running from further back covers this one.
+        if replay.from < from {
+            return;
+        }
+        replay.from = from;
+        replay.to = replay.to.max(to);
+        replay.attempts = 0;
+        self.groups.core.request_history(name, from, &self.core, now);
+    }
+
+    fn on_history(
+        &mut self,
+        group: &GroupName,
+        messages: Vec<mc::HistoryMessage>,
+        covered_to: u64,
+        head: u64,
+    ) {
+        let Some(replay) = self.groups.replays.get(group.as_str()) else { return };
+        let (from, to) = (replay.from, replay.to.min(head));
+        let mut items = Vec::new();
+        let mut expected = from;
+        for m in messages.into_iter().filter(|m| m.seq >= from) {
+            if m.seq > expected {
+                items.push(GroupItem::Gap { from: expected, to: m.seq - 1 });
+            }
+            expected = m.seq + 1;
+            items.push(GroupItem::Message(std::sync::Arc::new(Delivered {
+                group: group.as_str().to_string(),
+                seq: m.seq,
+                from: m.from,
+                body: String::from_utf8_lossy(&m.body).into_owned(),
+                ts_ms: m.ts_ms,
+            })));
+        }
+        let answered_to = covered_to.min(to);
+        if expected <= answered_to {
+            items.push(GroupItem::Gap { from: expected, to: answered_to });
+        }
+        if let Some(local) = self.groups.local.get_mut(group.as_str()) {
+            local.replay(items);
+        }
+        if covered_to < to && covered_to >= from {
+            let now = self.now();
+            if let Some(replay) = self.groups.replays.get_mut(group.as_str()) {
+                replay.from = covered_to + 1;
+                replay.attempts = 0;
+            }
+            self.groups.core.request_history(group, covered_to + 1, &self.core, now);
+        } else {
+            self.groups.replays.remove(group.as_str());
+        }
+    }
+
+    // ----- the group protocol ----------------------------------------------------------------
+
+    pub(super) fn on_group_event(&mut self, event: request_response::Event<GroupRequest, GroupReply>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.serve_group(peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    match self.groups.outbound.remove(&request_id) {
+                        Some(GroupOutbound::Describe { walk, node, parent, depth }) => {
+                            let info = match response {
+                                GroupReply::Described(info) => info,
+                                _ => None,
+                            };
+                            self.continue_tree_walk(walk, node, parent, depth, info);
+                        }
+                        Some(GroupOutbound::Message(_)) => {}
+                        None => {
+                            self.metrics.rejected_unexpected.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.drop_dead_connection(peer, &error);
+                match self.groups.outbound.remove(&request_id) {
+                    Some(GroupOutbound::Message(to)) => {
+                        debug!(%error, peer = %to.peer, "group message failed");
+                        let now = self.now();
+                        self.groups.core.handle_unreachable(&to, &self.core, now);
+                    }
+                    Some(GroupOutbound::Describe { walk, node, parent, depth }) => {
+                        self.continue_tree_walk(walk, node, parent, depth, None);
+                    }
+                    None => {}
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                debug!(%error, "inbound group request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn serve_group(&mut self, peer: PeerId, request: GroupRequest, channel: ResponseChannel<GroupReply>) {
+        let reply = match request {
+            GroupRequest::Message { sender, message } => {
+                if sender.peer != peer {
+                    // The envelope must name the authenticated sender.
+                    self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                    GroupReply::Refused
+                } else {
+                    let now = self.now();
+                    self.groups.core.handle_message(sender, *message, &self.core, now);
+                    GroupReply::Ack
+                }
+            }
+            GroupRequest::Describe { group } => GroupReply::Described(self.describe(&group)),
+        };
+        // Fails only if the requester gave up; nothing to do then.
+        let _ = self.swarm.behaviour_mut().group.send_response(channel, reply);
+    }
+
+    fn describe(&self, group: &GroupName) -> Option<TreeNodeInfo> {
+        self.groups.core.groups().into_iter().find(|g| g.name == *group).map(|g| TreeNodeInfo {
+            role: role_name(g.role).to_string(),
+            member: g.is_member,
+            parent: g.parent,
+            children: g.children,
+        })
+    }
+
+    // ----- tree walks --------------------------------------------------------------------------
+
+    fn start_tree_walk(&mut self, name: GroupName, reply: oneshot::Sender<Result<TreeView, GroupError>>) {
+        let id = self.groups.next_walk;
+        self.groups.next_walk += 1;
+        let mid = name.id();
+        self.groups.walks.insert(
+            id,
+            TreeWalk {
+                name: name.as_str().to_string(),
+                id: mid,
+                root: None,
+                nodes: Vec::new(),
+                seen: HashSet::new(),
+                in_flight: 0,
+                complete: true,
+                deadline: Instant::now() + TREE_WALK_TIMEOUT,
+                reply,
+            },
+        );
+        if self.core.owns(&mid) {
+            let me = self.core.me().clone();
+            self.visit_tree_node(id, me, None, 0);
+        } else {
+            let now = self.now();
+            let lookup = self.core.lookup(mid, now);
+            self.groups.walk_lookups.insert(lookup, id);
+        }
+    }
+
+    /// A lookup for a tree walk's root finished; `true` if it was one.
+    pub(super) fn on_walk_lookup(
+        &mut self,
+        lookup: LookupId,
+        result: &Result<LookupOutcome<PeerAddr>, LookupError>,
+    ) -> bool {
+        let Some(walk) = self.groups.walk_lookups.remove(&lookup) else { return false };
+        match result {
+            Ok(outcome) => {
+                let root = outcome.owner.clone();
+                self.visit_tree_node(walk, root, None, 0);
+            }
+            Err(error) => {
+                if let Some(walk) = self.groups.walks.remove(&walk) {
+                    let _ = walk.reply.send(Err(GroupError::Unreachable(error.to_string())));
+                }
+            }
+        }
+        true
+    }
+
+    fn visit_tree_node(&mut self, walk_id: u64, node: NodeRef<PeerAddr>, parent: Option<PeerId>, depth: u32) {
+        let Some(walk) = self.groups.walks.get_mut(&walk_id) else { return };
+        if walk.seen.len() >= MAX_TREE_NODES || !walk.seen.insert(node.addr.peer) {
+            // A cycle (while the tree repairs) or an absurdly large tree: report what was seen.
+            walk.complete = false;
+            return;
+        }
+        if node.addr.peer == self.me.peer {
+            let name = GroupName::new(walk.name.clone()).expect("walks are only started for valid names");
+            let info = self.describe(&name);
+            self.continue_tree_walk_counted(walk_id, node, parent, depth, info, false);
+            return;
+        }
+        walk.in_flight += 1;
+        let group = GroupName::new(walk.name.clone()).expect("walks are only started for valid names");
+        let addresses = Self::dial_addresses(&node.addr);
+        let id = self.swarm.behaviour_mut().group.send_request_with_addresses(
+            &node.addr.peer,
+            GroupRequest::Describe { group },
+            addresses,
+        );
+        self.groups.outbound.insert(id, GroupOutbound::Describe { walk: walk_id, node, parent, depth });
+    }
+
+    fn continue_tree_walk(
+        &mut self,
+        walk_id: u64,
+        node: NodeRef<PeerAddr>,
+        parent: Option<PeerId>,
+        depth: u32,
+        info: Option<TreeNodeInfo>,
+    ) {
+        self.continue_tree_walk_counted(walk_id, node, parent, depth, info, true);
+    }
+
+    fn continue_tree_walk_counted(
+        &mut self,
+        walk_id: u64,
+        node: NodeRef<PeerAddr>,
+        parent: Option<PeerId>,
+        depth: u32,
+        info: Option<TreeNodeInfo>,
+        was_in_flight: bool,
+    ) {
+        let Some(walk) = self.groups.walks.get_mut(&walk_id) else { return };
+        if was_in_flight {
+            walk.in_flight = walk.in_flight.saturating_sub(1);
+        }
+        let children = match info {
+            Some(info) => {
+                let children: Vec<NodeRef<PeerAddr>> = info.children;
+                walk.nodes.push(TreeNodeView {
+                    node: node.clone(),
+                    parent,
+                    depth,
+                    role: info.role,
+                    member: info.member,
+                    children: children.iter().map(|c| c.addr.peer).collect(),
+                });
+                if depth == 0 {
+                    walk.root = Some(node.clone());
+                }
+                children
+            }
+            None => {
+                if depth == 0 {
+                    // The ring's owner of mid knows nothing of the group: no tree.
+                    let walk = self.groups.walks.remove(&walk_id).expect("looked up above");
+                    let _ = walk.reply.send(Err(GroupError::NoTree(walk.name)));
+                    return;
+                }
+                walk.complete = false;
+                Vec::new()
+            }
+        };
+        for child in children {
+            self.visit_tree_node(walk_id, child, Some(node.addr.peer), depth + 1);
+        }
+        self.finish_tree_walk_if_done(walk_id);
+    }
+
+    fn finish_tree_walk_if_done(&mut self, walk_id: u64) {
+        let done = self.groups.walks.get(&walk_id).is_some_and(|w| w.in_flight == 0);
+        if !done {
+            return;
+        }
+        let walk = self.groups.walks.remove(&walk_id).expect("looked up above");
+        let Some(root) = walk.root else {
+            let _ = walk.reply.send(Err(GroupError::NoTree(walk.name)));
+            return;
+        };
+        let mut nodes = walk.nodes;
+        nodes.sort_by_key(|n| n.depth); // breadth-first order, stable within a level
+        let _ = walk.reply.send(Ok(TreeView {
+            name: walk.name,
+            id: walk.id,
+            root,
+            complete: walk.complete,
+            nodes,
+        }));
+    }
+
+    fn expire_tree_walks(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> =
+            self.groups.walks.iter().filter(|(_, w)| now >= w.deadline).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(walk) = self.groups.walks.get_mut(&id) {
+                walk.complete = false;
+                walk.in_flight = 0;
+            }
+            self.finish_tree_walk_if_done(id);
+        }
+    }
+}
+
+/// A peer id's last 8 characters: the default sender label.
+fn short_peer(peer: &PeerId) -> String {
+    let text = peer.to_string();
+    text[text.len().saturating_sub(8)..].to_string()
+}

@@ -1,0 +1,410 @@
+//! The node's side of multicast groups: what the HTTP API sees of them.
+//!
+//! Owns the local listeners of each group (a broadcast channel per group, fed by the core's
+//! deliveries), the short log of recent deliveries a new listener can replay from, and
+//! [`Reorder`], which turns deliveries, replayed history and gap notices into one stream per
+//! listener in sequence order, each sequence number once. The tree itself — joins, repair,
+//! ordering, history at the root — is `dht::multicast`'s.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use dht::{Id, NodeRef};
+use libp2p::PeerId;
+use tokio::sync::broadcast;
+
+use crate::address::PeerAddr;
+
+/// Deliveries a node keeps per group for listeners that ask to replay (`?from=`); older ones
+/// are fetched from the root's history.
+pub const LOCAL_LOG: usize = 1024;
+/// Items a listener may fall behind the live stream before it is cut off.
+pub const LISTENER_BUFFER: usize = 4096;
+/// Largest message body accepted from the API (the core's cap on the wire).
+pub const MAX_BODY_BYTES: usize = dht::multicast::MAX_BODY_BYTES;
+/// Longest sender label.
+pub const MAX_FROM_BYTES: usize = dht::multicast::MAX_FROM_BYTES;
+
+/// One message of a group, as delivered here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The group's name.
+    pub group: String,
+    /// Its sequence number in the group (from 1).
+    pub seq: u64,
+    /// The sender's label.
+    pub from: String,
+    /// The text.
+    pub body: String,
+    /// When it was sent, ms since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+/// What a listener's stream carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupItem {
+    /// A message.
+    Message(Arc<Delivered>),
+    /// Messages `from..=to` can no longer be had (history no longer holds them).
+    Gap {
+        /// First missing sequence number.
+        from: u64,
+        /// Last missing sequence number.
+        to: u64,
+    },
+}
+
+impl GroupItem {
+    fn first_seq(&self) -> u64 {
+        match self {
+            GroupItem::Message(m) => m.seq,
+            GroupItem::Gap { from, .. } => *from,
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        match self {
+            GroupItem::Message(m) => m.seq,
+            GroupItem::Gap { to, .. } => *to,
+        }
+    }
+}
+
+/// A listener attached to a group: what to replay, then the live feed.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Items from the node's log, oldest first.
+    pub backlog: Vec<GroupItem>,
+    /// Everything delivered from now on (and history fetched for replays).
+    pub live: broadcast::Receiver<GroupItem>,
+    /// The first sequence number to emit; `None`: whatever arrives first.
+    pub next_seq: Option<u64>,
+}
+
+/// Why a group request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupError {
+    /// The group name is not acceptable.
+    #[error("invalid group name: {0}")]
+    InvalidName(String),
+    /// The message is over the cap.
+    #[error("message of {len} bytes exceeds the cap of {max} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The request is malformed otherwise.
+    #[error("{0}")]
+    Invalid(String),
+    /// The root could not be reached in time.
+    #[error("the group's root could not be reached: {0}")]
+    Unreachable(String),
+    /// The group has no tree (nobody joined it).
+    #[error("no tree for group {0:?}")]
+    NoTree(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A group as this node sees it.
+#[derive(Clone, Debug)]
+pub struct GroupView {
+    /// Its name.
+    pub name: String,
+    /// SHA-1 of the name.
+    pub id: Id,
+    /// `root`, `forwarder` or `member`.
+    pub role: &'static str,
+    /// Whether this node is a member (explicitly or for a listener).
+    pub member: bool,
+    /// Listeners attached here.
+    pub listeners: usize,
+    /// Highest sequence number this node knows of.
+    pub head_seq: u64,
+    /// Parent in the tree (none at the root).
+    pub parent: Option<NodeRef<PeerAddr>>,
+    /// Children in the tree.
+    pub children: Vec<NodeRef<PeerAddr>>,
+}
+
+/// One node of a walked tree.
+#[derive(Clone, Debug)]
+pub struct TreeNodeView {
+    /// The node.
+    pub node: NodeRef<PeerAddr>,
+    /// Its parent's peer id (none at the root).
+    pub parent: Option<PeerId>,
+    /// Distance from the root.
+    pub depth: u32,
+    /// `root`, `forwarder` or `member`.
+    pub role: String,
+    /// Whether it is a member.
+    pub member: bool,
+    /// Its children's peer ids.
+    pub children: Vec<PeerId>,
+}
+
+/// A group's tree, walked breadth-first from the root.
+#[derive(Clone, Debug)]
+pub struct TreeView {
+    /// The group's name.
+    pub name: String,
+    /// Its id.
+    pub id: Id,
+    /// The root.
+    pub root: NodeRef<PeerAddr>,
+    /// Whether every node answered.
+    pub complete: bool,
+    /// Nodes in breadth-first order.
+    pub nodes: Vec<TreeNodeView>,
+}
+
+/// The local side of one group: its listeners' channel and the recent deliveries.
+#[derive(Debug)]
+pub struct LocalGroup {
+    /// Feed of every listener.
+    pub sender: broadcast::Sender<GroupItem>,
+    /// Recent deliveries, oldest first.
+    pub log: VecDeque<Arc<Delivered>>,
+    /// Joined through the API (stays a member with no listener).
+    pub joined: bool,
+}
+
+impl LocalGroup {
+    /// A group with no listener yet.
+    pub fn new() -> Self {
+        LocalGroup { sender: broadcast::channel(LISTENER_BUFFER).0, log: VecDeque::new(), joined: false }
+    }
+
+    /// Listeners attached now.
+    pub fn listeners(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Whether the node should stay a member.
+    pub fn wanted(&self) -> bool {
+        self.joined || self.listeners() > 0
+    }
+
+    /// Records a delivery and hands it to every listener.
+    pub fn deliver(&mut self, message: Delivered) {
+        let message = Arc::new(message);
+        if self.log.len() == LOCAL_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back(message.clone());
+        // No listener: nothing to do; the log keeps it for later replays.
+        let _ = self.sender.send(GroupItem::Message(message));
+    }
+
+    /// Hands history fetched for a replay to every listener (each drops what it already has).
+    pub fn replay(&mut self, items: Vec<GroupItem>) {
+        for item in items {
+            let _ = self.sender.send(item);
+        }
+    }
+
+    /// A new listener from `from` (or from the next message). Returns it and whether the log
+    /// lacks messages it asked for (then the caller fetches them from the root's history).
+    pub fn subscribe(&self, from: Option<u64>) -> (Subscription, Option<u64>) {
+        let live = self.sender.subscribe();
+        let Some(from) = from else {
+            return (Subscription { backlog: Vec::new(), live, next_seq: None }, None);
+        };
+        let from = from.max(1);
+        let backlog: Vec<GroupItem> =
+            self.log.iter().filter(|m| m.seq >= from).map(|m| GroupItem::Message(m.clone())).collect();
+        let oldest_here = self.log.front().map(|m| m.seq);
+        let missing = match oldest_here {
+            Some(oldest) if oldest <= from => None,
+            _ => Some(from),
+        };
+        (Subscription { backlog, live, next_seq: Some(from) }, missing)
+    }
+}
+
+impl Default for LocalGroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Puts one listener's items in sequence order, each sequence number once.
+///
+/// Items may arrive out of order (history fetched for a replay lands after live messages) and
+/// twice (a message in the backlog and again in the feed). `Reorder` emits the item for
+/// `next`, then `next + 1`, and so on, holding back up to [`LISTENER_BUFFER`] items that are
+/// ahead; a gap notice covers its whole range. With no starting point, the first item sets it.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    next: Option<u64>,
+    ahead: BTreeMap<u64, GroupItem>,
+}
+
+impl Reorder {
+    /// Starts at `next` (or at the first item, if `None`).
+    pub fn new(next: Option<u64>) -> Self {
+        Reorder { next, ahead: BTreeMap::new() }
+    }
+
+    /// Takes an item; returns what can be emitted now, in order. `Err` when too many items are
+    /// held back waiting for a missing one (the listener cannot be served in order any more).
+    pub fn push(&mut self, item: GroupItem) -> Result<Vec<GroupItem>, usize> {
+        let next = *self.next.get_or_insert(item.first_seq());
+        if item.last_seq() < next {
+            return Ok(Vec::new()); // already emitted
+        }
+        // A gap that starts before `next` (partly emitted) only covers the rest.
+        let item = match item {
+            GroupItem::Gap { to, .. } => GroupItem::Gap { from: next.max(item.first_seq()), to },
+            message => message,
+        };
+        self.ahead.entry(item.first_seq()).or_insert(item);
+        if self.ahead.len() > LISTENER_BUFFER {
+            return Err(self.ahead.len());
+        }
+        let mut ready = Vec::new();
+        let mut next = next;
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() > next {
+                break;
+            }
+            let item = entry.remove();
+            if item.last_seq() >= next {
+                next = item.last_seq() + 1;
+                ready.push(item);
+            }
+        }
+        self.next = Some(next);
+        Ok(ready)
+    }
+
+    /// The next sequence number this listener waits for.
+    pub fn next(&self) -> Option<u64> {
+        self.next
+    }
+}
+
+/// Checks a group name from the API: 1 to 128 bytes of UTF-8 without control characters.
+pub fn check_name(name: &str) -> Result<(), GroupError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(GroupError::InvalidName(format!("must be 1 to 128 bytes, not {}", name.len())));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(GroupError::InvalidName("must not contain control characters".into()));
+    }
+    if name.trim().is_empty() {
+        return Err(GroupError::InvalidName("must not be blank".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> GroupItem {
+        GroupItem::Message(Arc::new(Delivered {
+            group: "g".into(),
+            seq,
+            from: "a".into(),
+            body: format!("m{seq}"),
+            ts_ms: 0,
+        }))
+    }
+
+    fn push(r: &mut Reorder, item: GroupItem) -> Vec<GroupItem> {
+        r.push(item).expect("within the buffer")
+    }
+
+    fn seqs(items: &[GroupItem]) -> Vec<(u64, u64)> {
+        items.iter().map(|i| (i.first_seq(), i.last_seq())).collect()
+    }
+
+    #[test]
+    fn in_order_items_pass_straight_through() {
+        let mut r = Reorder::new(Some(1));
+        assert_eq!(seqs(&push(&mut r, msg(1))), [(1, 1)]);
+        assert_eq!(seqs(&push(&mut r, msg(2))), [(2, 2)]);
+        assert_eq!(r.next(), Some(3));
+    }
+
+    #[test]
+    fn late_history_is_put_before_live_messages_and_duplicates_are_dropped() {
+        let mut r = Reorder::new(Some(3));
+        assert!(push(&mut r, msg(6)).is_empty());
+        assert!(push(&mut r, msg(7)).is_empty());
+        assert!(push(&mut r, msg(4)).is_empty());
+        assert_eq!(seqs(&push(&mut r, msg(3))), [(3, 3), (4, 4)]);
+        assert_eq!(seqs(&push(&mut r, msg(5))), [(5, 5), (6, 6), (7, 7)]);
+        assert!(push(&mut r, msg(6)).is_empty());
+        assert!(push(&mut r, msg(3)).is_empty());
+        assert_eq!(r.next(), Some(8));
+    }
+
+    #[test]
+    fn a_gap_covers_its_range_even_when_partly_emitted() {
+        let mut r = Reorder::new(Some(1));
+        push(&mut r, msg(1));
+        assert!(push(&mut r, msg(6)).is_empty());
+        assert_eq!(seqs(&push(&mut r, GroupItem::Gap { from: 1, to: 5 })), [(2, 5), (6, 6)]);
+        assert_eq!(r.next(), Some(7));
+    }
+
+    #[test]
+    fn without_a_start_the_first_item_sets_it() {
+        let mut r = Reorder::new(None);
+        assert_eq!(seqs(&push(&mut r, msg(40))), [(40, 40)]);
+        assert!(push(&mut r, msg(39)).is_empty());
+    }
+
+    #[test]
+    fn too_much_held_back_is_an_error() {
+        let mut r = Reorder::new(Some(1));
+        let mut result = Ok(Vec::new());
+        for seq in 2..=(LISTENER_BUFFER as u64 + 2) {
+            result = r.push(msg(seq));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_subscription_replays_the_log_and_reports_what_it_lacks() {
+        let mut group = LocalGroup::new();
+        for seq in 10..=12 {
+            group.deliver(Delivered {
+                group: "g".into(),
+                seq,
+                from: "a".into(),
+                body: String::new(),
+                ts_ms: 0,
+            });
+        }
+        let (first, missing) = group.subscribe(Some(11));
+        assert_eq!(seqs(&first.backlog), [(11, 11), (12, 12)]);
+        assert_eq!(missing, None);
+        drop(first);
+        let (sub, missing) = group.subscribe(Some(5));
+        assert_eq!(sub.backlog.len(), 3);
+        assert_eq!(missing, Some(5));
+        assert_eq!(group.listeners(), 1, "dropped subscriptions detach");
+        drop(sub);
+        assert_eq!(group.listeners(), 0);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("chat").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(" ").is_err());
+        assert!(check_name(&"x".repeat(129)).is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_name("ünï").is_ok());
+    }
+}
