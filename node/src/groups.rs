@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use dht::{Id, NodeRef};
 use libp2p::PeerId;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::address::PeerAddr;
 
@@ -20,6 +20,8 @@ use crate::address::PeerAddr;
 pub const LOCAL_LOG: usize = 1024;
 /// Items a listener may fall behind the live stream before it is cut off.
 pub const LISTENER_BUFFER: usize = 4096;
+/// Items of one listener's replay in flight to it (a reply holds at most 256 messages).
+pub const HISTORY_CHANNEL: usize = 1024;
 /// Largest message body accepted from the API (the core's cap on the wire).
 pub const MAX_BODY_BYTES: usize = dht::multicast::MAX_BODY_BYTES;
 /// Longest sender label.
@@ -55,14 +57,16 @@ pub enum GroupItem {
 }
 
 impl GroupItem {
-    fn first_seq(&self) -> u64 {
+    /// The first sequence number the item covers.
+    pub fn first_seq(&self) -> u64 {
         match self {
             GroupItem::Message(m) => m.seq,
             GroupItem::Gap { from, .. } => *from,
         }
     }
 
-    fn last_seq(&self) -> u64 {
+    /// The last sequence number the item covers.
+    pub fn last_seq(&self) -> u64 {
         match self {
             GroupItem::Message(m) => m.seq,
             GroupItem::Gap { to, .. } => *to,
@@ -70,15 +74,40 @@ impl GroupItem {
     }
 }
 
+/// What a listener's own history channel carries (a replay fetched from the root for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryItem {
+    /// A message or a gap of the replay.
+    Item(GroupItem),
+    /// The root's history could not be had; the listener cannot be served from where it asked.
+    Failed(String),
+}
+
 /// A listener attached to a group: what to replay, then the live feed.
 #[derive(Debug)]
 pub struct Subscription {
     /// Items from the node's log, oldest first.
     pub backlog: Vec<GroupItem>,
-    /// Everything delivered from now on (and history fetched for replays).
+    /// Everything delivered here from now on.
     pub live: broadcast::Receiver<GroupItem>,
+    /// For a replay from further back than the log: the items fetched from the root, for this
+    /// listener only; the channel closes when the replay has reached what the log and the live
+    /// feed cover.
+    pub history: Option<mpsc::Receiver<HistoryItem>>,
     /// The first sequence number to emit; `None`: whatever arrives first.
     pub next_seq: Option<u64>,
+}
+
+/// A replay the log cannot serve: the listener wants `from..` and the log (or, if it is empty,
+/// the first delivery) starts later.
+#[derive(Debug)]
+pub struct MissingHistory {
+    /// First number wanted.
+    pub from: u64,
+    /// Where the listener's backlog and live feed take over; `None` while nothing was delivered.
+    pub covered_from: Option<u64>,
+    /// The listener's end of its history channel is in the subscription; this is the other.
+    pub sender: mpsc::Sender<HistoryItem>,
 }
 
 /// Why a group request failed.
@@ -101,6 +130,9 @@ pub enum GroupError {
     /// The root could not be reached in time.
     #[error("the group's root could not be reached: {0}")]
     Unreachable(String),
+    /// This node cannot take the request now (not in a ring yet, too many groups or publishes).
+    #[error("{0}")]
+    Busy(String),
     /// The group has no tree (nobody joined it).
     #[error("no tree for group {0:?}")]
     NoTree(String),
@@ -167,8 +199,8 @@ pub struct TreeView {
 pub struct LocalGroup {
     /// Feed of every listener.
     pub sender: broadcast::Sender<GroupItem>,
-    /// Recent deliveries, oldest first.
-    pub log: VecDeque<Arc<Delivered>>,
+    /// Recent deliveries and gap notices, oldest first, in sequence order.
+    pub log: VecDeque<GroupItem>,
     /// Joined through the API (stays a member with no listener).
     pub joined: bool,
 }
@@ -189,40 +221,37 @@ impl LocalGroup {
         self.joined || self.listeners() > 0
     }
 
-    /// Records a delivery and hands it to every listener.
-    pub fn deliver(&mut self, message: Delivered) {
-        let message = Arc::new(message);
+    /// The first number the log covers.
+    pub fn log_start(&self) -> Option<u64> {
+        self.log.front().map(GroupItem::first_seq)
+    }
+
+    /// Records a delivery or a gap notice and hands it to every listener.
+    pub fn record(&mut self, item: GroupItem) {
         if self.log.len() == LOCAL_LOG {
             self.log.pop_front();
         }
-        self.log.push_back(message.clone());
+        self.log.push_back(item.clone());
         // No listener: nothing to do; the log keeps it for later replays.
-        let _ = self.sender.send(GroupItem::Message(message));
+        let _ = self.sender.send(item);
     }
 
-    /// Hands history fetched for a replay to every listener (each drops what it already has).
-    pub fn replay(&mut self, items: Vec<GroupItem>) {
-        for item in items {
-            let _ = self.sender.send(item);
-        }
-    }
-
-    /// A new listener from `from` (or from the next message). Returns it and whether the log
-    /// lacks messages it asked for (then the caller fetches them from the root's history).
-    pub fn subscribe(&self, from: Option<u64>) -> (Subscription, Option<u64>) {
+    /// A new listener from `from` (or from the next message), and the replay the caller must
+    /// fetch from the root when the log does not reach back to `from`.
+    pub fn subscribe(&self, from: Option<u64>) -> (Subscription, Option<MissingHistory>) {
         let live = self.sender.subscribe();
         let Some(from) = from else {
-            return (Subscription { backlog: Vec::new(), live, next_seq: None }, None);
+            return (Subscription { backlog: Vec::new(), live, history: None, next_seq: None }, None);
         };
         let from = from.max(1);
-        let backlog: Vec<GroupItem> =
-            self.log.iter().filter(|m| m.seq >= from).map(|m| GroupItem::Message(m.clone())).collect();
-        let oldest_here = self.log.front().map(|m| m.seq);
-        let missing = match oldest_here {
-            Some(oldest) if oldest <= from => None,
-            _ => Some(from),
-        };
-        (Subscription { backlog, live, next_seq: Some(from) }, missing)
+        let backlog: Vec<GroupItem> = self.log.iter().filter(|i| i.last_seq() >= from).cloned().collect();
+        let covered_from = self.log_start();
+        if covered_from.is_some_and(|start| start <= from) {
+            return (Subscription { backlog, live, history: None, next_seq: Some(from) }, None);
+        }
+        let (sender, receiver) = mpsc::channel(HISTORY_CHANNEL);
+        let subscription = Subscription { backlog, live, history: Some(receiver), next_seq: Some(from) };
+        (subscription, Some(MissingHistory { from, covered_from, sender }))
     }
 }
 
@@ -377,22 +406,23 @@ mod tests {
     #[test]
     fn a_subscription_replays_the_log_and_reports_what_it_lacks() {
         let mut group = LocalGroup::new();
+        let (empty, missing) = group.subscribe(Some(3));
+        let missing = missing.expect("an empty log covers nothing");
+        assert_eq!((missing.from, missing.covered_from), (3, None));
+        assert!(empty.history.is_some());
+        drop(empty);
         for seq in 10..=12 {
-            group.deliver(Delivered {
-                group: "g".into(),
-                seq,
-                from: "a".into(),
-                body: String::new(),
-                ts_ms: 0,
-            });
+            group.record(msg(seq));
         }
+        group.record(GroupItem::Gap { from: 13, to: 14 });
         let (first, missing) = group.subscribe(Some(11));
-        assert_eq!(seqs(&first.backlog), [(11, 11), (12, 12)]);
-        assert_eq!(missing, None);
+        assert_eq!(seqs(&first.backlog), [(11, 11), (12, 12), (13, 14)]);
+        assert!(missing.is_none() && first.history.is_none());
         drop(first);
         let (sub, missing) = group.subscribe(Some(5));
-        assert_eq!(sub.backlog.len(), 3);
-        assert_eq!(missing, Some(5));
+        assert_eq!(sub.backlog.len(), 4);
+        let missing = missing.expect("the log starts at 10");
+        assert_eq!((missing.from, missing.covered_from), (5, Some(10)));
         assert_eq!(group.listeners(), 1, "dropped subscriptions detach");
         drop(sub);
         assert_eq!(group.listeners(), 0);

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::address::PeerAddr;
 use crate::event_loop::{Command, KvError, Located, RingWalk, Status, Written};
-use crate::groups::{self, GroupError, GroupItem, GroupView, Reorder, Subscription, TreeView};
+use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -103,7 +103,9 @@ impl From<GroupError> for ApiError {
             GroupError::InvalidName(_) | GroupError::Invalid(_) => StatusCode::BAD_REQUEST,
             GroupError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GroupError::NoTree(_) => StatusCode::NOT_FOUND,
-            GroupError::Unreachable(_) | GroupError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GroupError::Unreachable(_) | GroupError::Busy(_) | GroupError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         ApiError(status, error.to_string())
     }
@@ -363,9 +365,10 @@ fn item_event(group: &str, item: &GroupItem) -> SseEvent {
     }
 }
 
-/// One listener's events: the backlog, then the live feed, through a [`Reorder`] so that each
-/// sequence number comes once and in order. A listener that falls too far behind gets an
-/// `error` event and the stream ends (its client can reconnect with `?from=`).
+/// One listener's events: the backlog, the replay fetched for it and the live feed, through a
+/// [`Reorder`] so that each sequence number comes once and in order. A listener that falls too
+/// far behind, or whose replay cannot be had, gets an `error` event and the stream ends (its
+/// client can reconnect with `?from=`).
 fn listener_stream(
     group: String,
     subscription: Subscription,
@@ -375,15 +378,20 @@ fn listener_stream(
         reorder: Reorder,
         backlog: std::vec::IntoIter<GroupItem>,
         live: tokio::sync::broadcast::Receiver<GroupItem>,
+        history: Option<mpsc::Receiver<HistoryItem>>,
         ready: std::collections::VecDeque<GroupItem>,
         done: bool,
     }
-    let Subscription { backlog, live, next_seq } = subscription;
+    fn error_event(message: String) -> SseEvent {
+        SseEvent::default().event("error").data(json!({ "error": message }).to_string())
+    }
+    let Subscription { backlog, live, history, next_seq } = subscription;
     let state = State {
         group,
         reorder: Reorder::new(next_seq),
         backlog: backlog.into_iter(),
         live,
+        history,
         ready: Default::default(),
         done: false,
     };
@@ -395,28 +403,48 @@ fn listener_stream(
             if state.done {
                 return None;
             }
-            let item = match state.backlog.next() {
-                Some(item) => item,
-                None => match state.live.recv().await {
-                    Ok(item) => item,
-                    Err(RecvError::Closed) => return None,
-                    Err(RecvError::Lagged(missed)) => {
-                        state.done = true;
-                        let event = SseEvent::default().event("error").data(
-                            json!({ "error": format!("this listener fell {missed} messages behind; reconnect with ?from={}", state.reorder.next().unwrap_or(1)) }).to_string(),
-                        );
-                        return Some((Ok(event), state));
+            let resume = state.reorder.next().unwrap_or(1);
+            let item = if let Some(item) = state.backlog.next() {
+                item
+            } else {
+                tokio::select! {
+                    live = state.live.recv() => match live {
+                        Ok(item) => item,
+                        Err(RecvError::Closed) => return None,
+                        Err(RecvError::Lagged(missed)) => {
+                            state.done = true;
+                            let message = format!(
+                                "this listener fell {missed} messages behind; reconnect with ?from={resume}"
+                            );
+                            return Some((Ok(error_event(message)), state));
+                        }
+                    },
+                    replayed = async { state.history.as_mut().expect("guarded").recv().await },
+                        if state.history.is_some() =>
+                    {
+                        match replayed {
+                            Some(HistoryItem::Item(item)) => item,
+                            Some(HistoryItem::Failed(reason)) => {
+                                state.done = true;
+                                let message = format!("{reason}; reconnect with ?from={resume} to try again");
+                                return Some((Ok(error_event(message)), state));
+                            }
+                            None => {
+                                state.history = None; // the replay has met the live feed
+                                continue;
+                            }
+                        }
                     }
-                },
+                }
             };
             match state.reorder.push(item) {
                 Ok(ready) => state.ready.extend(ready),
                 Err(held) => {
                     state.done = true;
-                    let event = SseEvent::default().event("error").data(
-                        json!({ "error": format!("{held} messages are waiting for a missing one; reconnect with ?from={}", state.reorder.next().unwrap_or(1)) }).to_string(),
+                    let message = format!(
+                        "{held} messages are waiting for a missing one; reconnect with ?from={resume}"
                     );
-                    return Some((Ok(event), state));
+                    return Some((Ok(error_event(message)), state));
                 }
             }
         }

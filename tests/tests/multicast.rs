@@ -580,3 +580,53 @@ fn bad_group_input_is_refused_and_nothing_crashes() {
         not_json.join("\n")
     );
 }
+
+/// Listeners that ask to replay (`?from=`) on a node that is not yet a member, next to one that
+/// does not: each gets exactly what it asked for — the replay from the root's history, then the
+/// live messages — once each and in order, and the listener without `from` gets only what is new.
+#[test]
+fn listeners_replaying_from_history_get_their_own_range_once_in_order() {
+    let _turn = serial();
+    let cluster = start_ring(6);
+    let group = "e2e-replay";
+    // A member elsewhere keeps the group's tree (and the root's history) alive.
+    poll("a member of the group", ATTACH_DEADLINE, || {
+        let answer = cluster.http(0).post(&group_path(group, "/join"), b"")?;
+        Ok((answer.status == 200).then_some(()))
+    });
+    let first: Vec<Sent> = (0..30).map(|i| send(&cluster.http(1 + i % 5), group, "old", i, "t")).collect();
+    let acked_first: Vec<u64> = first.iter().filter_map(|s| s.acked.as_ref().map(|(seq, _)| *seq)).collect();
+    assert_eq!(acked_first.len(), 30, "every early message acknowledged: {first:?}");
+    let last_old = *acked_first.iter().max().expect("30 seqs");
+    // Node 4 is not a member: its listeners' replays must come from the root.
+    let mut from_start = poll("a replaying stream", ATTACH_DEADLINE, || {
+        GroupListener::open(&cluster.nodes[4].http, group, Some(1)).map(Some)
+    });
+    let mut live_only = GroupListener::open(&cluster.nodes[4].http, group, None).expect("a live stream");
+    let mut from_middle =
+        GroupListener::open(&cluster.nodes[4].http, group, Some(last_old - 9)).expect("a second replay");
+    let later: Vec<Sent> = (0..5).map(|i| send(&cluster.http(2), group, "new", i, "t")).collect();
+    let acked_later: Vec<u64> = later.iter().filter_map(|s| s.acked.as_ref().map(|(seq, _)| *seq)).collect();
+    assert_eq!(acked_later.len(), 5, "every later message acknowledged: {later:?}");
+    let last = *acked_later.iter().max().expect("5 seqs");
+    for (listener, first_seq) in [(&mut from_start, 1), (&mut from_middle, last_old - 9)] {
+        listener.wait_until("the replay and the live messages", DELIVERY_DEADLINE, |l| {
+            l.messages.last().is_some_and(|m| m.seq >= last)
+        });
+        let seqs: Vec<u64> = listener.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (first_seq..=last).collect::<Vec<_>>(),
+            "from {first_seq}: every number once, in order"
+        );
+        assert!(listener.gaps.is_empty(), "nothing is missing from history: {:?}", listener.gaps);
+    }
+    live_only.wait_until("the live messages", DELIVERY_DEADLINE, |l| {
+        l.messages.last().is_some_and(|m| m.seq >= last)
+    });
+    let seqs: Vec<u64> = live_only.messages.iter().map(|m| m.seq).collect();
+    assert!(
+        seqs.first().is_some_and(|&s| s > last_old) && seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "a listener without from gets only new messages, in order: {seqs:?}"
+    );
+}

@@ -64,7 +64,7 @@ use tracing::debug;
 pub use config::{MulticastConfig, MulticastConfigError};
 pub use wire::{
     GroupDecodeError, GroupMessage, GroupName, InvalidGroupMessage, InvalidGroupName, MAX_BATCH,
-    MAX_BODY_BYTES, MAX_FROM_BYTES, MAX_GROUP_FRAME_BYTES, MAX_GROUP_NAME_BYTES, MAX_PATH, MAX_ROUTE_HOPS,
+    MAX_BODY_BYTES, MAX_FROM_BYTES, MAX_GROUP_FRAME_BYTES, MAX_GROUP_NAME_BYTES, MAX_PATH, MAX_ROUTE_HOPS, MAX_SEQ,
     Stamped, decode, encode, short_id,
 };
 
@@ -799,6 +799,11 @@ impl<A: Address> Multicast<A> {
                 self.on_fetch(mid, group, requester, request, from_seq, to_seq, hops, ring, now)
             }
             GroupMessage::FetchReply { request, covered_to, head, messages, .. } => {
+                // A reply must answer a fetch for this very group (request ids are guessable).
+                if self.fetches.get(&request).is_none_or(|f| f.mid != mid) {
+                    self.counters.dropped_unexpected += 1;
+                    return;
+                }
                 self.on_fetch_reply(from, request, covered_to, head, messages, ring, now)
             }
             GroupMessage::Replicate { group, head, messages, handoff } => {

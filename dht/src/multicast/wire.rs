@@ -32,6 +32,10 @@ pub fn short_id(id: &Id) -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
+/// Largest sequence number a message may carry (2^53: exact in JSON, and far from overflow when
+/// anyone adds to it). A group numbering a million messages a second takes 285 years to get there.
+pub const MAX_SEQ: u64 = 1 << 53;
+
 /// Most hops a routed message (join, publish, fetch) travels before it is dropped: a routing
 /// loop while the ring repairs must not circulate forever.
 pub const MAX_ROUTE_HOPS: u8 = 64;
@@ -369,7 +373,7 @@ impl<A: Address> GroupMessage<A> {
             Ok(())
         }
         fn check_stamped<A>(m: &Stamped<A>) -> Result<(), InvalidGroupMessage> {
-            if m.seq == 0 {
+            if m.seq == 0 || m.seq > MAX_SEQ {
                 return Err(InvalidGroupMessage::BadSeq);
             }
             check_payload(&m.from, &m.body)
@@ -393,7 +397,7 @@ impl<A: Address> GroupMessage<A> {
                 check_payload(from, body)
             }
             GroupMessage::PublishAck { seq, .. } => {
-                if *seq == 0 {
+                if *seq == 0 || *seq > MAX_SEQ {
                     Err(InvalidGroupMessage::BadSeq)
                 } else {
                     Ok(())
@@ -407,14 +411,14 @@ impl<A: Address> GroupMessage<A> {
             }
             GroupMessage::FetchReply { messages, covered_to, head, .. } => {
                 check_batch(messages)?;
-                if messages.last().is_some_and(|m| m.seq > *covered_to || m.seq > *head) {
+                if messages.last().is_some_and(|m| m.seq > *covered_to || m.seq > *head) || *head > MAX_SEQ {
                     return Err(InvalidGroupMessage::BadSeq);
                 }
                 Ok(())
             }
             GroupMessage::Replicate { messages, head, .. } => {
                 check_batch(messages)?;
-                if messages.last().is_some_and(|m| m.seq > *head) {
+                if messages.last().is_some_and(|m| m.seq > *head) || *head > MAX_SEQ {
                     return Err(InvalidGroupMessage::BadSeq);
                 }
                 Ok(())
@@ -426,8 +430,14 @@ impl<A: Address> GroupMessage<A> {
                     Ok(())
                 }
             }
-            GroupMessage::JoinAck { path, .. } | GroupMessage::RefreshAck { path, .. } => {
-                if path.len() > MAX_PATH { Err(InvalidGroupMessage::PathTooLong(path.len())) } else { Ok(()) }
+            GroupMessage::JoinAck { path, head, .. } | GroupMessage::RefreshAck { path, head, .. } => {
+                if path.len() > MAX_PATH {
+                    Err(InvalidGroupMessage::PathTooLong(path.len()))
+                } else if head.is_some_and(|h| h > MAX_SEQ) {
+                    Err(InvalidGroupMessage::BadSeq)
+                } else {
+                    Ok(())
+                }
             }
             GroupMessage::Rejoin { .. }
             | GroupMessage::Refresh { .. }
@@ -539,7 +549,7 @@ mod tests {
         let node = any::<u64>().prop_map(|a| NodeRef::new(TestAddr(a)));
         prop_oneof![
             (name(), 0..=MAX_ROUTE_HOPS).prop_map(|(group, hops)| GroupMessage::Join { group, hops }),
-            (name(), proptest::option::of(any::<u16>()), proptest::option::of(any::<u64>()), any::<u64>())
+            (name(), proptest::option::of(any::<u16>()), proptest::option::of(0..=MAX_SEQ), any::<u64>())
                 .prop_map(|(group, depth, head, r)| GroupMessage::JoinAck {
                     group,
                     depth,
@@ -566,8 +576,8 @@ mod tests {
                     ts_ms: 7,
                     hops: 3
                 }),
-            (name(), 1u64..u64::MAX).prop_map(|(group, seq)| GroupMessage::PublishAck { group, id: 1, seq }),
-            (name(), 1u64..u64::MAX).prop_flat_map(|(group, seq)| stamped(seq).prop_map(move |message| {
+            (name(), 1u64..=MAX_SEQ).prop_map(|(group, seq)| GroupMessage::PublishAck { group, id: 1, seq }),
+            (name(), 1u64..=MAX_SEQ).prop_flat_map(|(group, seq)| stamped(seq).prop_map(move |message| {
                 GroupMessage::Data { group: group.clone(), root: TestAddr(9), message }
             })),
             (name(), node, 1u64..100, 0u64..100).prop_map(|(group, requester, from_seq, extra)| {
@@ -669,6 +679,17 @@ mod tests {
         assert!(bad_name.validate().is_err());
         let zero: GroupMessage<TestAddr> = GroupMessage::PublishAck { group: group.clone(), id: 1, seq: 0 };
         assert_eq!(zero.validate(), Err(InvalidGroupMessage::BadSeq));
+        let huge: GroupMessage<TestAddr> =
+            GroupMessage::PublishAck { group: group.clone(), id: 1, seq: MAX_SEQ + 1 };
+        assert_eq!(huge.validate(), Err(InvalidGroupMessage::BadSeq));
+        let huge_head: GroupMessage<TestAddr> = GroupMessage::RefreshAck {
+            group: group.clone(),
+            depth: Some(1),
+            head: Some(u64::MAX),
+            root: None,
+            path: vec![],
+        };
+        assert_eq!(huge_head.validate(), Err(InvalidGroupMessage::BadSeq));
         let mut forged = NodeRef::new(TestAddr(1));
         forged.id = TestAddr(2).node_id();
         let redirect = GroupMessage::Redirect { group: group.clone(), to: forged };

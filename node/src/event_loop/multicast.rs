@@ -2,11 +2,15 @@
 //! carries its one-way messages on `/overlay/group/1`, answers tree queries, walks trees for the
 //! API, and connects deliveries to the API's listeners ([`LocalGroup`]).
 //!
-//! Membership here is the union of explicit joins (`POST .../join`) and open listeners: the
-//! housekeeping tick joins a group when the first listener attaches and leaves it when the last
-//! one goes, unless it was joined explicitly.
+//! Membership here is the union of explicit joins (`POST .../join`) and open listeners: a join or
+//! the first listener makes the node a member at once; the housekeeping tick leaves a group once
+//! its last listener has gone, unless it was joined explicitly.
+//!
+//! A listener that asks to replay from further back than the node's log gets the rest from the
+//! root's history, on a channel of its own. History replies carry no request id, so each group
+//! has at most one request out: replays queue per group and are served one after the other.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -14,21 +18,26 @@ use dht::multicast::{self as mc, GroupEvent, GroupName, Multicast, PublishId, Ro
 use dht::{Id, LookupError, LookupId, LookupOutcome, NodeRef};
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::{EventLoop, wall_ms};
 use crate::address::PeerAddr;
 use crate::event_loop::Command;
-use crate::groups::{Delivered, GroupError, GroupItem, GroupView, LocalGroup, TreeNodeView, TreeView};
+use crate::groups::{
+    Delivered, GroupError, GroupItem, GroupView, HistoryItem, LocalGroup, MissingHistory, TreeNodeView,
+    TreeView,
+};
 use crate::network::{GroupReply, GroupRequest, TreeNodeInfo};
 
 /// Most nodes a tree walk visits.
 const MAX_TREE_NODES: usize = 4096;
 /// How long a tree walk may take.
 const TREE_WALK_TIMEOUT: Duration = Duration::from_secs(5);
-/// History requests per replay before the rest is declared unavailable.
+/// History requests in a row without progress before a replay is declared unavailable.
 const HISTORY_ATTEMPTS: u32 = 3;
+/// Children a tree query's answer may list (the core's fan-out bound is 32).
+const MAX_DESCRIBED_CHILDREN: usize = 64;
 
 /// What a request on the group protocol was for.
 #[derive(Debug)]
@@ -49,18 +58,33 @@ pub(super) struct TreeWalk {
     seen: HashSet<PeerId>,
     in_flight: usize,
     complete: bool,
+    /// The root answered that it has no state for the group (or could not be asked).
+    root_failed: bool,
+    /// Asking the root failed.
+    root_unreachable: bool,
     deadline: Instant,
     reply: oneshot::Sender<Result<TreeView, GroupError>>,
 }
 
-/// A replay from the root's history in progress for a group.
+/// A replay from the root's history for one listener.
 #[derive(Debug)]
 pub(super) struct Replay {
-    /// The first number still wanted.
-    from: u64,
-    /// Up to where (the oldest message the local log held when it started, minus one).
-    to: u64,
+    /// The next number to ask the root for.
+    next: u64,
+    /// Where the listener's backlog and live feed take over; `None` until something is delivered.
+    covered_from: Option<u64>,
+    /// The listener's history channel.
+    sender: mpsc::Sender<HistoryItem>,
+    /// Requests in a row that brought nothing new.
     attempts: u32,
+    /// Whether a request is out for it.
+    asked: bool,
+}
+
+impl Replay {
+    fn done(&self) -> bool {
+        self.covered_from.is_some_and(|start| self.next >= start) || self.sender.is_closed()
+    }
 }
 
 /// The multicast state the loop keeps beside the core's.
@@ -72,14 +96,18 @@ pub(super) struct GroupState {
     pub(super) outbound: HashMap<OutboundRequestId, GroupOutbound>,
     pub(super) walks: HashMap<u64, TreeWalk>,
     pub(super) walk_lookups: HashMap<LookupId, u64>,
-    pub(super) replays: BTreeMap<String, Replay>,
+    pub(super) replays: BTreeMap<String, VecDeque<Replay>>,
     pub(super) next_walk: u64,
 }
 
 impl GroupState {
     pub(super) fn new(me: NodeRef<PeerAddr>) -> Self {
         GroupState {
-            core: Multicast::new(me, mc::MulticastConfig::default()),
+            core: Multicast::new(me, {
+                let config = mc::MulticastConfig::default();
+                config.validate().expect("the default multicast configuration is valid");
+                config
+            }),
             local: BTreeMap::new(),
             publishes: HashMap::new(),
             outbound: HashMap::new(),
@@ -109,9 +137,9 @@ fn core_error(error: mc::GroupError) -> GroupError {
         mc::GroupError::FromTooLong(len) => {
             GroupError::Invalid(format!("from label of {len} bytes exceeds {} bytes", mc::MAX_FROM_BYTES))
         }
-        mc::GroupError::NotJoined => GroupError::Unreachable("this node is not in a ring yet".into()),
+        mc::GroupError::NotJoined => GroupError::Busy("this node is not in a ring yet".into()),
         error @ (mc::GroupError::TooManyGroups { .. } | mc::GroupError::Overloaded) => {
-            GroupError::Unreachable(error.to_string())
+            GroupError::Busy(error.to_string())
         }
     }
 }
@@ -127,8 +155,8 @@ impl EventLoop {
             }
             Command::JoinGroup { group, reply } => {
                 let result = group_name(&group).and_then(|name| {
-                    self.groups.local.entry(group.clone()).or_default().joined = true;
                     self.ensure_member(&name, now)?;
+                    self.groups.local.entry(group.clone()).or_default().joined = true;
                     Ok(self.group_view(&group))
                 });
                 let _ = reply.send(result);
@@ -165,8 +193,7 @@ impl EventLoop {
                     let local = self.groups.local.entry(group.clone()).or_default();
                     let (subscription, missing) = local.subscribe(from);
                     if let Some(missing) = missing {
-                        let to = local.log.front().map_or(u64::MAX, |m| m.seq.saturating_sub(1));
-                        self.start_replay(&name, missing, to, now);
+                        self.queue_replay(&name, missing, now);
                     }
                     Ok(subscription)
                 });
@@ -194,34 +221,41 @@ impl EventLoop {
 
     /// Joins or leaves `name` so that membership matches what the API wants.
     fn sync_membership(&mut self, name: &GroupName, now: dht::Time) {
-        let wanted = self.groups.local.get(name.as_str()).is_some_and(LocalGroup::wanted);
         let is_member = self.groups.core.groups().iter().any(|g| g.name == *name && g.is_member);
+        self.reconcile_membership(name, is_member, now);
+    }
+
+    fn reconcile_membership(&mut self, name: &GroupName, is_member: bool, now: dht::Time) {
+        let wanted = self.groups.local.get(name.as_str()).is_some_and(LocalGroup::wanted);
         if wanted && !is_member {
+            // The core let go (this node left and rejoined the ring, say): join again.
             if let Err(error) = self.groups.core.join(name, &self.core, now) {
                 debug!(group = name.as_str(), %error, "could not rejoin group");
             }
-        } else if !wanted && is_member {
-            self.groups.core.leave(name, &self.core, now);
+        } else if !wanted {
+            if is_member {
+                self.groups.core.leave(name, &self.core, now);
+                info!(group = name.as_str(), "left group");
+            }
             self.groups.local.remove(name.as_str());
             self.groups.replays.remove(name.as_str());
-            info!(group = name.as_str(), "left group");
         }
     }
 
-    /// Leaves groups whose last listener went away (called from housekeeping).
+    /// Leaves groups whose last listener went away and rejoins those the core let go of
+    /// (called from housekeeping).
     pub(super) fn sync_group_memberships(&mut self) {
+        if self.leave != super::LeaveState::Running {
+            return;
+        }
         let now = self.now();
-        let unwanted: Vec<String> = self
-            .groups
-            .local
-            .iter()
-            .filter(|(_, local)| !local.wanted())
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in unwanted {
-            if let Ok(name) = GroupName::new(name) {
-                self.sync_membership(&name, now);
-            }
+        let members: HashSet<GroupName> =
+            self.groups.core.groups().into_iter().filter(|g| g.is_member).map(|g| g.name).collect();
+        let names: Vec<GroupName> =
+            self.groups.local.keys().filter_map(|name| GroupName::new(name.clone()).ok()).collect();
+        for name in names {
+            let is_member = members.contains(&name);
+            self.reconcile_membership(&name, is_member, now);
         }
         self.expire_tree_walks();
         let counters = self.groups.core.counters();
@@ -299,13 +333,14 @@ impl EventLoop {
         match event {
             GroupEvent::Delivered { group, seq, from, body, ts_ms } => {
                 let local = self.groups.local.entry(group.as_str().to_string()).or_default();
-                local.deliver(Delivered {
+                local.record(GroupItem::Message(std::sync::Arc::new(Delivered {
                     group: group.as_str().to_string(),
                     seq,
                     from,
                     body: String::from_utf8_lossy(&body).into_owned(),
                     ts_ms,
-                });
+                })));
+                self.on_first_delivery(&group, seq);
             }
             GroupEvent::Published { id, seq, .. } => {
                 if let Some(reply) = self.groups.publishes.remove(&id) {
@@ -314,92 +349,140 @@ impl EventLoop {
             }
             GroupEvent::PublishFailed { id, error, .. } => {
                 if let Some(reply) = self.groups.publishes.remove(&id) {
-                    let _ = reply.send(Err(GroupError::Unreachable(error.to_string())));
+                    let error = match error {
+                        mc::PublishError::TimedOut => GroupError::Unreachable(
+                            "the root did not acknowledge the message in time (it may still be delivered)"
+                                .into(),
+                        ),
+                        mc::PublishError::Left => GroupError::ShuttingDown,
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
             GroupEvent::Gap { group, from, to } => {
                 info!(group = group.as_str(), from, to, "messages lost to the group's history limit");
                 if let Some(local) = self.groups.local.get_mut(group.as_str()) {
-                    local.replay(vec![GroupItem::Gap { from, to }]);
+                    local.record(GroupItem::Gap { from, to });
                 }
+                self.on_first_delivery(&group, from);
             }
             GroupEvent::History { group, messages, covered_to, head } => {
                 self.on_history(&group, messages, covered_to, head);
             }
-            GroupEvent::HistoryFailed { group, from_seq } => {
-                let now = self.now();
-                let Some(replay) = self.groups.replays.get_mut(group.as_str()) else { return };
-                replay.attempts += 1;
-                if replay.attempts < HISTORY_ATTEMPTS {
-                    self.groups.core.request_history(&group, from_seq, &self.core, now);
-                    return;
-                }
-                let replay = self.groups.replays.remove(group.as_str()).expect("looked up above");
-                debug!(group = group.as_str(), from = replay.from, "history unavailable");
-                if let Some(local) = self.groups.local.get_mut(group.as_str())
-                    && replay.to >= replay.from
-                    && replay.to != u64::MAX
+            GroupEvent::HistoryFailed { group, .. } => {
+                if let Some(replay) =
+                    self.groups.replays.get_mut(group.as_str()).and_then(VecDeque::front_mut)
                 {
-                    local.replay(vec![GroupItem::Gap { from: replay.from, to: replay.to }]);
+                    replay.asked = false;
+                    replay.attempts += 1;
                 }
+                self.ask_for_history(&group);
             }
         }
     }
 
-    fn start_replay(&mut self, name: &GroupName, from: u64, to: u64, now: dht::Time) {
-        let replay =
-            self.groups.replays.entry(name.as_str().to_string()).or_insert(Replay { from, to, attempts: 0 });
-        // A replay already running from further back covers this one.
-        if replay.from < from {
+    // ----- replays from the root's history ----------------------------------------------------
+
+    fn queue_replay(&mut self, name: &GroupName, missing: MissingHistory, _now: dht::Time) {
+        let MissingHistory { from, covered_from, sender } = missing;
+        let queue = self.groups.replays.entry(name.as_str().to_string()).or_default();
+        queue.push_back(Replay { next: from, covered_from, sender, attempts: 0, asked: false });
+        if queue.len() == 1 {
+            self.ask_for_history(name);
+        }
+    }
+
+    /// Serves the group's replays in turn: drops finished ones, fails hopeless ones, and asks the
+    /// root for the first one's next page unless it is waiting.
+    fn ask_for_history(&mut self, name: &GroupName) {
+        let now = self.now();
+        let Some(queue) = self.groups.replays.get_mut(name.as_str()) else { return };
+        while let Some(replay) = queue.front_mut() {
+            if replay.done() {
+                queue.pop_front(); // dropping the sender ends the listener's replay
+                continue;
+            }
+            if replay.attempts >= HISTORY_ATTEMPTS {
+                let reason =
+                    format!("the history of group {:?} could not be fetched from its root", name.as_str());
+                let _ = replay.sender.try_send(HistoryItem::Failed(reason));
+                queue.pop_front();
+                continue;
+            }
+            if !replay.asked {
+                replay.asked = true;
+                self.groups.core.request_history(name, replay.next, &self.core, now);
+            }
             return;
         }
-        replay.from = from;
-        replay.to = replay.to.max(to);
-        replay.attempts = 0;
-        self.groups.core.request_history(name, from, &self.core, now);
+        self.groups.replays.remove(name.as_str());
+    }
+
+    /// The first thing delivered (or declared lost) since replays began tells those that did not
+    /// know it where the live feed starts.
+    fn on_first_delivery(&mut self, name: &GroupName, seq: u64) {
+        let Some(queue) = self.groups.replays.get_mut(name.as_str()) else { return };
+        for replay in queue.iter_mut() {
+            replay.covered_from.get_or_insert(seq);
+        }
+        if queue.front().is_some_and(|r| !r.asked) {
+            self.ask_for_history(name);
+        }
     }
 
     fn on_history(
         &mut self,
-        group: &GroupName,
+        name: &GroupName,
         messages: Vec<mc::HistoryMessage>,
         covered_to: u64,
         head: u64,
     ) {
-        let Some(replay) = self.groups.replays.get(group.as_str()) else { return };
-        let (from, to) = (replay.from, replay.to.min(head));
+        let Some(replay) = self.groups.replays.get_mut(name.as_str()).and_then(VecDeque::front_mut) else {
+            return;
+        };
+        replay.asked = false;
+        let from = replay.next;
+        // Numbers the listener gets from its backlog or the live feed are not declared lost here.
+        let last_wanted =
+            replay.covered_from.map_or(covered_to, |start| covered_to.min(start.saturating_sub(1)));
         let mut items = Vec::new();
         let mut expected = from;
-        for m in messages.into_iter().filter(|m| m.seq >= from) {
-            if m.seq > expected {
-                items.push(GroupItem::Gap { from: expected, to: m.seq - 1 });
+        for m in messages.into_iter().filter(|m| m.seq >= from && m.seq <= covered_to) {
+            if m.seq > expected && expected <= last_wanted {
+                items.push(GroupItem::Gap { from: expected, to: (m.seq - 1).min(last_wanted) });
             }
-            expected = m.seq + 1;
+            expected = m.seq.saturating_add(1);
             items.push(GroupItem::Message(std::sync::Arc::new(Delivered {
-                group: group.as_str().to_string(),
+                group: name.as_str().to_string(),
                 seq: m.seq,
                 from: m.from,
                 body: String::from_utf8_lossy(&m.body).into_owned(),
                 ts_ms: m.ts_ms,
             })));
         }
-        let answered_to = covered_to.min(to);
-        if expected <= answered_to {
-            items.push(GroupItem::Gap { from: expected, to: answered_to });
+        if expected <= last_wanted {
+            items.push(GroupItem::Gap { from: expected, to: last_wanted });
         }
-        if let Some(local) = self.groups.local.get_mut(group.as_str()) {
-            local.replay(items);
-        }
-        if covered_to < to && covered_to >= from {
-            let now = self.now();
-            if let Some(replay) = self.groups.replays.get_mut(group.as_str()) {
-                replay.from = covered_to + 1;
-                replay.attempts = 0;
+        for item in items {
+            if replay.sender.try_send(HistoryItem::Item(item)).is_err() {
+                // The listener is gone, or hopelessly behind: its stream ends on its own.
+                replay.next = u64::MAX;
+                break;
             }
-            self.groups.core.request_history(group, covered_to + 1, &self.core, now);
-        } else {
-            self.groups.replays.remove(group.as_str());
         }
+        if covered_to >= from {
+            replay.next = replay.next.max(covered_to.saturating_add(1));
+            replay.attempts = 0;
+        } else if replay.covered_from.is_some() || covered_to < head {
+            replay.attempts += 1; // the root answered nothing new where it should have
+        }
+        // With nothing delivered yet and the root's history exhausted, the replay waits for the
+        // first delivery ([`Self::on_first_delivery`]) to learn where it must stop.
+        let waiting = replay.covered_from.is_none() && replay.next > head;
+        if waiting {
+            return;
+        }
+        self.ask_for_history(name);
     }
 
     // ----- the group protocol ----------------------------------------------------------------
@@ -431,10 +514,23 @@ impl EventLoop {
                 match self.groups.outbound.remove(&request_id) {
                     Some(GroupOutbound::Message(to)) => {
                         debug!(%error, peer = %to.peer, "group message failed");
-                        let now = self.now();
-                        self.groups.core.handle_unreachable(&to, &self.core, now);
+                        // Only a peer that cannot be reached at all is a hint of its death; a
+                        // connection closed under a request (perhaps by this node) is not.
+                        if matches!(
+                            error,
+                            request_response::OutboundFailure::DialFailure
+                                | request_response::OutboundFailure::Timeout
+                        ) {
+                            let now = self.now();
+                            self.groups.core.handle_unreachable(&to, &self.core, now);
+                        }
                     }
                     Some(GroupOutbound::Describe { walk, node, parent, depth }) => {
+                        if depth == 0
+                            && let Some(w) = self.groups.walks.get_mut(&walk)
+                        {
+                            w.root_unreachable = true;
+                        }
                         self.continue_tree_walk(walk, node, parent, depth, None);
                     }
                     None => {}
@@ -450,6 +546,11 @@ impl EventLoop {
 
     fn serve_group(&mut self, peer: PeerId, request: GroupRequest, channel: ResponseChannel<GroupReply>) {
         let reply = match request {
+            GroupRequest::Message { .. } if self.leave != super::LeaveState::Running => {
+                // Leaving: its groups were handed off; taking part again would adopt children
+                // and back up roots on a node about to go.
+                GroupReply::Refused
+            }
             GroupRequest::Message { sender, message } => {
                 if sender.peer != peer {
                     // The envelope must name the authenticated sender.
@@ -492,6 +593,8 @@ impl EventLoop {
                 seen: HashSet::new(),
                 in_flight: 0,
                 complete: true,
+                root_failed: false,
+                root_unreachable: false,
                 deadline: Instant::now() + TREE_WALK_TIMEOUT,
                 reply,
             },
@@ -534,13 +637,13 @@ impl EventLoop {
             walk.complete = false;
             return;
         }
+        walk.in_flight += 1;
         if node.addr.peer == self.me.peer {
             let name = GroupName::new(walk.name.clone()).expect("walks are only started for valid names");
             let info = self.describe(&name);
-            self.continue_tree_walk_counted(walk_id, node, parent, depth, info, false);
+            self.continue_tree_walk(walk_id, node, parent, depth, info);
             return;
         }
-        walk.in_flight += 1;
         let group = GroupName::new(walk.name.clone()).expect("walks are only started for valid names");
         let addresses = Self::dial_addresses(&node.addr);
         let id = self.swarm.behaviour_mut().group.send_request_with_addresses(
@@ -551,6 +654,9 @@ impl EventLoop {
         self.groups.outbound.insert(id, GroupOutbound::Describe { walk: walk_id, node, parent, depth });
     }
 
+    /// One node of a walk answered (or failed: `info` is `None`). Its children are visited
+    /// before it stops counting as in flight, so a walk cannot finish while a sibling is
+    /// still to be visited.
     fn continue_tree_walk(
         &mut self,
         walk_id: u64,
@@ -559,25 +665,16 @@ impl EventLoop {
         depth: u32,
         info: Option<TreeNodeInfo>,
     ) {
-        self.continue_tree_walk_counted(walk_id, node, parent, depth, info, true);
-    }
-
-    fn continue_tree_walk_counted(
-        &mut self,
-        walk_id: u64,
-        node: NodeRef<PeerAddr>,
-        parent: Option<PeerId>,
-        depth: u32,
-        info: Option<TreeNodeInfo>,
-        was_in_flight: bool,
-    ) {
         let Some(walk) = self.groups.walks.get_mut(&walk_id) else { return };
-        if was_in_flight {
-            walk.in_flight = walk.in_flight.saturating_sub(1);
-        }
         let children = match info {
             Some(info) => {
-                let children: Vec<NodeRef<PeerAddr>> = info.children;
+                // The answer comes from the network: only genuine references, and not too many.
+                let children: Vec<NodeRef<PeerAddr>> = info
+                    .children
+                    .into_iter()
+                    .filter(NodeRef::is_genuine)
+                    .take(MAX_DESCRIBED_CHILDREN)
+                    .collect();
                 walk.nodes.push(TreeNodeView {
                     node: node.clone(),
                     parent,
@@ -591,19 +688,21 @@ impl EventLoop {
                 }
                 children
             }
+            None if depth == 0 => {
+                // The root knows nothing of the group (no tree), or did not answer.
+                walk.root_failed = true;
+                Vec::new()
+            }
             None => {
-                if depth == 0 {
-                    // The ring's owner of mid knows nothing of the group: no tree.
-                    let walk = self.groups.walks.remove(&walk_id).expect("looked up above");
-                    let _ = walk.reply.send(Err(GroupError::NoTree(walk.name)));
-                    return;
-                }
                 walk.complete = false;
                 Vec::new()
             }
         };
         for child in children {
             self.visit_tree_node(walk_id, child, Some(node.addr.peer), depth + 1);
+        }
+        if let Some(walk) = self.groups.walks.get_mut(&walk_id) {
+            walk.in_flight = walk.in_flight.saturating_sub(1);
         }
         self.finish_tree_walk_if_done(walk_id);
     }
@@ -615,7 +714,12 @@ impl EventLoop {
         }
         let walk = self.groups.walks.remove(&walk_id).expect("looked up above");
         let Some(root) = walk.root else {
-            let _ = walk.reply.send(Err(GroupError::NoTree(walk.name)));
+            let error = if walk.root_failed && !walk.root_unreachable {
+                GroupError::NoTree(walk.name)
+            } else {
+                GroupError::Unreachable(format!("the root of group {:?} did not answer in time", walk.name))
+            };
+            let _ = walk.reply.send(Err(error));
             return;
         };
         let mut nodes = walk.nodes;
