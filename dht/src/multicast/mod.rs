@@ -1037,6 +1037,20 @@ impl<A: Address> Multicast<A> {
         }
     }
 
+    /// The state of group `mid` if `from` is this node's parent in it; otherwise the message is
+    /// dropped and counted (unknown group, or not from the parent).
+    fn group_from_parent(&mut self, mid: &Id, from: &A) -> Option<&mut Group<A>> {
+        let Some(g) = self.groups.get_mut(mid) else {
+            self.counters.dropped_unknown_group += 1;
+            return None;
+        };
+        if g.parent.as_ref().is_none_or(|p| p.addr != *from) {
+            self.counters.dropped_not_parent += 1;
+            return None;
+        }
+        Some(g)
+    }
+
     fn on_join_ack(&mut self, mid: Id, from: A, view: ParentView<A>, ring: &Node<A>, now: Time) {
         let Some(g) = self.groups.get_mut(&mid) else {
             self.counters.dropped_unknown_group += 1;
@@ -1119,14 +1133,7 @@ impl<A: Address> Multicast<A> {
     }
 
     fn on_refresh_ack(&mut self, mid: Id, from: A, view: ParentView<A>, ring: &Node<A>, now: Time) {
-        let Some(g) = self.groups.get_mut(&mid) else {
-            self.counters.dropped_unknown_group += 1;
-            return;
-        };
-        if g.parent.as_ref().is_none_or(|p| p.addr != from) {
-            self.counters.dropped_not_parent += 1;
-            return;
-        }
+        let Some(g) = self.group_from_parent(&mid, &from) else { return };
         g.last_parent_ack = now;
         self.apply_parent_view(mid, view, ring, now);
     }
@@ -1797,14 +1804,7 @@ impl<A: Address> Multicast<A> {
     // ----- internals: delivery and gap filling -----------------------------------------------
 
     fn on_data(&mut self, mid: Id, from: A, root: A, message: Stamped<A>, ring: &Node<A>, now: Time) {
-        let Some(g) = self.groups.get_mut(&mid) else {
-            self.counters.dropped_unknown_group += 1;
-            return;
-        };
-        if g.parent.as_ref().is_none_or(|p| p.addr != from) {
-            self.counters.dropped_not_parent += 1;
-            return;
-        }
+        let Some(g) = self.group_from_parent(&mid, &from) else { return };
         g.root_addr = Some(root.clone());
         g.learn_head(Some(message.seq));
         let name = g.name.clone();
