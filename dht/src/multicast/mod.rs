@@ -64,8 +64,8 @@ use tracing::debug;
 pub use config::{MulticastConfig, MulticastConfigError};
 pub use wire::{
     GroupDecodeError, GroupMessage, GroupName, InvalidGroupMessage, InvalidGroupName, MAX_BATCH,
-    MAX_BODY_BYTES, MAX_FROM_BYTES, MAX_GROUP_FRAME_BYTES, MAX_GROUP_NAME_BYTES, MAX_PATH, MAX_ROUTE_HOPS, MAX_SEQ,
-    Stamped, decode, encode, short_id,
+    MAX_BODY_BYTES, MAX_FROM_BYTES, MAX_GROUP_FRAME_BYTES, MAX_GROUP_NAME_BYTES, MAX_PATH, MAX_ROUTE_HOPS,
+    MAX_SEQ, Stamped, decode, encode, short_id,
 };
 
 use crate::address::{Address, NodeRef};
