@@ -45,10 +45,11 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
 
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
+    let (dns_config, dns_opts) = dns_resolver_settings()?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-        .with_dns()?
+        .with_dns_config(dns_config, dns_opts)
         .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(120))
@@ -173,6 +174,21 @@ fn preferred_announce(listening: &[Multiaddr]) -> Option<&Multiaddr> {
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+/// The system's DNS configuration, with the resolver's cache bounded to a second or two.
+///
+/// Peers announce names (`/dns4/<container>/tcp/4001`) because a name outlives an address: a
+/// container reconnected after a partition may come back with another address, even one a
+/// killed container held. The resolver's default cache keeps an answer for its TTL (600 s from
+/// Docker's DNS), so neighbours kept dialing the old address and the ring never closed around
+/// the node again. Re-resolving on every dial costs a local query per new connection.
+fn dns_resolver_settings() -> anyhow::Result<(libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts)> {
+    let (config, mut opts) = hickory_resolver::system_conf::read_system_conf()
+        .context("reading the system's DNS configuration")?;
+    opts.positive_max_ttl = Some(Duration::from_secs(2));
+    opts.negative_max_ttl = Some(Duration::from_secs(1));
+    Ok((config, opts))
 }
 
 #[cfg(test)]
