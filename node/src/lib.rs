@@ -14,6 +14,7 @@ pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod storage;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,16 +6,23 @@
 //! of a ring interval `(start, end]` are one range scan, or two when the interval wraps past zero.
 //!
 //! Writes go through one writer thread fed by a bounded queue. It takes a job, drains whatever else
-//! is queued (up to [`GROUP_COMMIT_RECORDS`] records), applies them all in one write transaction
-//! and commits once with [`Durability::Immediate`]: many concurrent puts share one fsync. Callers
-//! are answered only after that commit returns. Reads open their own read transactions on the
-//! calling thread; redb serves them from a snapshot while the writer works.
+//! is queued (up to [`GROUP_COMMIT_RECORDS`] records), appends them all as one entry to the
+//! write-ahead log ([`crate::wal`], `<data_dir>/records.wal`) and syncs it, then applies them in
+//! one redb transaction committed without fsync: many concurrent puts share one small sequential
+//! sync. Callers are answered only after both. When the log holds [`wal::CHECKPOINT_BYTES`] (and
+//! when the store closes) a checkpoint, one redb commit with fsync, makes the database durable and
+//! the log starts over; at
+//! open, whatever the log still holds is applied again (replaying is idempotent: a record never
+//! replaces a newer version). A group too large for the log is committed to redb with fsync
+//! directly. Reads open their own read transactions on the calling thread; redb serves them from
+//! a snapshot while the writer works, and they see a write as soon as its caller is answered.
 //!
 //! Invariants:
 //! - every row's table key is `Id::hash(record.key) ++ record.key` of the record it holds;
 //! - for each key the row holds the newest version ever accepted ([`Record::supersedes`]);
 //!   deletes are tombstone records, kept so that they win over older writes and replicate;
-//! - only the writer thread writes, and an `Ok` from [`Storage::put`] means the record is on disk;
+//! - only the writer thread writes, and an `Ok` from [`Storage::put`] means the record is on disk
+//!   (in the synced log or in a durable redb commit);
 //! - a row that does not decode, fails its checksum or sits under the wrong table key is *corrupt*
 //!   and is never returned: [`Storage::get`] answers [`StorageError::Corrupt`], scans skip it, each
 //!   such read counts in [`StorageStats::corrupt_reads`], and the next write of the key replaces it;
@@ -37,11 +44,16 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::wal::{self, Wal};
+
 /// The one table: `key id ++ key` → CBOR-encoded [`Record`].
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 
 /// Name of the database file inside the data directory.
 const FILE_NAME: &str = "records.redb";
+
+/// Name of the write-ahead log inside the data directory.
+const WAL_FILE_NAME: &str = "records.wal";
 
 /// Most records the writer applies in one transaction (one fsync). A single `put_many` larger than
 /// this is still applied whole, in a transaction of its own.
@@ -127,6 +139,8 @@ struct Counters {
     corrupt_reads: AtomicU64,
     /// Write transactions committed by the writer since open.
     commits: AtomicU64,
+    /// Checkpoints (durable redb commits that emptied the write-ahead log) since open.
+    checkpoints: AtomicU64,
 }
 
 /// Joins the writer thread on drop.
@@ -149,7 +163,7 @@ impl fmt::Debug for Storage {
 }
 
 /// redb's in-process page cache.
-const CACHE_BYTES: usize = 4 * 1024 * 1024;
+const CACHE_BYTES: usize = 512 * 1024;
 
 impl Storage {
     /// Opens (creating if needed) `<data_dir>/records.redb`, counts its records and starts the
@@ -163,11 +177,12 @@ impl Storage {
     }
 
     /// Like [`Storage::open`], choosing when writes reach the disk. With `fsync_interval` zero
-    /// (the default) every group commit is fsync'd before its callers hear back. Otherwise groups
-    /// are committed without fsync, and one fsync'd commit follows within `fsync_interval`:
-    /// acknowledged writes survive a crash of this process only if they were flushed, so the
-    /// caller relies on other replicas for the last `fsync_interval` (as Cassandra's periodic
-    /// commit log does). Closing the store flushes.
+    /// (the default) the log is synced for every group before its callers hear back. Otherwise
+    /// groups are written to the log without a sync, and one sync follows within
+    /// `fsync_interval`: acknowledged writes survive a crash of this process (the kernel holds
+    /// them) but a crash of the machine only if they were synced, so the caller relies on other
+    /// replicas for the last `fsync_interval` (as Cassandra's periodic commit log does). Closing
+    /// the store checkpoints.
     pub fn open_with(data_dir: &Path, fsync_interval: Duration) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(data_dir).map_err(db_error("creating the data directory"))?;
         let path = data_dir.join(FILE_NAME);
@@ -183,6 +198,24 @@ impl Storage {
         let txn = db.begin_write().map_err(db_error("beginning a write transaction"))?;
         txn.open_table(RECORDS).map_err(db_error("creating the records table"))?;
         txn.commit().map_err(db_error("committing"))?;
+
+        // Writes acknowledged before a crash may be only in the log: apply them durably, then
+        // start the log over.
+        let (mut log, replay) = Wal::open(&data_dir.join(WAL_FILE_NAME), wal::DEFAULT_CAPACITY)
+            .map_err(db_error("opening the write-ahead log"))?;
+        if !replay.records.is_empty() {
+            let mut records = replay.records;
+            let before = records.len();
+            records.retain(Record::is_intact);
+            if records.len() < before {
+                warn!(
+                    dropped = before - records.len(),
+                    "write-ahead log records failing their checksum dropped"
+                );
+            }
+            apply_batches(&db, &[records.as_slice()], Durability::Immediate)?;
+        }
+        log.checkpointed().map_err(db_error("resetting the write-ahead log"))?;
 
         let counters = Arc::new(Counters::default());
         let corrupt = count_records(&db, &counters)?;
@@ -204,7 +237,7 @@ impl Storage {
             let counters = Arc::clone(&counters);
             std::thread::Builder::new()
                 .name("storage-writer".into())
-                .spawn(move || run_writer(&db, queue, &counters, fsync_interval))
+                .spawn(move || run_writer(&db, queue, &counters, Some(log), fsync_interval))
                 .map_err(db_error("starting the writer thread"))?
         };
         Ok(Storage {
@@ -506,11 +539,18 @@ impl StatsDelta {
     }
 }
 
-/// The writer thread: group commits until every sender is gone and the queue is empty. With a
-/// non-zero `fsync_interval`, groups commit without fsync and a flush follows within the interval.
-fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters, fsync_interval: Duration) {
+/// The writer thread: group commits until every sender is gone and the queue is empty, then a
+/// checkpoint. With a non-zero `fsync_interval`, groups go to the log without a sync and a sync
+/// follows within the interval. `log` is `None` only if the log failed: then groups are committed
+/// to redb directly (with fsync, unless deferred).
+fn run_writer(
+    db: &Database,
+    mut queue: mpsc::Receiver<Job>,
+    counters: &Counters,
+    mut log: Option<Wal>,
+    fsync_interval: Duration,
+) {
     let deferred = !fsync_interval.is_zero();
-    let durability = if deferred { Durability::None } else { Durability::Immediate };
     let mut unsynced_since: Option<Instant> = None;
     loop {
         let first = match unsynced_since {
@@ -519,13 +559,13 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters
                 None => break,
             },
             Some(since) => {
-                // Wait for work, but flush once the oldest unsynced commit is due.
+                // Wait for work, but sync once the oldest unsynced group is due.
                 match queue.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         if since.elapsed() >= fsync_interval {
-                            flush(db);
+                            sync(db, &mut log);
                             unsynced_since = None;
                         } else {
                             std::thread::sleep(Duration::from_micros(500));
@@ -542,7 +582,7 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters
             records += job.records.len();
             group.push(job);
         }
-        match apply_group(db, &group, durability) {
+        match commit_group(db, &mut log, &group, deferred, counters) {
             Ok((outcomes, delta)) => {
                 if deferred && unsynced_since.is_none() {
                     unsynced_since = Some(Instant::now());
@@ -569,44 +609,118 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, counters: &Counters
             }
         }
     }
-    if unsynced_since.is_some() {
-        flush(db);
+    match log.as_mut() {
+        Some(wal) => {
+            if let Err(error) = checkpoint(db, wal, counters) {
+                warn!(%error, "final checkpoint failed; the log is replayed at the next open");
+            }
+        }
+        None => flush(db).unwrap_or_else(|error| warn!(%error, "flushing the store failed")),
     }
     debug!("storage writer stopped");
 }
 
-/// Makes every earlier commit durable: an empty commit with fsync.
-fn flush(db: &Database) {
-    let result = db.begin_write().map_err(|e| e.to_string()).and_then(|mut txn| {
-        txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => debug!("flushed"),
-        Err(error) => warn!(%error, "flushing the store failed"),
+/// Makes `group` durable and applies it, answering each job's outcomes. Through the log when
+/// there is one: append (and sync, unless `deferred`), then a redb commit without fsync. A group
+/// too large for the log, or any group once the log has failed, is committed to redb directly.
+///
+/// An error may come after the group reached the log; its records are then applied at the next
+/// open, as for a caller that stopped waiting.
+#[allow(clippy::type_complexity)]
+fn commit_group(
+    db: &Database,
+    log: &mut Option<Wal>,
+    group: &[Job],
+    deferred: bool,
+    counters: &Counters,
+) -> Result<(Vec<Vec<PutOutcome>>, StatsDelta), StorageError> {
+    let batches: Vec<&[Record]> = group.iter().map(|job| job.records.as_slice()).collect();
+    let direct = if deferred { Durability::None } else { Durability::Immediate };
+    let Some(wal) = log.as_mut() else {
+        return apply_batches(db, &batches, direct);
+    };
+    let Some(entry) = wal.encode(batches.iter().copied().flatten()) else {
+        // Larger than the whole log. A durable commit also makes every earlier commit durable,
+        // so the log starts over after it.
+        let applied = apply_batches(db, &batches, Durability::Immediate)?;
+        if let Err(error) = wal.checkpointed() {
+            abandon_log(log, &error);
+        }
+        return Ok(applied);
+    };
+    if wal.wants_checkpoint_before(&entry)
+        && let Err(error) = checkpoint(db, wal, counters)
+    {
+        abandon_log(log, &error);
+        return Err(error);
+    }
+    if let Err(error) = wal.append(&entry).and_then(|()| if deferred { Ok(()) } else { wal.sync() }) {
+        let error = StorageError::Db(format!("writing the write-ahead log: {error}"));
+        abandon_log(log, &error);
+        return Err(error);
+    }
+    apply_batches(db, &batches, Durability::None)
+}
+
+/// Makes the database durable (a redb commit with fsync) and starts the log over.
+fn checkpoint(db: &Database, wal: &mut Wal, counters: &Counters) -> Result<(), StorageError> {
+    let bytes = wal.used();
+    flush(db)?;
+    wal.checkpointed().map_err(db_error("resetting the write-ahead log"))?;
+    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    debug!(bytes, capacity = wal.capacity(), "checkpoint");
+    Ok(())
+}
+
+/// Gives up on a log that failed (after an I/O error its contents are uncertain): from now on
+/// groups are committed to redb directly, whose first durable commit also covers every commit
+/// made since the last checkpoint.
+fn abandon_log(log: &mut Option<Wal>, error: &dyn fmt::Display) {
+    error!(%error, "write-ahead log failed; committing straight to the database from now on");
+    *log = None;
+}
+
+/// Makes the unsynced groups of deferred mode durable: a log sync, or a durable redb commit
+/// without a log.
+fn sync(db: &Database, log: &mut Option<Wal>) {
+    if let Some(wal) = log.as_mut() {
+        match wal.sync() {
+            Ok(()) => return,
+            Err(error) => abandon_log(log, &error),
+        }
+    }
+    if let Err(error) = flush(db) {
+        warn!(%error, "flushing the store failed");
     }
 }
 
-/// Applies every job of a group in one transaction and commits it with `durability`. On error
-/// nothing of the group is written.
+/// Makes every earlier commit durable: an empty commit with fsync.
+fn flush(db: &Database) -> Result<(), StorageError> {
+    let mut txn = db.begin_write().map_err(db_error("beginning a write transaction"))?;
+    txn.set_durability(Durability::Immediate).map_err(db_error("setting durability"))?;
+    txn.commit().map_err(db_error("committing"))
+}
+
+/// Applies `batches` (each job's records) in one transaction and commits it with `durability`,
+/// returning each batch's outcomes. On error nothing is written.
 #[allow(clippy::type_complexity)]
-fn apply_group(
+fn apply_batches(
     db: &Database,
-    group: &[Job],
+    batches: &[&[Record]],
     durability: Durability,
 ) -> Result<(Vec<Vec<PutOutcome>>, StatsDelta), StorageError> {
     let mut txn = db.begin_write().map_err(db_error("beginning a write transaction"))?;
     txn.set_durability(durability).map_err(db_error("setting durability"))?;
     let mut delta = StatsDelta::default();
-    let mut outcomes = Vec::with_capacity(group.len());
+    let mut outcomes = Vec::with_capacity(batches.len());
     {
         let mut table = txn.open_table(RECORDS).map_err(db_error("opening the records table"))?;
-        for job in group {
-            let mut job_outcomes = Vec::with_capacity(job.records.len());
-            for record in &job.records {
-                job_outcomes.push(apply_one(&mut table, record, &mut delta)?);
+        for batch in batches {
+            let mut batch_outcomes = Vec::with_capacity(batch.len());
+            for record in *batch {
+                batch_outcomes.push(apply_one(&mut table, record, &mut delta)?);
             }
-            outcomes.push(job_outcomes);
+            outcomes.push(batch_outcomes);
         }
     }
     txn.commit().map_err(db_error("committing"))?;
@@ -1096,5 +1210,77 @@ mod tests {
         // Closing flushed: everything is there after a reopen.
         let store = Storage::open(dir.path()).expect("reopen");
         assert_eq!(store.stats().keys, 50);
+    }
+
+    /// Set in the child process of [`acknowledged_puts_survive_an_abort`]: the data directory.
+    const CRASH_CHILD_DIR: &str = "OVERLAY_STORAGE_CRASH_CHILD_DIR";
+    const CRASH_PUTS: u64 = 300;
+
+    /// Every acknowledged put survives the process dying without closing the store. The child
+    /// (this test binary, re-run on this test alone) puts records, then aborts: no checkpoint ran,
+    /// so the records are in the write-ahead log only, and the reopen must replay them.
+    #[test]
+    fn acknowledged_puts_survive_an_abort() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            runtime.block_on(async {
+                let storage = Storage::open(Path::new(&dir)).expect("open");
+                for i in 0..CRASH_PUTS {
+                    let record = live(format!("crash{i}").as_bytes(), format!("v{i}").as_bytes(), i + 1);
+                    assert!(storage.put(record).await.expect("put").applied);
+                }
+                // A later version of one key, and a delete: replay must keep the newest.
+                storage.put(live(b"crash0", b"newer", 1_000)).await.expect("put");
+                storage.put(Record::tombstone(b"crash1".to_vec(), version(1_000, 1))).await.expect("delete");
+                std::process::abort();
+            });
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "storage::tests::acknowledged_puts_survive_an_abort", "--nocapture"])
+            .env(CRASH_CHILD_DIR, dir.path())
+            .status()
+            .expect("child runs");
+        assert!(!status.success(), "the child aborts after its puts");
+        let log = std::fs::read(dir.path().join(WAL_FILE_NAME)).expect("log exists");
+        assert_ne!(log[..4], [0; 4], "the records are in the log, not checkpointed");
+
+        let storage = open(&dir);
+        assert_eq!(storage.get(b"crash0").expect("get").expect("present").value, b"newer");
+        assert!(storage.get(b"crash1").expect("get").expect("present").tombstone);
+        for i in 2..CRASH_PUTS {
+            let record = storage.get(format!("crash{i}").as_bytes()).expect("get").expect("present");
+            assert_eq!(record.value, format!("v{i}").as_bytes());
+        }
+        assert_eq!(storage.stats(), stats(CRASH_PUTS - 1, storage.stats().bytes, 1, 0));
+        // The replay was checkpointed at open: the log starts empty.
+        let log = std::fs::read(dir.path().join(WAL_FILE_NAME)).expect("log exists");
+        assert_eq!(log[..4], [0; 4]);
+    }
+
+    #[tokio::test]
+    async fn a_full_log_checkpoints_and_groups_larger_than_the_log_bypass_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big_value = vec![b'x'; 700 * 1024];
+        {
+            let storage = open(&dir);
+            // 700 KiB records, one per group: each finds the log past its checkpoint size.
+            for i in 0..8u64 {
+                storage.put(live(format!("big{i}").as_bytes(), &big_value, i + 1)).await.expect("put");
+            }
+            assert_eq!(storage.inner.counters.checkpoints.load(Ordering::Relaxed), 7);
+            // One group of 7 × 700 KiB cannot fit in the log at all: committed to redb directly.
+            let records: Vec<Record> =
+                (0..7u64).map(|i| live(format!("huge{i}").as_bytes(), &big_value, 100 + i)).collect();
+            let outcomes = storage.put_many(records).await.expect("put_many");
+            assert!(outcomes.iter().all(|outcome| outcome.applied));
+            // Small writes go through the log again afterwards.
+            storage.put(live(b"small", b"v", 1)).await.expect("put");
+            assert_eq!(storage.stats().keys, 16);
+        }
+        let storage = open(&dir);
+        assert_eq!(storage.stats().keys, 16);
+        assert_eq!(storage.get(b"huge6").expect("get").expect("present").value, big_value);
+        assert_eq!(storage.get(b"big7").expect("get").expect("present").value, big_value);
     }
 }
