@@ -289,19 +289,31 @@ mod tests {
         replay.records.iter().map(|r| (r.key.clone(), r.version.hlc)).collect()
     }
 
-    #[test]
-    fn appended_entries_replay_in_order_and_a_checkpoint_clears_them() {
+    const TEST_CAPACITY: u64 = 64 * 1024;
+
+    /// A new log in a temporary directory (kept alive by the returned guard).
+    fn fresh_log() -> (tempfile::TempDir, PathBuf, Wal) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("records.wal");
-        let (mut wal, replay) = Wal::open(&path, 64 * 1024).expect("open");
+        let (wal, replay) = Wal::open(&path, TEST_CAPACITY).expect("open");
         assert_eq!(replay.entries, 0);
-        assert_eq!(std::fs::metadata(&path).expect("created").len(), 64 * 1024);
+        (dir, path, wal)
+    }
+
+    fn reopen(path: &Path) -> (Wal, Replay) {
+        Wal::open(path, TEST_CAPACITY).expect("reopen")
+    }
+
+    #[test]
+    fn appended_entries_replay_in_order_and_a_checkpoint_clears_them() {
+        let (_dir, path, mut wal) = fresh_log();
+        assert_eq!(std::fs::metadata(&path).expect("created").len(), TEST_CAPACITY);
         append(&mut wal, &[record("a", 1), record("b", 2)]);
         append(&mut wal, &[record("a", 3)]);
         wal.sync().expect("sync");
         drop(wal);
 
-        let (mut wal, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (mut wal, replay) = reopen(&path);
         assert_eq!(replay.entries, 2);
         assert_eq!(keys(&replay), vec![(b"a".to_vec(), 1), (b"b".to_vec(), 2), (b"a".to_vec(), 3)]);
         assert!(replay.records.iter().all(Record::is_intact));
@@ -309,36 +321,31 @@ mod tests {
         wal.checkpointed().expect("checkpoint");
         append(&mut wal, &[record("c", 4)]);
         drop(wal);
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         // Only the entry written after the checkpoint; the older ones further on are leftovers.
         assert_eq!(keys(&replay), vec![(b"c".to_vec(), 4)]);
     }
 
     #[test]
     fn a_checkpointed_log_replays_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("records.wal");
-        let (mut wal, _) = Wal::open(&path, 64 * 1024).expect("open");
+        let (_dir, path, mut wal) = fresh_log();
         append(&mut wal, &[record("a", 1)]);
         append(&mut wal, &[record("b", 2)]);
         wal.checkpointed().expect("checkpoint");
         drop(wal);
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         assert_eq!(replay.entries, 0);
     }
 
     #[test]
     fn lsns_keep_growing_across_reopens_so_leftovers_never_join_the_run() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("records.wal");
-        let (mut wal, _) = Wal::open(&path, 64 * 1024).expect("open");
-        // Round one: three entries of the same size, then a checkpoint that is not followed by a
-        // reopen before round two writes one entry of that size at offset 0.
+        let (_dir, path, mut wal) = fresh_log();
+        // Round one: three entries of the same size, replayed at a reopen.
         for hlc in 1..=3 {
             append(&mut wal, &[record("k", hlc)]);
         }
         drop(wal);
-        let (mut wal, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (mut wal, replay) = reopen(&path);
         assert_eq!(replay.entries, 3);
         // The caller made them durable; the header is zeroed and round two starts.
         wal.checkpointed().expect("checkpoint");
@@ -346,15 +353,13 @@ mod tests {
         drop(wal);
         // The second and third entries of round one still sit right after the new one, intact,
         // but their lsns (2, 3) do not follow the new entry's (4).
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         assert_eq!(keys(&replay), vec![(b"k".to_vec(), 7)]);
     }
 
     #[test]
     fn a_torn_or_corrupt_tail_ends_the_replay_and_earlier_entries_survive() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("records.wal");
-        let (mut wal, _) = Wal::open(&path, 64 * 1024).expect("open");
+        let (_dir, path, mut wal) = fresh_log();
         append(&mut wal, &[record("a", 1)]);
         let second_at = wal.used();
         append(&mut wal, &[record("b", 2)]);
@@ -368,29 +373,27 @@ mod tests {
             *byte = 0;
         }
         std::fs::write(&path, &bytes).expect("write");
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         assert_eq!(keys(&replay), vec![(b"a".to_vec(), 1)]);
 
         // A flipped bit in the second entry's payload.
         let mut bytes = intact.clone();
         bytes[second_at as usize + HEADER_BYTES + 3] ^= 0x10;
         std::fs::write(&path, &bytes).expect("write");
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         assert_eq!(keys(&replay), vec![(b"a".to_vec(), 1)]);
 
         // A length field pointing far past the end of the file.
         let mut bytes = intact;
         bytes[second_at as usize + 12..second_at as usize + 16].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&path, &bytes).expect("write");
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen");
+        let (_, replay) = reopen(&path);
         assert_eq!(keys(&replay), vec![(b"a".to_vec(), 1)]);
     }
 
     #[test]
     fn a_file_of_another_size_is_replayed_then_recreated() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("records.wal");
-        let (mut wal, _) = Wal::open(&path, 64 * 1024).expect("open");
+        let (_dir, path, mut wal) = fresh_log();
         append(&mut wal, &[record("a", 1)]);
         drop(wal);
         let (_, replay) = Wal::open(&path, 128 * 1024).expect("reopen larger");
@@ -398,7 +401,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).expect("exists").len(), 128 * 1024);
         // Garbage of any length is read without panicking and replays nothing.
         std::fs::write(&path, b"not a log at all").expect("write");
-        let (_, replay) = Wal::open(&path, 64 * 1024).expect("reopen garbage");
+        let (_, replay) = reopen(&path);
         assert_eq!(replay.entries, 0);
     }
 
