@@ -9,6 +9,8 @@
 //! - [`multicast`]: Scribe-style multicast trees on the ring (one [`multicast::Multicast`] per
 //!   node): joins routed toward a group's id, a root that numbers and replicates every message,
 //!   repair, gap filling and the multicast wire messages.
+//! - [`kv`]: the store coordinator, sans-IO: quorum reads and writes, read repair, anti-entropy
+//!   and hand-off, with persistence as an explicit output ([`kv::StoreOp`]) and input.
 //! - [`store`]: replicated records (versions from a hybrid logical clock, checksums), the storage
 //!   wire protocol, quorum sizes and the range digests anti-entropy compares.
 //! - [`sim`]: a discrete-event simulator of many nodes over a seeded network model, with global
@@ -58,6 +60,7 @@ pub mod config;
 pub mod error;
 pub mod finger;
 pub mod id;
+pub mod kv;
 pub mod lookup;
 pub mod message;
 pub mod multicast;

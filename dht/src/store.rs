@@ -337,10 +337,15 @@ pub enum KvRequest {
 /// Responses of the storage protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResponse {
-    /// Answer to [`KvRequest::Store`]: whether the receiver held the key before (live or not).
+    /// Answer to [`KvRequest::Store`]: the record is durable at the receiver, or the receiver
+    /// holds a newer version and kept it.
     Stored {
         /// The key existed (as a live value) before this write.
         existed: bool,
+        /// The newer version the receiver holds, when it did not store the record because of it.
+        /// A writer passes it and writes again (see [`crate::kv`]).
+        #[serde(default)]
+        newer: Option<Version>,
     },
     /// Answer to [`KvRequest::Fetch`].
     Found {

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dht::sim::kv::{self as kv_scenario, KvParams};
 use dht::sim::multicast::{self as multicast_scenario, MulticastParams};
 use dht::sim::scenario::{self, Kind, Params};
 
@@ -21,6 +22,7 @@ enum ScenarioArg {
     Fail,
     Churn,
     Multicast,
+    Kv,
 }
 
 /// Simulate a Chord ring of the overlay's dht core.
@@ -79,6 +81,33 @@ struct Args {
     /// Nodes joining per simulated second while the ring grows [default: max(20, N/20)].
     #[arg(long)]
     join_rate: Option<f64>,
+    /// `kv`: client operations.
+    #[arg(long, default_value_t = 100_000)]
+    ops: u64,
+    /// `kv`: client operations started per simulated second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// `kv`: share of operations that are reads.
+    #[arg(long, default_value_t = 0.5)]
+    read_ratio: f64,
+    /// `kv`: distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// `kv`: share of nodes that crash at once, a third of the way in.
+    #[arg(long, default_value_t = 0.0)]
+    crash_fraction: f64,
+    /// `kv`: cut the ring in two halves a third of the way in, for `--partition-s`, then heal.
+    #[arg(long)]
+    partition: bool,
+    /// `kv`: how long the partition lasts, in simulated seconds.
+    #[arg(long, default_value_t = 20.0)]
+    partition_s: f64,
+    /// `kv`: each node's wall clock is offset by a value drawn up to ± this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    clock_skew_ms: u64,
+    /// `kv`: copies of each key.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -90,10 +119,13 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let kind = match args.scenario {
-        ScenarioArg::Stable | ScenarioArg::Multicast => Kind::Stable,
+        ScenarioArg::Stable | ScenarioArg::Multicast | ScenarioArg::Kv => Kind::Stable,
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
     };
+    if matches!(args.scenario, ScenarioArg::Kv) {
+        return run_kv(&args);
+    }
     let multicast = matches!(args.scenario, ScenarioArg::Multicast);
     let fail_fraction = args.fail_fraction.unwrap_or(if multicast { 0.0 } else { 0.2 });
     if args.nodes == 0 {
@@ -158,6 +190,70 @@ fn main() -> ExitCode {
             report.invariant_violations,
             report.invariant_checks,
             report.messages_per_node_per_s,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_kv(args: &Args) -> ExitCode {
+    if args.nodes == 0 || args.replicas == 0 || args.keys == 0 || args.rate <= 0.0 {
+        eprintln!("dht-sim: --nodes, --replicas, --keys and --rate must be positive");
+        return ExitCode::FAILURE;
+    }
+    if !(0.0..1.0).contains(&args.loss)
+        || !(0.0..1.0).contains(&args.crash_fraction)
+        || !(0.0..=1.0).contains(&args.read_ratio)
+    {
+        eprintln!("dht-sim: --loss and --crash-fraction must lie in [0, 1), --read-ratio in [0, 1]");
+        return ExitCode::FAILURE;
+    }
+    let mut params = KvParams::new(args.nodes, args.ops, args.seed);
+    let Some(successors) = NonZeroUsize::new(args.successors) else {
+        eprintln!("dht-sim: --successors must be at least 2");
+        return ExitCode::FAILURE;
+    };
+    params.config = params
+        .config
+        .with_successors(successors)
+        .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
+        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms));
+    if let Err(error) = params.config.validate() {
+        eprintln!("dht-sim: {error}");
+        return ExitCode::FAILURE;
+    }
+    params.rate = args.rate;
+    params.read_ratio = args.read_ratio;
+    params.keys = args.keys;
+    params.crash_fraction = args.crash_fraction;
+    params.partition = args.partition;
+    params.partition_duration = Duration::from_secs_f64(args.partition_s.max(0.0));
+    params.clock_skew_ms = args.clock_skew_ms;
+    params.network.loss = args.loss;
+    params.kv.replicas = args.replicas;
+    eprintln!(
+        "dht-sim: scenario kv, {} nodes, seed {}, {} ops, crash {}, partition {}, loss {}, skew ±{} ms",
+        params.nodes, params.seed, params.ops, params.crash_fraction, params.partition, args.loss, params.clock_skew_ms
+    );
+    let report = kv_scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "kv N={} seed={}: {} ops, {} acknowledged writes, {} lost ({} beyond the design), {} stale reads of {}; \
+             {:.3}% unavailable; repair {:?} s; {:.1} msgs/op; {} write retries; {:.1} s wall",
+            report.nodes,
+            report.seed,
+            report.ops,
+            report.acked_writes,
+            report.acked_writes_lost,
+            report.acked_writes_beyond,
+            report.stale_reads,
+            report.reads,
+            report.unavailable_pct,
+            report.repair_s,
+            report.msgs_per_op,
+            report.write_retries,
             report.wall_s
         );
     }

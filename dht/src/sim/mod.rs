@@ -15,6 +15,8 @@
 //! ring order, so it can compute the true successor of any key and check the ring invariants.
 
 mod invariants;
+pub mod kv;
+mod kv_store;
 pub mod multicast;
 mod network;
 pub mod scenario;
@@ -32,6 +34,7 @@ pub use network::NetworkModel;
 use crate::address::Address;
 use crate::config::Config;
 use crate::id::{ID_BITS, Id};
+use crate::kv::{IoId, KvMessage};
 use crate::lookup::LookupId;
 use crate::message::Message;
 use crate::multicast::{
@@ -64,6 +67,8 @@ enum What {
     DeliverGroup { to: u32, from: SimAddr, message: GroupMessage<SimAddr> },
     Wake { node: u32 },
     StartLookup { key: Id },
+    DeliverKv { to: u32, from: SimAddr, message: KvMessage },
+    StoreDone { node: u32, io: IoId },
 }
 
 #[derive(Debug)]
@@ -95,6 +100,9 @@ struct SimNode {
     node: Node<SimAddr>,
     /// The node's multicast core, once [`Simulation::enable_multicast`] was called.
     multicast: Option<Multicast<SimAddr>>,
+    /// The node's store coordinator and its simulated disk, once [`Simulation::enable_kv`] was
+    /// called.
+    kv: Option<Box<kv_store::SimKv>>,
     alive: bool,
     /// The earliest wake-up already in the queue for this node.
     wake_at: Option<Time>,
@@ -164,6 +172,10 @@ pub struct Simulation {
     pub group_data_messages: u64,
     multicast: Option<MulticastConfig>,
     group_events: Vec<GroupRecord>,
+    /// The store: settings, results and the global index of who holds what.
+    kv: Option<kv_store::KvWorld>,
+    /// During a partition, each node's side; messages between sides are lost.
+    sides: Option<Vec<bool>>,
     trace: u64,
 }
 
@@ -193,6 +205,8 @@ impl Simulation {
             group_data_messages: 0,
             multicast: None,
             group_events: Vec::new(),
+            kv: None,
+            sides: None,
             trace: 0xcbf2_9ce4_8422_2325,
         }
     }
@@ -273,7 +287,8 @@ impl Simulation {
         let seed = self.rng.random::<u64>();
         let node = Node::new(addr, self.config.clone(), seed).expect("the scenario's config was validated");
         let multicast = self.multicast.clone().map(|config| Multicast::new(node.me().clone(), config));
-        self.nodes.push(SimNode { node, multicast, alive: true, wake_at: None });
+        let kv = self.kv.as_ref().map(|world| self.new_sim_kv(&node, world, index));
+        self.nodes.push(SimNode { node, multicast, kv, alive: true, wake_at: None });
         self.member_pos.push(NOT_MEMBER);
         index
     }
@@ -379,7 +394,7 @@ impl Simulation {
             match what {
                 What::Deliver { to, from, message } => {
                     let index = to as usize;
-                    if !self.nodes[index].alive {
+                    if !self.nodes[index].alive || self.is_cut(from.index(), index) {
                         continue;
                     }
                     self.nodes[index].node.handle_message(from, message, at);
@@ -387,6 +402,9 @@ impl Simulation {
                 }
                 What::DeliverGroup { to, from, message } => {
                     let index = to as usize;
+                    if self.is_cut(from.index(), index) {
+                        continue;
+                    }
                     let SimNode { node, multicast, alive, .. } = &mut self.nodes[index];
                     let Some(mc) = multicast.as_mut().filter(|_| *alive) else {
                         continue;
@@ -411,6 +429,11 @@ impl Simulation {
                     {
                         mc.handle_timeout(&sim_node.node, at);
                     }
+                    if let Some(kv) = sim_node.kv.as_mut()
+                        && kv.coordinator.poll_timeout().is_some_and(|t| t <= at)
+                    {
+                        kv.coordinator.handle_timeout(&mut sim_node.node, at);
+                    }
                     // Re-book the next wake-up even when this one found nothing due.
                     self.flush(index);
                 }
@@ -419,6 +442,8 @@ impl Simulation {
                         self.start_lookup(index, key);
                     }
                 }
+                What::DeliverKv { to, from, message } => self.deliver_kv(to as usize, from, message),
+                What::StoreDone { node, io } => self.complete_store_op(node as usize, io),
             }
         }
         self.now = self.now.max(until);
@@ -442,12 +467,13 @@ impl Simulation {
         if self.nodes[index].multicast.is_some() {
             self.flush_multicast(index);
         }
+        if self.nodes[index].kv.is_some() {
+            self.flush_kv(index);
+        }
         let sim_node = &mut self.nodes[index];
         let multicast_at = sim_node.multicast.as_ref().and_then(Multicast::poll_timeout);
-        let next = match (sim_node.node.poll_timeout(), multicast_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let kv_at = sim_node.kv.as_ref().and_then(|kv| kv.coordinator.poll_timeout());
+        let next = [sim_node.node.poll_timeout(), multicast_at, kv_at].into_iter().flatten().min();
         if let Some(at) = next
             && sim_node.wake_at.is_none_or(|w| at < w)
         {
@@ -562,6 +588,20 @@ impl Simulation {
     }
 
     fn on_event(&mut self, index: usize, event: Event<SimAddr>) {
+        let now = self.now;
+        if let SimNode { node, kv: Some(kv), .. } = &mut self.nodes[index] {
+            match &event {
+                Event::LookupFinished { id, result } => {
+                    if kv.coordinator.handle_lookup_finished(*id, result, node, now) {
+                        return;
+                    }
+                }
+                Event::PredecessorChanged { .. } | Event::SuccessorsChanged { .. } => {
+                    kv.coordinator.handle_ring_changed(now);
+                }
+                _ => {}
+            }
+        }
         match event {
             Event::Joined { .. } => {
                 self.add_member(index);

@@ -1,0 +1,868 @@
+//! The store coordinator: the replication protocol of the key/value store, sans-IO.
+//!
+//! One [`Coordinator`] per node sits beside the ring core ([`crate::Node`]) and owns every rule of
+//! the replicated store:
+//! - [`ops`]: client reads, writes and deletes with quorums over a key's replica set, "not found"
+//!   only when it is safe, read repair, and writes that are never ordered before a write
+//!   acknowledged earlier (a replica holding a newer version refuses, the coordinator moves its
+//!   clock past that version and writes again);
+//! - [`replica`]: the replica's side: serving peers' stores, fetches, digests and entry pages;
+//! - [`sync`]: anti-entropy of this node's own range with its successors (digests, paged entry
+//!   lists, pushes and pulls) and the hand-off of that range when the node leaves.
+//!
+//! # Persistence is an output
+//! The coordinator never touches a disk. It asks the driver for every store operation through
+//! [`Coordinator::poll_store_op`] ([`StoreOp`]: persist these records, read these keys, a digest,
+//! a page of entries or records) and is told the result through
+//! [`Coordinator::handle_store_result`]. Nothing that depends on a write is acknowledged — to a
+//! client or to a peer — before the driver reported that write persisted, so a driver (or the
+//! simulator) that crashes between the two loses only what nobody was told was stored. Store
+//! operations may complete in any order and at any later time; results for operations the
+//! coordinator no longer waits for are ignored.
+//!
+//! # Driving it
+//! Like [`crate::Node`]: feed inputs with the current [`Time`] (client commands, peers' requests
+//! and responses, failed sends, lookup results from the ring core, store results, time-outs), then
+//! drain [`Coordinator::poll_transmit`], [`Coordinator::poll_store_op`],
+//! [`Coordinator::poll_event`] and read [`Coordinator::poll_timeout`]. Inputs that may start a
+//! lookup or consult the ring take the node's ring core; lookups the coordinator started finish
+//! through [`Coordinator::handle_lookup_finished`]. Every peer request has a deadline, so a lost
+//! message needs nothing from the driver; responses are matched by request id *and* sender.
+//!
+//! # Invariants
+//! - a write is acknowledged only once `W` replicas reported the record durable, and every one of
+//!   them holds it under the version acknowledged;
+//! - an acknowledged write's version is greater than that of every write acknowledged before it
+//!   began (quorums of writes intersect; a refusal moves the version past what the replica holds);
+//! - a read answers "not found" only when every replica answered or the deadline passed with a
+//!   quorum of empty answers;
+//! - every queue and map here is bounded by the operations the driver started and the requests in
+//!   flight, and every entry has a deadline.
+
+mod ops;
+mod replica;
+mod sync;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::address::{Address, NodeRef};
+use crate::id::Id;
+use crate::lookup::{LookupId, LookupOutcome};
+use crate::message::RequestId;
+use crate::node::Node;
+use crate::store::{
+    BucketHash, Consistency, Entry, HybridClock, KvRequest, KvResponse, MAX_KEY_BYTES, Record, Version,
+};
+use crate::time::Time;
+use crate::error::{self, LookupError};
+
+use self::ops::ClientOps;
+use self::replica::Serving;
+use self::sync::{AntiEntropy, Handoff};
+
+/// Settings of the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvConfig {
+    /// n: copies of each key (the owner and its next n − 1 successors). Default 3.
+    pub replicas: usize,
+    /// Largest value accepted. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// How long a client operation may take before it fails. Default 5 s.
+    pub op_timeout: Duration,
+    /// How long to wait for one peer's answer. Default 1 s.
+    pub request_timeout: Duration,
+    /// Period of anti-entropy rounds. Default 3 s.
+    pub sync_interval: Duration,
+    /// Longest a leave's hand-off may take. Default 5 s.
+    pub handoff_timeout: Duration,
+    /// How many times a write is re-versioned after replicas refused it as older than what they
+    /// hold, before it fails. Default 8.
+    pub max_write_attempts: u32,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            replicas: 3,
+            max_value_bytes: crate::store::DEFAULT_MAX_VALUE_BYTES,
+            op_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(3),
+            handoff_timeout: Duration::from_secs(5),
+            max_write_attempts: 8,
+        }
+    }
+}
+
+/// Identifies a client operation started on the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// Identifies a store operation the coordinator asked the driver for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IoId(pub u64);
+
+/// A store operation for the driver to perform, answered with [`Coordinator::handle_store_result`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Write each record durably unless the store holds the same or a newer version of its key;
+    /// answer [`StoreResult::Persisted`] once they are durable, one outcome per record, in order.
+    Persist {
+        /// The operation.
+        io: IoId,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// Read these keys: [`StoreResult::Read`], one answer per key, in order (tombstones
+    /// included).
+    Read {
+        /// The operation.
+        io: IoId,
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// The digest of `(start, end]` ([`crate::store::digest`]): [`StoreResult::Digest`].
+    Digest {
+        /// The operation.
+        io: IoId,
+        /// Exclusive start.
+        start: Id,
+        /// Inclusive end.
+        end: Id,
+    },
+    /// A page of entries of `(start, end]` in ring order, after the key id `after`, in the given
+    /// digest buckets of the whole range (all with `None`): [`StoreResult::Entries`], at most
+    /// `limit`. The store must start at the cursor, not scan the range from its start.
+    Entries {
+        /// The operation.
+        io: IoId,
+        /// Exclusive start of the whole range.
+        start: Id,
+        /// Inclusive end.
+        end: Id,
+        /// Digest buckets of `(start, end]` to list.
+        buckets: Option<Vec<u16>>,
+        /// Continue after this key id.
+        after: Option<Id>,
+        /// Most entries.
+        limit: usize,
+    },
+    /// A page of whole records of `(start, end]` in ring order after `after`:
+    /// [`StoreResult::Records`], at most `limit`.
+    Records {
+        /// The operation.
+        io: IoId,
+        /// Exclusive start.
+        start: Id,
+        /// Inclusive end.
+        end: Id,
+        /// Continue after this key id.
+        after: Option<Id>,
+        /// Most records.
+        limit: usize,
+    },
+}
+
+impl StoreOp {
+    /// The operation's id.
+    pub fn io(&self) -> IoId {
+        match self {
+            StoreOp::Persist { io, .. }
+            | StoreOp::Read { io, .. }
+            | StoreOp::Digest { io, .. }
+            | StoreOp::Entries { io, .. }
+            | StoreOp::Records { io, .. } => *io,
+        }
+    }
+}
+
+/// The outcome of persisting one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistOutcome {
+    /// The record was newer than what the store held (or the key was absent) and is now durable.
+    pub applied: bool,
+    /// A live (non-tombstone) record for the key was held before.
+    pub existed: bool,
+    /// When not applied: the version the store holds, the same as or newer than the record's.
+    pub held: Option<Version>,
+}
+
+/// The driver's answer to a [`StoreOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreResult {
+    /// The records of a [`StoreOp::Persist`] are durable.
+    Persisted(Vec<PersistOutcome>),
+    /// The answers of a [`StoreOp::Read`].
+    Read(Vec<Option<Record>>),
+    /// The digest of a [`StoreOp::Digest`].
+    Digest(Vec<BucketHash>),
+    /// A page of a [`StoreOp::Entries`].
+    Entries {
+        /// The entries, in ring order.
+        entries: Vec<Entry>,
+        /// More follow the last one.
+        truncated: bool,
+    },
+    /// A page of a [`StoreOp::Records`].
+    Records {
+        /// The records, in ring order.
+        records: Vec<Record>,
+        /// More follow the last one.
+        truncated: bool,
+    },
+    /// The store failed (I/O error, corrupt row, closed). Nothing of a failed persist may be
+    /// counted on.
+    Failed(String),
+}
+
+/// A message of the storage protocol, as the coordinator sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvMessage {
+    /// A request; answer it with a response carrying the same id.
+    Request {
+        /// Chosen by the sender.
+        id: RequestId,
+        /// The request.
+        body: KvRequest,
+    },
+    /// The answer to a peer's request (`id` is the one [`Coordinator::handle_request`] got).
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        body: KvResponse,
+    },
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvTransmit<A> {
+    /// The recipient.
+    pub to: A,
+    /// The message.
+    pub message: KvMessage,
+}
+
+/// Why a client operation failed.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum KvError {
+    /// The value is larger than the node accepts: refuse it, retrying cannot help.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The value's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The key is larger than the node accepts.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// The key's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Fewer replicas answered than the consistency level needs; the write may or may not have
+    /// reached some replicas. Retry later.
+    #[error("only {got} of the {needed} replicas needed answered")]
+    NoQuorum {
+        /// Replies needed.
+        needed: usize,
+        /// Replies received.
+        got: usize,
+    },
+    /// Newer versions kept arriving at the replicas faster than this write could pass them
+    /// (heavy concurrent writing of one key). Retry.
+    #[error("the key was written concurrently {attempts} times while this write tried to pass")]
+    Contended {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The key's owner could not be found.
+    #[error("no route to the key's owner: {0}")]
+    Lookup(error::LookupError),
+    /// The local store failed.
+    #[error("local storage failed: {0}")]
+    Storage(String),
+    /// The node is leaving the ring.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A write acknowledged by its quorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The version written.
+    pub version: Version,
+    /// Whether some replica held a live value before.
+    pub existed: bool,
+    /// Replicas that acknowledged before the reply.
+    pub acked: usize,
+}
+
+/// A key's replica set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located<A> {
+    /// The key's ring position.
+    pub key_id: Id,
+    /// Owner first, then its successors.
+    pub replicas: Vec<NodeRef<A>>,
+    /// Hops the lookup took (0 when the set was known here).
+    pub hops: u32,
+}
+
+/// What a client operation produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpOutcome<A> {
+    /// A put or delete was acknowledged.
+    Written(Written),
+    /// A get's answer: the newest record among the replies (a tombstone means deleted).
+    Read(Option<Record>),
+    /// A lookup's answer.
+    Located(Located<A>),
+}
+
+/// What the coordinator reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEvent<A> {
+    /// A client operation finished.
+    OpFinished {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: Result<OpOutcome<A>, KvError>,
+    },
+    /// The hand-off begun by [`Coordinator::begin_handoff`] is over (done or out of time): the
+    /// ring core may leave now.
+    HandoffFinished {
+        /// Records pushed and acknowledged.
+        records: u64,
+    },
+}
+
+/// Counters of the coordinator, monotonic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvCounters {
+    /// Requests sent to peers.
+    pub requests_out: u64,
+    /// Requests received from peers.
+    pub requests_in: u64,
+    /// Requests refused as invalid (bad checksum, oversized) or answered with something
+    /// impossible.
+    pub rejected_invalid: u64,
+    /// Responses matching no request in flight (late, duplicated, or from the wrong peer).
+    pub rejected_unexpected: u64,
+    /// Client operations that failed for lack of replies (or a failed lookup).
+    pub quorum_failures: u64,
+    /// Stale replicas sent the newest record after a read.
+    pub read_repairs: u64,
+    /// Writes sent again under a newer version after a replica held a newer one.
+    pub write_retries: u64,
+    /// Records anti-entropy pushed to a replica.
+    pub sync_pushed: u64,
+    /// Records anti-entropy fetched from a replica and applied here.
+    pub sync_pulled: u64,
+    /// Records pushed while leaving.
+    pub handoff_pushed: u64,
+    /// Store operations that failed.
+    pub store_failures: u64,
+}
+
+/// Why a request to a peer is in flight: where its response goes.
+#[derive(Clone, Debug)]
+enum Purpose<A> {
+    /// A client write's store at replica `replica` (of attempt `attempt`).
+    OpStore { op: OpId, attempt: u32, replica: usize },
+    /// A client read's fetch at replica `replica`.
+    OpFetch { op: OpId, replica: usize },
+    /// Read repair; fire and forget.
+    Repair,
+    /// Anti-entropy's digest comparison of `(start, end]` with a successor.
+    SyncDigest { start: Id, end: Id },
+    /// Anti-entropy's page of entries.
+    SyncEntries { page: sync::Page<A> },
+    /// Anti-entropy push; fire and forget.
+    SyncPush,
+    /// Anti-entropy pull: the record comes back to be persisted.
+    SyncPull,
+    /// Leave hand-off push.
+    Handoff,
+}
+
+/// A request in flight.
+#[derive(Clone, Debug)]
+struct Pending<A> {
+    to: A,
+    purpose: Purpose<A>,
+    deadline: Time,
+}
+
+/// Why a store operation is in flight: where its result goes.
+#[derive(Clone, Debug)]
+enum IoPurpose<A> {
+    /// This node's copy of a client write.
+    OpStore { op: OpId, attempt: u32, replica: usize },
+    /// This node's copy for a client read.
+    OpRead { op: OpId, replica: usize },
+    /// Serving a peer's request.
+    Serve { from: A, id: RequestId, request: replica::Served },
+    /// Local read repair; nothing waits.
+    Repair,
+    /// Anti-entropy's own digest of `(start, end]` at the start of a round.
+    SyncDigest { start: Id, end: Id },
+    /// Anti-entropy's local entries for a page the peer listed.
+    SyncLocalEntries { page: sync::Page<A>, remote: Vec<Entry>, remote_truncated: bool },
+    /// Records anti-entropy pushes to a peer.
+    SyncPushRead { to: A },
+    /// Records pulled from a peer, being persisted.
+    SyncPulled,
+    /// A page of records to hand off.
+    HandoffPage,
+}
+
+/// Outgoing queues and ids shared by the coordinator's parts.
+#[derive(Debug)]
+struct Outbox<A> {
+    me: Id,
+    transmits: VecDeque<KvTransmit<A>>,
+    store_ops: VecDeque<StoreOp>,
+    events: VecDeque<KvEvent<A>>,
+    pending: BTreeMap<RequestId, Pending<A>>,
+    io: BTreeMap<IoId, IoPurpose<A>>,
+    next_request: u64,
+    next_io: u64,
+    request_timeout: Duration,
+    counters: KvCounters,
+}
+
+impl<A: Address> Outbox<A> {
+    fn me_id(&self) -> Id {
+        self.me
+    }
+
+    fn request(&mut self, to: A, body: KvRequest, purpose: Purpose<A>, now: Time) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.counters.requests_out += 1;
+        self.pending.insert(id, Pending { to: to.clone(), purpose, deadline: now + self.request_timeout });
+        self.transmits.push_back(KvTransmit { to, message: KvMessage::Request { id, body } });
+        id
+    }
+
+    fn respond(&mut self, to: A, id: RequestId, body: KvResponse) {
+        self.transmits.push_back(KvTransmit { to, message: KvMessage::Response { id, body } });
+    }
+
+    fn store(&mut self, purpose: IoPurpose<A>, op: impl FnOnce(IoId) -> StoreOp) {
+        let io = IoId(self.next_io);
+        self.next_io += 1;
+        self.io.insert(io, purpose);
+        self.store_ops.push_back(op(io));
+    }
+
+    fn finish(&mut self, op: OpId, result: Result<OpOutcome<A>, KvError>) {
+        if matches!(result, Err(KvError::NoQuorum { .. } | KvError::Lookup(_))) {
+            self.counters.quorum_failures += 1;
+        }
+        self.events.push_back(KvEvent::OpFinished { op, result });
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+}
+
+/// The store coordinator of one node. See the module docs.
+#[derive(Debug)]
+pub struct Coordinator<A: Address> {
+    me: NodeRef<A>,
+    config: KvConfig,
+    clock: HybridClock,
+    out: Outbox<A>,
+    ops: ClientOps<A>,
+    serving: Serving,
+    sync: AntiEntropy<A>,
+    handoff: Option<Handoff<A>>,
+}
+
+impl<A: Address> Coordinator<A> {
+    /// The coordinator of the node `me`.
+    pub fn new(me: NodeRef<A>, config: KvConfig) -> Self {
+        let clock = HybridClock::new(me.id);
+        Coordinator {
+            out: Outbox {
+                me: me.id,
+                transmits: VecDeque::new(),
+                store_ops: VecDeque::new(),
+                events: VecDeque::new(),
+                pending: BTreeMap::new(),
+                io: BTreeMap::new(),
+                next_request: 0,
+                next_io: 0,
+                request_timeout: config.request_timeout,
+                counters: KvCounters::default(),
+            },
+            ops: ClientOps::default(),
+            serving: Serving::default(),
+            sync: AntiEntropy::new(),
+            handoff: None,
+            clock,
+            config,
+            me,
+        }
+    }
+
+    // ----- getters -----------------------------------------------------------------------------
+
+    /// The settings.
+    pub fn config(&self) -> &KvConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &KvCounters {
+        &self.out.counters
+    }
+
+    /// Client operations in flight (answered ones waiting for stragglers included).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Peer requests in flight.
+    pub fn requests_in_flight(&self) -> usize {
+        self.out.pending.len()
+    }
+
+    /// Whether a leave's hand-off is running.
+    pub fn is_handing_off(&self) -> bool {
+        self.handoff.is_some()
+    }
+
+    // ----- client commands ---------------------------------------------------------------------
+
+    /// Starts a write of `value` under `key`. `wall_ms` is the driver's wall clock in
+    /// milliseconds since the Unix epoch. Errors that need no replica come back at once.
+    pub fn put(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        consistency: Consistency,
+        ring: &mut Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        self.check_sizes(&key, Some(&value))?;
+        let record = Record::new(key, value, self.clock.tick(wall_ms));
+        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.out, ring, now))
+    }
+
+    /// Starts a delete of `key` (a tombstone write).
+    pub fn delete(
+        &mut self,
+        key: Vec<u8>,
+        consistency: Consistency,
+        ring: &mut Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        self.check_sizes(&key, None)?;
+        let record = Record::tombstone(key, self.clock.tick(wall_ms));
+        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.out, ring, now))
+    }
+
+    /// Starts a read of `key`.
+    pub fn get(
+        &mut self,
+        key: Vec<u8>,
+        consistency: Consistency,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        self.check_sizes(&key, None)?;
+        Ok(self.ops.start_read(key, consistency, &self.config, &mut self.out, ring, now))
+    }
+
+    /// Starts finding `key`'s replica set (always through a lookup, to report its hops).
+    pub fn locate(&mut self, key: &[u8], ring: &mut Node<A>, now: Time) -> OpId {
+        self.ops.start_locate(Id::hash(key), &self.config, ring, now)
+    }
+
+    /// Hands this node's own range to its successors before it leaves: pages of records pushed to
+    /// the first n successors, a bounded number in flight, until done or
+    /// [`KvConfig::handoff_timeout`]; then [`KvEvent::HandoffFinished`]. Client operations in
+    /// flight fail with [`KvError::ShuttingDown`].
+    pub fn begin_handoff(&mut self, ring: &Node<A>, now: Time) {
+        for op in self.ops.drain() {
+            self.out.finish(op, Err(KvError::ShuttingDown));
+        }
+        let targets: Vec<NodeRef<A>> = ring
+            .successors()
+            .iter()
+            .filter(|s| s.id != self.me.id)
+            .take(self.config.replicas)
+            .cloned()
+            .collect();
+        let range = ring.predecessor().map(|p| (p.id, self.me.id));
+        match range {
+            Some((start, end)) if ring.is_member() && !targets.is_empty() => {
+                let deadline = now + self.config.handoff_timeout;
+                self.handoff = Some(Handoff::start(start, end, targets, deadline, &mut self.out));
+            }
+            _ => self.out.events.push_back(KvEvent::HandoffFinished { records: 0 }),
+        }
+    }
+
+    fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KvError::KeyTooLarge { len: key.len(), max: MAX_KEY_BYTES });
+        }
+        if let Some(value) = value
+            && value.len() > self.config.max_value_bytes
+        {
+            return Err(KvError::TooLarge { len: value.len(), max: self.config.max_value_bytes });
+        }
+        Ok(())
+    }
+
+    // ----- inputs ------------------------------------------------------------------------------
+
+    /// A peer's request. `id` is chosen by the driver (unique among this node's inbound requests
+    /// in flight); the answer is a [`KvMessage::Response`] with that id, possibly after store
+    /// operations.
+    pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, now: Time) {
+        let _ = now;
+        self.out.counters.requests_in += 1;
+        self.serving.handle(from, id, request, &self.config, &mut self.clock, &mut self.out);
+    }
+
+    /// A peer's response to request `id`. Dropped and counted unless `id` is in flight *to that
+    /// peer*.
+    pub fn handle_response(&mut self, from: A, id: RequestId, response: KvResponse, ring: &mut Node<A>, now: Time) {
+        let Some(pending) = self.out.pending.get(&id) else {
+            self.out.counters.rejected_unexpected += 1;
+            return;
+        };
+        if pending.to.node_id() != from.node_id() {
+            self.out.counters.rejected_unexpected += 1;
+            return;
+        }
+        let pending = self.out.pending.remove(&id).expect("looked up just above");
+        if let Err(error) = response.validate(self.config.max_value_bytes) {
+            tracing::debug!(%error, "invalid storage response");
+            self.out.counters.rejected_invalid += 1;
+            self.on_request_failed(pending, ring, now);
+            return;
+        }
+        self.on_response(pending, response, ring, now);
+    }
+
+    /// Request `id` could not be delivered (or its connection failed): the same as a time-out,
+    /// sooner.
+    pub fn handle_send_failure(&mut self, id: RequestId, ring: &mut Node<A>, now: Time) {
+        if let Some(pending) = self.out.pending.remove(&id) {
+            self.on_request_failed(pending, ring, now);
+        }
+    }
+
+    /// A lookup finished; returns whether it was one of the coordinator's.
+    pub fn handle_lookup_finished(
+        &mut self,
+        id: LookupId,
+        result: &Result<LookupOutcome<A>, LookupError>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> bool {
+        self.ops.on_lookup_finished(id, result, &self.config, &mut self.out, ring, now)
+    }
+
+    /// The result of store operation `io`.
+    pub fn handle_store_result(&mut self, io: IoId, result: StoreResult, ring: &mut Node<A>, now: Time) {
+        let Some(purpose) = self.out.io.remove(&io) else {
+            return;
+        };
+        if let StoreResult::Failed(error) = &result {
+            tracing::warn!(%error, "store operation failed");
+            self.out.counters.store_failures += 1;
+        }
+        match purpose {
+            IoPurpose::OpStore { op, attempt, replica } => {
+                let outcome = match result {
+                    StoreResult::Persisted(mut outcomes) => outcomes.pop(),
+                    _ => None,
+                };
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                self.ops.on_store_reply(op, attempt, replica, outcome, config, clock, out, now);
+            }
+            IoPurpose::OpRead { op, replica } => {
+                let answer = match result {
+                    StoreResult::Read(mut records) => records.pop(),
+                    _ => None,
+                };
+                self.ops.on_read_reply(op, replica, answer, &mut self.clock, &mut self.out, now);
+            }
+            IoPurpose::Serve { from, id, request } => {
+                self.serving.on_store_result(from, id, request, result, &mut self.out);
+            }
+            IoPurpose::Repair | IoPurpose::SyncPulled => {
+                if let StoreResult::Persisted(outcomes) = result {
+                    let applied = outcomes.iter().filter(|o| o.applied).count() as u64;
+                    self.out.counters.sync_pulled += applied;
+                }
+            }
+            IoPurpose::SyncDigest { start, end } => {
+                self.sync.on_local_digest(start, end, result, ring, &self.config, &mut self.out, now)
+            }
+            IoPurpose::SyncLocalEntries { page, remote, remote_truncated } => {
+                self.sync.on_local_entries(page, remote, remote_truncated, result, &mut self.out, now)
+            }
+            IoPurpose::SyncPushRead { to } => {
+                if let StoreResult::Read(records) = result {
+                    for record in records.into_iter().flatten() {
+                        self.out.counters.sync_pushed += 1;
+                        self.out.request(to.clone(), KvRequest::Store { record }, Purpose::SyncPush, now);
+                    }
+                }
+            }
+            IoPurpose::HandoffPage => {
+                if let Some(handoff) = &mut self.handoff {
+                    handoff.on_page(result, &mut self.out, now);
+                }
+                self.finish_handoff_if_done(now);
+            }
+        }
+    }
+
+    /// The ring changed around this node (new predecessor or successors): its range or replicas
+    /// changed, so compare with the replicas soon.
+    pub fn handle_ring_changed(&mut self, now: Time) {
+        self.sync.hurry(now);
+    }
+
+    /// Time passed: operations and requests past their deadlines fail, anti-entropy rounds start.
+    pub fn handle_timeout(&mut self, ring: &mut Node<A>, now: Time) {
+        let expired: Vec<RequestId> =
+            self.out.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(pending) = self.out.pending.remove(&id) {
+                self.on_request_failed(pending, ring, now);
+            }
+        }
+        self.ops.expire(&mut self.out, now);
+        if self.handoff.is_none() {
+            self.sync.tick(ring, &self.me, &mut self.out, &self.config, now);
+        }
+        self.finish_handoff_if_done(now);
+    }
+
+    // ----- outputs -----------------------------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<KvTransmit<A>> {
+        self.out.transmits.pop_front()
+    }
+
+    /// The next store operation to perform.
+    pub fn poll_store_op(&mut self) -> Option<StoreOp> {
+        self.out.store_ops.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<KvEvent<A>> {
+        self.out.events.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let candidates = [
+            self.out.next_deadline(),
+            self.ops.next_deadline(),
+            if self.handoff.is_none() { self.sync.next_round() } else { None },
+            self.handoff.as_ref().map(Handoff::deadline),
+        ];
+        candidates.into_iter().flatten().min()
+    }
+
+    // ----- routing -----------------------------------------------------------------------------
+
+    fn on_response(&mut self, pending: Pending<A>, response: KvResponse, ring: &mut Node<A>, now: Time) {
+        match (pending.purpose, response) {
+            (Purpose::OpStore { op, attempt, replica }, KvResponse::Stored { existed, newer }) => {
+                let outcome = PersistOutcome { applied: newer.is_none(), existed, held: newer };
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                self.ops.on_store_reply(op, attempt, replica, Some(outcome), config, clock, out, now);
+            }
+            (Purpose::OpFetch { op, replica }, KvResponse::Found { record }) => {
+                self.ops.on_read_reply(op, replica, Some(record), &mut self.clock, &mut self.out, now);
+            }
+            (Purpose::SyncDigest { start, end }, KvResponse::DigestDiff { buckets }) => {
+                self.sync.on_digest_diff(pending.to, start, end, buckets, &mut self.out, now);
+            }
+            (Purpose::SyncEntries { page }, KvResponse::Entries { entries, truncated }) => {
+                self.sync.on_remote_entries(page, entries, truncated, &mut self.out);
+            }
+            (Purpose::SyncPull, KvResponse::Found { record: Some(record) }) => {
+                self.clock.observe(&record.version);
+                self.out.store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
+            }
+            (Purpose::Handoff, KvResponse::Stored { .. }) => {
+                if let Some(handoff) = &mut self.handoff {
+                    handoff.on_pushed(true, &mut self.out);
+                }
+                self.finish_handoff_if_done(now);
+            }
+            (Purpose::SyncPull, KvResponse::Found { record: None })
+            | (Purpose::Repair | Purpose::SyncPush, KvResponse::Stored { .. }) => {}
+            (purpose, KvResponse::Refused { reason }) => {
+                tracing::debug!(%reason, "storage request refused");
+                let pending = Pending { to: pending.to, purpose, deadline: pending.deadline };
+                self.on_request_failed(pending, ring, now);
+            }
+            (purpose, _) => {
+                self.out.counters.rejected_invalid += 1;
+                let pending = Pending { to: pending.to, purpose, deadline: pending.deadline };
+                self.on_request_failed(pending, ring, now);
+            }
+        }
+    }
+
+    fn on_request_failed(&mut self, pending: Pending<A>, ring: &mut Node<A>, now: Time) {
+        match pending.purpose {
+            Purpose::OpStore { op, attempt, replica } => {
+                // Whoever failed, the op's replica set came from a view that may be stale.
+                self.ops.forget_replicas(op, ring);
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                self.ops.on_store_reply(op, attempt, replica, None, config, clock, out, now);
+            }
+            Purpose::OpFetch { op, replica } => {
+                ring.forget_cached(&pending.to);
+                self.ops.on_read_reply(op, replica, None, &mut self.clock, &mut self.out, now);
+            }
+            Purpose::Handoff => {
+                if let Some(handoff) = &mut self.handoff {
+                    handoff.on_pushed(false, &mut self.out);
+                }
+                self.finish_handoff_if_done(now);
+            }
+            Purpose::Repair
+            | Purpose::SyncPush
+            | Purpose::SyncPull
+            | Purpose::SyncDigest { .. }
+            | Purpose::SyncEntries { .. } => {}
+        }
+    }
+
+    fn finish_handoff_if_done(&mut self, now: Time) {
+        if let Some(handoff) = &self.handoff
+            && handoff.is_over(now)
+        {
+            let records = handoff.acknowledged();
+            self.out.counters.handoff_pushed += records;
+            self.handoff = None;
+            self.out.events.push_back(KvEvent::HandoffFinished { records });
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Client operations: quorum writes, reads and lookups of one coordinator.
+//!
+//! Owns the operations in flight ([`ClientOps`]): each knows its replica set (from the ring core's
+//! own view or a lookup), the replies so far and its deadline. The rules:
+//! - **writes** go to every replica; once `W` reported the record durable the write is
+//!   acknowledged. A replica that holds a newer version refuses and names it; when refusals make a
+//!   quorum at this version impossible, the coordinator moves its clock past the newest version
+//!   named and writes again under a new version (up to [`KvConfig::max_write_attempts`]). So a
+//!   write acknowledged after another's acknowledgement always carries a greater version, however
+//!   the writers' clocks drift: the two quorums share a replica, and that replica accepted the
+//!   second write only above the first.
+//! - **reads** ask every replica. The newest answer is returned once `R` replied *and* those
+//!   replies agree; when they disagree (a replica is behind) or all say "not found", the read waits
+//!   for every replica or its deadline. A quorum of the wrong two must not hide a write while
+//!   replica sets differ between views.
+//! - once every replica answered (or the deadline passed), stale replicas get the newest record:
+//!   read repair.
+
+use std::collections::BTreeMap;
+
+use crate::address::{Address, NodeRef};
+use crate::error::LookupError;
+use crate::id::Id;
+use crate::lookup::{LookupId, LookupOutcome};
+use crate::node::Node;
+use crate::store::{Consistency, HybridClock, KvRequest, Record};
+use crate::time::Time;
+
+use super::{
+    IoPurpose, KvConfig, KvError, Located, OpId, OpOutcome, Outbox, PersistOutcome, Purpose, StoreOp,
+    Written,
+};
+
+/// One replica's reply to an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    /// Not in yet.
+    Waiting,
+    /// Unreachable, refused, or the store failed.
+    Failed,
+    /// A write: stored durably (and whether a live value existed).
+    Stored { existed: bool },
+    /// A write: the replica holds a newer version and did not store this one.
+    Outdated,
+    /// A read: the replica's record.
+    Found(Option<Record>),
+}
+
+#[derive(Debug)]
+enum Kind {
+    Write { record: Record, attempt: u32 },
+    Read { key: Vec<u8> },
+    Locate { key_id: Id },
+}
+
+#[derive(Debug)]
+struct Op<A> {
+    kind: Kind,
+    consistency: Consistency,
+    deadline: Time,
+    replicas: Vec<NodeRef<A>>,
+    replies: Vec<Reply>,
+    needed: usize,
+    /// The caller has its answer; the op stays for stragglers and read repair.
+    answered: bool,
+}
+
+impl<A> Op<A> {
+    fn count(&self, f: impl Fn(&Reply) -> bool) -> usize {
+        self.replies.iter().filter(|r| f(r)).count()
+    }
+
+    fn all_in(&self) -> bool {
+        !self.replies.contains(&Reply::Waiting)
+    }
+
+    fn newest(&self) -> Option<&Record> {
+        self.replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Found(Some(record)) => Some(record),
+                _ => None,
+            })
+            .max_by_key(|r| r.version)
+    }
+}
+
+/// The client operations in flight.
+#[derive(Debug)]
+pub(super) struct ClientOps<A> {
+    ops: BTreeMap<OpId, Op<A>>,
+    lookups: BTreeMap<LookupId, OpId>,
+    next: u64,
+}
+
+impl<A> Default for ClientOps<A> {
+    fn default() -> Self {
+        ClientOps { ops: BTreeMap::new(), lookups: BTreeMap::new(), next: 0 }
+    }
+}
+
+impl<A: Address> ClientOps<A> {
+    pub(super) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Time> {
+        self.ops.values().map(|op| op.deadline).min()
+    }
+
+    /// Ends every operation; returns those whose callers still wait for an answer.
+    pub(super) fn drain(&mut self) -> Vec<OpId> {
+        self.lookups.clear();
+        let ops = std::mem::take(&mut self.ops);
+        ops.into_iter().filter(|(_, op)| !op.answered).map(|(id, _)| id).collect()
+    }
+
+    fn insert(&mut self, kind: Kind, consistency: Consistency, config: &KvConfig, now: Time) -> OpId {
+        let id = OpId(self.next);
+        self.next += 1;
+        let op = Op {
+            kind,
+            consistency,
+            deadline: now + config.op_timeout,
+            replicas: Vec::new(),
+            replies: Vec::new(),
+            needed: 1,
+            answered: false,
+        };
+        self.ops.insert(id, op);
+        id
+    }
+
+    pub(super) fn start_write(
+        &mut self,
+        record: Record,
+        consistency: Consistency,
+        config: &KvConfig,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> OpId {
+        let key_id = record.key_id();
+        let id = self.insert(Kind::Write { record, attempt: 0 }, consistency, config, now);
+        self.route(id, key_id, config, out, ring, now);
+        id
+    }
+
+    pub(super) fn start_read(
+        &mut self,
+        key: Vec<u8>,
+        consistency: Consistency,
+        config: &KvConfig,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> OpId {
+        let key_id = Id::hash(&key);
+        let id = self.insert(Kind::Read { key }, consistency, config, now);
+        self.route(id, key_id, config, out, ring, now);
+        id
+    }
+
+    pub(super) fn start_locate(&mut self, key_id: Id, config: &KvConfig, ring: &mut Node<A>, now: Time) -> OpId {
+        let id = self.insert(Kind::Locate { key_id }, Consistency::One, config, now);
+        let lookup = ring.lookup(key_id, now);
+        self.lookups.insert(lookup, id);
+        id
+    }
+
+    /// When this node already knows the key's replica set (its successor list spans it, or the
+    /// owner vouched for its range moments ago), a lookup would only confirm it: skip it. Both can
+    /// be stale while the ring changes; quorums, refusals and anti-entropy cover that.
+    fn route(&mut self, id: OpId, key_id: Id, config: &KvConfig, out: &mut Outbox<A>, ring: &mut Node<A>, now: Time) {
+        if let Some(replicas) = ring.cached_replicas(&key_id, config.replicas, now) {
+            self.dispatch(id, replicas, 0, out, now);
+        } else {
+            let lookup = ring.lookup(key_id, now);
+            self.lookups.insert(lookup, id);
+        }
+    }
+
+    pub(super) fn on_lookup_finished(
+        &mut self,
+        lookup: LookupId,
+        result: &Result<LookupOutcome<A>, LookupError>,
+        config: &KvConfig,
+        out: &mut Outbox<A>,
+        _ring: &mut Node<A>,
+        now: Time,
+    ) -> bool {
+        let Some(id) = self.lookups.remove(&lookup) else {
+            return false;
+        };
+        match result {
+            Ok(outcome) => self.dispatch(id, outcome.replica_set(config.replicas), outcome.hops, out, now),
+            Err(error) => {
+                if self.ops.remove(&id).is_some() {
+                    out.finish(id, Err(KvError::Lookup(error.clone())));
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends an operation to its replica set.
+    fn dispatch(&mut self, id: OpId, replicas: Vec<NodeRef<A>>, hops: u32, out: &mut Outbox<A>, now: Time) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        op.needed = op.consistency.required(replicas.len());
+        op.replies = vec![Reply::Waiting; replicas.len()];
+        op.replicas = replicas;
+        match &op.kind {
+            Kind::Locate { key_id } => {
+                let located = Located { key_id: *key_id, replicas: op.replicas.clone(), hops };
+                self.ops.remove(&id);
+                out.finish(id, Ok(OpOutcome::Located(located)));
+            }
+            Kind::Write { record, attempt } => {
+                let (record, attempt) = (record.clone(), *attempt);
+                send_write(id, &op.replicas, record, attempt, out, now);
+            }
+            Kind::Read { key } => {
+                for (replica, node) in op.replicas.iter().enumerate() {
+                    send_read(id, replica, node, key, out, now);
+                }
+            }
+        }
+    }
+
+    /// One replica's answer to a write (`None`: it failed).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_store_reply(
+        &mut self,
+        id: OpId,
+        attempt: u32,
+        replica: usize,
+        outcome: Option<PersistOutcome>,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Kind::Write { record, attempt: current } = &op.kind else {
+            return;
+        };
+        if attempt != *current || replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
+            return;
+        }
+        let version = record.version;
+        op.replies[replica] = match outcome {
+            None => Reply::Failed,
+            Some(PersistOutcome { applied: true, existed, .. }) => Reply::Stored { existed },
+            // The same version already there (a duplicate delivery): stored.
+            Some(PersistOutcome { held: Some(held), existed, .. }) if held == version => Reply::Stored { existed },
+            Some(PersistOutcome { held, .. }) => {
+                if let Some(held) = held {
+                    clock.observe(&held);
+                }
+                Reply::Outdated
+            }
+        };
+        let stored = op.count(|r| matches!(r, Reply::Stored { .. }));
+        let waiting = op.count(|r| *r == Reply::Waiting);
+        let outdated = op.count(|r| *r == Reply::Outdated);
+        if !op.answered && stored >= op.needed {
+            op.answered = true;
+            let existed = op.replies.iter().any(|r| matches!(r, Reply::Stored { existed: true }));
+            out.finish(id, Ok(OpOutcome::Written(Written { version, existed, acked: stored })));
+        } else if !op.answered && stored + waiting < op.needed {
+            if outdated > 0 && attempt + 1 < config.max_write_attempts {
+                // A replica holds a newer version: pass it (the clock observed it) and write again.
+                out.counters.write_retries += 1;
+                let Kind::Write { record, attempt } = &mut op.kind else { unreachable!("matched above") };
+                *attempt += 1;
+                let version = clock.tick(0);
+                *record = if record.tombstone {
+                    Record::tombstone(std::mem::take(&mut record.key), version)
+                } else {
+                    Record::new(std::mem::take(&mut record.key), std::mem::take(&mut record.value), version)
+                };
+                let (record, attempt) = (record.clone(), *attempt);
+                op.replies = vec![Reply::Waiting; op.replicas.len()];
+                send_write(id, &op.replicas, record, attempt, out, now);
+                return;
+            }
+            op.answered = true;
+            let error = if outdated > 0 {
+                KvError::Contended { attempts: attempt + 1 }
+            } else {
+                KvError::NoQuorum { needed: op.needed, got: stored }
+            };
+            out.finish(id, Err(error));
+        }
+        if op.all_in() {
+            self.ops.remove(&id);
+        }
+    }
+
+    /// One replica's answer to a read (`None`: it failed).
+    pub(super) fn on_read_reply(
+        &mut self,
+        id: OpId,
+        replica: usize,
+        answer: Option<Option<Record>>,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        if replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
+            return;
+        }
+        op.replies[replica] = match answer {
+            Some(record) => Reply::Found(record),
+            None => Reply::Failed,
+        };
+        let found = op.count(|r| matches!(r, Reply::Found(_)));
+        let waiting = op.count(|r| *r == Reply::Waiting);
+        let newest_version = op.newest().map(|r| r.version);
+        if !op.answered {
+            // The replies in agree when each holds the newest version seen (and at least one has
+            // a record); "not found" from a quorum waits for everyone, as does disagreement.
+            let agree = newest_version.is_some()
+                && op.replies.iter().all(|r| match r {
+                    Reply::Found(record) => record.as_ref().map(|r| r.version) == newest_version,
+                    _ => true,
+                });
+            if found >= op.needed && (agree || waiting == 0) {
+                op.answered = true;
+                let newest = op.newest().cloned();
+                if let Some(record) = &newest {
+                    clock.observe(&record.version);
+                }
+                out.finish(id, Ok(OpOutcome::Read(newest)));
+            } else if found + waiting < op.needed {
+                op.answered = true;
+                out.finish(id, Err(KvError::NoQuorum { needed: op.needed, got: found }));
+            }
+        }
+        if op.all_in() {
+            let op = self.ops.remove(&id).expect("looked up above");
+            read_repair(&op, out, now);
+        }
+    }
+
+    /// Fails or closes operations past their deadline.
+    pub(super) fn expire(&mut self, out: &mut Outbox<A>, now: Time) {
+        let expired: Vec<OpId> = self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            let op = self.ops.remove(&id).expect("listed just above");
+            self.lookups.retain(|_, op_id| *op_id != id);
+            if !op.answered {
+                let result = match &op.kind {
+                    // A read that had its quorum but waited for stragglers to confirm.
+                    Kind::Read { .. } if op.count(|r| matches!(r, Reply::Found(_))) >= op.needed => {
+                        Ok(OpOutcome::Read(op.newest().cloned()))
+                    }
+                    Kind::Write { .. } => Err(KvError::NoQuorum {
+                        needed: op.needed,
+                        got: op.count(|r| matches!(r, Reply::Stored { .. })),
+                    }),
+                    _ => Err(KvError::NoQuorum {
+                        needed: op.needed,
+                        got: op.count(|r| matches!(r, Reply::Found(_))),
+                    }),
+                };
+                out.finish(id, result);
+            }
+            read_repair(&op, out, now);
+        }
+    }
+
+    /// Forgets the ring core's cached ranges that name this op's replicas.
+    pub(super) fn forget_replicas(&self, id: OpId, ring: &mut Node<A>) {
+        if let Some(op) = self.ops.get(&id) {
+            for replica in &op.replicas {
+                ring.forget_cached(&replica.addr);
+            }
+        }
+    }
+}
+
+fn send_write<A: Address>(id: OpId, replicas: &[NodeRef<A>], record: Record, attempt: u32, out: &mut Outbox<A>, now: Time) {
+    for (replica, node) in replicas.iter().enumerate() {
+        if node.id == out.me_id() {
+            let record = record.clone();
+            out.store(IoPurpose::OpStore { op: id, attempt, replica }, |io| StoreOp::Persist {
+                io,
+                records: vec![record],
+            });
+        } else {
+            let body = KvRequest::Store { record: record.clone() };
+            out.request(node.addr.clone(), body, Purpose::OpStore { op: id, attempt, replica }, now);
+        }
+    }
+}
+
+fn send_read<A: Address>(id: OpId, replica: usize, node: &NodeRef<A>, key: &[u8], out: &mut Outbox<A>, now: Time) {
+    if node.id == out.me_id() {
+        let key = key.to_vec();
+        out.store(IoPurpose::OpRead { op: id, replica }, |io| StoreOp::Read { io, keys: vec![key] });
+    } else {
+        let body = KvRequest::Fetch { key: key.to_vec() };
+        out.request(node.addr.clone(), body, Purpose::OpFetch { op: id, replica }, now);
+    }
+}
+
+/// Sends the newest record to every replica that answered with something older (or nothing).
+fn read_repair<A: Address>(op: &Op<A>, out: &mut Outbox<A>, now: Time) {
+    if !matches!(op.kind, Kind::Read { .. }) {
+        return;
+    }
+    let Some(newest) = op.newest().cloned() else {
+        return;
+    };
+    for (node, reply) in op.replicas.iter().zip(&op.replies) {
+        let Reply::Found(record) = reply else {
+            continue;
+        };
+        if record.as_ref().is_some_and(|r| !newest.supersedes(r)) {
+            continue;
+        }
+        out.counters.read_repairs += 1;
+        if node.id == out.me_id() {
+            let record = newest.clone();
+            out.store(IoPurpose::Repair, |io| StoreOp::Persist { io, records: vec![record] });
+        } else {
+            out.request(node.addr.clone(), KvRequest::Store { record: newest.clone() }, Purpose::Repair, now);
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The `kv` scenario: the real store coordinator on every node of a simulated ring, a stream of
+//! client operations, crashes, a partition, lossy links and skewed clocks, and a checker of the
+//! whole history.
+//!
+//! # The run
+//! 1. A ring of `nodes` grows and converges (as in the lookup scenarios); every node gets a
+//!    [`crate::kv::Coordinator`] and a simulated disk ([`StoreModel`]).
+//! 2. `ops` client operations start at `rate` per simulated second, each at a random member, on a
+//!    key drawn uniformly from `keys`: a quorum get with probability `read_ratio`, else a quorum
+//!    put (one write in ten is a delete). Every put writes a value never written before, so a read
+//!    names the write it saw.
+//! 3. A third of the way in, `crash_fraction` of the nodes crash at once (for good: a crash loses
+//!    what was not yet durable), and with `partition` the ring is cut in two halves (each node
+//!    drawn to a side) for `partition_s`, then healed.
+//! 4. After the last operation the run goes on until every key is repaired (below) or 120 s pass,
+//!    then reads every key once more through a quorum read at a random member.
+//!
+//! # What is counted
+//! Writes are ordered by real time: write X *precedes* write W when X was acknowledged before W
+//! started. A read *saw* the write whose value (or, for a delete, whose acknowledged version) it
+//! returned; "not found" saw the initial absence or a delete.
+//! - `stale_reads`: successful reads that began after some write W to the key was acknowledged and
+//!   saw a write that precedes W (or the initial absence). A write concurrent with W may be seen,
+//!   either order is allowed for concurrent writes; so may a write never acknowledged (it may take
+//!   effect at any time after it started). A read that returns a tombstone of an unacknowledged
+//!   delete cannot be named and is not counted.
+//! - `acked_writes_lost`: acknowledged writes W for which the final read saw a write that precedes
+//!   W, although a live node durably holds W's version or a newer one. (When every node that
+//!   persisted W crashed, W is beyond what the design promises: counted in `acked_writes_beyond`.)
+//! - `unavailable_pct`: client operations that failed (no quorum, no route, contention).
+//! - `repair_s`: from the last disruption (the crash, or the heal) until every key written is
+//!   *repaired*: each of its n true replicas (the first n live members from its id) durably holds
+//!   the newest version any live node holds. Keys written in the last second are not judged yet.
+//! - `msgs_per_op`: storage-protocol messages per client operation (anti-entropy included).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde::Serialize;
+
+use super::kv_store::{KvResult, StoreModel};
+use super::scenario::{self, Kind, Params, round3};
+use super::{NetworkModel, Simulation};
+use crate::config::Config;
+use crate::id::Id;
+use crate::kv::{KvConfig, OpId, OpOutcome};
+use crate::store::{Consistency, Record, Version};
+use crate::time::Time;
+
+/// Everything a `kv` run depends on.
+#[derive(Clone, Debug)]
+pub struct KvParams {
+    /// Ring size N.
+    pub nodes: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Client operations.
+    pub ops: u64,
+    /// Operations started per simulated second.
+    pub rate: f64,
+    /// Share of operations that are reads.
+    pub read_ratio: f64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Share of nodes that crash at once, a third of the way in.
+    pub crash_fraction: f64,
+    /// Whether the ring is cut in two halves, a third of the way in.
+    pub partition: bool,
+    /// How long the partition lasts.
+    pub partition_duration: Duration,
+    /// Each node's wall clock is offset by up to ± this many milliseconds.
+    pub clock_skew_ms: u64,
+    /// The ring core's configuration.
+    pub config: Config,
+    /// The coordinator's configuration.
+    pub kv: KvConfig,
+    /// The network.
+    pub network: NetworkModel,
+    /// The disks.
+    pub store: StoreModel,
+}
+
+impl KvParams {
+    /// Defaults: 1,000 operations per second, half reads, 1,000 keys, no crash, no partition (20 s
+    /// when asked for), no skew.
+    pub fn new(nodes: usize, ops: u64, seed: u64) -> Self {
+        KvParams {
+            nodes,
+            seed,
+            ops,
+            rate: 1000.0,
+            read_ratio: 0.5,
+            keys: 1000,
+            crash_fraction: 0.0,
+            partition: false,
+            partition_duration: Duration::from_secs(20),
+            clock_skew_ms: 0,
+            config: Config::default(),
+            kv: KvConfig::default(),
+            network: NetworkModel::default(),
+            store: StoreModel::default(),
+        }
+    }
+}
+
+/// What a `kv` run measured. Everything but `wall_s` is a function of the parameters alone.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KvReport {
+    /// Ring size N.
+    pub nodes: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Client operations started.
+    pub ops: u64,
+    /// Writes (puts and deletes) acknowledged.
+    pub acked_writes: u64,
+    /// Acknowledged writes lost although a live node holds them (module docs).
+    pub acked_writes_lost: u64,
+    /// Acknowledged writes whose every durable copy crashed.
+    pub acked_writes_beyond: u64,
+    /// Reads that saw a write preceding one acknowledged before they began (module docs).
+    pub stale_reads: u64,
+    /// Reads answered.
+    pub reads: u64,
+    /// Percentage of client operations that failed.
+    pub unavailable_pct: f64,
+    /// Seconds from the last disruption until every key was repaired; `null` if it never was (or
+    /// nothing was disrupted: then the time from the last operation).
+    pub repair_s: Option<f64>,
+    /// Storage-protocol messages per client operation.
+    pub msgs_per_op: f64,
+    /// Writes re-versioned after a replica held a newer version.
+    pub write_retries: u64,
+    /// Read repairs sent.
+    pub read_repairs: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Final reads that failed.
+    pub final_reads_failed: u64,
+    /// Live members at the end.
+    pub final_members: usize,
+    /// Fingerprint of the whole run.
+    pub trace_hash: String,
+    /// Wall-clock seconds the run took.
+    pub wall_s: f64,
+}
+
+/// One write in the history.
+#[derive(Clone, Debug)]
+struct WriteRecord {
+    start: Time,
+    delete: bool,
+    /// When it was acknowledged, and under which version.
+    acked: Option<(Time, Version)>,
+}
+
+/// What a read saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Nothing was ever written, or a delete.
+    Absent,
+    /// This write (index into the key's writes).
+    Write(usize),
+    /// A tombstone no acknowledged delete carries.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+struct KeyHistory {
+    writes: Vec<WriteRecord>,
+    /// Value → write index.
+    by_value: BTreeMap<Vec<u8>, usize>,
+    /// Reads: (start, what they saw).
+    reads: Vec<(Time, Seen)>,
+    last_activity: Time,
+}
+
+impl KeyHistory {
+    fn saw(&self, record: Option<&Record>) -> Seen {
+        match record {
+            None => Seen::Absent,
+            Some(r) if !r.tombstone => self.by_value.get(&r.value).map_or(Seen::Unknown, |&w| Seen::Write(w)),
+            Some(r) => self
+                .writes
+                .iter()
+                .position(|w| w.acked.is_some_and(|(_, v)| v == r.version))
+                .map_or(Seen::Unknown, Seen::Write),
+        }
+    }
+
+    /// The latest start of a write acknowledged before `t`: anything that precedes that write is
+    /// stale from `t` on.
+    fn must_not_precede(&self, t: Time) -> Option<Time> {
+        self.writes.iter().filter(|w| w.acked.is_some_and(|(at, _)| at < t)).map(|w| w.start).max()
+    }
+
+    /// Whether `seen` precedes a write that started at `bound`.
+    fn precedes(&self, seen: Seen, bound: Time) -> bool {
+        match seen {
+            // Absent through a delete that does not precede the bound is fine; the initial absence
+            // precedes every write.
+            Seen::Absent => {
+                !self.writes.iter().any(|w| w.delete && w.acked.is_none_or(|(at, _)| at >= bound))
+            }
+            Seen::Write(w) => self.writes[w].acked.is_some_and(|(at, _)| at < bound),
+            Seen::Unknown => false,
+        }
+    }
+}
+
+enum Pending {
+    Write { key: u64, write: usize },
+    Read { key: u64, start: Time },
+    Final { key: u64 },
+}
+
+/// Runs the `kv` scenario.
+pub fn run(params: &KvParams) -> KvReport {
+    let wall = Instant::now();
+    let mut ring = Params::new(Kind::Stable, params.nodes, params.seed);
+    ring.config = params.config.clone();
+    ring.network = params.network.clone();
+    let mut sim = Simulation::new(params.seed, params.config.clone(), params.network.clone());
+    scenario::grow_ring(&mut sim, &ring);
+    sim.run_until(sim.now() + Duration::from_secs(10));
+    sim.enable_kv(params.kv.clone(), params.store.clone(), params.clock_skew_ms);
+
+    let mut history: BTreeMap<u64, KeyHistory> = BTreeMap::new();
+    let mut pending: BTreeMap<(usize, OpId), Pending> = BTreeMap::new();
+    let mut report = KvReport { nodes: params.nodes, seed: params.seed, ..KvReport::default() };
+    let mut failures = 0u64;
+    let mut next_value = 0u64;
+
+    let start = sim.now();
+    let phase = Duration::from_secs_f64(params.ops as f64 / params.rate.max(0.001));
+    let disrupt_at = start + phase / 3;
+    let heal_at = params.partition.then(|| disrupt_at + params.partition_duration);
+    let mut disrupted = false;
+    let mut last_disruption: Option<Time> = None;
+    let step = Duration::from_millis(10);
+    let gap = Duration::from_secs_f64(1.0 / params.rate.max(0.001));
+    let mut issued = 0u64;
+    let mut repaired_at: Option<Time> = None;
+    let mut next_check = start;
+    let settle_limit = Duration::from_secs(120);
+    let mut ops_done_at: Option<Time> = None;
+
+    loop {
+        let now = sim.now();
+        if !disrupted && now >= disrupt_at {
+            disrupted = true;
+            if params.crash_fraction > 0.0 {
+                let victims = (params.nodes as f64 * params.crash_fraction).round() as usize;
+                for _ in 0..victims {
+                    if let Some(victim) = sim.random_member() {
+                        sim.crash(victim);
+                        report.crashes += 1;
+                    }
+                }
+                last_disruption = Some(now);
+            }
+            if params.partition {
+                let sides = (0..sim.node_count()).map(|_| sim.rng().random::<bool>()).collect();
+                sim.partition(sides);
+            }
+        }
+        if let Some(heal) = heal_at
+            && now >= heal
+            && last_disruption.is_none_or(|t| t < heal)
+        {
+            sim.heal();
+            last_disruption = Some(now);
+            repaired_at = None;
+        }
+        while issued < params.ops && start + gap * issued as u32 <= now {
+            issued += 1;
+            let Some(node) = sim.random_member() else { break };
+            let key = sim.rng().random_range(0..params.keys.max(1));
+            let key_bytes = key_name(key);
+            let read = sim.rng().random::<f64>() < params.read_ratio;
+            let entry = history.entry(key).or_default();
+            let started = if read {
+                sim.kv_get(node, key_bytes, Consistency::Quorum)
+                    .map(|op| (op, Pending::Read { key, start: now }))
+            } else {
+                entry.last_activity = now;
+                let delete = sim.rng().random::<f64>() < 0.1;
+                let result = if delete {
+                    sim.kv_delete(node, key_bytes, Consistency::Quorum)
+                } else {
+                    next_value += 1;
+                    let value = format!("v{next_value}").into_bytes();
+                    entry.by_value.insert(value.clone(), entry.writes.len());
+                    sim.kv_put(node, key_bytes, value, Consistency::Quorum)
+                };
+                let write = entry.writes.len();
+                entry.writes.push(WriteRecord { start: now, delete, acked: None });
+                result.map(|op| (op, Pending::Write { key, write }))
+            };
+            match started {
+                Ok((op, what)) => {
+                    pending.insert((node, op), what);
+                }
+                Err(_) => failures += 1,
+            }
+        }
+        sim.run_until(now + step);
+        collect(&mut sim, &mut pending, &mut history, &mut report, &mut failures);
+        if issued >= params.ops && ops_done_at.is_none() {
+            ops_done_at = Some(sim.now());
+        }
+        // Judge repair once a second after the last disruption (or after the last operation).
+        let since = last_disruption.or(ops_done_at);
+        if let Some(since) = since
+            && repaired_at.is_none()
+            && heal_at.is_none_or(|h| sim.now() >= h)
+            && sim.now() >= next_check
+        {
+            next_check = sim.now() + Duration::from_secs(1);
+            if all_repaired(&sim, &history, params.kv.replicas) {
+                repaired_at = Some(sim.now());
+                report.repair_s = Some(round3((sim.now() - since).as_secs_f64()));
+            }
+        }
+        let settled = repaired_at.is_some() || ops_done_at.is_some_and(|t| sim.now() - t >= settle_limit);
+        if issued >= params.ops && pending.is_empty() && settled {
+            break;
+        }
+        if ops_done_at.is_some_and(|t| sim.now() - t >= settle_limit + params.kv.op_timeout) {
+            break;
+        }
+    }
+
+    // The final read of every key.
+    let keys: Vec<u64> = history.keys().copied().collect();
+    let mut final_seen: BTreeMap<u64, Seen> = BTreeMap::new();
+    for key in keys {
+        let Some(node) = sim.random_member() else { break };
+        if let Ok(op) = sim.kv_get(node, key_name(key), Consistency::Quorum) {
+            pending.insert((node, op), Pending::Final { key });
+        }
+    }
+    let final_deadline = sim.now() + params.kv.op_timeout + Duration::from_secs(1);
+    while !pending.is_empty() && sim.now() < final_deadline {
+        sim.run_until(sim.now() + step);
+        for done in sim.take_kv_results() {
+            if let Some(Pending::Final { key }) = pending.remove(&(done.node, done.op)) {
+                if let Ok(OpOutcome::Read(record)) = &done.result {
+                    final_seen.insert(key, history[&key].saw(record.as_ref()));
+                } else {
+                    report.final_reads_failed += 1;
+                }
+            }
+        }
+    }
+    report.final_reads_failed += pending.values().filter(|p| matches!(p, Pending::Final { .. })).count() as u64;
+
+    // Judge the history.
+    for (key, h) in &history {
+        for &(start, seen) in &h.reads {
+            if let Some(bound) = h.must_not_precede(start)
+                && h.precedes(seen, bound)
+            {
+                report.stale_reads += 1;
+            }
+        }
+        let Some(&seen) = final_seen.get(key) else {
+            continue;
+        };
+        let key_id = Id::hash(&key_name(*key));
+        for w in &h.writes {
+            let Some((_, version)) = w.acked else {
+                continue;
+            };
+            if !h.precedes(seen, w.start) {
+                continue;
+            }
+            let held_live = sim.holders(&key_id).into_iter().any(|node| {
+                sim.is_alive(node) && sim.durable_record(node, &key_id).is_some_and(|r| r.version >= version)
+            });
+            if held_live {
+                report.acked_writes_lost += 1;
+            } else {
+                report.acked_writes_beyond += 1;
+            }
+        }
+    }
+    report.ops = issued;
+    report.unavailable_pct = round3(100.0 * failures as f64 / issued.max(1) as f64);
+    report.msgs_per_op = round3(sim.kv_messages() as f64 / issued.max(1) as f64);
+    for index in 0..sim.node_count() {
+        if let Some(c) = sim.kv_coordinator(index) {
+            report.write_retries += c.counters().write_retries;
+            report.read_repairs += c.counters().read_repairs;
+        }
+    }
+    report.final_members = sim.member_count();
+    report.trace_hash = format!("{:016x}", sim.trace_hash());
+    report.wall_s = round3(wall.elapsed().as_secs_f64());
+    report
+}
+
+fn key_name(key: u64) -> Vec<u8> {
+    format!("key-{key}").into_bytes()
+}
+
+fn collect(
+    sim: &mut Simulation,
+    pending: &mut BTreeMap<(usize, OpId), Pending>,
+    history: &mut BTreeMap<u64, KeyHistory>,
+    report: &mut KvReport,
+    failures: &mut u64,
+) {
+    for KvResult { node, op, at, result } in sim.take_kv_results() {
+        let Some(what) = pending.remove(&(node, op)) else {
+            continue;
+        };
+        match (what, result) {
+            (Pending::Write { key, write }, Ok(OpOutcome::Written(written))) => {
+                report.acked_writes += 1;
+                let h = history.get_mut(&key).expect("a write's key has a history");
+                h.last_activity = at;
+                h.writes[write].acked = Some((at, written.version));
+            }
+            (Pending::Read { key, start }, Ok(OpOutcome::Read(record))) => {
+                report.reads += 1;
+                let h = history.get_mut(&key).expect("a read's key has a history");
+                let seen = h.saw(record.as_ref());
+                h.reads.push((start, seen));
+            }
+            (Pending::Final { key }, other) => {
+                // A final read answered early (cannot happen before the final phase).
+                let _ = (key, other);
+            }
+            (_, _) => *failures += 1,
+        }
+    }
+}
+
+fn all_repaired(sim: &Simulation, history: &BTreeMap<u64, KeyHistory>, n: usize) -> bool {
+    let recent = sim.now().as_micros().saturating_sub(1_000_000);
+    history.iter().all(|(key, h)| {
+        if h.last_activity.as_micros() >= recent || h.writes.is_empty() {
+            return true;
+        }
+        let key_id = Id::hash(&key_name(*key));
+        let newest = sim
+            .holders(&key_id)
+            .into_iter()
+            .filter(|&node| sim.is_alive(node))
+            .filter_map(|node| sim.durable_record(node, &key_id).map(|r| r.version))
+            .max();
+        let Some(newest) = newest else {
+            return true;
+        };
+        sim.true_replicas(&key_id, n)
+            .into_iter()
+            .all(|node| sim.durable_record(node, &key_id).is_some_and(|r| r.version == newest))
+    })
+}
