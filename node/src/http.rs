@@ -73,9 +73,10 @@ impl From<KvError> for ApiError {
         let status = match &error {
             KvError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             KvError::KeyTooLarge { .. } => StatusCode::BAD_REQUEST,
-            KvError::NoQuorum { .. } | KvError::Lookup(_) | KvError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            KvError::NoQuorum { .. }
+            | KvError::Contended { .. }
+            | KvError::Lookup(_)
+            | KvError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, error.to_string())

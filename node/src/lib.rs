@@ -104,6 +104,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         max_value_bytes: flags.max_value_bytes,
         sync_interval: Duration::from_millis(flags.sync_ms),
         op_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_millis(flags.rpc_timeout_ms),
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
     };

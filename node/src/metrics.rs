@@ -47,6 +47,17 @@ pub struct Metrics {
     pub corrupt_reads: AtomicU64,
     /// Client operations answered 503 for want of a quorum.
     pub quorum_failures: AtomicU64,
+    /// Writes sent again under a newer version because a replica held a newer one.
+    pub write_retries: AtomicU64,
+    /// Ring messages the ring core dropped as invalid, from the wrong sender or breaking the
+    /// protocol (the core's own counter, copied).
+    pub core_rejected_invalid: AtomicU64,
+    /// Ring responses the ring core matched to no request (copied).
+    pub core_rejected_unexpected: AtomicU64,
+    /// Storage messages the store coordinator refused as invalid (copied).
+    pub kv_rejected_invalid: AtomicU64,
+    /// Storage responses the store coordinator matched to no request (copied).
+    pub kv_rejected_unexpected: AtomicU64,
     /// Multicast messages sent (from the multicast core's counters).
     pub group_messages_out: AtomicU64,
     /// Multicast messages received and accepted.
@@ -143,15 +154,32 @@ impl Metrics {
             "Client operations that could not reach a quorum.",
             self.quorum_failures.load(Relaxed),
         );
+        counter(
+            "overlay_write_retries_total",
+            "Writes sent again under a newer version because a replica held a newer one.",
+            self.write_retries.load(Relaxed),
+        );
         let _ =
             writeln!(out, "# HELP overlay_rejected_inputs_total Inputs from the network that were rejected.");
         let _ = writeln!(out, "# TYPE overlay_rejected_inputs_total counter");
+        // Each kind sums what the driver and the cores each rejected (separate counters).
+        let sum = |counters: &[&AtomicU64]| counters.iter().map(|c| c.load(Relaxed)).sum::<u64>();
         for (kind, value) in [
-            ("malformed", &self.rejected_malformed),
-            ("invalid", &self.rejected_invalid),
-            ("unexpected", &self.rejected_unexpected),
+            ("malformed", sum(&[&self.rejected_malformed])),
+            (
+                "invalid",
+                sum(&[&self.rejected_invalid, &self.core_rejected_invalid, &self.kv_rejected_invalid]),
+            ),
+            (
+                "unexpected",
+                sum(&[
+                    &self.rejected_unexpected,
+                    &self.core_rejected_unexpected,
+                    &self.kv_rejected_unexpected,
+                ]),
+            ),
         ] {
-            let _ = writeln!(out, "overlay_rejected_inputs_total{{kind=\"{kind}\"}} {}", value.load(Relaxed));
+            let _ = writeln!(out, "overlay_rejected_inputs_total{{kind=\"{kind}\"}} {value}");
         }
         let _ = writeln!(out, "# HELP overlay_lookup_hops Hops taken by successful lookups.");
         let _ = writeln!(out, "# TYPE overlay_lookup_hops histogram");

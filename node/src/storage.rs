@@ -91,6 +91,8 @@ pub struct PutOutcome {
     pub applied: bool,
     /// A live (non-tombstone) record for the key was stored before this write.
     pub existed: bool,
+    /// When not applied: the version stored, the same as or newer than the record's.
+    pub held: Option<Version>,
 }
 
 /// Counters of the store.
@@ -309,6 +311,19 @@ impl Storage {
         buckets: Option<&[u16]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, bool), StorageError> {
+        self.entries_after(start, end, buckets, None, limit)
+    }
+
+    /// [`Storage::entries`] from a cursor: only records whose key id comes after `after` (in ring
+    /// order from `start`). The scan starts at the cursor, so a page costs what it returns.
+    pub fn entries_after(
+        &self,
+        start: &Id,
+        end: &Id,
+        buckets: Option<&[u16]>,
+        after: Option<&Id>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
         let wanted = buckets.map(|buckets| {
             let mut wanted = [false; DIGEST_BUCKETS];
             for &bucket in buckets {
@@ -320,7 +335,7 @@ impl Storage {
         });
         let mut entries = Vec::new();
         let mut truncated = false;
-        self.scan(start, end, |key_id, record| {
+        self.scan(start, end, after, |key_id, record| {
             if let Some(wanted) = &wanted
                 && !wanted[store::bucket_of(&key_id, start, end)]
             {
@@ -341,7 +356,7 @@ impl Storage {
     pub fn digest(&self, start: &Id, end: &Id) -> Result<Vec<BucketHash>, StorageError> {
         let mut buckets = vec![0; DIGEST_BUCKETS];
         let mut chunk = Vec::with_capacity(DIGEST_CHUNK);
-        self.scan(start, end, |key_id, record| {
+        self.scan(start, end, None, |key_id, record| {
             chunk.push((key_id, record.version));
             if chunk.len() == DIGEST_CHUNK {
                 fold_digest(&mut buckets, start, end, &mut chunk);
@@ -355,15 +370,29 @@ impl Storage {
     /// Full records whose key id lies in `(start, end]`, in ring order from `start`, tombstones
     /// included; at most `limit`. For handing a range over to another node.
     pub fn records(&self, start: &Id, end: &Id, limit: usize) -> Result<Vec<Record>, StorageError> {
+        Ok(self.records_after(start, end, None, limit)?.0)
+    }
+
+    /// [`Storage::records`] from a cursor (after the key id `after`), starting the scan there; the
+    /// flag is true when more records follow.
+    pub fn records_after(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&Id>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, bool), StorageError> {
         let mut records = Vec::new();
-        self.scan(start, end, |_, record| {
+        let mut truncated = false;
+        self.scan(start, end, after, |_, record| {
             if records.len() == limit {
+                truncated = true;
                 return ControlFlow::Break(());
             }
             records.push(record);
             ControlFlow::Continue(())
         })?;
-        Ok(records)
+        Ok((records, truncated))
     }
 
     /// Current counters.
@@ -383,11 +412,18 @@ impl Storage {
         &self,
         start: &Id,
         end: &Id,
+        after: Option<&Id>,
         mut visit: impl FnMut(Id, Record) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
+        let segments = match after {
+            // A cursor at the range's end: nothing follows it.
+            Some(after) if after == end => return Ok(()),
+            Some(after) => ring_segments(after, end),
+            None => ring_segments(start, end),
+        };
         let txn = self.inner.db.begin_read().map_err(db_error("beginning a read transaction"))?;
         let table = txn.open_table(RECORDS).map_err(db_error("opening the records table"))?;
-        for (low, high) in ring_segments(start, end) {
+        for (low, high) in segments {
             let lower = Bound::Included(low.as_bytes().as_slice());
             let upper = match &high {
                 Some(high) => Bound::Excluded(high.as_bytes().as_slice()),
@@ -747,13 +783,13 @@ fn apply_one(
     let existed = existing.as_ref().is_some_and(|old| !old.tombstone);
     if let Some(old) = &existing {
         if !record.supersedes(old) {
-            return Ok(PutOutcome { applied: false, existed });
+            return Ok(PutOutcome { applied: false, existed, held: Some(old.version) });
         }
         delta.remove(old);
     }
     table.insert(row.as_slice(), encode(record).as_slice()).map_err(db_error("writing a record"))?;
     delta.add(record);
-    Ok(PutOutcome { applied: true, existed })
+    Ok(PutOutcome { applied: true, existed, held: None })
 }
 
 /// Wraps a redb or I/O error, saying what was being done.
@@ -803,20 +839,23 @@ mod tests {
         let storage = open(&dir);
 
         let first = storage.put(live(b"k", b"one", 10)).await.expect("put");
-        assert_eq!(first, PutOutcome { applied: true, existed: false });
+        assert_eq!(first, PutOutcome { applied: true, existed: false, held: None });
 
         // Older, then equal: neither replaces the stored record, both see it existed.
         let older = storage.put(live(b"k", b"zero", 9)).await.expect("put");
-        assert_eq!(older, PutOutcome { applied: false, existed: true });
+        assert_eq!(older, PutOutcome { applied: false, existed: true, held: Some(version(10, 1)) });
         let same = storage.put(live(b"k", b"one", 10)).await.expect("put");
-        assert_eq!(same, PutOutcome { applied: false, existed: true });
+        assert_eq!(same, PutOutcome { applied: false, existed: true, held: Some(version(10, 1)) });
         assert_eq!(storage.get(b"k").expect("get").expect("present").value, b"one");
 
         // Same clock reading, greater writer id: newer by the version order.
         let tie = Record::new(b"k".to_vec(), b"two".to_vec(), version(10, 2));
-        assert_eq!(storage.put(tie).await.expect("put"), PutOutcome { applied: true, existed: true });
+        assert_eq!(
+            storage.put(tie).await.expect("put"),
+            PutOutcome { applied: true, existed: true, held: None }
+        );
         let newer = storage.put(live(b"k", b"three!", 11)).await.expect("put");
-        assert_eq!(newer, PutOutcome { applied: true, existed: true });
+        assert_eq!(newer, PutOutcome { applied: true, existed: true, held: None });
         assert_eq!(storage.get(b"k").expect("get").expect("present").value, b"three!");
         assert_eq!(storage.get(b"absent").expect("get"), None);
         assert_eq!(storage.stats(), stats(1, 6, 0, 0));
@@ -831,27 +870,27 @@ mod tests {
         assert_eq!(storage.stats(), stats(2, 7, 0, 0));
 
         let delete = storage.put(Record::tombstone(b"a".to_vec(), version(20, 1))).await.expect("put");
-        assert_eq!(delete, PutOutcome { applied: true, existed: true });
+        assert_eq!(delete, PutOutcome { applied: true, existed: true, held: None });
         assert_eq!(storage.stats(), stats(1, 2, 1, 0));
         let stored = storage.get(b"a").expect("get").expect("the tombstone is stored");
         assert!(stored.tombstone);
 
         // A write older than the delete loses, and the key no longer counts as existing.
         let stale = storage.put(live(b"a", b"stale", 15)).await.expect("put");
-        assert_eq!(stale, PutOutcome { applied: false, existed: false });
+        assert_eq!(stale, PutOutcome { applied: false, existed: false, held: Some(version(20, 1)) });
         // Deleting again, newer: applied, but nothing live was there.
         let again = storage.put(Record::tombstone(b"a".to_vec(), version(25, 1))).await.expect("put");
-        assert_eq!(again, PutOutcome { applied: true, existed: false });
+        assert_eq!(again, PutOutcome { applied: true, existed: false, held: None });
         assert_eq!(storage.stats(), stats(1, 2, 1, 0));
 
         // A tombstone for a key never seen is kept too (the delete must win over older replicas).
         let fresh = storage.put(Record::tombstone(b"c".to_vec(), version(5, 1))).await.expect("put");
-        assert_eq!(fresh, PutOutcome { applied: true, existed: false });
+        assert_eq!(fresh, PutOutcome { applied: true, existed: false, held: None });
         assert_eq!(storage.stats(), stats(1, 2, 2, 0));
 
         // A write newer than the delete brings the key back.
         let revived = storage.put(live(b"a", b"new", 30)).await.expect("put");
-        assert_eq!(revived, PutOutcome { applied: true, existed: false });
+        assert_eq!(revived, PutOutcome { applied: true, existed: false, held: None });
         assert_eq!(storage.stats(), stats(2, 5, 1, 0));
     }
 
@@ -866,9 +905,9 @@ mod tests {
         assert_eq!(
             outcomes,
             vec![
-                PutOutcome { applied: true, existed: false },
-                PutOutcome { applied: false, existed: true },
-                PutOutcome { applied: true, existed: false },
+                PutOutcome { applied: true, existed: false, held: None },
+                PutOutcome { applied: false, existed: true, held: Some(version(20, 1)) },
+                PutOutcome { applied: true, existed: false, held: None },
             ]
         );
         assert_eq!(storage.put_many(Vec::new()).await.expect("empty"), Vec::new());
@@ -903,7 +942,7 @@ mod tests {
         assert_eq!(reopened.get(b"d").expect("get").expect("present").value, b"");
         assert!(reopened.get(b"c").expect("get").expect("present").tombstone);
         let older = reopened.put(live(b"b", b"older", 0)).await.expect("put");
-        assert_eq!(older, PutOutcome { applied: false, existed: true }, "versions persist too");
+        assert!(!older.applied && older.existed, "versions persist too");
     }
 
     #[tokio::test]
@@ -939,7 +978,7 @@ mod tests {
 
         // Any valid write replaces a corrupt row, whatever its version claimed.
         let repaired = storage.put(live(b"bad", b"repaired", 0)).await.expect("put");
-        assert_eq!(repaired, PutOutcome { applied: true, existed: false });
+        assert_eq!(repaired, PutOutcome { applied: true, existed: false, held: None });
         assert_eq!(storage.get(b"bad").expect("get").expect("present").value, b"repaired");
 
         // At reopen the remaining corrupt rows are not counted as records.
@@ -1126,7 +1165,10 @@ mod tests {
                 for i in 0..PER_TASK {
                     let key = format!("t{task}-{i}").into_bytes();
                     let outcome = storage.put(Record::new(key, vec![7; 10], version(1, 1))).await;
-                    assert_eq!(outcome.expect("put"), PutOutcome { applied: true, existed: false });
+                    assert_eq!(
+                        outcome.expect("put"),
+                        PutOutcome { applied: true, existed: false, held: None }
+                    );
                 }
             }));
         }
@@ -1166,7 +1208,7 @@ mod tests {
         drop(blocker);
         for answer in answers {
             let outcomes = answer.await.expect("answered").expect("written");
-            assert_eq!(outcomes, [PutOutcome { applied: true, existed: false }]);
+            assert_eq!(outcomes, [PutOutcome { applied: true, existed: false, held: None }]);
         }
         let commits = storage.inner.counters.commits.load(Ordering::Relaxed) - commits_before;
         // The group the writer held when it blocked, then everything queued meanwhile.

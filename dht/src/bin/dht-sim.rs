@@ -233,7 +233,13 @@ fn run_kv(args: &Args) -> ExitCode {
     params.kv.replicas = args.replicas;
     eprintln!(
         "dht-sim: scenario kv, {} nodes, seed {}, {} ops, crash {}, partition {}, loss {}, skew ±{} ms",
-        params.nodes, params.seed, params.ops, params.crash_fraction, params.partition, args.loss, params.clock_skew_ms
+        params.nodes,
+        params.seed,
+        params.ops,
+        params.crash_fraction,
+        params.partition,
+        args.loss,
+        params.clock_skew_ms
     );
     let report = kv_scenario::run(&params);
     if args.json {

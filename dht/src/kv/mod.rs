@@ -39,6 +39,7 @@
 //! - every queue and map here is bounded by the operations the driver started and the requests in
 //!   flight, and every entry has a deadline.
 
+mod io;
 mod ops;
 mod replica;
 mod sync;
@@ -49,16 +50,15 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::address::{Address, NodeRef};
+use crate::error::{self, LookupError};
 use crate::id::Id;
 use crate::lookup::{LookupId, LookupOutcome};
 use crate::message::RequestId;
 use crate::node::Node;
-use crate::store::{
-    BucketHash, Consistency, Entry, HybridClock, KvRequest, KvResponse, MAX_KEY_BYTES, Record, Version,
-};
+use crate::store::{Consistency, Entry, HybridClock, KvRequest, KvResponse, MAX_KEY_BYTES, Record, Version};
 use crate::time::Time;
-use crate::error::{self, LookupError};
 
+pub use self::io::{KvMessage, KvTransmit, PersistOutcome, StoreOp, StoreResult};
 use self::ops::ClientOps;
 use self::replica::Serving;
 use self::sync::{AntiEntropy, Handoff};
@@ -81,6 +81,11 @@ pub struct KvConfig {
     /// How many times a write is re-versioned after replicas refused it as older than what they
     /// hold, before it fails. Default 8.
     pub max_write_attempts: u32,
+    /// Whether a replica's refusal of an older write makes the writer pass the newer version and
+    /// write again (default). `false` counts the refusal as an acknowledgement: plain
+    /// last-writer-wins by the writers' clocks, which loses acknowledged writes to slower clocks.
+    /// It exists to measure that difference; never turn it off in a real deployment.
+    pub ordered_writes: bool,
 }
 
 impl Default for KvConfig {
@@ -93,6 +98,7 @@ impl Default for KvConfig {
             sync_interval: Duration::from_secs(3),
             handoff_timeout: Duration::from_secs(5),
             max_write_attempts: 8,
+            ordered_writes: true,
         }
     }
 }
@@ -104,147 +110,6 @@ pub struct OpId(pub u64);
 /// Identifies a store operation the coordinator asked the driver for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IoId(pub u64);
-
-/// A store operation for the driver to perform, answered with [`Coordinator::handle_store_result`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreOp {
-    /// Write each record durably unless the store holds the same or a newer version of its key;
-    /// answer [`StoreResult::Persisted`] once they are durable, one outcome per record, in order.
-    Persist {
-        /// The operation.
-        io: IoId,
-        /// The records.
-        records: Vec<Record>,
-    },
-    /// Read these keys: [`StoreResult::Read`], one answer per key, in order (tombstones
-    /// included).
-    Read {
-        /// The operation.
-        io: IoId,
-        /// The keys.
-        keys: Vec<Vec<u8>>,
-    },
-    /// The digest of `(start, end]` ([`crate::store::digest`]): [`StoreResult::Digest`].
-    Digest {
-        /// The operation.
-        io: IoId,
-        /// Exclusive start.
-        start: Id,
-        /// Inclusive end.
-        end: Id,
-    },
-    /// A page of entries of `(start, end]` in ring order, after the key id `after`, in the given
-    /// digest buckets of the whole range (all with `None`): [`StoreResult::Entries`], at most
-    /// `limit`. The store must start at the cursor, not scan the range from its start.
-    Entries {
-        /// The operation.
-        io: IoId,
-        /// Exclusive start of the whole range.
-        start: Id,
-        /// Inclusive end.
-        end: Id,
-        /// Digest buckets of `(start, end]` to list.
-        buckets: Option<Vec<u16>>,
-        /// Continue after this key id.
-        after: Option<Id>,
-        /// Most entries.
-        limit: usize,
-    },
-    /// A page of whole records of `(start, end]` in ring order after `after`:
-    /// [`StoreResult::Records`], at most `limit`.
-    Records {
-        /// The operation.
-        io: IoId,
-        /// Exclusive start.
-        start: Id,
-        /// Inclusive end.
-        end: Id,
-        /// Continue after this key id.
-        after: Option<Id>,
-        /// Most records.
-        limit: usize,
-    },
-}
-
-impl StoreOp {
-    /// The operation's id.
-    pub fn io(&self) -> IoId {
-        match self {
-            StoreOp::Persist { io, .. }
-            | StoreOp::Read { io, .. }
-            | StoreOp::Digest { io, .. }
-            | StoreOp::Entries { io, .. }
-            | StoreOp::Records { io, .. } => *io,
-        }
-    }
-}
-
-/// The outcome of persisting one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PersistOutcome {
-    /// The record was newer than what the store held (or the key was absent) and is now durable.
-    pub applied: bool,
-    /// A live (non-tombstone) record for the key was held before.
-    pub existed: bool,
-    /// When not applied: the version the store holds, the same as or newer than the record's.
-    pub held: Option<Version>,
-}
-
-/// The driver's answer to a [`StoreOp`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreResult {
-    /// The records of a [`StoreOp::Persist`] are durable.
-    Persisted(Vec<PersistOutcome>),
-    /// The answers of a [`StoreOp::Read`].
-    Read(Vec<Option<Record>>),
-    /// The digest of a [`StoreOp::Digest`].
-    Digest(Vec<BucketHash>),
-    /// A page of a [`StoreOp::Entries`].
-    Entries {
-        /// The entries, in ring order.
-        entries: Vec<Entry>,
-        /// More follow the last one.
-        truncated: bool,
-    },
-    /// A page of a [`StoreOp::Records`].
-    Records {
-        /// The records, in ring order.
-        records: Vec<Record>,
-        /// More follow the last one.
-        truncated: bool,
-    },
-    /// The store failed (I/O error, corrupt row, closed). Nothing of a failed persist may be
-    /// counted on.
-    Failed(String),
-}
-
-/// A message of the storage protocol, as the coordinator sends it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KvMessage {
-    /// A request; answer it with a response carrying the same id.
-    Request {
-        /// Chosen by the sender.
-        id: RequestId,
-        /// The request.
-        body: KvRequest,
-    },
-    /// The answer to a peer's request (`id` is the one [`Coordinator::handle_request`] got).
-    Response {
-        /// The request's id.
-        id: RequestId,
-        /// The answer.
-        body: KvResponse,
-    },
-}
-
-/// A message to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvTransmit<A> {
-    /// The recipient.
-    pub to: A,
-    /// The message.
-    pub message: KvMessage,
-}
 
 /// Why a client operation failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -506,7 +371,7 @@ impl<A: Address> Coordinator<A> {
                 counters: KvCounters::default(),
             },
             ops: ClientOps::default(),
-            serving: Serving::default(),
+            serving: Serving,
             sync: AntiEntropy::new(),
             handoff: None,
             clock,
@@ -641,7 +506,14 @@ impl<A: Address> Coordinator<A> {
 
     /// A peer's response to request `id`. Dropped and counted unless `id` is in flight *to that
     /// peer*.
-    pub fn handle_response(&mut self, from: A, id: RequestId, response: KvResponse, ring: &mut Node<A>, now: Time) {
+    pub fn handle_response(
+        &mut self,
+        from: A,
+        id: RequestId,
+        response: KvResponse,
+        ring: &mut Node<A>,
+        now: Time,
+    ) {
         let Some(pending) = self.out.pending.get(&id) else {
             self.out.counters.rejected_unexpected += 1;
             return;

@@ -27,8 +27,7 @@ use crate::store::{Consistency, HybridClock, KvRequest, Record};
 use crate::time::Time;
 
 use super::{
-    IoPurpose, KvConfig, KvError, Located, OpId, OpOutcome, Outbox, PersistOutcome, Purpose, StoreOp,
-    Written,
+    IoPurpose, KvConfig, KvError, Located, OpId, OpOutcome, Outbox, PersistOutcome, Purpose, StoreOp, Written,
 };
 
 /// One replica's reply to an operation.
@@ -161,7 +160,13 @@ impl<A: Address> ClientOps<A> {
         id
     }
 
-    pub(super) fn start_locate(&mut self, key_id: Id, config: &KvConfig, ring: &mut Node<A>, now: Time) -> OpId {
+    pub(super) fn start_locate(
+        &mut self,
+        key_id: Id,
+        config: &KvConfig,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> OpId {
         let id = self.insert(Kind::Locate { key_id }, Consistency::One, config, now);
         let lookup = ring.lookup(key_id, now);
         self.lookups.insert(lookup, id);
@@ -171,7 +176,15 @@ impl<A: Address> ClientOps<A> {
     /// When this node already knows the key's replica set (its successor list spans it, or the
     /// owner vouched for its range moments ago), a lookup would only confirm it: skip it. Both can
     /// be stale while the ring changes; quorums, refusals and anti-entropy cover that.
-    fn route(&mut self, id: OpId, key_id: Id, config: &KvConfig, out: &mut Outbox<A>, ring: &mut Node<A>, now: Time) {
+    fn route(
+        &mut self,
+        id: OpId,
+        key_id: Id,
+        config: &KvConfig,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) {
         if let Some(replicas) = ring.cached_replicas(&key_id, config.replicas, now) {
             self.dispatch(id, replicas, 0, out, now);
         } else {
@@ -256,7 +269,10 @@ impl<A: Address> ClientOps<A> {
             None => Reply::Failed,
             Some(PersistOutcome { applied: true, existed, .. }) => Reply::Stored { existed },
             // The same version already there (a duplicate delivery): stored.
-            Some(PersistOutcome { held: Some(held), existed, .. }) if held == version => Reply::Stored { existed },
+            Some(PersistOutcome { held: Some(held), existed, .. }) if held == version => {
+                Reply::Stored { existed }
+            }
+            Some(PersistOutcome { existed, .. }) if !config.ordered_writes => Reply::Stored { existed },
             Some(PersistOutcome { held, .. }) => {
                 if let Some(held) = held {
                     clock.observe(&held);
@@ -352,7 +368,8 @@ impl<A: Address> ClientOps<A> {
 
     /// Fails or closes operations past their deadline.
     pub(super) fn expire(&mut self, out: &mut Outbox<A>, now: Time) {
-        let expired: Vec<OpId> = self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<OpId> =
+            self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             let op = self.ops.remove(&id).expect("listed just above");
             self.lookups.retain(|_, op_id| *op_id != id);
@@ -387,7 +404,14 @@ impl<A: Address> ClientOps<A> {
     }
 }
 
-fn send_write<A: Address>(id: OpId, replicas: &[NodeRef<A>], record: Record, attempt: u32, out: &mut Outbox<A>, now: Time) {
+fn send_write<A: Address>(
+    id: OpId,
+    replicas: &[NodeRef<A>],
+    record: Record,
+    attempt: u32,
+    out: &mut Outbox<A>,
+    now: Time,
+) {
     for (replica, node) in replicas.iter().enumerate() {
         if node.id == out.me_id() {
             let record = record.clone();
@@ -402,7 +426,14 @@ fn send_write<A: Address>(id: OpId, replicas: &[NodeRef<A>], record: Record, att
     }
 }
 
-fn send_read<A: Address>(id: OpId, replica: usize, node: &NodeRef<A>, key: &[u8], out: &mut Outbox<A>, now: Time) {
+fn send_read<A: Address>(
+    id: OpId,
+    replica: usize,
+    node: &NodeRef<A>,
+    key: &[u8],
+    out: &mut Outbox<A>,
+    now: Time,
+) {
     if node.id == out.me_id() {
         let key = key.to_vec();
         out.store(IoPurpose::OpRead { op: id, replica }, |io| StoreOp::Read { io, keys: vec![key] });

@@ -58,7 +58,11 @@ impl Serving {
             }
             KvRequest::Digest { start, end, buckets } => {
                 let served = Served::Digest { theirs: buckets };
-                out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Digest { io, start, end });
+                out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Digest {
+                    io,
+                    start,
+                    end,
+                });
             }
             KvRequest::Entries { start, end, buckets, after } => {
                 out.store(IoPurpose::Serve { from, id, request: Served::Entries }, |io| StoreOp::Entries {

@@ -65,7 +65,14 @@ impl<A: Address> AntiEntropy<A> {
     }
 
     /// Starts a round when one is due: the local digest first.
-    pub(super) fn tick(&mut self, ring: &Node<A>, me: &NodeRef<A>, out: &mut Outbox<A>, config: &KvConfig, now: Time) {
+    pub(super) fn tick(
+        &mut self,
+        ring: &Node<A>,
+        me: &NodeRef<A>,
+        out: &mut Outbox<A>,
+        config: &KvConfig,
+        now: Time,
+    ) {
         if now < self.next_round {
             return;
         }
@@ -82,6 +89,7 @@ impl<A: Address> AntiEntropy<A> {
     }
 
     /// The local digest is ready: send it to each replica.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_local_digest(
         &mut self,
         start: Id,
@@ -106,7 +114,15 @@ impl<A: Address> AntiEntropy<A> {
     }
 
     /// The peer named the buckets that differ: list its entries there, page by page.
-    pub(super) fn on_digest_diff(&mut self, peer: A, start: Id, end: Id, buckets: Vec<u16>, out: &mut Outbox<A>, now: Time) {
+    pub(super) fn on_digest_diff(
+        &mut self,
+        peer: A,
+        start: Id,
+        end: Id,
+        buckets: Vec<u16>,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
         if buckets.is_empty() {
             return;
         }
@@ -114,7 +130,13 @@ impl<A: Address> AntiEntropy<A> {
     }
 
     /// A page of the peer's entries: read the same part of the local range to compare.
-    pub(super) fn on_remote_entries(&mut self, page: Page<A>, remote: Vec<Entry>, remote_truncated: bool, out: &mut Outbox<A>) {
+    pub(super) fn on_remote_entries(
+        &mut self,
+        page: Page<A>,
+        remote: Vec<Entry>,
+        remote_truncated: bool,
+        out: &mut Outbox<A>,
+    ) {
         let (start, end, buckets, after) = (page.start, page.end, page.buckets.clone(), page.after);
         out.store(IoPurpose::SyncLocalEntries { page, remote, remote_truncated }, |io| StoreOp::Entries {
             io,
@@ -171,8 +193,12 @@ impl<A: Address> AntiEntropy<A> {
 }
 
 fn request_page<A: Address>(page: Page<A>, out: &mut Outbox<A>, now: Time) {
-    let request =
-        KvRequest::Entries { start: page.start, end: page.end, buckets: page.buckets.clone(), after: page.after };
+    let request = KvRequest::Entries {
+        start: page.start,
+        end: page.end,
+        buckets: page.buckets.clone(),
+        after: page.after,
+    };
     out.request(page.peer.clone(), request, Purpose::SyncEntries { page }, now);
 }
 
@@ -191,7 +217,13 @@ pub(super) struct Handoff<A> {
 }
 
 impl<A: Address> Handoff<A> {
-    pub(super) fn start(start: Id, end: Id, targets: Vec<NodeRef<A>>, deadline: Time, out: &mut Outbox<A>) -> Self {
+    pub(super) fn start(
+        start: Id,
+        end: Id,
+        targets: Vec<NodeRef<A>>,
+        deadline: Time,
+        out: &mut Outbox<A>,
+    ) -> Self {
         tracing::info!(successors = targets.len(), "handing off this node's range");
         let mut handoff = Handoff {
             start,
@@ -226,7 +258,13 @@ impl<A: Address> Handoff<A> {
         }
         self.reading = true;
         let (start, end, after) = (self.start, self.end, self.cursor);
-        out.store(IoPurpose::HandoffPage, |io| StoreOp::Records { io, start, end, after, limit: HANDOFF_PAGE });
+        out.store(IoPurpose::HandoffPage, |io| StoreOp::Records {
+            io,
+            start,
+            end,
+            after,
+            limit: HANDOFF_PAGE,
+        });
     }
 
     pub(super) fn on_page(&mut self, result: StoreResult, out: &mut Outbox<A>, now: Time) {
@@ -241,7 +279,12 @@ impl<A: Address> Handoff<A> {
         for record in records {
             for target in &self.targets {
                 self.in_flight += 1;
-                out.request(target.addr.clone(), KvRequest::Store { record: record.clone() }, Purpose::Handoff, now);
+                out.request(
+                    target.addr.clone(),
+                    KvRequest::Store { record: record.clone() },
+                    Purpose::Handoff,
+                    now,
+                );
             }
         }
         self.read_next_page(out);

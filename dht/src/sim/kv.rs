@@ -71,6 +71,8 @@ pub struct KvParams {
     pub partition_duration: Duration,
     /// Each node's wall clock is offset by up to ± this many milliseconds.
     pub clock_skew_ms: u64,
+    /// Consistency of the scenario's reads (the final reads are always quorum reads).
+    pub read_consistency: Consistency,
     /// The ring core's configuration.
     pub config: Config,
     /// The coordinator's configuration.
@@ -96,6 +98,7 @@ impl KvParams {
             partition: false,
             partition_duration: Duration::from_secs(20),
             clock_skew_ms: 0,
+            read_consistency: Consistency::Quorum,
             config: Config::default(),
             kv: KvConfig::default(),
             network: NetworkModel::default(),
@@ -281,7 +284,7 @@ pub fn run(params: &KvParams) -> KvReport {
             let read = sim.rng().random::<f64>() < params.read_ratio;
             let entry = history.entry(key).or_default();
             let started = if read {
-                sim.kv_get(node, key_bytes, Consistency::Quorum)
+                sim.kv_get(node, key_bytes, params.read_consistency)
                     .map(|op| (op, Pending::Read { key, start: now }))
             } else {
                 entry.last_activity = now;
@@ -354,7 +357,8 @@ pub fn run(params: &KvParams) -> KvReport {
             }
         }
     }
-    report.final_reads_failed += pending.values().filter(|p| matches!(p, Pending::Final { .. })).count() as u64;
+    report.final_reads_failed +=
+        pending.values().filter(|p| matches!(p, Pending::Final { .. })).count() as u64;
 
     // Judge the history.
     for (key, h) in &history {

@@ -147,7 +147,13 @@ impl Simulation {
     }
 
     /// Starts a put at node `index`.
-    pub fn kv_put(&mut self, index: usize, key: Vec<u8>, value: Vec<u8>, consistency: Consistency) -> Result<OpId, KvError> {
+    pub fn kv_put(
+        &mut self,
+        index: usize,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<OpId, KvError> {
         let (now, wall) = (self.now, self.wall_ms(index));
         let SimNode { node, kv, .. } = &mut self.nodes[index];
         let kv = kv.as_mut().expect("the store is enabled");
@@ -157,7 +163,12 @@ impl Simulation {
     }
 
     /// Starts a delete at node `index`.
-    pub fn kv_delete(&mut self, index: usize, key: Vec<u8>, consistency: Consistency) -> Result<OpId, KvError> {
+    pub fn kv_delete(
+        &mut self,
+        index: usize,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<OpId, KvError> {
         let (now, wall) = (self.now, self.wall_ms(index));
         let SimNode { node, kv, .. } = &mut self.nodes[index];
         let kv = kv.as_mut().expect("the store is enabled");
@@ -316,11 +327,13 @@ fn execute(durable: &mut BTreeMap<Id, Record>, op: StoreOp) -> (StoreResult, Vec
             (StoreResult::Read(records), Vec::new())
         }
         StoreOp::Digest { start, end, .. } => {
-            let entries = ring_range(durable, start, end, None).map(|r| (r.key_id(), r.version)).collect::<Vec<_>>();
+            let entries =
+                ring_range(durable, start, end, None).map(|r| (r.key_id(), r.version)).collect::<Vec<_>>();
             (StoreResult::Digest(digest(&start, &end, entries.iter().map(|(k, v)| (k, v)))), Vec::new())
         }
         StoreOp::Entries { start, end, buckets, after, limit, .. } => {
-            let wanted = |id: &Id| buckets.as_ref().is_none_or(|b| b.contains(&(bucket_of(id, &start, &end) as u16)));
+            let wanted =
+                |id: &Id| buckets.as_ref().is_none_or(|b| b.contains(&(bucket_of(id, &start, &end) as u16)));
             let mut entries: Vec<_> = ring_range(durable, start, end, after)
                 .filter(|r| wanted(&r.key_id()))
                 .take(limit + 1)
@@ -331,7 +344,8 @@ fn execute(durable: &mut BTreeMap<Id, Record>, op: StoreOp) -> (StoreResult, Vec
             (StoreResult::Entries { entries, truncated }, Vec::new())
         }
         StoreOp::Records { start, end, after, limit, .. } => {
-            let mut records: Vec<Record> = ring_range(durable, start, end, after).take(limit + 1).cloned().collect();
+            let mut records: Vec<Record> =
+                ring_range(durable, start, end, after).take(limit + 1).cloned().collect();
             let truncated = records.len() > limit;
             records.truncate(limit);
             (StoreResult::Records { records, truncated }, Vec::new())

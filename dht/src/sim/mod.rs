@@ -591,10 +591,10 @@ impl Simulation {
         let now = self.now;
         if let SimNode { node, kv: Some(kv), .. } = &mut self.nodes[index] {
             match &event {
-                Event::LookupFinished { id, result } => {
-                    if kv.coordinator.handle_lookup_finished(*id, result, node, now) {
-                        return;
-                    }
+                Event::LookupFinished { id, result }
+                    if kv.coordinator.handle_lookup_finished(*id, result, node, now) =>
+                {
+                    return;
                 }
                 Event::PredecessorChanged { .. } | Event::SuccessorsChanged { .. } => {
                     kv.coordinator.handle_ring_changed(now);

@@ -1,0 +1,92 @@
+//! The API between the HTTP handlers and the event loop: [`Command`]s with oneshot replies, and
+//! the answers that are not the store coordinator's own types.
+//!
+//! Owns only types; the loop routes each command to the room that serves it.
+
+use std::time::Duration;
+
+use dht::NodeRef;
+use dht::store::{Consistency, Record};
+use libp2p::Multiaddr;
+use tokio::sync::oneshot;
+
+use crate::address::PeerAddr;
+use crate::groups::{GroupError, GroupView, Subscription, TreeView};
+
+pub use dht::kv::{KvError, Written};
+
+/// The answer to a lookup: the key's id, its replicas (owner first) and the hops it took.
+pub type Located = dht::kv::Located<PeerAddr>;
+
+/// A snapshot of this node's view, for `/v1/status`.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// This node.
+    pub me: NodeRef<PeerAddr>,
+    /// Addresses it listens on.
+    pub listen: Vec<Multiaddr>,
+    /// Whether it is a ring member.
+    pub member: bool,
+    /// Its predecessor.
+    pub predecessor: Option<NodeRef<PeerAddr>>,
+    /// Its successor list.
+    pub successors: Vec<NodeRef<PeerAddr>>,
+    /// Distinct fingers with the first index each appears at.
+    pub fingers: Vec<(usize, NodeRef<PeerAddr>)>,
+    /// Live keys and value bytes stored.
+    pub keys: u64,
+    /// Value bytes stored.
+    pub bytes: u64,
+    /// Time since start.
+    pub uptime: Duration,
+}
+
+/// The ring as walked along successors from this node.
+#[derive(Clone, Debug)]
+pub struct RingWalk {
+    /// Nodes in ring order, starting here.
+    pub nodes: Vec<NodeRef<PeerAddr>>,
+    /// Whether the walk came back to this node.
+    pub complete: bool,
+}
+
+/// A request from the HTTP API.
+#[derive(Debug)]
+pub enum Command {
+    /// Read a key.
+    Get { key: Vec<u8>, consistency: Consistency, reply: oneshot::Sender<Result<Option<Record>, KvError>> },
+    /// Read this node's own copy of a key, without asking any replica.
+    GetLocal { key: Vec<u8>, reply: oneshot::Sender<Result<Option<Record>, KvError>> },
+    /// Write a key.
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        consistency: Consistency,
+        reply: oneshot::Sender<Result<Written, KvError>>,
+    },
+    /// Delete a key (write a tombstone).
+    Delete { key: Vec<u8>, consistency: Consistency, reply: oneshot::Sender<Result<Written, KvError>> },
+    /// Find a key's replicas.
+    Lookup { key: Vec<u8>, reply: oneshot::Sender<Result<Located, KvError>> },
+    /// This node's view.
+    Status { reply: oneshot::Sender<Status> },
+    /// Walk the ring.
+    Ring { reply: oneshot::Sender<RingWalk> },
+    /// The groups this node roots, forwards or belongs to.
+    Groups { reply: oneshot::Sender<Vec<GroupView>> },
+    /// Become a member of a group (until left).
+    JoinGroup { group: String, reply: oneshot::Sender<Result<GroupView, GroupError>> },
+    /// Stop being a member of a group (listeners keep it a member while they last).
+    LeaveGroup { group: String, reply: oneshot::Sender<Result<(), GroupError>> },
+    /// Send a message to a group; answered with its sequence number once the root stamped it.
+    Publish {
+        group: String,
+        from: Option<String>,
+        body: String,
+        reply: oneshot::Sender<Result<u64, GroupError>>,
+    },
+    /// Attach a listener (the node is a member while one is attached).
+    Subscribe { group: String, from: Option<u64>, reply: oneshot::Sender<Result<Subscription, GroupError>> },
+    /// Walk a group's tree from its root.
+    GroupTree { group: String, reply: oneshot::Sender<Result<TreeView, GroupError>> },
+}

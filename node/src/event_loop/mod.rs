@@ -1,0 +1,543 @@
+//! The node's one event loop: it owns the `dht` cores, the libp2p swarm and the rooms, and only
+//! routes between them.
+//!
+//! Everything else (HTTP handlers) talks to it through a bounded [`Command`] channel with oneshot
+//! replies. Each concern keeps its state in a room of its own:
+//! - [`kv`]: the store coordinator ([`dht::kv`]) and the store operations it asks for;
+//! - [`bootstrap`]: getting into a ring, and back into one after being cut off;
+//! - [`walk`]: ring walks for `/v1/ring`;
+//! - [`multicast`]: multicast groups, their listeners and tree walks ([`GroupState`]).
+//!
+//! The loop feeds the ring core ([`dht::Node`]) what the network delivers and the clock says,
+//! sends what it asks, hands its events to the rooms that wait for them, and leaves the ring
+//! gracefully when the shutdown token fires: hand-off first, then the core's leave.
+
+mod bootstrap;
+mod command;
+mod kv;
+mod multicast;
+mod walk;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dht::kv::{Coordinator, KvConfig};
+use dht::{Event, LookupError, LookupId, LookupOutcome, NodeRef, RequestId, Time};
+use futures::StreamExt;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::bootstrap::{Bootstrap, Step};
+pub use self::command::{Command, KvError, Located, RingWalk, Status, Written};
+use self::kv::KvRoom;
+use self::multicast::GroupState;
+use self::walk::Walks;
+use crate::address::PeerAddr;
+use crate::groups::GroupError;
+use crate::metrics::Metrics;
+use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
+use crate::storage::Storage;
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// Replicas per key.
+    pub replicas: usize,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Anti-entropy period.
+    pub sync_interval: Duration,
+    /// How long a client operation may take before it fails.
+    pub op_timeout: Duration,
+    /// How long one peer request may take.
+    pub request_timeout: Duration,
+    /// How long to keep trying to reach a bootstrap node.
+    pub join_timeout: Duration,
+    /// Bootstrap addresses (empty: create a ring).
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+/// How far a graceful leave has come.
+#[derive(Debug, PartialEq, Eq)]
+enum LeaveState {
+    Running,
+    /// Handing off records.
+    HandingOff,
+    /// The core is telling its neighbours.
+    Leaving {
+        deadline: Instant,
+    },
+    Done,
+}
+
+/// The loop's state.
+#[allow(missing_debug_implementations)] // holds the swarm, which is not Debug
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    core: dht::Node<PeerAddr>,
+    kv: KvRoom,
+    /// Multicast groups: the core's trees and the API's listeners.
+    groups: GroupState,
+    bootstrap: Bootstrap,
+    walks: Walks,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    me: PeerAddr,
+    commands: mpsc::Receiver<Command>,
+    /// Peers' ring requests waiting for the core's answer.
+    ring_in: HashMap<(PeerId, RequestId), ResponseChannel<RingEnvelope>>,
+    /// The core's ring requests in flight, by libp2p's id.
+    ring_out: HashMap<request_response::OutboundRequestId, RequestId>,
+    shutdown: CancellationToken,
+    leave: LeaveState,
+}
+
+impl EventLoop {
+    /// A loop for a swarm already listening at `announce`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        announce: Multiaddr,
+        dht_config: dht::Config,
+        storage: Storage,
+        config: LoopConfig,
+        metrics: Arc<Metrics>,
+        commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let me = PeerAddr::new(*swarm.local_peer_id(), announce);
+        let seed = u64::from_le_bytes(me.peer.to_bytes()[..8].try_into().unwrap_or([0; 8]))
+            ^ SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let core = dht::Node::new(me.clone(), dht_config, seed)?;
+        let kv_config = KvConfig {
+            replicas: config.replicas,
+            max_value_bytes: config.max_value_bytes,
+            op_timeout: config.op_timeout,
+            request_timeout: config.request_timeout,
+            sync_interval: config.sync_interval,
+            ..KvConfig::default()
+        };
+        let coordinator = Coordinator::new(core.me().clone(), kv_config);
+        let groups = GroupState::new(core.me().clone());
+        let now = Instant::now();
+        Ok(EventLoop {
+            swarm,
+            kv: KvRoom::new(coordinator, storage, metrics.clone()),
+            core,
+            groups,
+            bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
+            walks: Walks::default(),
+            metrics,
+            started: now,
+            me,
+            commands,
+            ring_in: HashMap::new(),
+            ring_out: HashMap::new(),
+            shutdown,
+            leave: LeaveState::Running,
+        })
+    }
+
+    fn now(&self) -> Time {
+        Time::from_elapsed(self.started.elapsed())
+    }
+
+    /// Runs until the node has left the ring (after the shutdown token fires) or fails to join.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        if self.bootstrap.starts_ring() {
+            let now = self.now();
+            self.core.create_ring(now);
+            info!(peer = %self.me.peer, ring_id = %self.core.me().id, "started a new ring");
+        }
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.drive()?;
+            if self.leave == LeaveState::Done {
+                return Ok(());
+            }
+            let next = [self.core.poll_timeout(), self.groups.core.poll_timeout(), self.kv.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let wake = next
+                .map(|t| self.started + t.since_epoch())
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let shutting_down = self.leave != LeaveState::Running;
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                Some(done) = self.kv.done_rx.recv() => {
+                    let now = self.now();
+                    self.kv.on_store_done(done, &mut self.core, now);
+                }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                    self.groups.core.handle_timeout(&self.core, now);
+                    self.kv.on_timeout(&mut self.core, now);
+                }
+                _ = housekeeping.tick() => self.housekeeping()?,
+                () = self.shutdown.cancelled(), if !shutting_down => self.begin_leave(),
+            }
+        }
+    }
+
+    // ----- the cores ---------------------------------------------------------------------------
+
+    /// Sends what the cores want sent and acts on their events.
+    fn drive(&mut self) -> anyhow::Result<()> {
+        self.flush_transmits();
+        while let Some(event) = self.core.poll_event() {
+            let now = self.now();
+            match event {
+                Event::Joined { successor } => {
+                    info!(ring_id = %self.core.me().id, successor = %successor.id.short(), "joined the ring");
+                    self.bootstrap.on_joined();
+                    self.kv.on_ring_changed(now);
+                }
+                Event::JoinFailed { error } if self.bootstrap.is_rejoining() => {
+                    // Stay up as a ring of one and try again later.
+                    warn!(%error, "rejoining failed; alone until the next attempt");
+                    self.bootstrap.on_rejoin_failed(Instant::now());
+                    self.core.create_ring(now);
+                }
+                Event::JoinFailed { error } => {
+                    anyhow::bail!("could not join the ring: {error}");
+                }
+                Event::LookupFinished { id, result } => self.on_lookup_finished(id, result, now),
+                Event::PredecessorChanged { predecessor } => {
+                    debug!(predecessor = ?predecessor.map(|p| p.id.short().to_string()), "predecessor changed");
+                    self.kv.on_ring_changed(now);
+                }
+                Event::SuccessorsChanged { .. } => self.kv.on_ring_changed(now),
+                Event::Left => {
+                    info!("left the ring");
+                    self.leave = LeaveState::Done;
+                }
+            }
+            self.flush_transmits();
+        }
+        self.kv.flush(&mut self.swarm);
+        self.drive_multicast();
+        if self.leave == LeaveState::HandingOff && self.kv.handed_off() {
+            let now = self.now();
+            self.core.leave(now);
+            self.leave = LeaveState::Leaving { deadline: Instant::now() + Duration::from_secs(3) };
+            self.flush_transmits();
+        }
+        Ok(())
+    }
+
+    fn on_lookup_finished(
+        &mut self,
+        id: LookupId,
+        result: Result<LookupOutcome<PeerAddr>, LookupError>,
+        now: Time,
+    ) {
+        match &result {
+            Ok(outcome) => self.metrics.observe_lookup(outcome.hops),
+            Err(_) => {
+                self.metrics.lookups_failed.fetch_add(1, Relaxed);
+            }
+        }
+        if self.kv.on_lookup_finished(id, &result, &mut self.core, now) {
+            return;
+        }
+        self.on_walk_lookup(id, &result);
+    }
+
+    fn flush_transmits(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            self.send_ring(transmit.to, transmit.message);
+        }
+    }
+
+    /// Every request carries the address the core knows for its peer, used if a connection must
+    /// be dialed. (libp2p's own address book drops an address after a failed dial — during a
+    /// partition every dial fails — and would leave the peer undialable once it is back.)
+    fn dial_addresses(to: &PeerAddr) -> Vec<Multiaddr> {
+        vec![to.addr.clone()]
+    }
+
+    fn send_ring(&mut self, to: PeerAddr, message: dht::Message<PeerAddr>) {
+        let envelope = RingEnvelope { sender: self.me.clone(), message };
+        match &envelope.message {
+            dht::Message::Request { id, .. } => {
+                let id = *id;
+                let addresses = Self::dial_addresses(&to);
+                let outbound = self
+                    .swarm
+                    .behaviour_mut()
+                    .ring
+                    .send_request_with_addresses(&to.peer, envelope, addresses);
+                self.ring_out.insert(outbound, id);
+            }
+            dht::Message::Response { id, .. } => {
+                if let Some(channel) = self.ring_in.remove(&(to.peer, *id)) {
+                    // Fails only if the requester gave up; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().ring.send_response(channel, envelope);
+                }
+            }
+        }
+    }
+
+    // ----- network events ------------------------------------------------------------------------
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => {
+                let now = self.now();
+                if let Some(peer) = self.kv.on_swarm_event(event, &mut self.core, now) {
+                    self.drop_dead_connection(peer, &request_response::OutboundFailure::Timeout);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_dialer() => {
+                if let Step::Join(bootstrap) =
+                    self.bootstrap.on_connected(peer_id, endpoint.get_remote_address().clone())
+                {
+                    let now = self.now();
+                    self.core.join(vec![bootstrap], now);
+                }
+            }
+            // One of the bootstrap addresses is this node (a StatefulSet's first pod, listed with
+            // the others): if nobody else answers, this node starts the ring.
+            SwarmEvent::OutgoingConnectionError {
+                error: libp2p::swarm::DialError::LocalPeerId { .. },
+                ..
+            } => {
+                self.bootstrap.on_dialed_self(Instant::now());
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                // Random bytes at the port, failed handshakes: counted, never fatal.
+                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                debug!(%error, "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            _ => {}
+        }
+    }
+
+    fn on_ring_event(&mut self, event: request_response::Event<RingEnvelope, RingEnvelope>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if request.sender.peer != peer {
+                        // The envelope must name the authenticated sender.
+                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    let dht::Message::Request { id, .. } = &request.message else {
+                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        return;
+                    };
+                    let id = *id;
+                    self.ring_in.insert((peer, id), channel);
+                    let now = self.now();
+                    self.core.handle_message(request.sender, request.message, now);
+                    // The core answers requests at once; one it dropped (invalid) has no answer, and
+                    // its channel must not linger.
+                    self.flush_transmits();
+                    if self.ring_in.remove(&(peer, id)).is_some() {
+                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if self.walks.on_response(request_id, Some(response.clone()), &mut self.swarm) {
+                        return;
+                    }
+                    self.ring_out.remove(&request_id);
+                    if response.sender.peer != peer {
+                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    let now = self.now();
+                    self.core.handle_message(response.sender, response.message, now);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.drop_dead_connection(peer, &error);
+                if self.walks.on_response(request_id, None, &mut self.swarm) {
+                    return;
+                }
+                if let Some(id) = self.ring_out.remove(&request_id) {
+                    debug!(%error, "ring request failed");
+                    let now = self.now();
+                    self.core.handle_send_failure(id, now);
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                debug!(%error, "inbound ring request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A request that timed out suggests the connection under it is dead (a peer cut off by a
+    /// partition or gone without a FIN): TCP may take many minutes to notice, and every request
+    /// would keep timing out on it. Closing it makes the next request dial afresh.
+    fn drop_dead_connection(&mut self, peer: PeerId, error: &request_response::OutboundFailure) {
+        if matches!(error, request_response::OutboundFailure::Timeout) && self.swarm.is_connected(&peer) {
+            debug!(%peer, "request timed out: closing the connection");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    // ----- commands ----------------------------------------------------------------------------
+
+    fn on_command(&mut self, command: Command) {
+        if self.leave != LeaveState::Running {
+            match command {
+                Command::Get { reply, .. } | Command::GetLocal { reply, .. } => {
+                    drop(reply.send(Err(KvError::ShuttingDown)))
+                }
+                Command::Put { reply, .. } | Command::Delete { reply, .. } => {
+                    drop(reply.send(Err(KvError::ShuttingDown)))
+                }
+                Command::Lookup { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
+                Command::Status { reply } => drop(reply.send(self.status())),
+                Command::Ring { reply } => drop(reply.send(RingWalk { nodes: vec![], complete: false })),
+                Command::Groups { reply } => drop(reply.send(self.group_views())),
+                Command::JoinGroup { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::LeaveGroup { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::Publish { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::Subscribe { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::GroupTree { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+            }
+            return;
+        }
+        let now = self.now();
+        match command {
+            Command::Put { key, value, consistency, reply } => {
+                self.kv.put(key, Some(value), consistency, reply, &mut self.core, wall_ms(), now)
+            }
+            Command::Delete { key, consistency, reply } => {
+                self.kv.put(key, None, consistency, reply, &mut self.core, wall_ms(), now)
+            }
+            Command::Get { key, consistency, reply } => {
+                self.kv.get(key, consistency, reply, &mut self.core, now)
+            }
+            Command::GetLocal { key, reply } => self.kv.get_local(&key, reply),
+            Command::Lookup { key, reply } => self.kv.locate(&key, reply, &mut self.core, now),
+            Command::Status { reply } => drop(reply.send(self.status())),
+            Command::Ring { reply } => {
+                let (me, first) = (self.core.me().clone(), self.core.successor().clone());
+                self.walks.start(me, first, reply, &mut self.swarm);
+            }
+            command @ (Command::Groups { .. }
+            | Command::JoinGroup { .. }
+            | Command::LeaveGroup { .. }
+            | Command::Publish { .. }
+            | Command::Subscribe { .. }
+            | Command::GroupTree { .. }) => self.on_group_command(command),
+        }
+    }
+
+    // ----- leaving and housekeeping ------------------------------------------------------------
+
+    fn begin_leave(&mut self) {
+        info!("shutting down: handing off records and leaving the ring");
+        self.leave = LeaveState::HandingOff;
+        let now = self.now();
+        // Rooted groups go to the successor, children are told to re-join elsewhere.
+        self.groups.core.leave_all(&self.core, now);
+        if !self.core.is_member() {
+            self.leave = LeaveState::Done;
+            return;
+        }
+        // Client operations in flight fail now; the range goes to the successors.
+        self.kv.begin_handoff(&self.core, now);
+    }
+
+    fn housekeeping(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        self.sync_group_memberships();
+        self.update_metrics();
+        let alone =
+            self.core.is_member() && self.core.successors().is_empty() && self.core.predecessor().is_none();
+        match self.bootstrap.tick(&mut self.swarm, alone, now) {
+            Step::Wait => {}
+            Step::Join(bootstrap) => {
+                let core_now = self.now();
+                self.core.join(vec![bootstrap], core_now);
+            }
+            Step::CreateRing => {
+                let core_now = self.now();
+                self.core.create_ring(core_now);
+            }
+            Step::GiveUp => {
+                anyhow::bail!("no bootstrap node answered within {:?}", self.bootstrap.join_timeout());
+            }
+        }
+        if let LeaveState::Leaving { deadline } = self.leave
+            && now >= deadline
+        {
+            self.leave = LeaveState::Done;
+        }
+        Ok(())
+    }
+
+    fn update_metrics(&self) {
+        let stats = self.kv.storage().stats();
+        let m = &self.metrics;
+        m.stored_keys.store(stats.keys, Relaxed);
+        m.stored_bytes.store(stats.bytes, Relaxed);
+        m.corrupt_reads.store(stats.corrupt_reads, Relaxed);
+        let core = self.core.counters();
+        m.ring_messages_out.store(core.messages_sent, Relaxed);
+        m.ring_messages_in.store(core.messages_received, Relaxed);
+        m.core_rejected_invalid.store(
+            core.dropped_invalid + core.dropped_wrong_sender + core.dropped_protocol_violation,
+            Relaxed,
+        );
+        m.core_rejected_unexpected.store(core.dropped_unknown_response, Relaxed);
+        let kv = self.kv.counters();
+        m.read_repairs.store(kv.read_repairs, Relaxed);
+        m.sync_pushed.store(kv.sync_pushed, Relaxed);
+        m.sync_pulled.store(kv.sync_pulled, Relaxed);
+        m.quorum_failures.store(kv.quorum_failures, Relaxed);
+        m.write_retries.store(kv.write_retries, Relaxed);
+        m.kv_rejected_invalid.store(kv.rejected_invalid, Relaxed);
+        m.kv_rejected_unexpected.store(kv.rejected_unexpected, Relaxed);
+    }
+
+    fn status(&self) -> Status {
+        let mut fingers: Vec<(usize, NodeRef<PeerAddr>)> = Vec::new();
+        for (i, entry) in self.core.fingers().entries().iter().enumerate() {
+            if let Some(node) = entry
+                && fingers.last().is_none_or(|(_, last)| last.addr.peer != node.addr.peer)
+            {
+                fingers.push((i, node.clone()));
+            }
+        }
+        let stats = self.kv.storage().stats();
+        Status {
+            me: self.core.me().clone(),
+            listen: self.swarm.listeners().cloned().collect(),
+            member: self.core.is_member(),
+            predecessor: self.core.predecessor().cloned(),
+            successors: self.core.successors().to_vec(),
+            fingers,
+            keys: stats.keys,
+            bytes: stats.bytes,
+            uptime: self.started.elapsed(),
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
