@@ -125,6 +125,12 @@ impl From<GroupError> for ApiError {
     }
 }
 
+impl From<overlay_api::InvalidGroupName> for ApiError {
+    fn from(error: overlay_api::InvalidGroupName) -> Self {
+        GroupError::InvalidName(error.to_string()).into()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct KvQuery {
     consistency: Option<String>,
@@ -309,7 +315,7 @@ async fn join_group(
     State(state): State<ApiState>,
     Segment(group): Segment,
 ) -> Result<Json<GroupSummary>, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let view = ask(&state, |reply| Command::JoinGroup { group, reply }).await??;
     Ok(Json(group_summary(&view)))
 }
@@ -318,7 +324,7 @@ async fn leave_group(
     State(state): State<ApiState>,
     Segment(group): Segment,
 ) -> Result<Json<GroupLeft>, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let name = group.clone();
     ask(&state, |reply| Command::LeaveGroup { group, reply }).await??;
     let group_id = dht::Id::hash(name.as_bytes()).to_string();
@@ -337,7 +343,7 @@ async fn send_message(
     Query(query): Query<SendQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let body = body.map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))?;
     if body.len() > groups::MAX_BODY_BYTES {
         return Err(GroupError::TooLarge { len: body.len(), max: groups::MAX_BODY_BYTES }.into());
@@ -363,7 +369,7 @@ async fn listen(
     Segment(group): Segment,
     Query(query): Query<ListenQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let from = match &query.from {
         None => None,
         Some(text) => Some(
@@ -493,7 +499,7 @@ async fn group_tree(
     State(state): State<ApiState>,
     Segment(group): Segment,
 ) -> Result<Json<GroupTree>, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let tree: TreeView = ask(&state, |reply| Command::GroupTree { group, reply }).await??;
     Ok(Json(GroupTree {
         complete: tree.complete,
