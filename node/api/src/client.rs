@@ -2,8 +2,9 @@
 //!
 //! Owns: one typed method per endpoint, checking what it sends (non-empty keys, the group-name
 //! and sender-label rules) before it asks; mapping HTTP answers onto [`ApiError`] variants a
-//! caller can act on (the CLI turns them into exit codes); and a group's event stream as an
-//! iterator-like [`GroupStream`]. JSON answers come back as [`Document`]s, typed and raw.
+//! caller can act on (the CLI turns them into exit codes); and a group's event stream as a
+//! [`GroupStream`] that another thread can close. JSON answers come back as [`Document`]s, typed
+//! and raw.
 //! [`Client::raw`] sends what the typed methods would refuse to build, for tests of hostile
 //! input.
 
@@ -289,8 +290,11 @@ impl Client {
     ) -> Result<GroupStream, ApiError> {
         check_group(group)?;
         let url = self.url(&path::group_listen(group, from));
-        let mut response = self
-            .agent
+        // An agent of its own, so that closing the stream (which shuts its agent down) touches
+        // no other request; a stream holds its connection for its whole life, so it loses
+        // nothing by not sharing the pool.
+        let agent = ureq::Agent::new_with_config(self.agent.config().clone());
+        let mut response = agent
             .get(&url)
             .header("accept", "text/event-stream")
             .config()
@@ -305,7 +309,7 @@ impl Client {
         // Unlimited on purpose: a stream runs for as long as the caller listens; the event
         // reader bounds what it buffers.
         let events = EventReader::new(response.into_body().into_reader());
-        Ok(GroupStream { url, limit, events })
+        Ok(GroupStream { url, limit, events, agent })
     }
 
     /// Sends `method` to `path_and_query` (appended to the base URL as given, not encoded) and
@@ -366,11 +370,13 @@ impl Client {
 }
 
 /// An open `GET /v1/groups/{g}/messages` stream. While it is open the node is a member of the
-/// group; dropping it closes the connection.
+/// group; dropping it, or [`StreamCloser::close`] from another thread, closes the connection.
 pub struct GroupStream {
     url: String,
     limit: Option<Duration>,
     events: EventReader<ureq::BodyReader<'static>>,
+    /// This stream's own agent: shutting it down closes only this stream.
+    agent: ureq::Agent,
 }
 
 impl fmt::Debug for GroupStream {
@@ -400,6 +406,32 @@ impl GroupStream {
                 return Ok(Some(event));
             }
         }
+    }
+
+    /// A handle that closes this stream from another thread.
+    pub fn closer(&self) -> StreamCloser {
+        StreamCloser { agent: self.agent.clone() }
+    }
+}
+
+/// Closes a [`GroupStream`] from another thread: a [`GroupStream::next_event`] blocked on the
+/// connection returns an error at once, and so does every later call. A reader thread that
+/// would otherwise wait for the next message of a quiet group can so be ended and joined.
+#[derive(Clone)]
+pub struct StreamCloser {
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for StreamCloser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamCloser").finish_non_exhaustive()
+    }
+}
+
+impl StreamCloser {
+    /// Closes the stream's connection.
+    pub fn close(&self) {
+        self.agent.clone().shutdown();
     }
 }
 
@@ -557,5 +589,55 @@ mod tests {
         assert_eq!(document.raw["extra"], 1);
         let missing = parse_document::<Ring>("u", br#"{"nodes":[]}"#).expect_err("complete is required");
         assert!(matches!(missing, ApiError::Protocol { ref reason, .. } if reason.contains("complete")));
+    }
+
+    /// Serves one event-stream response on 127.0.0.1: the head, `chunk` as one chunk, then
+    /// holds the connection open until the test ends it. Returns the port and the request line.
+    fn serve_stream(chunk: &'static str) -> (u16, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        let (request_line, requested) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (socket, _) = listener.accept().expect("the client connects");
+            let mut reader = BufReader::new(&socket);
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("a request line");
+            let _ = request_line.send(line.trim_end().to_owned());
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            (&socket).write_all(format!("{head}{body}").as_bytes()).expect("the client reads");
+            // Hold the connection until the client closes it.
+            let _ = reader.read_line(&mut line);
+        });
+        (port, requested)
+    }
+
+    #[test]
+    fn a_stream_yields_typed_events_and_can_be_closed_from_another_thread() {
+        let (port, requested) = serve_stream(
+            ": keep-alive\n\nevent: message\ndata: {\"body\":\"hi\",\"from\":\"a\",\"group\":\"a b\",\"seq\":3,\"ts\":1}\n\n",
+        );
+        let client = Client::new(&format!("127.0.0.1:{port}"), Duration::from_secs(5), 1).expect("a client");
+        let mut stream = client.group_messages("a b", Some(3), None).expect("the stream opens");
+        let request = requested.recv_timeout(Duration::from_secs(5)).expect("a request");
+        assert_eq!(request, "GET /v1/groups/a%20b/messages?from=3 HTTP/1.1");
+        let Ok(Some(GroupEvent::Message(message))) = stream.next_event() else { panic!("a message") };
+        assert_eq!((message.parsed.seq, message.parsed.body.as_str()), (3, "hi"));
+
+        // The next read blocks: the server sends nothing more. Closing ends it at once.
+        let closer = stream.closer();
+        let (ended, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = ended.send(stream.next_event().map(|event| event.is_some()));
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        closer.close();
+        let result = result.recv_timeout(Duration::from_secs(5)).expect("the blocked read returns");
+        assert!(result.is_err(), "a closed stream reports an error, not an end: {result:?}");
     }
 }

@@ -48,7 +48,9 @@ pub use ring::{Finger, NodeInfo, Ring, Status};
 pub use ring_check::{NeighbourView, RingCheck, check_ring, check_statuses};
 
 #[cfg(feature = "client")]
-pub use client::{ApiError, Client, GroupStream, Method, PutOutcome, RawResponse, StatusCode, StoredValue};
+pub use client::{
+    ApiError, Client, GroupStream, Method, PutOutcome, RawResponse, StatusCode, StoredValue, StreamCloser,
+};
 
 use serde::{Deserialize, Serialize};
 
