@@ -12,7 +12,7 @@
 //!   stream ([`GroupEvent`]);
 //! - the ring-correctness verdict from the nodes' statuses ([`ring_check`]);
 //! - with the `client` feature, a blocking client with one typed method per endpoint
-//!   ([`Client`]).
+//!   (`Client`).
 //!
 //! It holds no protocol logic: the node decides, this crate only names what crosses HTTP.
 //!

@@ -3,7 +3,7 @@
 //! Every function returns a path with its query (`/v1/kv/a%2Fb?consistency=all`), to be appended
 //! to a base URL such as `http://127.0.0.1:7001`. They encode and do not judge: an empty key
 //! or a name the node would refuse still gets a path, so that tests can send bad input on
-//! purpose; the [`crate::Client`] checks before it builds.
+//! purpose; the client (`Client`) checks before it builds.
 //!
 //! Encoding keeps a key one path segment whatever it holds: every byte except RFC 3986's
 //! unreserved characters (`A-Z a-z 0-9 - . _ ~`) is percent-encoded, and the segments `.` and
