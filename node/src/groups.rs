@@ -24,8 +24,6 @@ pub const LISTENER_BUFFER: usize = 4096;
 pub const HISTORY_CHANNEL: usize = 1024;
 /// Largest message body accepted from the API (the core's cap on the wire).
 pub const MAX_BODY_BYTES: usize = dht::multicast::MAX_BODY_BYTES;
-/// Longest sender label.
-pub const MAX_FROM_BYTES: usize = dht::multicast::MAX_FROM_BYTES;
 
 /// One message of a group, as delivered here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,20 +315,6 @@ impl Reorder {
     }
 }
 
-/// Checks a group name from the API: 1 to 128 bytes of UTF-8 without control characters.
-pub fn check_name(name: &str) -> Result<(), GroupError> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(GroupError::InvalidName(format!("must be 1 to 128 bytes, not {}", name.len())));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(GroupError::InvalidName("must not contain control characters".into()));
-    }
-    if name.trim().is_empty() {
-        return Err(GroupError::InvalidName("must not be blank".into()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,15 +410,5 @@ mod tests {
         assert_eq!(group.listeners(), 1, "dropped subscriptions detach");
         drop(sub);
         assert_eq!(group.listeners(), 0);
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_name("chat").is_ok());
-        assert!(check_name("").is_err());
-        assert!(check_name(" ").is_err());
-        assert!(check_name(&"x".repeat(129)).is_err());
-        assert!(check_name("a\nb").is_err());
-        assert!(check_name("ünï").is_ok());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Handlers only translate between HTTP and [`Command`]s sent to the event loop over a bounded
 //! channel; errors are `{"error": "..."}` with a status that says what to do (413 too large, 404
-//! missing, 503 retry later).
+//! missing, 503 retry later). Every JSON document, and the rules for group names and sender
+//! labels, are `overlay_api`'s, shared with the CLI and the tests; this module only fills them in
+//! from the event loop's answers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,8 +22,12 @@ use axum::{Json, Router};
 use dht::NodeRef;
 use dht::store::Consistency;
 use futures::Stream;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use overlay_api::groups::{ERROR_EVENT, GAP_EVENT, MESSAGE_EVENT};
+use overlay_api::{
+    ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage, GroupReceipt, GroupSummary, GroupTree,
+    Lookup, NodeInfo, PutReceipt, Ring, TreeNode, VERSION_HEADER,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +35,14 @@ use crate::address::PeerAddr;
 use crate::event_loop::{Command, KvError, Located, RingWalk, Status, Written};
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics::Metrics;
+
+// The API documents the protocol's limits; were they to drift apart, the node would refuse what
+// its documentation allows, or the reverse.
+const _: () = {
+    assert!(overlay_api::MAX_GROUP_NAME_BYTES == dht::multicast::MAX_GROUP_NAME_BYTES);
+    assert!(overlay_api::MAX_SENDER_LABEL_BYTES == dht::multicast::MAX_FROM_BYTES);
+    assert!(overlay_api::MAX_MESSAGE_BYTES == groups::MAX_BODY_BYTES);
+};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -64,7 +78,7 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -112,6 +126,12 @@ impl From<GroupError> for ApiError {
     }
 }
 
+impl From<overlay_api::InvalidGroupName> for ApiError {
+    fn from(error: overlay_api::InvalidGroupName) -> Self {
+        GroupError::InvalidName(error.to_string()).into()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct KvQuery {
     consistency: Option<String>,
@@ -121,11 +141,17 @@ struct KvQuery {
 }
 
 impl KvQuery {
+    /// The level asked for (the API's word), as the protocol counts it; quorum by default.
     fn consistency(&self) -> Result<Consistency, ApiError> {
-        match &self.consistency {
-            None => Ok(Consistency::Quorum),
-            Some(text) => text.parse().map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e)),
-        }
+        let Some(text) = &self.consistency else { return Ok(Consistency::Quorum) };
+        let level: overlay_api::Consistency = text
+            .parse()
+            .map_err(|e: overlay_api::UnknownConsistency| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        Ok(match level {
+            overlay_api::Consistency::One => Consistency::One,
+            overlay_api::Consistency::Quorum => Consistency::Quorum,
+            overlay_api::Consistency::All => Consistency::All,
+        })
     }
 }
 
@@ -160,7 +186,7 @@ async fn get_key(
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             if let Ok(v) = HeaderValue::from_str(&record.version.to_string()) {
-                headers.insert("x-overlay-version", v);
+                headers.insert(VERSION_HEADER, v);
             }
             Ok((StatusCode::OK, headers, record.value).into_response())
         }
@@ -168,8 +194,8 @@ async fn get_key(
     }
 }
 
-fn written_json(key: &str, written: &Written) -> Value {
-    json!({ "key": key, "version": written.version.to_string(), "replicas_acked": written.acked })
+fn put_receipt(key: String, written: &Written) -> PutReceipt {
+    PutReceipt { key, replicas_acked: written.acked as u64, version: written.version.to_string() }
 }
 
 async fn put_key(
@@ -192,7 +218,7 @@ async fn put_key(
         ask(&state, |reply| Command::Put { key: key_bytes, value: body.to_vec(), consistency, reply })
             .await??;
     let status = if written.existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(written_json(&key, &written))).into_response())
+    Ok((status, Json(put_receipt(key, &written))).into_response())
 }
 
 async fn delete_key(
@@ -210,48 +236,56 @@ async fn delete_key(
     }
 }
 
-fn node_json(node: &NodeRef<PeerAddr>) -> Value {
-    json!({ "peer_id": node.addr.peer.to_string(), "ring_id": node.id.to_string(), "addr": node.addr.addr.to_string() })
+fn node_info(node: &NodeRef<PeerAddr>) -> NodeInfo {
+    NodeInfo {
+        addr: node.addr.addr.to_string(),
+        peer_id: node.addr.peer.to_string(),
+        ring_id: node.id.to_string(),
+    }
 }
 
-async fn lookup(State(state): State<ApiState>, Segment(key): Segment) -> Result<Json<Value>, ApiError> {
+async fn lookup(State(state): State<ApiState>, Segment(key): Segment) -> Result<Json<Lookup>, ApiError> {
     let key_bytes = key.clone().into_bytes();
     let located: Located = ask(&state, |reply| Command::Lookup { key: key_bytes, reply }).await??;
-    Ok(Json(json!({
-        "key": key,
-        "key_id": located.key_id.to_string(),
-        "owner": located.replicas.first().map(node_json),
-        "replicas": located.replicas.iter().map(node_json).collect::<Vec<_>>(),
-        "hops": located.hops,
-    })))
+    Ok(Json(Lookup {
+        hops: located.hops,
+        key,
+        key_id: located.key_id.to_string(),
+        owner: located.replicas.first().map(node_info),
+        replicas: located.replicas.iter().map(node_info).collect(),
+    }))
 }
 
-async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+async fn status(State(state): State<ApiState>) -> Result<Json<overlay_api::Status>, ApiError> {
     let status: Status = ask(&state, |reply| Command::Status { reply }).await?;
     let peer = status.me.addr.peer;
-    Ok(Json(json!({
-        "peer_id": peer.to_string(),
-        "ring_id": status.me.id.to_string(),
-        "addresses": status.listen.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>(),
-        "announce": status.me.addr.addr.to_string(),
-        "http": state.http,
-        "member": status.member,
-        "predecessor": status.predecessor.as_ref().map(node_json),
-        "successors": status.successors.iter().map(node_json).collect::<Vec<_>>(),
-        "fingers": status.fingers.iter().map(|(i, n)| json!({ "index": i, "node": node_json(n) })).collect::<Vec<_>>(),
-        "keys": status.keys,
-        "bytes": status.bytes,
-        "uptime_s": status.uptime.as_secs_f64(),
-        "version": env!("CARGO_PKG_VERSION"),
-    })))
+    Ok(Json(overlay_api::Status {
+        addresses: status.listen.iter().map(|a| format!("{a}/p2p/{peer}")).collect(),
+        announce: status.me.addr.addr.to_string(),
+        bytes: status.bytes,
+        fingers: status
+            .fingers
+            .iter()
+            .map(|(i, n)| Finger {
+                index: u32::try_from(*i).expect("finger indexes are below 160"),
+                node: node_info(n),
+            })
+            .collect(),
+        http: state.http.clone(),
+        keys: status.keys,
+        member: status.member,
+        peer_id: peer.to_string(),
+        predecessor: status.predecessor.as_ref().map(node_info),
+        ring_id: status.me.id.to_string(),
+        successors: status.successors.iter().map(node_info).collect(),
+        uptime_s: status.uptime.as_secs_f64(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
 }
 
-async fn ring(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
     let walk: RingWalk = ask(&state, |reply| Command::Ring { reply }).await?;
-    Ok(Json(json!({
-        "nodes": walk.nodes.iter().map(node_json).collect::<Vec<_>>(),
-        "complete": walk.complete,
-    })))
+    Ok(Json(Ring { complete: walk.complete, nodes: walk.nodes.iter().map(node_info).collect() }))
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
@@ -260,40 +294,42 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 // ----- multicast groups ------------------------------------------------------------------------
 
-fn group_json(view: &GroupView) -> Value {
-    json!({
-        "group": view.name,
-        "group_id": view.id.to_string(),
-        "role": view.role,
-        "member": view.member,
-        "listeners": view.listeners,
-        "head_seq": view.head_seq,
-        "parent": view.parent.as_ref().map(node_json),
-        "children": view.children.iter().map(node_json).collect::<Vec<_>>(),
-    })
+fn group_summary(view: &GroupView) -> GroupSummary {
+    GroupSummary {
+        children: view.children.iter().map(node_info).collect(),
+        group: view.name.clone(),
+        group_id: view.id.to_string(),
+        head_seq: view.head_seq,
+        listeners: view.listeners as u64,
+        member: view.member,
+        parent: view.parent.as_ref().map(node_info),
+        role: view.role.to_owned(),
+    }
 }
 
-async fn list_groups(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+async fn list_groups(State(state): State<ApiState>) -> Result<Json<GroupList>, ApiError> {
     let views: Vec<GroupView> = ask(&state, |reply| Command::Groups { reply }).await?;
-    Ok(Json(json!({ "groups": views.iter().map(group_json).collect::<Vec<_>>() })))
+    Ok(Json(GroupList { groups: views.iter().map(group_summary).collect() }))
 }
 
-async fn join_group(State(state): State<ApiState>, Segment(group): Segment) -> Result<Json<Value>, ApiError> {
-    groups::check_name(&group)?;
+async fn join_group(
+    State(state): State<ApiState>,
+    Segment(group): Segment,
+) -> Result<Json<GroupSummary>, ApiError> {
+    overlay_api::check_group_name(&group)?;
     let view = ask(&state, |reply| Command::JoinGroup { group, reply }).await??;
-    Ok(Json(group_json(&view)))
+    Ok(Json(group_summary(&view)))
 }
 
 async fn leave_group(
     State(state): State<ApiState>,
     Segment(group): Segment,
-) -> Result<Json<Value>, ApiError> {
-    groups::check_name(&group)?;
+) -> Result<Json<GroupLeft>, ApiError> {
+    overlay_api::check_group_name(&group)?;
     let name = group.clone();
     ask(&state, |reply| Command::LeaveGroup { group, reply }).await??;
-    Ok(Json(
-        json!({ "group": name, "group_id": dht::Id::hash(name.as_bytes()).to_string(), "member": false }),
-    ))
+    let group_id = dht::Id::hash(name.as_bytes()).to_string();
+    Ok(Json(GroupLeft { group: name, group_id, member: false }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,25 +344,19 @@ async fn send_message(
     Query(query): Query<SendQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let body = body.map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))?;
     if body.len() > groups::MAX_BODY_BYTES {
         return Err(GroupError::TooLarge { len: body.len(), max: groups::MAX_BODY_BYTES }.into());
     }
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| GroupError::Invalid("the message must be UTF-8 text".into()))?;
-    if let Some(from) = &query.from
-        && (from.len() > groups::MAX_FROM_BYTES || from.chars().any(char::is_control))
-    {
-        return Err(GroupError::Invalid(format!(
-            "from must be at most {} bytes without control characters",
-            groups::MAX_FROM_BYTES
-        ))
-        .into());
+    if let Some(from) = &query.from {
+        overlay_api::check_sender_label(from).map_err(|e| GroupError::Invalid(e.to_string()))?;
     }
     let name = group.clone();
     let seq = ask(&state, |reply| Command::Publish { group, from: query.from, body, reply }).await??;
-    Ok((StatusCode::CREATED, Json(json!({ "group": name, "seq": seq }))).into_response())
+    Ok((StatusCode::CREATED, Json(GroupReceipt { group: name, seq })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,7 +370,7 @@ async fn listen(
     Segment(group): Segment,
     Query(query): Query<ListenQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    groups::check_name(&group)?;
+    overlay_api::check_group_name(&group)?;
     let from = match &query.from {
         None => None,
         Some(text) => Some(
@@ -354,15 +384,29 @@ async fn listen(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }
 
+/// One server-sent event named `name` whose data is `document` as JSON.
+fn json_event(name: &'static str, document: &impl Serialize) -> SseEvent {
+    SseEvent::default()
+        .event(name)
+        .json_data(document)
+        .expect("the API's documents serialise: plain structs of strings and numbers")
+}
+
 fn item_event(group: &str, item: &GroupItem) -> SseEvent {
     match item {
-        GroupItem::Message(m) => SseEvent::default().event("message").data(
-            json!({ "group": m.group, "seq": m.seq, "from": m.from, "body": m.body, "ts": m.ts_ms })
-                .to_string(),
+        GroupItem::Message(m) => json_event(
+            MESSAGE_EVENT,
+            &GroupMessage {
+                body: m.body.clone(),
+                from: m.from.clone(),
+                group: m.group.clone(),
+                seq: m.seq,
+                ts: m.ts_ms,
+            },
         ),
-        GroupItem::Gap { from, to } => SseEvent::default()
-            .event("gap")
-            .data(json!({ "group": group, "from": from, "to": to }).to_string()),
+        GroupItem::Gap { from, to } => {
+            json_event(GAP_EVENT, &GroupGap { from: *from, group: group.to_owned(), to: *to })
+        }
     }
 }
 
@@ -384,7 +428,7 @@ fn listener_stream(
         done: bool,
     }
     fn error_event(message: String) -> SseEvent {
-        SseEvent::default().event("error").data(json!({ "error": message }).to_string())
+        json_event(ERROR_EVENT, &ErrorBody { error: message })
     }
     let Subscription { backlog, live, history, next_seq } = subscription;
     let state = State {
@@ -452,21 +496,28 @@ fn listener_stream(
     })
 }
 
-async fn group_tree(State(state): State<ApiState>, Segment(group): Segment) -> Result<Json<Value>, ApiError> {
-    groups::check_name(&group)?;
+async fn group_tree(
+    State(state): State<ApiState>,
+    Segment(group): Segment,
+) -> Result<Json<GroupTree>, ApiError> {
+    overlay_api::check_group_name(&group)?;
     let tree: TreeView = ask(&state, |reply| Command::GroupTree { group, reply }).await??;
-    Ok(Json(json!({
-        "group": tree.name,
-        "group_id": tree.id.to_string(),
-        "root": node_json(&tree.root),
-        "complete": tree.complete,
-        "nodes": tree.nodes.iter().map(|n| json!({
-            "node": node_json(&n.node),
-            "parent": n.parent.map(|p| p.to_string()),
-            "depth": n.depth,
-            "role": n.role,
-            "member": n.member,
-            "children": n.children.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(GroupTree {
+        complete: tree.complete,
+        group: tree.name,
+        group_id: tree.id.to_string(),
+        nodes: tree
+            .nodes
+            .iter()
+            .map(|n| TreeNode {
+                children: n.children.iter().map(ToString::to_string).collect(),
+                depth: n.depth,
+                member: n.member,
+                node: node_info(&n.node),
+                parent: n.parent.map(|p| p.to_string()),
+                role: n.role.clone(),
+            })
+            .collect(),
+        root: node_info(&tree.root),
+    }))
 }

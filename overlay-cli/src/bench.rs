@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use overlay_api::{Client, Consistency};
 
-use crate::api::{Consistency, NodeClient};
 use crate::cli::{BenchArgs, GlobalArgs};
 use crate::commands;
 use crate::output::{self, Table};
@@ -37,7 +37,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &BenchArgs, out: &mut impl Write) -
     let concurrency = usize::try_from(args.concurrency).context("--concurrency is too large")?;
     let clients = targets
         .iter()
-        .map(|url| NodeClient::new(url, REQUEST_TIMEOUT, concurrency))
+        .map(|url| Client::new(url, REQUEST_TIMEOUT, concurrency))
         .collect::<Result<Vec<_>, _>>()?;
     // Fail fast with the usual "cannot reach" message instead of N failed operations.
     for client in &clients {
@@ -123,7 +123,7 @@ enum Phase {
 }
 
 struct Plan<'a> {
-    clients: &'a [NodeClient],
+    clients: &'a [Client],
     keys: u64,
     value_size: usize,
     read_ratio: f64,

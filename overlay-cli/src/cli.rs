@@ -7,8 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::api::Consistency;
+use overlay_api::Consistency;
 
 /// Help text listing the exit codes; kept next to the flags so `--help` documents the contract.
 const EXIT_CODES_HELP: &str = "\

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
+use overlay_api::{Client, Status};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{NodeClient, Status};
 use crate::output::{self, Progress, Table};
 use crate::process::{self, NodeLaunch};
-use crate::ring_check::{self, NeighbourView, RingCheck};
 
 /// File name of the cluster record inside the cluster directory.
 const CLUSTER_FILE: &str = "cluster.json";
@@ -72,8 +71,8 @@ impl ClusterNode {
         self.http.strip_prefix("http://").unwrap_or(&self.http)
     }
 
-    pub(crate) fn client(&self, timeout: Duration) -> Result<NodeClient> {
-        Ok(NodeClient::new(&self.http, timeout, 1)?)
+    pub(crate) fn client(&self, timeout: Duration) -> Result<Client> {
+        Ok(Client::new(&self.http, timeout, 1)?)
     }
 }
 
@@ -306,7 +305,7 @@ pub(crate) fn wait_for_ring(
                 cluster.nodes[index].peer_id = Some(status.peer_id.clone());
             }
         }
-        let check = check_statuses(members.len(), &statuses);
+        let check = overlay_api::check_statuses(members.len(), statuses.iter().flatten());
         progress.update(&format!("waiting for the ring: {}", check.summary()), started.elapsed());
         if check.is_correct() {
             progress.finish();
@@ -333,11 +332,6 @@ fn probe_statuses(cluster: &ClusterFile, members: &[usize]) -> Vec<Option<Status
             client.status().ok().map(|document| document.parsed)
         })
         .collect()
-}
-
-fn check_statuses(expected: usize, statuses: &[Option<Status>]) -> RingCheck {
-    let views: Vec<NeighbourView> = statuses.iter().flatten().map(NeighbourView::from).collect();
-    ring_check::check_ring(expected, &views)
 }
 
 /// `overlay cluster kill I`: SIGKILL, as a crash would.

@@ -2,7 +2,7 @@
 //! of which node they talk to.
 //!
 //! Each calls the node's API once and renders the answer: text for people by default, and
-//! with `--json` the node's own JSON document unchanged (see `api::Document`). Only where the
+//! with `--json` the node's own JSON document unchanged (see `overlay_api::Document`). Only where the
 //! node answers with something other than JSON (a raw value, an empty 204) does the CLI make
 //! up a small object, using the node's field names.
 
@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use overlay_api::{Client, Consistency, NodeInfo, PutOutcome};
 
-use crate::api::{Consistency, NodeClient, NodeInfo, PutOutcome};
 use crate::cli::{GlobalArgs, PutArgs};
 use crate::cluster;
 use crate::output::{self, Table};
@@ -37,8 +37,8 @@ pub(crate) fn resolve_node_url(global: &GlobalArgs) -> String {
     cluster::first_answering_node(&global.dir).unwrap_or_else(|| DEFAULT_NODE_URL.to_owned())
 }
 
-pub(crate) fn client(global: &GlobalArgs) -> Result<NodeClient> {
-    Ok(NodeClient::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?)
+pub(crate) fn client(global: &GlobalArgs) -> Result<Client> {
+    Ok(Client::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?)
 }
 
 pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> Result<()> {
@@ -67,19 +67,12 @@ pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> 
             "{what} {:?} ({}, version {}, {} replica{} acknowledged)",
             receipt.parsed.key,
             output::human_bytes(value.len() as u64),
-            display_version(&receipt.parsed.version),
+            receipt.parsed.version,
             receipt.parsed.replicas_acked,
             if receipt.parsed.replicas_acked == 1 { "" } else { "s" },
         )?;
     }
     Ok(())
-}
-
-fn display_version(version: &serde_json::Value) -> String {
-    match version {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn read_value_file(path: &Path) -> Result<Vec<u8>> {
@@ -150,8 +143,11 @@ pub(crate) fn lookup(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Re
     writeln!(out, "hops    {}", lookup.hops)?;
     writeln!(out)?;
     let mut table = Table::new(["role", "ring id", "peer id", "addr"]);
-    table.row(node_cells("owner", &lookup.owner));
-    for replica in lookup.replicas.iter().filter(|replica| **replica != lookup.owner) {
+    // The node sends no owner only when the lookup found no replica at all.
+    if let Some(owner) = &lookup.owner {
+        table.row(node_cells("owner", owner));
+    }
+    for replica in lookup.replicas.iter().filter(|replica| Some(*replica) != lookup.owner.as_ref()) {
         table.row(node_cells("replica", replica));
     }
     Ok(table.write(out)?)

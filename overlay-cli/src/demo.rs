@@ -10,9 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ureq::http::StatusCode;
+use overlay_api::{ApiError, Client, GroupEvent, StatusCode};
 
-use crate::api::{ApiError, GroupEvent, NodeClient};
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::cluster::{self, ClusterFile};
 use crate::commands;
@@ -95,7 +94,7 @@ fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Res
     let clients = cluster
         .nodes
         .iter()
-        .map(|node| NodeClient::new(&node.http, REQUEST_TIMEOUT, 1))
+        .map(|node| Client::new(&node.http, REQUEST_TIMEOUT, 1))
         .collect::<Result<Vec<_>, _>>()?;
     let consistency = global.consistency;
     say(out, "The ring is correct: every node's successor and predecessor are its neighbours by ring id.")?;
@@ -136,7 +135,11 @@ fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Res
         &format!(
             "  Where does {key:?} live? SHA-1 puts it at {}; its owner is {} ({} hops), replicated on {} nodes.",
             output::short_ring_id(&lookup.parsed.key_id),
-            output::short_peer_id(&lookup.parsed.owner.peer_id),
+            lookup
+                .parsed
+                .owner
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |owner| output::short_peer_id(&owner.peer_id)),
             lookup.parsed.hops,
             lookup.parsed.replicas.len().max(1),
         ),
@@ -204,7 +207,7 @@ fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Res
 /// the listener must receive exactly those, in the order of the sequence numbers the group's
 /// root gave them. The listener asks for the history from seq 1, so it misses nothing however
 /// long it takes to attach; messages of an earlier demo on the same cluster are skipped.
-fn multicast(clients: &[NodeClient], survivors: &[usize], out: &mut impl Write) -> Result<()> {
+fn multicast(clients: &[Client], survivors: &[usize], out: &mut impl Write) -> Result<()> {
     let [listener, first_sender, second_sender, ..] = *survivors else {
         bail!("needs three running nodes, {} are left", survivors.len());
     };
@@ -343,14 +346,14 @@ fn is_transient(error: &ApiError) -> bool {
 /// The node to crash and how many demo keys it owns: not node 0 (the one newcomers talk to),
 /// and among the others the one that owns the most demo keys, so the crash actually tests
 /// replication. Ownership that cannot be learnt counts as zero.
-fn choose_victim(clients: &[NodeClient], pairs: &[(String, String)]) -> (usize, usize) {
+fn choose_victim(clients: &[Client], pairs: &[(String, String)]) -> (usize, usize) {
     let peers: Vec<Option<String>> =
         clients.iter().map(|client| client.status().ok().map(|status| status.parsed.peer_id)).collect();
     let mut owned = vec![0usize; clients.len()];
     for (key, _) in pairs {
         let Ok(lookup) = clients[0].lookup(key) else { continue };
-        let owner = Some(lookup.parsed.owner.peer_id.as_str());
-        if let Some(index) = peers.iter().position(|peer| peer.as_deref() == owner) {
+        let Some(owner) = &lookup.parsed.owner else { continue };
+        if let Some(index) = peers.iter().position(|peer| peer.as_deref() == Some(owner.peer_id.as_str())) {
             owned[index] += 1;
         }
     }
@@ -362,7 +365,7 @@ fn choose_victim(clients: &[NodeClient], pairs: &[(String, String)]) -> (usize, 
 /// Polls until every key reads back with its value through the survivors (rotating which
 /// survivor serves which key), printing the count whenever it changes. Returns how long it took.
 fn wait_until_all_readable(
-    clients: &[NodeClient],
+    clients: &[Client],
     survivors: &[usize],
     pairs: &[(String, String)],
     global: &GlobalArgs,

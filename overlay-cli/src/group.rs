@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
+use overlay_api::{ApiError, GroupEvent, GroupTree, TreeNode};
 
-use crate::api::{ApiError, GroupEvent, GroupTree, TreeNode};
 use crate::cli::{GlobalArgs, GroupCommand, GroupListenArgs, GroupSendArgs};
 use crate::commands;
 use crate::output::{self, Table};
@@ -33,7 +33,7 @@ fn join(global: &GlobalArgs, group: &str, out: &mut impl Write) -> Result<()> {
     if global.json {
         return Ok(output::write_json(out, &answer.raw)?);
     }
-    let role = answer.parsed.role.as_deref().unwrap_or("unknown");
+    let role = &answer.parsed.role;
     writeln!(out, "joined group {} (role: {role})", printable(&answer.parsed.group))?;
     Ok(())
 }
@@ -138,7 +138,7 @@ fn print_events(
                 let gap = gap.parsed;
                 if json {
                     let line = serde_json::json!({
-                        "group": if gap.group.is_empty() { group } else { gap.group.as_str() },
+                        "group": gap.group,
                         "gap": { "from": gap.from, "to": gap.to },
                     });
                     output::write_json(out, &line)?;
@@ -294,7 +294,7 @@ fn list(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
             printable(&group.role),
             if group.member { "yes" } else { "no" }.to_owned(),
             group.listeners.to_string(),
-            group.head_seq.map_or_else(|| "-".to_owned(), |seq| seq.to_string()),
+            group.head_seq.to_string(),
             group.parent.as_ref().map_or_else(
                 || "-".to_owned(),
                 |parent| {
@@ -314,7 +314,7 @@ fn list(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Document, GroupGap, GroupMessage};
+    use overlay_api::{Document, GroupGap, GroupMessage};
 
     fn render(tree: &serde_json::Value) -> String {
         let tree: GroupTree = serde_json::from_value(tree.clone()).expect("a tree document");
@@ -414,7 +414,7 @@ not reached from the root:
     }
 
     fn gap(from: u64, to: u64) -> GroupEvent {
-        let raw = serde_json::json!({ "from": from, "to": to });
+        let raw = serde_json::json!({ "from": from, "group": "chat", "to": to });
         let parsed: GroupGap = serde_json::from_value(raw.clone()).expect("gap");
         GroupEvent::Gap(Document { parsed, raw })
     }

@@ -1,7 +1,6 @@
 //! `overlay`: parses the command line, runs the subcommand, and turns its outcome into one
 //! line on stderr and an exit code. Everything else lives in the modules below.
 
-mod api;
 mod bench;
 mod cli;
 mod cluster;
@@ -10,8 +9,6 @@ mod demo;
 mod group;
 mod output;
 mod process;
-mod ring_check;
-mod sse;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -19,7 +16,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use crate::api::ApiError;
+use overlay_api::ApiError;
+
 use crate::cli::{Cli, ClusterCommand, Command};
 
 /// The key does not exist (get, delete).

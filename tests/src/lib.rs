@@ -1,19 +1,22 @@
 //! Harness for end-to-end tests: starts real `overlay-node` processes on 127.0.0.1 with temporary
 //! data directories and ports chosen by the OS, talks to them over HTTP, kills and restarts them,
 //! and polls for conditions with deadlines (never sleep-then-assert).
+//!
+//! Everything it knows of the API is `overlay_api`'s: the client (typed, and raw for hostile
+//! input), the documents, the event-stream reader and the ring check, so the tests call the
+//! API the way the CLI does.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use overlay_api::{ApiError, Client, GroupEvent, GroupMessage, GroupStream, Method, Status, StreamCloser};
 use serde_json::Value;
 
 /// The node binary the tests run: each test file passes `env!("CARGO_BIN_EXE_overlay-node-e2e")`,
@@ -36,79 +39,65 @@ pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow:
     }
 }
 
-/// A blocking HTTP client of one node.
+/// A client of one node: raw requests by path for tests that send bad input on purpose, and the
+/// typed [`Client`] for everything else.
 #[derive(Clone, Debug)]
 pub struct Http {
-    agent: ureq::Agent,
+    client: Client,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
 }
 
 /// An HTTP answer: status and body.
-#[derive(Debug)]
-pub struct Answer {
-    /// Status code.
-    pub status: u16,
-    /// Body bytes.
-    pub body: Vec<u8>,
-}
+pub use overlay_api::RawResponse as Answer;
 
-impl Answer {
-    /// The body as JSON.
-    pub fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_slice(&self.body).context("body is not JSON")
-    }
-}
+/// Time-out of one request, generous for a busy 2-core machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Kept-alive connections per client: as many as the tests' worker threads.
+const IDLE_CONNECTIONS: usize = 8;
 
 impl Http {
     /// A client of `host:port`.
     pub fn new(addr: &str) -> Self {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(20)))
-            .http_status_as_error(false)
-            .build();
-        Http { agent: ureq::Agent::new_with_config(config), base: format!("http://{addr}") }
+        let client =
+            Client::new(addr, REQUEST_TIMEOUT, IDLE_CONNECTIONS).expect("a node's HTTP address is host:port");
+        Http { base: client.base_url().to_owned(), client }
     }
 
-    fn finish(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
-        let mut response = response.context("HTTP request failed")?;
-        let status = response.status().as_u16();
-        let body = response.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
-        Ok(Answer { status, body })
+    /// The typed client.
+    pub fn api(&self) -> &Client {
+        &self.client
     }
 
     /// GET a path.
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
-        Self::finish(self.agent.get(format!("{}{path}", self.base)).call())
+        Ok(self.client.raw(&Method::GET, path, b"")?)
     }
 
     /// PUT bytes to a path.
     pub fn put(&self, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
-        Self::finish(self.agent.put(format!("{}{path}", self.base)).send(body))
+        Ok(self.client.raw(&Method::PUT, path, body)?)
     }
 
     /// POST bytes to a path.
     pub fn post(&self, path: &str, body: &[u8]) -> anyhow::Result<Answer> {
-        Self::finish(self.agent.post(format!("{}{path}", self.base)).send(body))
+        Ok(self.client.raw(&Method::POST, path, body)?)
     }
 
     /// DELETE a path.
     pub fn delete(&self, path: &str) -> anyhow::Result<Answer> {
-        Self::finish(self.agent.delete(format!("{}{path}", self.base)).call())
+        Ok(self.client.raw(&Method::DELETE, path, b"")?)
     }
 
-    /// `/v1/status` as JSON.
-    pub fn status(&self) -> anyhow::Result<Value> {
-        let answer = self.get("/v1/status")?;
-        if answer.status != 200 {
-            bail!("status answered {}", answer.status);
-        }
-        answer.json()
+    /// `/v1/status`.
+    pub fn status(&self) -> anyhow::Result<Status> {
+        Ok(self.client.status()?.parsed)
     }
 
     /// One metric's value from `/metrics` (the first sample line starting with `name`).
     pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = String::from_utf8(self.get("/metrics")?.body)?;
+        let text = String::from_utf8(self.get(overlay_api::path::METRICS)?.body)?;
         let line = text
             .lines()
             .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -250,37 +239,15 @@ impl Cluster {
     }
 
     /// Statuses of the running nodes, keyed by index.
-    pub fn statuses(&self) -> anyhow::Result<BTreeMap<usize, Value>> {
+    pub fn statuses(&self) -> anyhow::Result<BTreeMap<usize, Status>> {
         self.running().into_iter().map(|i| Ok((i, self.http(i).status()?))).collect()
     }
 
-    /// Whether every running node's successor and predecessor are the right ones by ring id.
+    /// Whether every running node is a member whose successor and predecessor are the right ones
+    /// by ring id.
     pub fn ring_is_correct(&self) -> anyhow::Result<bool> {
         let statuses = self.statuses()?;
-        let mut ring: Vec<(String, String)> = statuses
-            .values()
-            .map(|s| {
-                (
-                    s["ring_id"].as_str().unwrap_or("").to_string(),
-                    s["peer_id"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        ring.sort();
-        let n = ring.len();
-        for status in statuses.values() {
-            let me = status["ring_id"].as_str().unwrap_or("");
-            let k = ring.iter().position(|(id, _)| id == me).context("own id")?;
-            let successor = status["successors"][0]["ring_id"].as_str().unwrap_or(me);
-            let predecessor = status["predecessor"]["ring_id"].as_str().unwrap_or("");
-            if !status["member"].as_bool().unwrap_or(false)
-                || successor != ring[(k + 1) % n].0
-                || (n > 1 && predecessor != ring[(k + n - 1) % n].0)
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(overlay_api::check_statuses(statuses.len(), statuses.values()).is_correct())
     }
 
     /// Waits until the ring of running nodes is correct; returns how long that took.
@@ -297,15 +264,14 @@ impl Cluster {
 
     /// How many of `key`'s current replicas (by a lookup from node `via`) hold `value` locally.
     pub fn replicas_holding(&self, via: usize, key: &str, value: &[u8]) -> anyhow::Result<(usize, usize)> {
-        let located = self.http(via).get(&format!("/v1/lookup/{key}"))?.json()?;
-        let replicas = located["replicas"].as_array().context("replicas")?;
+        let replicas = self.http(via).api().lookup(key)?.parsed.replicas;
         let mut holding = 0;
-        for replica in replicas {
-            let peer = replica["peer_id"].as_str().context("peer id")?;
-            let Some(http) = self.http_of_peer(peer) else { continue };
-            let answer = http.get(&format!("/v1/kv/{key}?local=true"))?;
-            if answer.status == 200 && answer.body == value {
-                holding += 1;
+        for replica in &replicas {
+            let Some(http) = self.http_of_peer(&replica.peer_id) else { continue };
+            match http.api().get_local(key) {
+                Ok(stored) if stored.value == value => holding += 1,
+                Ok(_) | Err(ApiError::KeyNotFound { .. } | ApiError::Rejected { .. }) => {}
+                Err(error) => return Err(error.into()),
             }
         }
         Ok((holding, replicas.len()))
@@ -350,39 +316,10 @@ pub fn parallel<T: Sync, E: Send>(
     })
 }
 
-/// Percent-encodes `segment` as one URL path segment (or query value): every byte except RFC 3986
-/// unreserved characters is encoded.
-pub fn encode_segment(segment: &str) -> String {
-    let mut encoded = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
-/// One message a [`GroupListener`] received (`event: message`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivered {
-    /// The group it was sent to.
-    pub group: String,
-    /// Its sequence number.
-    pub seq: u64,
-    /// The sender label.
-    pub from: String,
-    /// The message.
-    pub body: String,
-    /// When it was sent, in ms since the Unix epoch.
-    pub ts: u64,
-}
-
 /// What a listener's reader thread passes on.
 #[derive(Debug)]
 enum StreamItem {
-    Message(Delivered),
+    Message(GroupMessage),
     Gap {
         from: u64,
         to: u64,
@@ -391,17 +328,17 @@ enum StreamItem {
     Ended(String),
 }
 
-/// Longest silence a listener accepts before it calls its stream dead: the node sends a
-/// keep-alive comment every 15 s.
-const STREAM_SILENCE_LIMIT: Duration = Duration::from_secs(60);
-
 /// Most items a listener's thread queues for the test; a test that does not drain just pushes back
 /// on the node through TCP.
 const LISTENER_QUEUE: usize = 16_384;
 
+/// Time-out of opening a stream (connecting and the response's head); the stream itself has none.
+const LISTENER_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A subscriber to `GET /v1/groups/{g}/messages` (server-sent events) on one node: a thread reads
-/// the stream over plain `std::net` (so dropping the listener can close the socket and end the
-/// thread) and hands messages and gaps to the test, which collects them with [`GroupListener::drain`].
+/// the stream with the API client and hands messages and gaps to the test, which collects them
+/// with [`GroupListener::drain`]. Dropping the listener closes the stream (so the node stops
+/// counting it at once) and ends the thread.
 #[derive(Debug)]
 pub struct GroupListener {
     /// The node's HTTP `host:port`.
@@ -409,13 +346,13 @@ pub struct GroupListener {
     /// The group.
     pub group: String,
     /// Every message received so far (after [`GroupListener::drain`]), in arrival order.
-    pub messages: Vec<Delivered>,
+    pub messages: Vec<GroupMessage>,
     /// Every gap reported so far, as `(from, to)`.
     pub gaps: Vec<(u64, u64)>,
     /// Why the stream ended, once it has.
     pub ended: Option<String>,
     items: mpsc::Receiver<StreamItem>,
-    socket: TcpStream,
+    closer: StreamCloser,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -423,36 +360,15 @@ impl GroupListener {
     /// Opens the stream of `group` on the node at `addr` (`host:port`), replaying from `from` if
     /// given. Fails unless the node answers 200 (e.g. 503 while the group's root is unreachable).
     pub fn open(addr: &str, group: &str, from: Option<u64>) -> anyhow::Result<GroupListener> {
-        let target = addr.to_socket_addrs()?.next().context("no address")?;
-        let socket = TcpStream::connect_timeout(&target, Duration::from_secs(5))
-            .with_context(|| format!("connecting to {addr}"))?;
-        socket.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut path = format!("/v1/groups/{}/messages", encode_segment(group));
-        if let Some(from) = from {
-            path.push_str(&format!("?from={from}"));
-        }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
-        );
-        (&socket).write_all(request.as_bytes())?;
-        let mut reader = BufReader::new(socket.try_clone()?);
-        let head = read_head(&mut reader).with_context(|| format!("the head of GET {path}"))?;
-        let mut body = Body::new(reader, &head);
-        if head.status != 200 {
-            let mut text = Vec::new();
-            while let Some(chunk) = body.next_chunk()? {
-                text.extend(chunk);
-                if text.len() > 64 * 1024 {
-                    break;
-                }
-            }
-            bail!("GET {path} answered {}: {}", head.status, String::from_utf8_lossy(&text));
-        }
-        socket.set_read_timeout(Some(STREAM_SILENCE_LIMIT))?;
+        let client = Client::new(addr, LISTENER_OPEN_TIMEOUT, 1)?;
+        let stream = client
+            .group_messages(group, from, None)
+            .with_context(|| format!("opening the stream of {group:?} at {addr}"))?;
+        let closer = stream.closer();
         let (sender, items) = mpsc::sync_channel(LISTENER_QUEUE);
         let reader = std::thread::Builder::new()
             .name(format!("listener {addr} {group}"))
-            .spawn(move || read_events(body, &sender))
+            .spawn(move || read_events(stream, &sender))
             .context("spawning the listener thread")?;
         Ok(GroupListener {
             addr: addr.to_string(),
@@ -461,7 +377,7 @@ impl GroupListener {
             gaps: Vec::new(),
             ended: None,
             items,
-            socket,
+            closer,
             reader: Some(reader),
         })
     }
@@ -523,9 +439,9 @@ impl GroupListener {
 
 impl Drop for GroupListener {
     fn drop(&mut self) {
-        // Closing the socket wakes the reader's blocked read; draining lets a reader blocked on a
+        // Closing the stream wakes the reader's blocked read; draining lets a reader blocked on a
         // full queue finish, so the join below cannot hang.
-        let _ = self.socket.shutdown(Shutdown::Both);
+        self.closer.close();
         while self.items.recv().is_ok() {}
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
@@ -533,165 +449,22 @@ impl Drop for GroupListener {
     }
 }
 
-/// Status and the headers that matter for reading the body.
-struct Head {
-    status: u16,
-    chunked: bool,
-    content_length: Option<u64>,
-}
-
-fn read_head(reader: &mut impl BufRead) -> anyhow::Result<Head> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("status line {line:?}"))?;
-    let (mut chunked, mut content_length) = (false, None);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("the connection closed inside the head");
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-            if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            } else if name == "content-length" {
-                content_length = value.parse().ok();
-            }
-        }
-    }
-    Ok(Head { status, chunked, content_length })
-}
-
-/// An HTTP/1.1 response body: chunked, of a known length, or up to the end of the connection.
-struct Body {
-    reader: BufReader<TcpStream>,
-    chunked: bool,
-    remaining: Option<u64>,
-    done: bool,
-}
-
-impl Body {
-    fn new(reader: BufReader<TcpStream>, head: &Head) -> Body {
-        Body { reader, chunked: head.chunked, remaining: head.content_length, done: false }
-    }
-
-    /// The next bytes of the body; `None` at its end.
-    fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        if self.done {
-            return Ok(None);
-        }
-        if self.chunked {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                bail!("the connection closed inside a chunked body");
-            }
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size, 16).with_context(|| format!("chunk size {line:?}"))?;
-            if size == 0 {
-                self.done = true;
-                return Ok(None);
-            }
-            let mut chunk = vec![0; size];
-            self.reader.read_exact(&mut chunk)?;
-            let mut crlf = [0; 2];
-            self.reader.read_exact(&mut crlf)?;
-            return Ok(Some(chunk));
-        }
-        let mut chunk = vec![0; 16 * 1024];
-        let want = self.remaining.map_or(chunk.len(), |left| chunk.len().min(left as usize));
-        if want == 0 {
-            self.done = true;
-            return Ok(None);
-        }
-        let read = self.reader.read(&mut chunk[..want])?;
-        if read == 0 {
-            self.done = true;
-            return Ok(None);
-        }
-        if let Some(left) = &mut self.remaining {
-            *left -= read as u64;
-        }
-        chunk.truncate(read);
-        Ok(Some(chunk))
-    }
-}
-
-/// The listener thread: reads the body, splits it into server-sent events and sends on the
-/// messages and gaps, then why it stopped.
-fn read_events(mut body: Body, sender: &mpsc::SyncSender<StreamItem>) {
-    let mut line = Vec::new();
-    let (mut event, mut data) = (String::new(), String::new());
+/// The listener thread: reads the stream and sends on the messages and gaps, then why it stopped.
+fn read_events(mut stream: GroupStream, sender: &mpsc::SyncSender<StreamItem>) {
     let reason = loop {
-        let chunk = match body.next_chunk() {
-            Ok(Some(chunk)) => chunk,
+        let item = match stream.next_event() {
+            Ok(Some(GroupEvent::Message(message))) => StreamItem::Message(message.parsed),
+            Ok(Some(GroupEvent::Gap(gap))) => StreamItem::Gap { from: gap.parsed.from, to: gap.parsed.to },
+            Ok(Some(GroupEvent::Error(reason))) => break format!("the node gave up on the stream: {reason}"),
+            Ok(Some(GroupEvent::Unreadable { event, reason })) => {
+                break format!("an {event:?} event that does not follow the contract: {reason}");
+            }
             Ok(None) => break "the node ended the stream".to_string(),
-            Err(error) => break format!("the stream broke: {error:#}"),
+            Err(error) => break format!("{error:#}"),
         };
-        for byte in chunk {
-            if byte != b'\n' {
-                line.push(byte);
-                continue;
-            }
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let text = String::from_utf8_lossy(&line).into_owned();
-            line.clear();
-            if text.is_empty() {
-                if !data.is_empty() {
-                    data.pop();
-                    let item = parse_event(&event, &data);
-                    if sender.send(item).is_err() {
-                        return;
-                    }
-                }
-                event.clear();
-                data.clear();
-            } else if text.starts_with(':') {
-                // keep-alive comment
-            } else {
-                let (field, value) = text.split_once(':').unwrap_or((&text, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "event" => event = value.to_string(),
-                    "data" => {
-                        data.push_str(value);
-                        data.push('\n');
-                    }
-                    _ => {}
-                }
-            }
+        if sender.send(item).is_err() {
+            return; // the listener was dropped
         }
     };
     let _ = sender.send(StreamItem::Ended(reason));
-}
-
-fn parse_event(event: &str, data: &str) -> StreamItem {
-    let parsed: Result<Value, _> = serde_json::from_str(data);
-    let Ok(json) = parsed else {
-        return StreamItem::Ended(format!("event {event:?} carries no JSON: {data:?}"));
-    };
-    let number = |field: &str| json[field].as_u64();
-    let text = |field: &str| json[field].as_str().map(str::to_string);
-    match event {
-        "message" | "" => match (text("group"), number("seq"), text("from"), text("body"), number("ts")) {
-            (Some(group), Some(seq), Some(from), Some(body), Some(ts)) => {
-                StreamItem::Message(Delivered { group, seq, from, body, ts })
-            }
-            _ => StreamItem::Ended(format!("a message event without group, seq, from, body and ts: {data}")),
-        },
-        "gap" => match (number("from"), number("to")) {
-            (Some(from), Some(to)) => StreamItem::Gap { from, to },
-            _ => StreamItem::Ended(format!("a gap event without from and to: {data}")),
-        },
-        other => StreamItem::Ended(format!("an event of unknown kind {other:?}: {data}")),
-    }
 }

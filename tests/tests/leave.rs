@@ -21,7 +21,7 @@ fn a_leaving_node_hands_off_and_no_key_drops_below_n_replicas() {
     });
     assert!(failures.is_empty(), "{failures:?}");
 
-    let leaver_keys = cluster.http(2).status().expect("status")["keys"].as_u64().expect("keys");
+    let leaver_keys = cluster.http(2).status().expect("status").keys;
     assert!(leaver_keys > 0, "the leaving node should hold keys for this test to mean anything");
     let (took, status) = cluster.terminate(2, Duration::from_secs(10));
     assert!(status.success(), "a graceful leave exits 0, got {status}:\n{}", cluster.log(2));

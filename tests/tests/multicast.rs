@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use overlay_tests::{Cluster, GroupListener, Http, encode_segment, poll};
-use serde_json::Value;
+use overlay_api::{GroupLeft, GroupReceipt, GroupSummary, GroupTree, encode_path_segment, path};
+use overlay_tests::{Cluster, GroupListener, Http, poll};
 
 const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
 
@@ -49,7 +49,7 @@ fn start_ring(n: usize) -> Cluster {
 }
 
 fn group_path(group: &str, rest: &str) -> String {
-    format!("/v1/groups/{}{rest}", encode_segment(group))
+    format!("/v1/groups/{}{rest}", encode_path_segment(group))
 }
 
 /// What became of one message the test sent.
@@ -70,13 +70,13 @@ fn send(http: &Http, group: &str, prefix: &str, index: usize, label: &str) -> Se
     for attempt in 0..SEND_ATTEMPTS {
         let body = format!("{prefix}-{index:04}-try{attempt}");
         sent.attempts.push(body.clone());
-        let path = format!("{}?from={}", group_path(group, "/messages"), encode_segment(label));
-        match http.post(&path, body.as_bytes()) {
+        match http.post(&path::group_send(group, Some(label)), body.as_bytes()) {
             Ok(answer) if answer.status == 201 => {
-                let json = answer.json().expect("a 201 carries JSON");
-                let seq = json["seq"].as_u64().unwrap_or_else(|| panic!("201 without a seq: {json}"));
-                assert_eq!(json["group"], group, "the receipt names the group");
-                sent.acked = Some((seq, body));
+                let receipt: GroupReceipt = answer.parse().unwrap_or_else(|e| {
+                    panic!("201 without a receipt ({e}): {}", String::from_utf8_lossy(&answer.body))
+                });
+                assert_eq!(receipt.group, group, "the receipt names the group");
+                sent.acked = Some((receipt.seq, body));
                 return sent;
             }
             // 503: the root was not reached in time; 504: the node itself did not answer in time.
@@ -107,11 +107,8 @@ fn attach(cluster: &Cluster, group: &str, nodes: &[usize]) -> Vec<GroupListener>
         .collect();
     for &i in nodes {
         poll(&format!("node {i} is a member of {group}"), ATTACH_DEADLINE, || {
-            let answer = cluster.http(i).get("/v1/groups")?;
-            anyhow::ensure!(answer.status == 200, "GET /v1/groups answered {}", answer.status);
-            let json = answer.json()?;
-            let groups = json["groups"].as_array().cloned().unwrap_or_default();
-            Ok(groups.iter().any(|g| g["group"] == group && g["member"] == true).then_some(()))
+            let groups = cluster.http(i).api().groups()?.parsed.groups;
+            Ok(groups.iter().any(|g| g.group == group && g.member).then_some(()))
         });
     }
     listeners
@@ -235,14 +232,13 @@ fn assert_delivered(listeners: &mut [GroupListener], baseline: u64, sent: &[Sent
 }
 
 /// The group's tree as the first node in `via` that has one tells it.
-fn tree(cluster: &Cluster, group: &str, via: &[usize]) -> anyhow::Result<Value> {
+fn tree(cluster: &Cluster, group: &str, via: &[usize]) -> anyhow::Result<GroupTree> {
     let mut last = String::from("no node asked");
     for &i in via {
-        let answer = cluster.http(i).get(&group_path(group, "/tree"))?;
-        if answer.status == 200 {
-            return answer.json();
+        match cluster.http(i).api().group_tree(group) {
+            Ok(tree) => return Ok(tree.parsed),
+            Err(error) => last = format!("node {i}: {error}"),
         }
-        last = format!("node {i} answered {} {}", answer.status, String::from_utf8_lossy(&answer.body));
     }
     anyhow::bail!("no tree for {group}: {last}")
 }
@@ -255,10 +251,8 @@ fn index_of(cluster: &Cluster, peer_id: &str) -> Option<usize> {
 /// Running nodes in ring order (by ring id).
 fn ring_order(cluster: &Cluster) -> Vec<usize> {
     let statuses = cluster.statuses().expect("statuses");
-    let mut ring: Vec<(String, usize)> = statuses
-        .iter()
-        .map(|(&i, status)| (status["ring_id"].as_str().expect("ring id").to_ascii_lowercase(), i))
-        .collect();
+    let mut ring: Vec<(String, usize)> =
+        statuses.iter().map(|(&i, status)| (status.ring_id.to_ascii_lowercase(), i)).collect();
     ring.sort();
     ring.into_iter().map(|(_, i)| i).collect()
 }
@@ -267,9 +261,8 @@ fn ring_order(cluster: &Cluster) -> Vec<usize> {
 /// same name finds (a group's id is the SHA-1 of its name, like a key's). Only a hint for placing
 /// listeners; the tree says who the root really is.
 fn predicted_root(cluster: &Cluster, group: &str) -> Option<usize> {
-    let answer = cluster.http(0).get(&format!("/v1/lookup/{}", encode_segment(group))).ok()?;
-    let owner = answer.json().ok()?["owner"]["peer_id"].as_str()?.to_string();
-    index_of(cluster, &owner)
+    let owner = cluster.http(0).api().lookup(group).ok()?.parsed.owner?;
+    index_of(cluster, &owner.peer_id)
 }
 
 /// Listener nodes for a group rooted at `root`: the three nodes after the root in ring order and
@@ -285,19 +278,14 @@ fn listener_nodes(cluster: &Cluster, root: Option<usize>) -> Vec<usize> {
 }
 
 /// Waits until the tree of `group` is complete and shows every listener node as a member.
-fn settled_tree(cluster: &Cluster, group: &str, listener_nodes: &[usize]) -> Value {
+fn settled_tree(cluster: &Cluster, group: &str, listener_nodes: &[usize]) -> GroupTree {
     let members: BTreeSet<&str> = listener_nodes.iter().map(|&i| cluster.nodes[i].peer_id.as_str()).collect();
     poll(&format!("the tree of {group} shows all {} listeners", members.len()), ATTACH_DEADLINE, || {
         let tree = tree(cluster, group, &cluster.running())?;
-        let shown: BTreeSet<&str> = tree["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["member"] == true)
-            .filter_map(|n| n["node"]["peer_id"].as_str())
-            .collect();
+        let shown: BTreeSet<&str> =
+            tree.nodes.iter().filter(|n| n.member).map(|n| n.node.peer_id.as_str()).collect();
         let all_there = members.iter().all(|peer| shown.contains(peer));
-        Ok((tree["complete"] == true && all_there).then(|| tree.clone()))
+        Ok((tree.complete && all_there).then(|| tree.clone()))
     })
 }
 
@@ -401,18 +389,12 @@ fn a_killed_forwarder_does_not_lose_or_reorder_messages() {
         let nodes = listener_nodes(&cluster, predicted_root(&cluster, &group));
         let listeners = attach(&cluster, &group, &nodes);
         let tree = settled_tree(&cluster, &group, &nodes);
-        let root = tree["root"]["peer_id"].as_str().expect("root peer id").to_string();
-        let forwarders: Vec<(usize, usize)> = tree["nodes"]
-            .as_array()
-            .expect("nodes")
+        let root = tree.root.peer_id;
+        let forwarders: Vec<(usize, usize)> = tree
+            .nodes
             .iter()
-            .filter(|n| {
-                n["role"] == "forwarder" && n["member"] == false && n["node"]["peer_id"] != root.as_str()
-            })
-            .filter_map(|n| {
-                let index = index_of(&cluster, n["node"]["peer_id"].as_str()?)?;
-                Some((n["children"].as_array().map_or(0, Vec::len), index))
-            })
+            .filter(|n| n.role == "forwarder" && !n.member && n.node.peer_id != root)
+            .filter_map(|n| Some((n.children.len(), index_of(&cluster, &n.node.peer_id)?)))
             .collect();
         eprintln!("{group}: root {root}, non-member forwarders (children, node) {forwarders:?}");
         if let Some(&(_, victim)) = forwarders.iter().max() {
@@ -448,10 +430,10 @@ fn the_group_carries_on_when_the_roots_node_leaves() {
         let nodes = listener_nodes(&cluster, predicted_root(&cluster, &group));
         let listeners = attach(&cluster, &group, &nodes);
         let tree = settled_tree(&cluster, &group, &nodes);
-        let root_peer = tree["root"]["peer_id"].as_str().expect("root peer id");
-        let root = index_of(&cluster, root_peer).expect("the root is a running node");
+        let root_peer = tree.root.peer_id;
+        let root = index_of(&cluster, &root_peer).expect("the root is a running node");
         if !nodes.contains(&root) {
-            found = Some((group, listeners, root, root_peer.to_string()));
+            found = Some((group, listeners, root, root_peer));
             break;
         }
         eprintln!("{group}: the root is on listener node {root}; trying another name");
@@ -473,7 +455,7 @@ fn the_group_carries_on_when_the_roots_node_leaves() {
     let running = cluster.running();
     let new_root = poll("a new root for the group", ATTACH_DEADLINE, || {
         let tree = tree(&cluster, &group, &running)?;
-        let peer = tree["root"]["peer_id"].as_str().unwrap_or_default().to_string();
+        let peer = tree.root.peer_id;
         Ok((!peer.is_empty() && peer != root_peer).then_some(peer))
     });
     assert!(index_of(&cluster, &new_root).is_some(), "the new root {new_root} is a running node");
@@ -512,8 +494,8 @@ fn bad_group_input_is_refused_and_nothing_crashes() {
     let too_long = "a".repeat(129);
     let too_long_multibyte = format!("{}a", "é".repeat(64));
     let bad_names: Vec<String> = vec![
-        encode_segment(&too_long),
-        encode_segment(&too_long_multibyte),
+        encode_path_segment(&too_long),
+        encode_path_segment(&too_long_multibyte),
         "x".repeat(4096),
         "bad%0Aname".to_string(),
         "%00".to_string(),
@@ -540,11 +522,11 @@ fn bad_group_input_is_refused_and_nothing_crashes() {
     for name in ["b".repeat(128), "é".repeat(64)] {
         let answer = http.post(&group_path(&name, "/join"), b"").expect("join");
         assert_eq!(answer.status, 200, "a 128-byte name: {}", String::from_utf8_lossy(&answer.body));
-        let json = answer.json().expect("JSON");
-        assert_eq!((json["group"].as_str(), json["member"].as_bool()), (Some(name.as_str()), Some(true)));
+        let joined: GroupSummary = answer.parse().expect("a group document");
+        assert_eq!((joined.group.as_str(), joined.member), (name.as_str(), true));
         let answer = http.post(&group_path(&name, "/leave"), b"").expect("leave");
         assert_eq!(answer.status, 200);
-        assert_eq!(answer.json().expect("JSON")["member"], false);
+        assert!(!answer.parse::<GroupLeft>().expect("a leave document").member);
     }
 
     let group = "e2e-bad-input";
@@ -560,14 +542,14 @@ fn bad_group_input_is_refused_and_nothing_crashes() {
     // Every node still answers, and a valid group works end to end, including a 64 KiB message.
     for i in 0..3 {
         let status = cluster.http(i).status().unwrap_or_else(|e| panic!("node {i} after bad input: {e:#}"));
-        assert_eq!(status["member"], true, "node {i} is still a ring member");
+        assert!(status.member, "node {i} is still a ring member");
     }
     let mut listeners = attach(&cluster, group, &[2]);
     let baseline = baseline(&cluster, group, 0, &mut listeners);
     let largest = "y".repeat(64 * 1024);
     let answer = cluster.http(0).post(&messages, largest.as_bytes()).expect("send");
     assert_eq!(answer.status, 201, "a 64 KiB message: {}", String::from_utf8_lossy(&answer.body));
-    let seq = answer.json().expect("JSON")["seq"].as_u64().expect("seq");
+    let seq = answer.parse::<GroupReceipt>().expect("a receipt").seq;
     assert!(seq > baseline, "seq {seq} after the baseline {baseline}");
     listeners[0]
         .wait_until("the 64 KiB message", DELIVERY_DEADLINE, |l| l.messages.iter().any(|m| m.seq == seq));

@@ -1,19 +1,25 @@
 //! Decides, from the statuses of a known set of nodes, whether they form one correct ring.
 //!
-//! Correct means what `overlay cluster up` promises: every expected node answers, is a member,
-//! and its first successor is the next node by ring id and its predecessor the previous one.
-//! Pure: the caller fetches the statuses, this only compares them, so it is unit-tested.
+//! Correct means what `overlay cluster up` promises and the end-to-end tests wait for: every
+//! expected node answers, is a member, and its first successor is the next node by ring id and
+//! its predecessor the previous one. Pure: the caller fetches the statuses, this only compares
+//! them, so it is unit-tested.
 
-use crate::api::Status;
+use crate::ring::Status;
 
 /// What one node reported about itself and its neighbours, reduced to what the check needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NeighbourView {
-    pub(crate) peer_id: String,
-    pub(crate) ring_id: String,
-    pub(crate) member: bool,
-    pub(crate) predecessor: Option<String>,
-    pub(crate) successor: Option<String>,
+pub struct NeighbourView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its ring id, 40 hex digits.
+    pub ring_id: String,
+    /// Whether it is a ring member.
+    pub member: bool,
+    /// Its predecessor's peer id.
+    pub predecessor: Option<String>,
+    /// Its first successor's peer id.
+    pub successor: Option<String>,
 }
 
 impl From<&Status> for NeighbourView {
@@ -30,24 +36,25 @@ impl From<&Status> for NeighbourView {
 
 /// The verdict on a set of nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RingCheck {
+pub struct RingCheck {
     /// Nodes that should be in the ring.
-    pub(crate) expected: usize,
+    pub expected: usize,
     /// Nodes that answered their status.
-    pub(crate) answering: usize,
+    pub answering: usize,
     /// Answering nodes whose successor and predecessor are both right.
-    pub(crate) correct: usize,
+    pub correct: usize,
     /// One short sentence per thing that is wrong, for progress and error messages.
-    pub(crate) problems: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 impl RingCheck {
-    pub(crate) fn is_correct(&self) -> bool {
+    /// Whether every expected node answered and has the right neighbours.
+    pub fn is_correct(&self) -> bool {
         self.answering == self.expected && self.correct == self.expected && self.problems.is_empty()
     }
 
     /// A one-line summary such as `4/5 nodes answer, 3/5 have the right neighbours`.
-    pub(crate) fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         format!(
             "{}/{} nodes answer, {}/{} have the right successor and predecessor",
             self.answering, self.expected, self.correct, self.expected
@@ -55,8 +62,14 @@ impl RingCheck {
     }
 }
 
+/// Checks the statuses of the nodes that answered against `expected` nodes.
+pub fn check_statuses<'a>(expected: usize, statuses: impl IntoIterator<Item = &'a Status>) -> RingCheck {
+    let views: Vec<NeighbourView> = statuses.into_iter().map(NeighbourView::from).collect();
+    check_ring(expected, &views)
+}
+
 /// Checks `views` (one per node that answered) against `expected` nodes.
-pub(crate) fn check_ring(expected: usize, views: &[NeighbourView]) -> RingCheck {
+pub fn check_ring(expected: usize, views: &[NeighbourView]) -> RingCheck {
     let mut problems = Vec::new();
     let mut ordered: Vec<(Vec<u8>, &NeighbourView)> = Vec::with_capacity(views.len());
     for view in views {

@@ -1,33 +1,41 @@
-//! Server-sent events framing: turns the bytes of a `text/event-stream` body, as they arrive in
-//! reads of any size, into events. Owns nothing but the partial line and the event being built.
+//! Server-sent events (`text/event-stream`): turns the bytes of a body, as they arrive in reads
+//! of any size, into events. [`SseParser`] is the push parser (it owns nothing but the partial
+//! line and the event being built); [`EventReader`] pulls events from any blocking
+//! [`std::io::Read`], such as the client's response body.
 //!
-//! It follows the WHATWG "event stream interpretation" rules that `group listen` needs: lines
+//! It follows the WHATWG "event stream interpretation" rules that a group's stream needs: lines
 //! end with `\n`, `\r\n` or `\r` (also when a read ends between `\r` and `\n`); a line starting
 //! with `:` is a comment (the node's keep-alives); `event:` names the event; every `data:` line
 //! appends its value plus `\n`; an empty line dispatches the event, without the last `\n`, and
 //! named `message` when no `event:` was given. One space after the colon is dropped. `id:` and
-//! `retry:` are ignored: the CLI resumes by sequence number (`--from`), not by event id.
+//! `retry:` are ignored: clients resume by sequence number (`?from=`), not by event id.
+//!
+//! The crates that parse event streams read from async streams; a blocking client needs a
+//! blocking reader, and this parser is small and tested, so it stays ours.
 //!
 //! Invariant: memory stays bounded: a line or an event's data longer than [`MAX_EVENT_BYTES`] is
 //! an error, not a reason to buffer more.
 
+use std::collections::VecDeque;
+use std::io::{self, Read};
+
 /// Largest line, and largest data of one event, the parser buffers. A group message body is at
 /// most 64 KiB; JSON-escaping control characters can make it six times longer, plus the sender
 /// label and the envelope, so 1 MiB leaves ample room while still refusing an endless line.
-pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
+pub struct SseEvent {
     /// The `event:` field, `message` when absent.
-    pub(crate) event: String,
+    pub event: String,
     /// The `data:` lines joined with `\n`.
-    pub(crate) data: String,
+    pub data: String,
 }
 
 /// Why the stream cannot be parsed further.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SseError {
+pub enum SseError {
     /// A line or an event's data exceeded [`MAX_EVENT_BYTES`]: the server does not follow the
     /// group API, or it is not the node.
     #[error("an event of more than {MAX_EVENT_BYTES} bytes")]
@@ -36,7 +44,7 @@ pub(crate) enum SseError {
 
 /// Incremental parser; feed it every chunk read from the body, in order.
 #[derive(Debug, Default)]
-pub(crate) struct SseParser {
+pub struct SseParser {
     /// Bytes of the line not yet ended.
     line: Vec<u8>,
     /// The last byte fed ended a line with `\r`, so a `\n` that follows belongs to that line end.
@@ -48,12 +56,13 @@ pub(crate) struct SseParser {
 }
 
 impl SseParser {
-    pub(crate) fn new() -> Self {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
         SseParser::default()
     }
 
     /// Parses `bytes` and appends every event they complete to `events`.
-    pub(crate) fn feed(&mut self, bytes: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    pub fn feed(&mut self, bytes: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
         for &byte in bytes {
             if std::mem::take(&mut self.after_cr) && byte == b'\n' {
                 continue;
@@ -118,6 +127,64 @@ impl SseParser {
         let mut data = std::mem::take(&mut self.data);
         data.pop();
         Some(SseEvent { event: if event.is_empty() { "message".to_owned() } else { event }, data })
+    }
+}
+
+/// Size of one read from the underlying reader.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an [`EventReader`] cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading failed (a time-out shows here with [`io::ErrorKind::TimedOut`]).
+    #[error("the stream broke: {0}")]
+    Io(#[from] io::Error),
+    /// The bytes are not an event stream this parser accepts.
+    #[error(transparent)]
+    Framing(#[from] SseError),
+}
+
+/// Pulls events from a blocking reader: each call reads until the next event is complete.
+#[derive(Debug)]
+pub struct EventReader<R> {
+    reader: R,
+    parser: SseParser,
+    /// Events parsed but not yet returned, oldest first.
+    pending: VecDeque<SseEvent>,
+    buffer: Box<[u8]>,
+}
+
+impl<R: Read> EventReader<R> {
+    /// Reads events from `reader`, which must be positioned at the start of the body.
+    pub fn new(reader: R) -> Self {
+        EventReader {
+            reader,
+            parser: SseParser::new(),
+            pending: VecDeque::new(),
+            buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// The next event; `Ok(None)` at the end of the body (an event the body ends inside of is
+    /// dropped, as the standard says). Blocks until an event is complete: comments such as
+    /// keep-alives are consumed without returning.
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, StreamError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(Some(event));
+            }
+            let read = match self.reader.read(&mut self.buffer) {
+                Ok(0) => return Ok(None),
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut parsed = Vec::new();
+            // A framing error ends the stream, along with events the same read completed: the
+            // caller stops at the error anyway.
+            self.parser.feed(&self.buffer[..read], &mut parsed)?;
+            self.pending.extend(parsed);
+        }
     }
 }
 
@@ -202,5 +269,61 @@ mod tests {
             }
         }
         assert_eq!(result, Err(SseError::EventTooLarge));
+    }
+
+    /// A reader that returns one prepared chunk (or error) per call, as a socket might.
+    struct Chunks(VecDeque<io::Result<Vec<u8>>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Err(e)) => Err(e),
+                Some(Ok(mut chunk)) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.0.push_front(Ok(chunk.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    fn reader(chunks: Vec<io::Result<&[u8]>>) -> EventReader<Chunks> {
+        EventReader::new(Chunks(chunks.into_iter().map(|c| c.map(<[u8]>::to_vec)).collect()))
+    }
+
+    #[test]
+    fn the_reader_skips_keep_alives_and_joins_events_split_across_reads() {
+        let mut events = reader(vec![
+            Ok(b": keep-alive\n\n"),
+            Ok(b"event: message\ndata: {\"seq\""),
+            Err(io::Error::from(io::ErrorKind::Interrupted)),
+            Ok(b":1}\n"),
+            Ok(b"\n: keep-alive\n\nevent: gap\ndata: a\ndata: b\n\ndata: x\n\n"),
+        ]);
+        assert_eq!(events.next_event().expect("an event"), Some(event("message", "{\"seq\":1}")));
+        assert_eq!(events.next_event().expect("an event"), Some(event("gap", "a\nb")));
+        assert_eq!(events.next_event().expect("an event"), Some(event("message", "x")));
+        assert_eq!(events.next_event().expect("the end"), None);
+    }
+
+    #[test]
+    fn an_event_cut_off_by_the_end_of_the_body_is_dropped() {
+        let mut events = reader(vec![Ok(b"data: whole\n\ndata: half")]);
+        assert_eq!(events.next_event().expect("an event"), Some(event("message", "whole")));
+        assert_eq!(events.next_event().expect("the end"), None);
+    }
+
+    #[test]
+    fn read_errors_and_framing_errors_end_the_reader() {
+        let mut events = reader(vec![Ok(b": ka\n"), Err(io::Error::from(io::ErrorKind::TimedOut))]);
+        let error = events.next_event().expect_err("a time-out");
+        assert!(matches!(error, StreamError::Io(ref e) if e.kind() == io::ErrorKind::TimedOut), "{error}");
+        let endless = vec![b'x'; MAX_EVENT_BYTES + 1];
+        let mut events = reader(vec![Ok(&endless)]);
+        assert!(matches!(events.next_event(), Err(StreamError::Framing(SseError::EventTooLarge))));
     }
 }

@@ -1,0 +1,78 @@
+//! Keys and values: the answer to a write (`PUT /v1/kv/{key}`), the version header of a read,
+//! and where a key lives (`GET /v1/lookup/{key}`).
+//!
+//! Values themselves travel as raw bytes (request and response bodies), not JSON. A read answers
+//! 200 with the value, 404 when the key has no live value, 503 without a quorum; a write 201
+//! for a new key and 200 for an overwrite; a delete 204, or 404 when there was nothing to
+//! delete. Fields are declared in alphabetical order (see the crate docs).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::NodeInfo;
+
+/// The response header of `GET /v1/kv/{key}` that carries the value's version.
+pub const VERSION_HEADER: &str = "x-overlay-version";
+
+/// Answer to `PUT /v1/kv/{key}` (201 created, 200 overwritten).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReceipt {
+    /// The key, as the node decoded it from the path.
+    pub key: String,
+    /// Replicas that acknowledged the write before the answer (at least what the consistency
+    /// level asked for).
+    pub replicas_acked: u64,
+    /// The version the write got, as text (also what [`VERSION_HEADER`] carries on reads).
+    pub version: String,
+}
+
+/// `GET /v1/lookup/{key}`: the key's replica set, found from the answering node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    /// How many hops the lookup took.
+    pub hops: u32,
+    /// The key.
+    pub key: String,
+    /// SHA-1 of the key: its position on the ring.
+    pub key_id: String,
+    /// The first node at or after `key_id`; `null` only if the lookup found no replica at all.
+    pub owner: Option<NodeInfo>,
+    /// The owner and its successors that hold copies, owner first.
+    pub replicas: Vec<NodeInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: serde::de::DeserializeOwned + Serialize>(literal: &str) -> T {
+        let parsed: T = serde_json::from_str(literal).expect("the literal follows the type");
+        assert_eq!(serde_json::to_string(&parsed).expect("serialises"), literal);
+        parsed
+    }
+
+    #[test]
+    fn put_receipts_round_trip() {
+        let receipt: PutReceipt =
+            round_trip(r#"{"key":"greeting","replicas_acked":3,"version":"1763877600123.0-0a1b2c3d"}"#);
+        assert_eq!(receipt.replicas_acked, 3);
+        // The README lists the fields as key, version, replicas_acked; any order parses.
+        let readme: PutReceipt = serde_json::from_str(
+            r#"{"key":"greeting","version":"1763877600123.0-0a1b2c3d","replicas_acked":3}"#,
+        )
+        .expect("any field order");
+        assert_eq!(readme, receipt);
+    }
+
+    #[test]
+    fn lookups_round_trip() {
+        let node = r#"{"addr":"/ip4/127.0.0.1/tcp/4001","peer_id":"12D3KooWA","ring_id":"0a00000000000000000000000000000000000000"}"#;
+        let lookup: Lookup = round_trip(&format!(
+            r#"{{"hops":2,"key":"a/b c","key_id":"09a0000000000000000000000000000000000000","owner":{node},"replicas":[{node}]}}"#
+        ));
+        assert_eq!(lookup.owner.as_ref(), lookup.replicas.first());
+        let ownerless: Lookup = round_trip(
+            r#"{"hops":0,"key":"k","key_id":"09a0000000000000000000000000000000000000","owner":null,"replicas":[]}"#,
+        );
+        assert!(ownerless.owner.is_none());
+    }
+}
