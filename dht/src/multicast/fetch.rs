@@ -2,7 +2,7 @@
 //! history requests for the application, serving them at the root, and their replies, deadlines
 //! and retries.
 
-use super::{GroupEvent, GroupMessage, GroupName, HistoryMessage, MAX_ROUTE_HOPS, Multicast, Stamped, wire};
+use super::{GroupEvent, GroupMessage, GroupName, HistoryMessage, MAX_ROUTE_HOPS, Multicast, Stamped};
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::node::Node;
@@ -118,19 +118,8 @@ impl<A: Address> Multicast<A> {
         }
         let budget = self.config.max_frame_bytes - 4096;
         let root = self.groups[&mid].root.as_ref().expect("checked ready above");
-        let end = to_seq.min(root.released);
-        let mut covered_to = end;
-        let mut messages = Vec::new();
-        if from_seq <= end {
-            let wanted: Vec<Stamped<A>> =
-                root.history.range(from_seq..=end).map(|(_, (m, _))| m.clone()).collect();
-            if let Some(first) = wire::batches(&wanted, budget).into_iter().next() {
-                if first.len() < wanted.len() {
-                    covered_to = first.last().map_or(end, |m| m.seq);
-                }
-                messages = first;
-            }
-        }
+        // Only released messages: the others are not yet held by a backup.
+        let (messages, covered_to) = root.history.page(from_seq, to_seq.min(root.released), budget);
         let head = root.released;
         if requester.addr == self.me.addr {
             self.on_fetch_reply(self.me.addr.clone(), request, covered_to, head, messages, ring, now);

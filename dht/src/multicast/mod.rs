@@ -51,7 +51,9 @@
 //! and the plumbing they share (sending, routing toward `mid`, suspects). The parts:
 //! - `group`: one group as this node sees it;
 //! - `tree`: joins, acknowledgements, redirects, refreshes, pruning and repair;
-//! - `root`: numbering, replication to the backups, release, hand-off and take-over, backup copies;
+//! - `root`: numbering, replication to the backups, release, hand-off and take-over;
+//! - `history`: the bounded history of a root, and of a backup's copy;
+//! - `backup`: the copies this node holds of roots before it, and taking over from one;
 //! - `publish`: publishes this node started, their retries and deadlines;
 //! - `delivery`: in-order, exactly-once delivery at a member;
 //! - `fetch`: gap detection, fetches of missing ranges and history requests, and their replies;
@@ -63,11 +65,13 @@
 //!   impossible is dropped and counted in [`MulticastCounters`]; nothing panics on input.
 //! - Deterministic: ordered maps only; no randomness is needed.
 
+mod backup;
 mod config;
 mod counters;
 mod delivery;
 mod fetch;
 mod group;
+mod history;
 mod publish;
 mod root;
 mod tree;
@@ -87,10 +91,11 @@ pub use wire::{
     MAX_SEQ, Stamped, decode, encode, short_id,
 };
 
+use self::backup::Backups;
 use self::fetch::PendingFetch;
 use self::group::Group;
 use self::publish::PendingPublish;
-use self::root::{QueuedPublish, Replica};
+use self::root::QueuedPublish;
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::node::Node;
@@ -264,7 +269,7 @@ pub struct Multicast<A: Address> {
     me_short: u64,
     config: MulticastConfig,
     groups: BTreeMap<Id, Group<A>>,
-    replicas: BTreeMap<Id, Replica<A>>,
+    backups: Backups<A>,
     publishes: BTreeMap<u64, PendingPublish>,
     next_publish: u64,
     fetches: BTreeMap<u64, PendingFetch<A>>,
@@ -288,7 +293,7 @@ impl<A: Address> Multicast<A> {
             me,
             config,
             groups: BTreeMap::new(),
-            replicas: BTreeMap::new(),
+            backups: Backups::new(),
             publishes: BTreeMap::new(),
             next_publish: 0,
             fetches: BTreeMap::new(),
@@ -340,7 +345,7 @@ impl<A: Address> Multicast<A> {
 
     /// Groups for which this node holds a backup copy of the root's state (`mid`, head).
     pub fn backups(&self) -> Vec<(GroupName, u64)> {
-        self.replicas.values().map(|r| (r.name.clone(), r.head)).collect()
+        self.backups.summaries()
     }
 
     // ----- commands --------------------------------------------------------------------------
@@ -469,10 +474,10 @@ impl<A: Address> Multicast<A> {
             }
         }
         // Backup copies go to the successor, which becomes the next backup once we are gone.
-        let replicas = std::mem::take(&mut self.replicas);
+        let copies = self.backups.take_all();
         if let Some(s) = &successor {
-            for replica in replicas.into_values() {
-                self.send_state(&s.addr, &replica.name, replica.head, &replica.history, false);
+            for copy in copies {
+                self.send_state(&s.addr, &copy.name, copy.head, &copy.history.messages(), false);
             }
         }
         for (id, p) in std::mem::take(&mut self.publishes) {
@@ -636,7 +641,7 @@ impl<A: Address> Multicast<A> {
             for mid in mids {
                 self.tick_group(mid, ring, now);
             }
-            self.tick_replicas(ring, now);
+            self.tick_backups(ring, now);
             self.tick_publishes(ring, now);
         }
         self.tick_fetches(ring, now);
@@ -665,7 +670,7 @@ impl<A: Address> Multicast<A> {
 
     fn arm(&mut self, now: Time) {
         let busy = !self.groups.is_empty()
-            || !self.replicas.is_empty()
+            || !self.backups.is_empty()
             || !self.publishes.is_empty()
             || !self.fetches.is_empty();
         if !busy {

@@ -1,19 +1,25 @@
 //! The root of a group: numbering publishes, replicating every stamped message to the first
 //! successors (backups) before releasing it down the tree, acknowledging publishers, and moving
 //! the role — hand-off to a new owner of `mid`, take-over from a backup copy, or learning the head
-//! from the successor before numbering anything. Also the backup copies this node holds for roots
-//! before it on the ring.
+//! from the successor before numbering anything.
 //!
-//! Invariants: a root numbers only once it knows the head (`ready`); a message is sent down only
-//! once the first backup holds it, and in order; a retried publish is numbered at most once while
-//! it is in the history; state is accepted only from the root's ring neighbourhood.
+//! Owns [`RootState`], the part of a group only its root has: head, released mark, the
+//! acknowledgements of the first backup, the history, publishes queued while the head is learnt,
+//! and the timers of state queries, backup heartbeats and re-replication.
+//!
+//! Invariants: a root numbers only once it knows the head (`ready`); numbers are handed out from
+//! `head + 1`, gap-free; a message is sent down only once the first backup holds it, and in
+//! order (`released` only grows by one); a retried publish is numbered at most once while it is in
+//! the history; state is accepted only from the root's ring neighbourhood.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tracing::debug;
 
+use super::backup::Replica;
 use super::group::Group;
+use super::history::History;
 use super::tree::Joining;
 use super::{GroupEvent, GroupMessage, GroupName, MAX_ROUTE_HOPS, Multicast, PublishId, Stamped, wire};
 use crate::address::{Address, NodeRef};
@@ -36,8 +42,7 @@ pub(super) struct QueuedPublish<A> {
     pub(super) ts_ms: u64,
 }
 
-pub(super) type History<A> = BTreeMap<u64, (Stamped<A>, Time)>;
-
+/// What a root keeps for its group.
 #[derive(Clone, Debug)]
 pub(super) struct RootState<A> {
     /// False while the head is being learnt from the successor.
@@ -50,7 +55,7 @@ pub(super) struct RootState<A> {
     pub(super) released: u64,
     pub(super) acked: BTreeSet<u64>,
     pub(super) history: History<A>,
-    pub(super) by_origin: BTreeMap<(A, u64), u64>,
+    /// Publishes that arrived while the head was being learnt.
     pub(super) queued: VecDeque<QueuedPublish<A>>,
     /// Backups that received the whole history.
     pub(super) synced: BTreeSet<A>,
@@ -69,8 +74,7 @@ impl<A: Address> RootState<A> {
             head: 0,
             released: 0,
             acked: BTreeSet::new(),
-            history: BTreeMap::new(),
-            by_origin: BTreeMap::new(),
+            history: History::new(),
             queued: VecDeque::new(),
             synced: BTreeSet::new(),
             next_heartbeat: now,
@@ -83,22 +87,70 @@ impl<A: Address> RootState<A> {
     /// now held by two nodes (the previous root or backup, and this one).
     pub(super) fn adopt(&mut self, head: u64, history: History<A>) {
         self.ready = true;
-        for (seq, entry) in history {
-            self.by_origin.insert((entry.0.origin.clone(), entry.0.publish_id), seq);
-            self.history.entry(seq).or_insert(entry);
-        }
-        self.head = self.head.max(head).max(self.history.last_key_value().map_or(0, |(s, _)| *s));
+        self.history.merge(history);
+        self.head = self.head.max(head).max(self.history.last_seq().unwrap_or(0));
         self.released = self.head;
         self.acked.clear();
     }
+
+    /// Numbers `publish` with the next number and files it in the history; it is released once
+    /// the first backup acknowledges it.
+    fn stamp(&mut self, publish: QueuedPublish<A>, now: Time) -> Stamped<A> {
+        self.head += 1;
+        let stamped = Stamped {
+            seq: self.head,
+            from: publish.from,
+            body: publish.body,
+            ts_ms: publish.ts_ms,
+            origin: publish.origin.addr,
+            publish_id: publish.id,
+        };
+        self.history.stamp(stamped.clone(), now);
+        stamped
+    }
+
+    /// Counts every stamped but unreleased number as held by the first backup (there is none, or
+    /// the role is being handed off with the whole history).
+    fn ack_unreleased(&mut self) {
+        for seq in self.released + 1..=self.head {
+            self.acked.insert(seq);
+        }
+    }
+
+    /// The first backup holds `first..=last`: those of them stamped and unreleased may go down.
+    fn ack(&mut self, first: u64, last: u64) {
+        for seq in first.max(self.released + 1)..=last.min(self.head) {
+            self.acked.insert(seq);
+        }
+    }
+
+    /// The next step of releasing in order: the next number is not acknowledged yet (`Wait`), or
+    /// it is released now, with its message unless trimmed already.
+    fn release_next(&mut self) -> Release<A> {
+        let next = self.released + 1;
+        if !self.acked.remove(&next) {
+            if self.released >= self.head {
+                self.repl_deadline = None;
+            }
+            return Release::Wait;
+        }
+        self.released = next;
+        match self.history.get(next) {
+            Some(message) => Release::Send(message.clone()),
+            None => Release::Trimmed,
+        }
+    }
 }
 
-#[derive(Clone, Debug)]
-pub(super) struct Replica<A> {
-    pub(super) name: GroupName,
-    pub(super) head: u64,
-    pub(super) history: History<A>,
-    pub(super) updated: Time,
+/// One step of [`RootState::release_next`].
+enum Release<A> {
+    /// Nothing more may be released yet.
+    Wait,
+    /// The next number was released but is no longer in the history (far smaller than the
+    /// backlog): there is nothing to send.
+    Trimmed,
+    /// The next number was released: send it down.
+    Send(Stamped<A>),
 }
 
 impl<A: Address> Multicast<A> {
@@ -118,7 +170,7 @@ impl<A: Address> Multicast<A> {
         g.detached_since = None;
         g.root_addr = Some(self.me.addr.clone());
         let mut root = RootState::pending(now);
-        if let Some(replica) = self.replicas.remove(&mid) {
+        if let Some(replica) = self.backups.take(&mid) {
             self.counters.takeovers += 1;
             root.adopt(replica.head, replica.history);
             debug!(group = %name, head = root.head, "took the root role over from a backup copy");
@@ -128,7 +180,7 @@ impl<A: Address> Multicast<A> {
             let to = successor.addr.clone();
             self.send(to, GroupMessage::StateQuery { group: name.clone() });
         } else {
-            root.adopt(0, BTreeMap::new());
+            root.adopt(0, History::new());
         }
         let g = self.groups.get_mut(&mid).expect("present: read above");
         g.root = Some(root);
@@ -244,25 +296,15 @@ impl<A: Address> Multicast<A> {
             }
             return;
         }
-        if let Some(&seq) = root.by_origin.get(&(publish.origin.addr.clone(), publish.id)) {
+        if let Some(seq) = root.history.seq_of(&publish.origin.addr, publish.id) {
             self.counters.duplicate_publishes += 1;
             if seq <= root.released {
                 self.ack_publisher(group, &publish.origin.addr, publish.id, seq);
             }
             return;
         }
-        root.head += 1;
-        let seq = root.head;
-        let stamped = Stamped {
-            seq,
-            from: publish.from,
-            body: publish.body,
-            ts_ms: publish.ts_ms,
-            origin: publish.origin.addr.clone(),
-            publish_id: publish.id,
-        };
-        root.by_origin.insert((stamped.origin.clone(), stamped.publish_id), seq);
-        root.history.insert(seq, (stamped.clone(), now));
+        let stamped = root.stamp(publish, now);
+        let seq = stamped.seq;
         let backups = self.backup_set(ring);
         if backups.is_empty() {
             let root = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut()).expect("present: used above");
@@ -298,17 +340,12 @@ impl<A: Address> Multicast<A> {
         loop {
             let g = self.groups.get_mut(&mid).expect("callers checked the group exists");
             let root = g.root.as_mut().expect("callers checked the root exists");
-            let next = root.released + 1;
-            if !root.acked.remove(&next) {
-                if root.released >= root.head {
-                    root.repl_deadline = None;
-                }
-                return;
-            }
-            root.released = next;
-            let Some((message, _)) = root.history.get(&next).cloned() else {
-                continue; // trimmed already (history far smaller than the backlog): nothing to send
+            let message = match root.release_next() {
+                Release::Wait => return,
+                Release::Trimmed => continue,
+                Release::Send(message) => message,
             };
+            let next = message.seq;
             g.head = Some(next);
             let name = g.name.clone();
             let children: Vec<A> = g.children.keys().cloned().collect();
@@ -344,16 +381,7 @@ impl<A: Address> Multicast<A> {
         let Some(root) = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut()) else {
             return;
         };
-        // Unreleased messages stay: they have not been sent down yet.
-        while let Some((&seq, (_, at))) = root.history.first_key_value() {
-            let too_many = root.history.len() > max;
-            let too_old = now.saturating_since(*at) > age;
-            if seq > root.released || !(too_many || too_old) {
-                break;
-            }
-            let (m, _) = root.history.remove(&seq).expect("first key present");
-            root.by_origin.remove(&(m.origin, m.publish_id));
-        }
+        root.history.trim(root.released, max, age, now);
     }
 
     pub(super) fn tick_root(&mut self, mid: Id, ring: &Node<A>, now: Time) {
@@ -370,7 +398,7 @@ impl<A: Address> Multicast<A> {
                 if root.queries >= MAX_STATE_QUERIES || ring.successors().is_empty() {
                     debug!(group = %name, "no state learnt: numbering afresh");
                     self.counters.fresh_roots += 1;
-                    root.adopt(0, BTreeMap::new());
+                    root.adopt(0, History::new());
                     self.on_root_ready(mid, ring, now);
                 } else {
                     root.queries += 1;
@@ -405,7 +433,9 @@ impl<A: Address> Multicast<A> {
         if heartbeat {
             root.next_heartbeat = now + config.backup_heartbeat;
         }
-        let (head, history) = (root.head, root.history.clone());
+        let head = root.head;
+        // Copied only when some backup needs it: the history may hold thousands of messages.
+        let history = if fresh.is_empty() { Vec::new() } else { root.history.messages() };
         for b in &fresh {
             root.synced.insert(b.clone());
         }
@@ -427,14 +457,11 @@ impl<A: Address> Multicast<A> {
         let root = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut()).expect("present");
         if root.released < root.head {
             if backups.is_empty() {
-                for seq in root.released + 1..=root.head {
-                    root.acked.insert(seq);
-                }
+                root.ack_unreleased();
                 self.release(mid);
             } else if root.repl_deadline.is_some_and(|t| t <= now) {
                 root.repl_deadline = Some(now + config.rpc_timeout);
-                let unreleased: Vec<Stamped<A>> =
-                    root.history.range(root.released + 1..).map(|(_, (m, _))| m.clone()).collect();
+                let unreleased = root.history.messages_from(root.released + 1);
                 self.counters.replication_retries += 1;
                 for b in &backups {
                     for batch in wire::batches(&unreleased, config.max_frame_bytes - 4096) {
@@ -452,17 +479,17 @@ impl<A: Address> Multicast<A> {
         self.trim_root_history(mid, now);
     }
 
-    /// Sends a group's head and history to `to`, in batches that fit the frame cap.
+    /// Sends a group's head and history (`messages`, in order) to `to`, in batches that fit the
+    /// frame cap.
     pub(super) fn send_state(
         &mut self,
         to: &A,
         name: &GroupName,
         head: u64,
-        history: &History<A>,
+        messages: &[Stamped<A>],
         handoff: bool,
     ) {
-        let messages: Vec<Stamped<A>> = history.values().map(|(m, _)| m.clone()).collect();
-        let batches = wire::batches(&messages, self.config.max_frame_bytes - 4096);
+        let batches = wire::batches(messages, self.config.max_frame_bytes - 4096);
         if batches.is_empty() {
             let message =
                 GroupMessage::Replicate { group: name.clone(), head, messages: Vec::new(), handoff };
@@ -479,9 +506,7 @@ impl<A: Address> Multicast<A> {
     pub(super) fn hand_off(&mut self, mid: Id, to: A, now: Time) {
         let g = self.groups.get_mut(&mid).expect("callers checked the group exists");
         if let Some(root) = g.root.as_mut() {
-            for seq in root.released + 1..=root.head {
-                root.acked.insert(seq);
-            }
+            root.ack_unreleased();
         }
         self.release(mid);
         let g = self.groups.get_mut(&mid).expect("present");
@@ -491,10 +516,9 @@ impl<A: Address> Multicast<A> {
         g.root_addr = Some(to.clone());
         self.yielded.insert(mid, (to.clone(), now + HANDOFF_GRACE * 2));
         self.counters.handoffs += 1;
-        self.send_state(&to, &name, root.head, &root.history, true);
-        if self.replicas.len() < self.config.max_groups {
-            self.replicas.insert(mid, Replica { name, head: root.head, history: root.history, updated: now });
-        }
+        self.send_state(&to, &name, root.head, &root.history.messages(), true);
+        let copy = Replica { name, head: root.head, history: root.history, updated: now };
+        self.backups.keep(mid, copy, self.config.max_groups);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -530,9 +554,8 @@ impl<A: Address> Multicast<A> {
                 self.counters.dropped_unexpected += 1;
                 return;
             }
-            let history: History<A> = messages.into_iter().map(|m| (m.seq, (m, now))).collect();
             let was_ready = root.ready;
-            root.adopt(head, history);
+            root.adopt(head, History::from_batch(messages, now));
             if ring.predecessor().is_some_and(|p| p.addr == from) || !Self::surely_not_owner(ring, &mid) {
                 root.hold_until = now + HANDOFF_GRACE;
             }
@@ -541,24 +564,9 @@ impl<A: Address> Multicast<A> {
             }
             return;
         }
-        if !self.replicas.contains_key(&mid) && self.replicas.len() >= self.config.max_groups {
+        if !self.backups.store(mid, &group, head, messages, now, &self.config) {
             self.counters.dropped_overload += 1;
             return;
-        }
-        let max = self.config.history_messages;
-        let replica = self.replicas.entry(mid).or_insert_with(|| Replica {
-            name: group.clone(),
-            head: 0,
-            history: BTreeMap::new(),
-            updated: now,
-        });
-        replica.head = replica.head.max(head);
-        replica.updated = now;
-        for m in messages {
-            replica.history.entry(m.seq).or_insert((m, now));
-        }
-        while replica.history.len() > max {
-            replica.history.pop_first();
         }
         if let Some((first, last)) = range
             && !handoff
@@ -597,11 +605,7 @@ impl<A: Address> Multicast<A> {
             // The second backup's acknowledgements are not waited for.
             return;
         }
-        let lo = first.max(root.released + 1);
-        let hi = last.min(root.head);
-        for seq in lo..=hi {
-            root.acked.insert(seq);
-        }
+        root.ack(first, last);
         self.release(mid);
     }
 
@@ -629,35 +633,11 @@ impl<A: Address> Multicast<A> {
             self.counters.dropped_unauthorized += 1;
             return;
         }
-        if let Some(replica) = self.replicas.get(&mid) {
-            let (name, head, history) = (replica.name.clone(), replica.head, replica.history.clone());
+        if let Some(replica) = self.backups.get(&mid) {
+            let (name, head, history) = (replica.name.clone(), replica.head, replica.history.messages());
             self.send_state(&from, &name, head, &history, true);
         } else {
             self.send(from, GroupMessage::Replicate { group, head: 0, messages: Vec::new(), handoff: true });
-        }
-    }
-
-    pub(super) fn tick_replicas(&mut self, ring: &Node<A>, now: Time) {
-        let ttl = self.config.backup_ttl;
-        self.replicas.retain(|_, r| now.saturating_since(r.updated) < ttl);
-        let owned: Vec<(Id, GroupName)> = self
-            .replicas
-            .iter()
-            .filter(|(mid, _)| {
-                ring.owns(mid)
-                    && self.may_root(mid, now)
-                    && self.groups.get(mid).is_none_or(|g| g.root.is_none())
-            })
-            .map(|(mid, r)| (*mid, r.name.clone()))
-            .collect();
-        for (mid, name) in owned {
-            if !self.groups.contains_key(&mid) {
-                if self.groups.len() >= self.config.max_groups {
-                    continue;
-                }
-                self.groups.insert(mid, Group::new(name, now));
-            }
-            self.become_root(mid, ring, now);
         }
     }
 }
