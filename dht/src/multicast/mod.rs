@@ -94,7 +94,7 @@ pub use wire::{
 use self::backup::Backups;
 use self::fetch::PendingFetch;
 use self::group::Group;
-use self::publish::PendingPublish;
+use self::publish::{PendingPublish, Publishes};
 use self::root::QueuedPublish;
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
@@ -270,8 +270,7 @@ pub struct Multicast<A: Address> {
     config: MulticastConfig,
     groups: BTreeMap<Id, Group<A>>,
     backups: Backups<A>,
-    publishes: BTreeMap<u64, PendingPublish>,
-    next_publish: u64,
+    publishes: Publishes,
     fetches: BTreeMap<u64, PendingFetch<A>>,
     next_request: u64,
     suspects: BTreeMap<A, Time>,
@@ -294,8 +293,7 @@ impl<A: Address> Multicast<A> {
             config,
             groups: BTreeMap::new(),
             backups: Backups::new(),
-            publishes: BTreeMap::new(),
-            next_publish: 0,
+            publishes: Publishes::new(),
             fetches: BTreeMap::new(),
             next_request: 0,
             suspects: BTreeMap::new(),
@@ -412,19 +410,14 @@ impl<A: Address> Multicast<A> {
         if self.publishes.len() >= self.config.max_pending_publishes {
             return Err(GroupError::Overloaded);
         }
-        let id = self.next_publish;
-        self.next_publish += 1;
-        self.publishes.insert(
-            id,
-            PendingPublish {
-                group: group.clone(),
-                from,
-                body,
-                ts_ms,
-                deadline: now + self.config.publish_timeout,
-                retry_at: now + self.config.publish_retry,
-            },
-        );
+        let id = self.publishes.start(PendingPublish {
+            group: group.clone(),
+            from,
+            body,
+            ts_ms,
+            deadline: now + self.config.publish_timeout,
+            retry_at: now + self.config.publish_retry,
+        });
         self.send_publish(id, ring, now);
         self.arm(now);
         Ok(PublishId(id))
@@ -480,7 +473,7 @@ impl<A: Address> Multicast<A> {
                 self.send_state(&s.addr, &copy.name, copy.head, &copy.history.messages(), false);
             }
         }
-        for (id, p) in std::mem::take(&mut self.publishes) {
+        for (id, p) in self.publishes.take_all() {
             self.counters.publishes_failed += 1;
             self.events.push_back(GroupEvent::PublishFailed {
                 id: PublishId(id),
@@ -565,13 +558,13 @@ impl<A: Address> Multicast<A> {
                 let publish = QueuedPublish { origin, id, from: label, body, ts_ms };
                 self.on_publish(mid, group, publish, hops, ring, now);
             }
-            GroupMessage::PublishAck { group, id, seq } => match self.publishes.get(&id) {
-                Some(p) if p.group == group => {
-                    self.publishes.remove(&id);
+            GroupMessage::PublishAck { group, id, seq } => {
+                if self.publishes.acknowledged(id, &group) {
                     self.events.push_back(GroupEvent::Published { id: PublishId(id), group, seq });
+                } else {
+                    self.counters.dropped_unexpected += 1;
                 }
-                _ => self.counters.dropped_unexpected += 1,
-            },
+            }
             GroupMessage::Data { root, message, .. } => self.on_data(mid, from, root, message, ring, now),
             GroupMessage::Fetch { group, requester, request, from_seq, to_seq, hops } => {
                 self.on_fetch(mid, group, requester, request, from_seq, to_seq, hops, ring, now)

@@ -367,8 +367,7 @@ impl<A: Address> Multicast<A> {
 
     pub(super) fn ack_publisher(&mut self, group: &GroupName, origin: &A, id: u64, seq: u64) {
         if *origin == self.me.addr {
-            if self.publishes.get(&id).is_some_and(|p| &p.group == group) {
-                self.publishes.remove(&id);
+            if self.publishes.acknowledged(id, group) {
                 self.events.push_back(GroupEvent::Published { id: PublishId(id), group: group.clone(), seq });
             }
         } else {
