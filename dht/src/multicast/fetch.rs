@@ -1,6 +1,14 @@
 //! Fetching from the root's history: gap detection at a member, fetches of missing ranges and
 //! history requests for the application, serving them at the root, and their replies, deadlines
 //! and retries.
+//!
+//! Owns the fetches in flight with their request ids ([`Fetches`]) and, per group, the state of
+//! a member's gap filling ([`GapFill`]). Invariants: a member has at most one gap fill in flight
+//! per group; a fetch is sent at most `fetch_attempts` times, each with a deadline, and ends
+//! exactly once (answered, or failed); a range the root no longer holds is reported as a gap,
+//! never skipped silently; a root answers only from what it has released.
+
+use std::collections::BTreeMap;
 
 use super::{GroupEvent, GroupMessage, GroupName, HistoryMessage, MAX_ROUTE_HOPS, Multicast, Stamped};
 use crate::address::{Address, NodeRef};
@@ -8,16 +16,108 @@ use crate::id::Id;
 use crate::node::Node;
 use crate::time::Time;
 
+/// A fetch waiting for the root's reply.
 #[derive(Clone, Debug)]
 pub(super) struct PendingFetch<A> {
     pub(super) mid: Id,
     pub(super) group: GroupName,
     pub(super) from_seq: u64,
     pub(super) to_seq: u64,
+    /// Where the next attempt goes: the root, if known; `None` to route toward `mid`.
     pub(super) target: Option<A>,
     pub(super) deadline: Time,
     pub(super) attempts: u32,
+    /// A history request of the application (else a member's gap fill).
     pub(super) user: bool,
+}
+
+/// The fetches this node has in flight, by request id.
+#[derive(Debug)]
+pub(super) struct Fetches<A> {
+    pending: BTreeMap<u64, PendingFetch<A>>,
+    next_id: u64,
+}
+
+impl<A: Address> Fetches<A> {
+    pub(super) fn new() -> Self {
+        Fetches { pending: BTreeMap::new(), next_id: 0 }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Forgets every fetch (this node is leaving).
+    pub(super) fn clear(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Records a new fetch and returns its request id.
+    pub(super) fn start(&mut self, fetch: PendingFetch<A>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, fetch);
+        id
+    }
+
+    /// Removes and returns fetch `id` (answered, or given up).
+    fn take(&mut self, id: u64) -> Option<PendingFetch<A>> {
+        self.pending.remove(&id)
+    }
+
+    /// Whether fetch `id` was sent `max` times already.
+    fn exhausted(&self, id: u64, max: u32) -> bool {
+        self.pending.get(&id).is_some_and(|f| f.attempts >= max)
+    }
+
+    /// Whether fetch `id` is in flight for group `mid`.
+    pub(super) fn expects(&self, id: u64, mid: &Id) -> bool {
+        self.pending.get(&id).is_some_and(|f| f.mid == *mid)
+    }
+
+    /// Counts one more attempt of fetch `id` and sets its deadline; returns it as it is to be sent.
+    fn attempt(&mut self, id: u64, now: Time, timeout: std::time::Duration) -> Option<&PendingFetch<A>> {
+        let f = self.pending.get_mut(&id)?;
+        f.attempts += 1;
+        f.deadline = now + timeout;
+        if f.attempts > 2 {
+            // The root we knew may be gone: let routing find the current one.
+            f.target = None;
+        }
+        Some(f)
+    }
+
+    /// The fetches whose next attempt was to go to `peer`, now to be routed instead.
+    fn reroute_from(&mut self, peer: &A) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for (id, f) in self.pending.iter_mut().filter(|(_, f)| f.target.as_ref() == Some(peer)) {
+            f.target = None;
+            ids.push(*id);
+        }
+        ids
+    }
+
+    /// The fetches whose deadline has passed.
+    fn due(&self, now: Time) -> Vec<u64> {
+        self.pending.iter().filter(|(_, f)| f.deadline <= now).map(|(k, _)| *k).collect()
+    }
+}
+
+/// A member's gap filling in one group.
+#[derive(Clone, Debug)]
+pub(super) struct GapFill {
+    /// The gap fill in flight, if any.
+    fetching: Option<u64>,
+    /// No gap fill starts before then (the root had nothing more released).
+    fetch_after: Time,
+    /// Since when the member has known of a number it lacks.
+    behind_since: Option<Time>,
+}
+
+impl GapFill {
+    pub(super) fn new(now: Time) -> Self {
+        GapFill { fetching: None, fetch_after: now, behind_since: None }
+    }
 }
 
 impl<A: Address> Multicast<A> {
@@ -26,7 +126,7 @@ impl<A: Address> Multicast<A> {
         let Some(g) = self.groups.get(&mid) else {
             return;
         };
-        if !g.member || g.fetching.is_some() || g.fetch_after > now {
+        if !g.member || g.gap.fetching.is_some() || g.gap.fetch_after > now {
             return;
         }
         let Some(next) = g.next_seq else {
@@ -37,48 +137,35 @@ impl<A: Address> Multicast<A> {
             None => g.advertised(&self.me.addr).1.or(g.head).unwrap_or(0),
         };
         if upto < next {
-            self.groups.get_mut(&mid).expect("present").behind_since = None;
+            self.groups.get_mut(&mid).expect("present").gap.behind_since = None;
             return;
         }
-        let since = *self.groups.get_mut(&mid).expect("present").behind_since.get_or_insert(now);
+        let since = *self.groups.get_mut(&mid).expect("present").gap.behind_since.get_or_insert(now);
         if now.saturating_since(since) < self.config.fetch_delay {
             return;
         }
         let g = &self.groups[&mid];
-        let request = self.next_request;
-        self.next_request += 1;
-        let target = g.root_addr.clone();
-        let group = g.name.clone();
-        self.fetches.insert(
-            request,
-            PendingFetch {
-                mid,
-                group,
-                from_seq: next,
-                to_seq: upto,
-                target,
-                deadline: now,
-                attempts: 0,
-                user: false,
-            },
-        );
-        self.groups.get_mut(&mid).expect("present").fetching = Some(request);
+        let request = self.fetches.start(PendingFetch {
+            mid,
+            group: g.name.clone(),
+            from_seq: next,
+            to_seq: upto,
+            target: g.root_addr.clone(),
+            deadline: now,
+            attempts: 0,
+            user: false,
+        });
+        self.groups.get_mut(&mid).expect("present").gap.fetching = Some(request);
         self.send_fetch(request, ring, now);
     }
 
     pub(super) fn send_fetch(&mut self, request: u64, ring: &Node<A>, now: Time) {
-        let Some(f) = self.fetches.get_mut(&request) else {
+        let Some(f) = self.fetches.attempt(request, now, self.config.rpc_timeout * 2) else {
             return;
         };
-        f.attempts += 1;
-        f.deadline = now + self.config.rpc_timeout * 2;
-        if f.attempts > 2 {
-            // The root we knew may be gone: let routing find the current one.
-            f.target = None;
-        }
-        self.counters.fetches_sent += 1;
         let (mid, group, from_seq, to_seq, target) =
             (f.mid, f.group.clone(), f.from_seq, f.to_seq, f.target.clone());
+        self.counters.fetches_sent += 1;
         let requester = self.me.clone();
         match target {
             Some(to) if to != self.me.addr => {
@@ -142,7 +229,7 @@ impl<A: Address> Multicast<A> {
         ring: &Node<A>,
         now: Time,
     ) {
-        let Some(f) = self.fetches.remove(&request) else {
+        let Some(f) = self.fetches.take(request) else {
             self.counters.dropped_unexpected += 1;
             return;
         };
@@ -158,8 +245,8 @@ impl<A: Address> Multicast<A> {
         let Some(g) = self.groups.get_mut(&f.mid) else {
             return;
         };
-        g.fetching = None;
-        g.behind_since = None;
+        g.gap.fetching = None;
+        g.gap.behind_since = None;
         g.root_addr = Some(from);
         g.learn_head(Some(head));
         if !g.member {
@@ -167,7 +254,7 @@ impl<A: Address> Multicast<A> {
         }
         if covered_to < f.from_seq {
             // Nothing released there yet: ask again a little later, not in a tight loop.
-            g.fetch_after = now + self.config.rpc_timeout;
+            g.gap.fetch_after = now + self.config.rpc_timeout;
             return;
         }
         for m in messages {
@@ -197,19 +284,24 @@ impl<A: Address> Multicast<A> {
     }
 
     pub(super) fn tick_fetches(&mut self, ring: &Node<A>, now: Time) {
-        let due: Vec<u64> = self.fetches.iter().filter(|(_, f)| f.deadline <= now).map(|(k, _)| *k).collect();
-        for request in due {
-            let f = &self.fetches[&request];
-            if f.attempts >= self.config.fetch_attempts || !ring.is_member() {
-                let f = self.fetches.remove(&request).expect("listed above");
+        for request in self.fetches.due(now) {
+            if self.fetches.exhausted(request, self.config.fetch_attempts) || !ring.is_member() {
+                let f = self.fetches.take(request).expect("listed as due above");
                 if f.user {
                     self.events.push_back(GroupEvent::HistoryFailed { group: f.group, from_seq: f.from_seq });
                 } else if let Some(g) = self.groups.get_mut(&f.mid) {
-                    g.fetching = None;
+                    g.gap.fetching = None;
                 }
             } else {
                 self.send_fetch(request, ring, now);
             }
+        }
+    }
+
+    /// Fetches whose next attempt was to go to `peer` (it is unreachable) go by routing, now.
+    pub(super) fn reroute_fetches(&mut self, peer: &A, ring: &Node<A>, now: Time) {
+        for request in self.fetches.reroute_from(peer) {
+            self.send_fetch(request, ring, now);
         }
     }
 }

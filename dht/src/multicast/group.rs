@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::fetch::GapFill;
 use super::root::RootState;
 use super::tree::{Child, Joining};
 use super::{GroupName, Stamped};
@@ -32,10 +33,7 @@ pub(super) struct Group<A> {
     pub(super) root_addr: Option<A>,
     pub(super) next_seq: Option<u64>,
     pub(super) buffer: BTreeMap<u64, Stamped<A>>,
-    pub(super) fetching: Option<u64>,
-    pub(super) fetch_after: Time,
-    /// Since when a member has known of a number it lacks.
-    pub(super) behind_since: Option<Time>,
+    pub(super) gap: GapFill,
 }
 
 impl<A: Address> Group<A> {
@@ -58,9 +56,7 @@ impl<A: Address> Group<A> {
             root_addr: None,
             next_seq: None,
             buffer: BTreeMap::new(),
-            fetching: None,
-            fetch_after: now,
-            behind_since: None,
+            gap: GapFill::new(now),
         }
     }
 

@@ -92,7 +92,7 @@ pub use wire::{
 };
 
 use self::backup::Backups;
-use self::fetch::PendingFetch;
+use self::fetch::{Fetches, PendingFetch};
 use self::group::Group;
 use self::publish::{PendingPublish, Publishes};
 use self::root::QueuedPublish;
@@ -271,8 +271,7 @@ pub struct Multicast<A: Address> {
     groups: BTreeMap<Id, Group<A>>,
     backups: Backups<A>,
     publishes: Publishes,
-    fetches: BTreeMap<u64, PendingFetch<A>>,
-    next_request: u64,
+    fetches: Fetches<A>,
     suspects: BTreeMap<A, Time>,
     /// Groups whose root role this node handed to another node, until when it must not take the
     /// role back on its own (its ring view may lag behind the new owner's).
@@ -294,8 +293,7 @@ impl<A: Address> Multicast<A> {
             groups: BTreeMap::new(),
             backups: Backups::new(),
             publishes: Publishes::new(),
-            fetches: BTreeMap::new(),
-            next_request: 0,
+            fetches: Fetches::new(),
             suspects: BTreeMap::new(),
             yielded: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -428,21 +426,16 @@ impl<A: Address> Multicast<A> {
     pub fn request_history(&mut self, group: &GroupName, from_seq: u64, ring: &Node<A>, now: Time) {
         let mid = group.id();
         let target = self.groups.get(&mid).and_then(|g| g.root_addr.clone());
-        let request = self.next_request;
-        self.next_request += 1;
-        self.fetches.insert(
-            request,
-            PendingFetch {
-                mid,
-                group: group.clone(),
-                from_seq: from_seq.max(1),
-                to_seq: u64::MAX,
-                target,
-                deadline: now,
-                attempts: 0,
-                user: true,
-            },
-        );
+        let request = self.fetches.start(PendingFetch {
+            mid,
+            group: group.clone(),
+            from_seq: from_seq.max(1),
+            to_seq: u64::MAX,
+            target,
+            deadline: now,
+            attempts: 0,
+            user: true,
+        });
         self.send_fetch(request, ring, now);
         self.arm(now);
     }
@@ -571,7 +564,7 @@ impl<A: Address> Multicast<A> {
             }
             GroupMessage::FetchReply { request, covered_to, head, messages, .. } => {
                 // A reply must answer a fetch for this very group (request ids are guessable).
-                if self.fetches.get(&request).is_none_or(|f| f.mid != mid) {
+                if !self.fetches.expects(request, &mid) {
                     self.counters.dropped_unexpected += 1;
                     return;
                 }
@@ -609,14 +602,7 @@ impl<A: Address> Multicast<A> {
             }
             self.maybe_prune(mid);
         }
-        let requests: Vec<u64> =
-            self.fetches.iter().filter(|(_, f)| f.target.as_ref() == Some(peer)).map(|(k, _)| *k).collect();
-        for request in requests {
-            if let Some(f) = self.fetches.get_mut(&request) {
-                f.target = None;
-            }
-            self.send_fetch(request, ring, now);
-        }
+        self.reroute_fetches(peer, ring, now);
         self.arm(now);
     }
 
