@@ -129,11 +129,11 @@ impl<A: Address> Multicast<A> {
         if !g.member || g.gap.fetching.is_some() || g.gap.fetch_after > now {
             return;
         }
-        let Some(next) = g.next_seq else {
+        let Some(next) = g.delivery.next_seq() else {
             return;
         };
-        let upto = match g.buffer.first_key_value() {
-            Some((first, _)) => first - 1,
+        let upto = match g.delivery.first_buffered() {
+            Some(first) => first - 1,
             None => g.advertised(&self.me.addr).1.or(g.head).unwrap_or(0),
         };
         if upto < next {
@@ -265,19 +265,12 @@ impl<A: Address> Multicast<A> {
         // What the reply speaks for but does not hold is gone: report it, then move past it.
         loop {
             let g = self.groups.get_mut(&f.mid).expect("present");
-            let Some(next) = g.next_seq else {
+            let Some((from_gap, to_gap)) = g.delivery.skip_gap(covered_to) else {
                 break;
             };
-            if next > covered_to {
-                break;
-            }
-            let resume =
-                g.buffer.range(next..).next().map_or(covered_to + 1, |(s, _)| (*s).min(covered_to + 1));
-            let (from_gap, to_gap) = (next, resume - 1);
             self.counters.gaps += 1;
             self.counters.gap_messages += to_gap - from_gap + 1;
             self.events.push_back(GroupEvent::Gap { group: g.name.clone(), from: from_gap, to: to_gap });
-            g.next_seq = Some(resume);
             self.drain(f.mid);
         }
         self.check_behind(f.mid, ring, now);

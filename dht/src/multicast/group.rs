@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use super::GroupName;
+use super::delivery::Delivery;
 use super::fetch::GapFill;
 use super::root::RootState;
 use super::tree::{Child, Joining};
-use super::{GroupName, Stamped};
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::time::Time;
@@ -31,8 +32,7 @@ pub(super) struct Group<A> {
     pub(super) root: Option<RootState<A>>,
     pub(super) head: Option<u64>,
     pub(super) root_addr: Option<A>,
-    pub(super) next_seq: Option<u64>,
-    pub(super) buffer: BTreeMap<u64, Stamped<A>>,
+    pub(super) delivery: Delivery<A>,
     pub(super) gap: GapFill,
 }
 
@@ -54,8 +54,7 @@ impl<A: Address> Group<A> {
             root: None,
             head: None,
             root_addr: None,
-            next_seq: None,
-            buffer: BTreeMap::new(),
+            delivery: Delivery::new(),
             gap: GapFill::new(now),
         }
     }

@@ -334,7 +334,7 @@ impl<A: Address> Multicast<A> {
                 is_member: g.member,
                 head: g.advertised(&self.me.addr).1.or(g.head),
                 depth: g.advertised(&self.me.addr).0,
-                next_seq: g.next_seq.filter(|_| g.member),
+                next_seq: g.delivery.next_seq().filter(|_| g.member),
             })
             .collect()
     }
@@ -362,8 +362,7 @@ impl<A: Address> Multicast<A> {
         let g = self.groups.get_mut(&mid).expect("inserted above");
         if !g.member {
             g.member = true;
-            g.next_seq = g.root.as_ref().filter(|r| r.ready).map(|r| r.released + 1);
-            g.buffer.clear();
+            g.delivery.restart(g.root.as_ref().filter(|r| r.ready).map(|r| r.released + 1));
         }
         self.ensure_attached(mid, ring, now, 0);
         self.arm(now);
@@ -376,8 +375,7 @@ impl<A: Address> Multicast<A> {
         let mid = group.id();
         if let Some(g) = self.groups.get_mut(&mid) {
             g.member = false;
-            g.next_seq = None;
-            g.buffer.clear();
+            g.delivery.restart(None);
         }
         self.maybe_prune(mid);
         let _ = ring;

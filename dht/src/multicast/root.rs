@@ -231,8 +231,8 @@ impl<A: Address> Multicast<A> {
             return;
         };
         g.head = Some(root.released);
-        if g.member && g.next_seq.is_none() {
-            g.next_seq = Some(root.released + 1);
+        if g.member {
+            g.delivery.start_if_unknown(Some(root.released + 1));
         }
         let queued = std::mem::take(&mut root.queued);
         let name = g.name.clone();

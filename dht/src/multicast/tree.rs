@@ -198,8 +198,8 @@ impl<A: Address> Multicast<A> {
         if root.is_some() {
             g.root_addr = root;
         }
-        if g.member && g.next_seq.is_none() {
-            g.next_seq = head.map(|h| h + 1);
+        if g.member {
+            g.delivery.start_if_unknown(head.map(|h| h + 1));
         }
     }
 
