@@ -131,7 +131,7 @@ impl<A: Address> Multicast<A> {
         g.root_addr = Some(root.clone());
         g.learn_head(Some(message.seq));
         let name = g.name.clone();
-        let children: Vec<A> = g.children.keys().cloned().collect();
+        let children: Vec<A> = g.tree.child_addrs();
         let member = g.member;
         for child in children {
             let data =

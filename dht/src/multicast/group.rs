@@ -1,38 +1,38 @@
-//! One group as this node sees it: its place in the tree, local membership and delivery state,
-//! gap filling and, at the root, the root's state; plus what this node tells its children about
-//! the group.
-
-use std::collections::BTreeMap;
+//! One group as this node sees it: [`Group`] composes the parts each concern owns — the place
+//! in the tree (`tree`), a local member's delivery and gap filling (`delivery`, `fetch`), the
+//! root's state (`root`) — with what every role knows: the head and the root's address. It also
+//! says what this node tells its children about the group.
+//!
+//! Invariants: the known head never goes down; `delivery` and `gap` are in use only while a
+//! local member has joined.
 
 use super::GroupName;
 use super::delivery::Delivery;
 use super::fetch::GapFill;
 use super::root::RootState;
-use super::tree::{Child, Joining};
-use crate::address::{Address, NodeRef};
+use super::tree::Tree;
+use crate::address::Address;
 use crate::id::Id;
 use crate::time::Time;
 
+/// One group's state at this node: a forwarder, a member or the root (or several of these).
 #[derive(Clone, Debug)]
 pub(super) struct Group<A> {
     pub(super) name: GroupName,
     pub(super) mid: Id,
+    /// Whether a local member joined.
     pub(super) member: bool,
-    pub(super) parent: Option<NodeRef<A>>,
-    pub(super) depth: Option<u16>,
-    pub(super) last_parent_ack: Time,
-    pub(super) detached_since: Option<Time>,
-    pub(super) next_refresh: Time,
-    pub(super) joining: Option<Joining<A>>,
-    /// A former parent not to route through for a while (after a detached re-join).
-    pub(super) avoid: Option<(A, Time)>,
-    /// Short ids of this node's ancestors, parent first (empty at the root or while detached).
-    pub(super) path: Vec<u64>,
-    pub(super) children: BTreeMap<A, Child>,
+    /// This node's place in the tree.
+    pub(super) tree: Tree<A>,
+    /// The root's state, when this node is the root (or about to be, learning the head).
     pub(super) root: Option<RootState<A>>,
+    /// The highest number released by the root, as known here.
     pub(super) head: Option<u64>,
+    /// The root's address, as known here (data carries it; fetches go there).
     pub(super) root_addr: Option<A>,
+    /// A local member's delivery.
     pub(super) delivery: Delivery<A>,
+    /// A local member's gap filling.
     pub(super) gap: GapFill,
 }
 
@@ -42,15 +42,7 @@ impl<A: Address> Group<A> {
             mid: name.id(),
             name,
             member: false,
-            parent: None,
-            depth: None,
-            last_parent_ack: now,
-            detached_since: None,
-            next_refresh: now,
-            joining: None,
-            avoid: None,
-            path: Vec::new(),
-            children: BTreeMap::new(),
+            tree: Tree::new(now),
             root: None,
             head: None,
             root_addr: None,
@@ -59,6 +51,7 @@ impl<A: Address> Group<A> {
         }
     }
 
+    /// Raises the known head to `head`; it never goes down.
     pub(super) fn learn_head(&mut self, head: Option<u64>) {
         if let Some(h) = head {
             self.head = Some(self.head.map_or(h, |old| old.max(h)));
@@ -70,7 +63,7 @@ impl<A: Address> Group<A> {
         match &self.root {
             Some(root) if root.ready => (Some(0), Some(root.released), Some(me.clone()), Vec::new()),
             Some(_) => (None, None, None, Vec::new()),
-            None => (self.depth, self.head, self.root_addr.clone(), self.path.clone()),
+            None => (self.tree.depth, self.head, self.root_addr.clone(), self.tree.path.clone()),
         }
     }
 }

@@ -329,8 +329,13 @@ impl<A: Address> Multicast<A> {
                 } else {
                     Role::Forwarder
                 },
-                parent: g.parent.clone(),
-                children: g.children.iter().map(|(a, c)| NodeRef { id: c.id, addr: a.clone() }).collect(),
+                parent: g.tree.parent.clone(),
+                children: g
+                    .tree
+                    .children
+                    .iter()
+                    .map(|(a, c)| NodeRef { id: c.id, addr: a.clone() })
+                    .collect(),
                 is_member: g.member,
                 head: g.advertised(&self.me.addr).1.or(g.head),
                 depth: g.advertised(&self.me.addr).0,
@@ -450,10 +455,10 @@ impl<A: Address> Multicast<A> {
                 self.hand_off(mid, s.addr.clone(), now);
             }
             let g = self.groups.remove(&mid).expect("key listed above");
-            for child in g.children.keys() {
+            for child in g.tree.children.keys() {
                 self.send(child.clone(), GroupMessage::Rejoin { group: g.name.clone() });
             }
-            if let Some(parent) = g.parent {
+            if let Some(parent) = g.tree.parent {
                 self.send(parent.addr, GroupMessage::Prune { group: g.name.clone() });
             }
         }
@@ -508,54 +513,17 @@ impl<A: Address> Multicast<A> {
                 self.on_join_ack(mid, from, (depth, head, root, path), ring, now)
             }
             GroupMessage::Redirect { to, .. } => self.on_redirect(mid, from, to, now),
-            GroupMessage::Rejoin { .. } => match self.groups.get_mut(&mid) {
-                Some(g) if g.root.as_ref().is_some_and(|r| !r.ready) => {
-                    // The root answered our state query: it is alive and we do not own mid.
-                    self.abandon_pending_root(mid, Some(from), ring, now);
-                }
-                Some(g) if g.parent.as_ref().is_some_and(|p| p.addr == from) => {
-                    g.parent = None;
-                    g.depth = None;
-                    g.joining = None;
-                    g.avoid = Some((from.clone(), now + SUSPECT_FOR));
-                    self.ensure_attached(mid, ring, now, 0);
-                }
-                _ => self.counters.dropped_not_parent += 1,
-            },
-            GroupMessage::Refresh { group } => {
-                let known_child = self.groups.get_mut(&mid).and_then(|g| g.children.get_mut(&from));
-                if let Some(child) = known_child {
-                    child.last_heard = now;
-                    let g = &self.groups[&mid];
-                    let (depth, head, root, path) = g.advertised(&self.me.addr);
-                    let reply = GroupMessage::RefreshAck { group, depth, head, root, path };
-                    self.send(from, reply);
-                } else {
-                    // A child we forgot (expired, or state lost): adopt it again.
-                    self.on_join(from, group, 0, ring, now);
-                }
-            }
+            GroupMessage::Rejoin { .. } => self.on_rejoin(mid, from, ring, now),
+            GroupMessage::Refresh { group } => self.on_refresh(mid, from, group, ring, now),
             GroupMessage::RefreshAck { depth, head, root, path, .. } => {
                 self.on_refresh_ack(mid, from, (depth, head, root, path), ring, now)
             }
-            GroupMessage::Prune { .. } => {
-                if self.groups.get_mut(&mid).is_some_and(|g| g.children.remove(&from).is_some()) {
-                    self.maybe_prune(mid);
-                } else {
-                    self.counters.dropped_unexpected += 1;
-                }
-            }
+            GroupMessage::Prune { .. } => self.on_prune(mid, from),
             GroupMessage::Publish { group, origin, id, from: label, body, ts_ms, hops } => {
                 let publish = QueuedPublish { origin, id, from: label, body, ts_ms };
                 self.on_publish(mid, group, publish, hops, ring, now);
             }
-            GroupMessage::PublishAck { group, id, seq } => {
-                if self.publishes.acknowledged(id, &group) {
-                    self.events.push_back(GroupEvent::Published { id: PublishId(id), group, seq });
-                } else {
-                    self.counters.dropped_unexpected += 1;
-                }
-            }
+            GroupMessage::PublishAck { group, id, seq } => self.on_publish_ack(group, id, seq),
             GroupMessage::Data { root, message, .. } => self.on_data(mid, from, root, message, ring, now),
             GroupMessage::Fetch { group, requester, request, from_seq, to_seq, hops } => {
                 self.on_fetch(mid, group, requester, request, from_seq, to_seq, hops, ring, now)
@@ -583,23 +551,7 @@ impl<A: Address> Multicast<A> {
     /// targets at that address are replaced now rather than after their time-outs.
     pub fn handle_unreachable(&mut self, peer: &A, ring: &Node<A>, now: Time) {
         self.suspects.insert(peer.clone(), now + SUSPECT_FOR);
-        let mids: Vec<Id> = self.groups.keys().copied().collect();
-        for mid in mids {
-            let g = self.groups.get_mut(&mid).expect("key listed above");
-            g.children.remove(peer);
-            let parent_lost = g.parent.as_ref().is_some_and(|p| &p.addr == peer);
-            let join_lost = g.joining.as_ref().is_some_and(|j| j.to.as_ref() == Some(peer));
-            if parent_lost || join_lost {
-                if parent_lost {
-                    self.counters.parent_failures += 1;
-                }
-                g.parent = None;
-                g.depth = None;
-                g.joining = None;
-                self.ensure_attached(mid, ring, now, 0);
-            }
-            self.maybe_prune(mid);
-        }
+        self.drop_from_trees(peer, ring, now);
         self.reroute_fetches(peer, ring, now);
         self.arm(now);
     }

@@ -111,6 +111,14 @@ impl<A: Address> Multicast<A> {
         self.on_publish(mid, group, publish, 0, ring, now);
     }
 
+    pub(super) fn on_publish_ack(&mut self, group: GroupName, id: u64, seq: u64) {
+        if self.publishes.acknowledged(id, &group) {
+            self.events.push_back(GroupEvent::Published { id: PublishId(id), group, seq });
+        } else {
+            self.counters.dropped_unexpected += 1;
+        }
+    }
+
     pub(super) fn tick_publishes(&mut self, ring: &Node<A>, now: Time) {
         for (id, p) in self.publishes.expire(now) {
             self.counters.publishes_failed += 1;

@@ -164,10 +164,10 @@ impl<A: Address> Multicast<A> {
             return;
         }
         let name = g.name.clone();
-        let old_parent = g.parent.take();
-        g.joining = None;
-        g.depth = Some(0);
-        g.detached_since = None;
+        let old_parent = g.tree.parent.take();
+        g.tree.joining = None;
+        g.tree.depth = Some(0);
+        g.tree.detached_since = None;
         g.root_addr = Some(self.me.addr.clone());
         let mut root = RootState::pending(now);
         if let Some(replica) = self.backups.take(&mid) {
@@ -198,7 +198,7 @@ impl<A: Address> Multicast<A> {
             return;
         };
         debug!(group = %g.name, "not the owner of mid after all: giving up the root role");
-        g.depth = None;
+        g.tree.depth = None;
         g.root_addr = root.clone();
         let name = g.name.clone();
         for publish in state.queued {
@@ -213,7 +213,8 @@ impl<A: Address> Multicast<A> {
         match root {
             Some(to) => {
                 let g = self.groups.get_mut(&mid).expect("present");
-                g.joining = Some(Joining { to: Some(to.clone()), deadline: now + self.config.rpc_timeout });
+                g.tree.joining =
+                    Some(Joining { to: Some(to.clone()), deadline: now + self.config.rpc_timeout });
                 self.counters.joins_sent += 1;
                 self.send(to, GroupMessage::Join { group: name, hops: 0 });
             }
@@ -348,7 +349,7 @@ impl<A: Address> Multicast<A> {
             let next = message.seq;
             g.head = Some(next);
             let name = g.name.clone();
-            let children: Vec<A> = g.children.keys().cloned().collect();
+            let children: Vec<A> = g.tree.child_addrs();
             let member = g.member;
             for child in children {
                 let data = GroupMessage::Data {
@@ -511,7 +512,7 @@ impl<A: Address> Multicast<A> {
         let g = self.groups.get_mut(&mid).expect("present");
         let root = g.root.take().expect("callers checked the root exists");
         let name = g.name.clone();
-        g.depth = None;
+        g.tree.depth = None;
         g.root_addr = Some(to.clone());
         self.yielded.insert(mid, (to.clone(), now + HANDOFF_GRACE * 2));
         self.counters.handoffs += 1;
