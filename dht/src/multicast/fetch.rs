@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{GroupEvent, GroupMessage, GroupName, HistoryMessage, MAX_ROUTE_HOPS, Multicast, Stamped};
+use super::{
+    GroupEvent, GroupMessage, GroupName, HistoryMessage, HistoryRequestId, MAX_ROUTE_HOPS, Multicast, Stamped,
+};
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::node::Node;
@@ -239,7 +241,14 @@ impl<A: Address> Multicast<A> {
                 .filter(|m| m.seq >= f.from_seq)
                 .map(|m| HistoryMessage { seq: m.seq, from: m.from, body: m.body, ts_ms: m.ts_ms })
                 .collect();
-            self.events.push_back(GroupEvent::History { group: f.group, messages, covered_to, head });
+            let request = HistoryRequestId(request);
+            self.events.push_back(GroupEvent::History {
+                request,
+                group: f.group,
+                messages,
+                covered_to,
+                head,
+            });
             return;
         }
         let Some(g) = self.groups.get_mut(&f.mid) else {
@@ -281,7 +290,11 @@ impl<A: Address> Multicast<A> {
             if self.fetches.exhausted(request, self.config.fetch_attempts) || !ring.is_member() {
                 let f = self.fetches.take(request).expect("listed as due above");
                 if f.user {
-                    self.events.push_back(GroupEvent::HistoryFailed { group: f.group, from_seq: f.from_seq });
+                    self.events.push_back(GroupEvent::HistoryFailed {
+                        request: HistoryRequestId(request),
+                        group: f.group,
+                        from_seq: f.from_seq,
+                    });
                 } else if let Some(g) = self.groups.get_mut(&f.mid) {
                     g.gap.fetching = None;
                 }

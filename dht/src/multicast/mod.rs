@@ -110,6 +110,11 @@ const ROUTE_CANDIDATES: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishId(pub u64);
 
+/// Identifies a history request started with [`Multicast::request_history`]; its answer
+/// ([`GroupEvent::History`] or [`GroupEvent::HistoryFailed`]) names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HistoryRequestId(pub u64);
+
 /// Why a group operation was refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum GroupError {
@@ -210,6 +215,8 @@ pub enum GroupEvent {
     /// The answer to [`Multicast::request_history`]: what the root holds of `from..=covered_to`
     /// (absent numbers in that range are gone); ask again from `covered_to + 1` for more.
     History {
+        /// The request answered.
+        request: HistoryRequestId,
         /// The group.
         group: GroupName,
         /// The messages, in order.
@@ -221,6 +228,8 @@ pub enum GroupEvent {
     },
     /// A history request got no answer.
     HistoryFailed {
+        /// The request.
+        request: HistoryRequestId,
         /// The group.
         group: GroupName,
         /// The first number asked for.
@@ -425,8 +434,15 @@ impl<A: Address> Multicast<A> {
     }
 
     /// Asks the root for messages `from_seq..` of `group` (as many as one reply holds); the
-    /// answer arrives as [`GroupEvent::History`] or [`GroupEvent::HistoryFailed`].
-    pub fn request_history(&mut self, group: &GroupName, from_seq: u64, ring: &Node<A>, now: Time) {
+    /// answer arrives as [`GroupEvent::History`] or [`GroupEvent::HistoryFailed`] with the id
+    /// returned here.
+    pub fn request_history(
+        &mut self,
+        group: &GroupName,
+        from_seq: u64,
+        ring: &Node<A>,
+        now: Time,
+    ) -> HistoryRequestId {
         let mid = group.id();
         let target = self.groups.get(&mid).and_then(|g| g.root_addr.clone());
         let request = self.fetches.start(PendingFetch {
@@ -441,6 +457,7 @@ impl<A: Address> Multicast<A> {
         });
         self.send_fetch(request, ring, now);
         self.arm(now);
+        HistoryRequestId(request)
     }
 
     /// Graceful shutdown: hands every rooted group to the successor, tells children to re-join
