@@ -16,7 +16,8 @@ pub struct MulticastCounters {
     pub dropped_unknown_group: u64,
     /// Data or acknowledgements from a node that is not this node's parent or join target.
     pub dropped_not_parent: u64,
-    /// Replies that match nothing in flight (late, duplicated or made up).
+    /// Replies that match nothing in flight (late, duplicated or made up), or that come from a
+    /// node that may not answer them.
     pub dropped_unexpected: u64,
     /// Data too far ahead of the next expected number, or beyond the buffer bound.
     pub dropped_out_of_window: u64,

@@ -5,10 +5,14 @@
 //! Owns the fetches in flight with their request ids ([`Fetches`]) and, per group, the state of
 //! a member's gap filling ([`GapFill`]). Invariants: a member has at most one gap fill in flight
 //! per group; a fetch is sent at most `fetch_attempts` times, each with a deadline, and ends
-//! exactly once (answered, or failed); a range the root no longer holds is reported as a gap,
-//! never skipped silently; a root answers only from what it has released.
+//! exactly once (answered, or failed); a reply is taken only if its request id, group and sender
+//! match a fetch in flight (see [`Fetches::answered_by`]), else it is dropped and counted; a range
+//! the root no longer holds is reported as a gap, never skipped silently; a root answers only
+//! from what it has released.
 
 use std::collections::BTreeMap;
+
+use tracing::debug;
 
 use super::{
     GroupEvent, GroupMessage, GroupName, HistoryMessage, HistoryRequestId, MAX_ROUTE_HOPS, Multicast, Stamped,
@@ -27,6 +31,9 @@ pub(super) struct PendingFetch<A> {
     pub(super) to_seq: u64,
     /// Where the next attempt goes: the root, if known; `None` to route toward `mid`.
     pub(super) target: Option<A>,
+    /// The node an attempt was sent to directly, if any: its reply is accepted wherever it lies
+    /// on the ring (this node chose to trust it as the root).
+    pub(super) asked: Option<A>,
     pub(super) deadline: Time,
     pub(super) attempts: u32,
     /// A history request of the application (else a member's gap fill).
@@ -72,19 +79,37 @@ impl<A: Address> Fetches<A> {
         self.pending.get(&id).is_some_and(|f| f.attempts >= max)
     }
 
-    /// Whether fetch `id` is in flight for group `mid`.
-    pub(super) fn expects(&self, id: u64, mid: &Id) -> bool {
-        self.pending.get(&id).is_some_and(|f| f.mid == *mid)
+    /// Whether `from` may answer fetch `id` for group `mid`. Request ids are guessable and seen
+    /// by every hop a fetch is routed through, so a reply is matched by id, group and sender:
+    /// the sender must be the node the fetch was sent to, or — since a node that is no longer the
+    /// root forwards a fetch toward `mid`, and a routed fetch reaches a root not known here — a
+    /// node that may be the root of `mid` as far as this node, at `me`, can tell
+    /// ([`may_be_root`]).
+    fn answered_by(&self, id: u64, mid: &Id, from: &A, me: &Id) -> bool {
+        self.pending.get(&id).is_some_and(|f| {
+            f.mid == *mid && (f.asked.as_ref() == Some(from) || may_be_root(me, mid, &from.node_id()))
+        })
     }
 
-    /// Counts one more attempt of fetch `id` and sets its deadline; returns it as it is to be sent.
-    fn attempt(&mut self, id: u64, now: Time, timeout: std::time::Duration) -> Option<&PendingFetch<A>> {
+    /// Counts one more attempt of fetch `id` and sets its deadline; returns it as it is to be
+    /// sent. An attempt with a target other than `me` goes there directly, and is recorded as
+    /// asked of it.
+    fn attempt(
+        &mut self,
+        id: u64,
+        me: &A,
+        now: Time,
+        timeout: std::time::Duration,
+    ) -> Option<&PendingFetch<A>> {
         let f = self.pending.get_mut(&id)?;
         f.attempts += 1;
         f.deadline = now + timeout;
         if f.attempts > 2 {
             // The root we knew may be gone: let routing find the current one.
             f.target = None;
+        }
+        if let Some(to) = f.target.as_ref().filter(|to| *to != me) {
+            f.asked = Some(to.clone());
         }
         Some(f)
     }
@@ -153,6 +178,7 @@ impl<A: Address> Multicast<A> {
             from_seq: next,
             to_seq: upto,
             target: g.root_addr.clone(),
+            asked: None,
             deadline: now,
             attempts: 0,
             user: false,
@@ -162,7 +188,7 @@ impl<A: Address> Multicast<A> {
     }
 
     pub(super) fn send_fetch(&mut self, request: u64, ring: &Node<A>, now: Time) {
-        let Some(f) = self.fetches.attempt(request, now, self.config.rpc_timeout * 2) else {
+        let Some(f) = self.fetches.attempt(request, &self.me.addr, now, self.config.rpc_timeout * 2) else {
             return;
         };
         let (mid, group, from_seq, to_seq, target) =
@@ -304,10 +330,152 @@ impl<A: Address> Multicast<A> {
         }
     }
 
+    /// Takes in a fetch reply from the network, unless it answers nothing in flight: an unknown
+    /// request id, a request of another group, or a sender that may not answer it. Those are
+    /// dropped and counted.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_fetch_reply_from(
+        &mut self,
+        mid: Id,
+        from: A,
+        request: u64,
+        covered_to: u64,
+        head: u64,
+        messages: Vec<Stamped<A>>,
+        ring: &Node<A>,
+        now: Time,
+    ) {
+        if !self.fetches.answered_by(request, &mid, &from, &self.me.id) {
+            self.counters.dropped_unexpected += 1;
+            debug!(peer = ?from, request, "dropped a fetch reply that matches no fetch in flight");
+            return;
+        }
+        self.on_fetch_reply(from, request, covered_to, head, messages, ring, now);
+    }
+
     /// Fetches whose next attempt was to go to `peer` (it is unreachable) go by routing, now.
     pub(super) fn reroute_fetches(&mut self, peer: &A, ring: &Node<A>, now: Time) {
         for request in self.fetches.reroute_from(peer) {
             self.send_fetch(request, ring, now);
         }
+    }
+}
+
+/// Whether `node` may be the root of `mid` as far as this node, at `me`, can tell: the root is
+/// the first node at or after `mid`, so it lies in `[mid, me)`; a node in `(me, mid)` — every hop
+/// of a route from here toward `mid`, which saw the fetch's request id — is not. The ring view is
+/// not consulted: right after a root crashes, successor lists still name it for several
+/// stabilization rounds, and the new root's replies would be refused.
+fn may_be_root(me: &Id, mid: &Id, node: &Id) -> bool {
+    node == mid || (me != mid && node.in_open(mid, me))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::multicast::MulticastConfig;
+    use crate::sim::{NetworkModel, Simulation};
+
+    fn id(n: u64) -> Id {
+        Id::from_hex(&format!("{n:040x}")).expect("40 hex digits")
+    }
+
+    #[test]
+    fn a_root_lies_between_mid_and_the_asker_never_on_the_route_from_it() {
+        let (mid, me) = (id(100), id(500));
+        assert!(may_be_root(&me, &mid, &id(100)), "a node at mid owns it");
+        assert!(may_be_root(&me, &mid, &id(101)));
+        assert!(may_be_root(&me, &mid, &id(499)));
+        // From the asker on toward mid: the hops of its route.
+        assert!(!may_be_root(&me, &mid, &id(500)));
+        assert!(!may_be_root(&me, &mid, &id(501)));
+        assert!(!may_be_root(&me, &mid, &id(99)));
+        // Across the wrap: mid near the top of the ring, the asker past zero.
+        let (mid, me) = (id(u64::MAX), id(7));
+        assert!(may_be_root(&me, &mid, &id(3)));
+        assert!(!may_be_root(&me, &mid, &id(8)));
+        assert!(!may_be_root(&me, &mid, &id(u64::MAX - 1)));
+    }
+
+    /// A converged ring of `n` nodes with multicast on.
+    fn ring(n: usize, seed: u64) -> Simulation {
+        let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
+        let first = sim.add_node();
+        sim.create_ring(first);
+        for k in 1..n {
+            sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
+            let fresh = sim.add_node();
+            let bootstrap = sim.random_member().expect("the first node is a member");
+            sim.join(fresh, &[bootstrap]);
+        }
+        let deadline = sim.now() + Duration::from_secs(60);
+        while !(sim.member_count() == n && sim.ring_is_correct()) {
+            assert!(sim.now() < deadline, "ring of {n} did not converge");
+            sim.run_until(sim.now() + Duration::from_millis(500));
+        }
+        sim.enable_multicast(MulticastConfig::default());
+        sim
+    }
+
+    #[test]
+    fn fetch_replies_from_the_wrong_sender_or_with_an_unknown_id_are_dropped() {
+        let mut sim = ring(30, 7);
+        let g = GroupName::new("matched").expect("valid");
+        let root = sim.true_successor(&g.id()).expect("members") as usize;
+        // Nodes in ring order from the root on; the asker sits well after it, so that there are
+        // nodes between the asker and mid: the hops of its route toward mid.
+        let mut order: Vec<usize> = (0..sim.node_count()).collect();
+        let root_id = sim.node(root).me().id;
+        order.sort_by_key(|&i| root_id.distance_to(&sim.node(i).me().id));
+        assert_eq!(order[0], root);
+        let (asker, hop) = (order[10], order[20]);
+        let members = [order[3], order[5]];
+        for &m in &members {
+            sim.join_group(m, &g).expect("ring member");
+        }
+        sim.run_until(sim.now() + Duration::from_secs(3));
+        for k in 0..3u8 {
+            sim.publish(members[0], &g, vec![k]).expect("accepted");
+            sim.run_until(sim.now() + Duration::from_millis(200));
+        }
+        sim.run_until(sim.now() + Duration::from_secs(2));
+        sim.take_group_events();
+
+        let asked = sim.request_history(asker, &g, 1);
+        let before = sim.multicast(asker).expect("enabled").counters().clone();
+        // The real reply is still on its way: these arrive first.
+        let forged = |request: u64| GroupMessage::FetchReply {
+            group: g.clone(),
+            request,
+            covered_to: 3,
+            head: 3,
+            messages: Vec::new(),
+        };
+        // The right id, from a node on the route (it saw the id) and not where a root can be.
+        let hop_addr = sim.addr(hop);
+        sim.inject_group_message(asker, hop_addr, forged(asked.0));
+        // The right sender, an id nobody asked for.
+        let root_addr = sim.addr(root);
+        sim.inject_group_message(asker, root_addr, forged(asked.0 + 1000));
+        let after = sim.multicast(asker).expect("enabled").counters().clone();
+        assert_eq!(after.dropped_unexpected - before.dropped_unexpected, 2);
+        assert!(sim.take_group_events().iter().all(|r| r.node != asker), "nothing answered yet");
+
+        // The root's own reply still matches the request.
+        sim.run_until(sim.now() + Duration::from_secs(3));
+        let answer = sim
+            .take_group_events()
+            .into_iter()
+            .find_map(|r| match r.event {
+                GroupEvent::History { request, messages, covered_to, .. } if r.node == asker => {
+                    Some((request, messages.iter().map(|m| m.seq).collect::<Vec<_>>(), covered_to))
+                }
+                _ => None,
+            })
+            .expect("the root's answer");
+        assert_eq!(answer, (asked, vec![1, 2, 3], 3));
     }
 }

@@ -451,6 +451,7 @@ impl<A: Address> Multicast<A> {
             from_seq: from_seq.max(1),
             to_seq: u64::MAX,
             target,
+            asked: None,
             deadline: now,
             attempts: 0,
             user: true,
@@ -546,12 +547,7 @@ impl<A: Address> Multicast<A> {
                 self.on_fetch(mid, group, requester, request, from_seq, to_seq, hops, ring, now)
             }
             GroupMessage::FetchReply { request, covered_to, head, messages, .. } => {
-                // A reply must answer a fetch for this very group (request ids are guessable).
-                if !self.fetches.expects(request, &mid) {
-                    self.counters.dropped_unexpected += 1;
-                    return;
-                }
-                self.on_fetch_reply(from, request, covered_to, head, messages, ring, now)
+                self.on_fetch_reply_from(mid, from, request, covered_to, head, messages, ring, now)
             }
             GroupMessage::Replicate { group, head, messages, handoff } => {
                 self.on_replicate(mid, from, group, head, messages, handoff, ring, now)
