@@ -48,15 +48,18 @@
 //!
 //! # Layout
 //! This file composes the parts and holds the public surface (commands, `handle_*`, `poll_*`)
-//! and the plumbing they share (sending, routing toward `mid`, suspects). The parts:
-//! - `group`: one group as this node sees it;
-//! - `tree`: joins, acknowledgements, redirects, refreshes, pruning and repair;
-//! - `root`: numbering, replication to the backups, release, hand-off and take-over;
-//! - `history`: the bounded history of a root, and of a backup's copy;
-//! - `backup`: the copies this node holds of roots before it, and taking over from one;
-//! - `publish`: publishes this node started, their retries and deadlines;
-//! - `delivery`: in-order, exactly-once delivery at a member;
-//! - `fetch`: gap detection, fetches of missing ranges and history requests, and their replies;
+//! and the plumbing they share (sending, routing toward `mid`, suspects, roles just handed
+//! off). Each part owns its state in a type of its own, with the handlers that use it:
+//! - `group`: `Group`, one group as this node sees it, composing the per-group parts below;
+//! - `tree`: `Tree`, the place in the tree — joins, acknowledgements, redirects, refreshes,
+//!   pruning and repair;
+//! - `root`: `RootState` — numbering, replication to the backups, release, hand-off, take-over;
+//! - `history`: `History`, the bounded history of a root, and of a backup's copy;
+//! - `backup`: `Backups`, the copies this node holds of roots before it, and taking over;
+//! - `publish`: `Publishes`, the publishes this node started, their retries and deadlines;
+//! - `delivery`: `Delivery`, in-order, exactly-once delivery at a member;
+//! - `fetch`: `Fetches` and `GapFill` — gap detection, fetches of missing ranges and history
+//!   requests, and matching their replies by request id, group and sender;
 //! - `counters`, `config`, `wire`: counters, configuration, wire messages and their validation.
 //!
 //! # Invariants
