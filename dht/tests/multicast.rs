@@ -504,14 +504,15 @@ fn history_requests_return_what_the_root_holds() {
     w.publish(&g, &members[..1], 12, Duration::from_millis(50));
     w.run_for(Duration::from_secs(2));
     let asker = w.pick(1, &members)[0];
-    w.sim.request_history(asker, &g, 5);
+    let asked = w.sim.request_history(asker, &g, 5);
     w.sim.run_until(w.sim.now() + Duration::from_secs(3));
     let history = w
         .sim
         .take_group_events()
         .into_iter()
         .find_map(|r| match r.event {
-            GroupEvent::History { messages, covered_to, head, .. } if r.node == asker => {
+            GroupEvent::History { request, messages, covered_to, head, .. } if r.node == asker => {
+                assert_eq!(request, asked, "the answer names the request");
                 Some((messages, covered_to, head))
             }
             _ => None,

@@ -242,7 +242,8 @@ pub enum GroupMessage<A> {
         group: GroupName,
         /// The request answered.
         request: u64,
-        /// The range the reply speaks for ends here (it may stop early to fit the frame cap).
+        /// The range the reply speaks for ends here (it may stop early to fit the frame cap; it
+        /// never reaches past `head`).
         covered_to: u64,
         /// The root's released head.
         head: u64,
@@ -411,7 +412,12 @@ impl<A: Address> GroupMessage<A> {
             }
             GroupMessage::FetchReply { messages, covered_to, head, .. } => {
                 check_batch(messages)?;
-                if messages.last().is_some_and(|m| m.seq > *covered_to || m.seq > *head) || *head > MAX_SEQ {
+                // A root answers only up to what it has released, its head; a range reaching past
+                // it would have the asker declare numbers that do not exist yet lost.
+                if messages.last().is_some_and(|m| m.seq > *covered_to)
+                    || covered_to > head
+                    || *head > MAX_SEQ
+                {
                     return Err(InvalidGroupMessage::BadSeq);
                 }
                 Ok(())
@@ -694,6 +700,16 @@ mod tests {
         forged.id = TestAddr(2).node_id();
         let redirect = GroupMessage::Redirect { group: group.clone(), to: forged };
         assert_eq!(redirect.validate(), Err(InvalidGroupMessage::ForgedId));
+        for covered_to in [10, u64::MAX] {
+            let past_head: GroupMessage<TestAddr> = GroupMessage::FetchReply {
+                group: group.clone(),
+                request: 1,
+                covered_to,
+                head: 9,
+                messages: vec![],
+            };
+            assert_eq!(past_head.validate(), Err(InvalidGroupMessage::BadSeq), "covered_to {covered_to}");
+        }
         let hops: GroupMessage<TestAddr> = GroupMessage::Join { group, hops: MAX_ROUTE_HOPS + 1 };
         assert_eq!(hops.validate(), Err(InvalidGroupMessage::TooManyHops(MAX_ROUTE_HOPS + 1)));
     }

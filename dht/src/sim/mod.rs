@@ -38,7 +38,7 @@ use crate::kv::{IoId, KvMessage};
 use crate::lookup::LookupId;
 use crate::message::Message;
 use crate::multicast::{
-    GroupError, GroupEvent, GroupMessage, GroupName, Multicast, MulticastConfig, PublishId,
+    GroupError, GroupEvent, GroupMessage, GroupName, HistoryRequestId, Multicast, MulticastConfig, PublishId,
 };
 use crate::node::{Event, Node};
 use crate::time::Time;
@@ -561,11 +561,13 @@ impl Simulation {
     }
 
     /// Asks for history of `group` from node `index`.
-    pub fn request_history(&mut self, index: usize, group: &GroupName, from_seq: u64) {
+    pub fn request_history(&mut self, index: usize, group: &GroupName, from_seq: u64) -> HistoryRequestId {
         let now = self.now;
         let SimNode { node, multicast, .. } = &mut self.nodes[index];
-        multicast.as_mut().expect("multicast is enabled").request_history(group, from_seq, node, now);
+        let request =
+            multicast.as_mut().expect("multicast is enabled").request_history(group, from_seq, node, now);
         self.flush(index);
+        request
     }
 
     /// Hands node `to` a multicast message as if `from` had sent it, now (bypassing the network):

@@ -7,8 +7,9 @@
 //! its last listener has gone, unless it was joined explicitly.
 //!
 //! A listener that asks to replay from further back than the node's log gets the rest from the
-//! root's history, on a channel of its own. History replies carry no request id, so each group
-//! has at most one request out: replays queue per group and are served one after the other.
+//! root's history, on a channel of its own. Replays queue per group and are served one after the
+//! other, with at most one request out per group: an answer is taken for the replay at the front
+//! of its group's queue (the request id the core's answers carry is not used here yet).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -366,7 +367,7 @@ impl EventLoop {
                 }
                 self.on_first_delivery(&group, from);
             }
-            GroupEvent::History { group, messages, covered_to, head } => {
+            GroupEvent::History { group, messages, covered_to, head, .. } => {
                 self.on_history(&group, messages, covered_to, head);
             }
             GroupEvent::HistoryFailed { group, .. } => {
