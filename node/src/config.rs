@@ -67,6 +67,16 @@ pub struct Flags {
     /// Log as JSON lines instead of text (filter with RUST_LOG).
     #[arg(long, env = "OVERLAY_LOG_JSON")]
     pub log_json: bool,
+    /// For tests: shift this node's wall clock by this many milliseconds (negative: behind), as a
+    /// machine whose clock drifted would. Versions of writes come from it; nothing else does.
+    #[arg(
+        long,
+        env = "OVERLAY_CLOCK_OFFSET_MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
+    pub clock_offset_ms: i64,
 }
 
 impl Flags {

@@ -105,6 +105,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         sync_interval: Duration::from_millis(flags.sync_ms),
         op_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_millis(flags.rpc_timeout_ms),
+        clock_offset_ms: flags.clock_offset_ms,
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
     };

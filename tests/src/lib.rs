@@ -136,17 +136,34 @@ pub struct Cluster {
     /// The nodes, in start order.
     pub nodes: Vec<NodeProcess>,
     extra_args: Vec<String>,
+    /// Flags for one node only, by index.
+    node_args: BTreeMap<usize, Vec<String>>,
     binary: NodeBinary,
 }
 
 impl Cluster {
     /// Starts `n` nodes of `binary`: the first creates the ring, the others join through it.
     pub fn start(binary: NodeBinary, n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_with(binary, n, extra_args, &[])
+    }
+
+    /// [`Cluster::start`], with flags for some nodes only (`(index, flags)`); a restarted node gets
+    /// its flags again.
+    pub fn start_with(
+        binary: NodeBinary,
+        n: usize,
+        extra_args: &[&str],
+        node_args: &[(usize, &[&str])],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: node_args
+                .iter()
+                .map(|(i, a)| (*i, a.iter().map(|s| s.to_string()).collect()))
+                .collect(),
             binary,
         };
         for i in 0..n {
@@ -169,6 +186,7 @@ impl Cluster {
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(&self.extra_args)
+            .args(self.node_args.get(&i).into_iter().flatten())
             .env("RUST_LOG", "info,overlay_node=debug,dht=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -61,6 +61,8 @@ pub struct LoopConfig {
     pub join_timeout: Duration,
     /// Bootstrap addresses (empty: create a ring).
     pub bootstrap: Vec<Multiaddr>,
+    /// Shift of this node's wall clock for versions, in milliseconds (tests only; see `Flags`).
+    pub clock_offset_ms: i64,
 }
 
 /// How far a graceful leave has come.
@@ -96,6 +98,7 @@ pub struct EventLoop {
     ring_out: HashMap<request_response::OutboundRequestId, RequestId>,
     shutdown: CancellationToken,
     leave: LeaveState,
+    clock_offset_ms: i64,
 }
 
 impl EventLoop {
@@ -141,11 +144,17 @@ impl EventLoop {
             ring_out: HashMap::new(),
             shutdown,
             leave: LeaveState::Running,
+            clock_offset_ms: config.clock_offset_ms,
         })
     }
 
     fn now(&self) -> Time {
         Time::from_elapsed(self.started.elapsed())
+    }
+
+    /// The wall clock that versions of writes come from (shifted only in tests).
+    fn wall_ms(&self) -> u64 {
+        wall_ms().saturating_add_signed(self.clock_offset_ms)
     }
 
     /// Runs until the node has left the ring (after the shutdown token fires) or fails to join.
@@ -422,10 +431,12 @@ impl EventLoop {
         let now = self.now();
         match command {
             Command::Put { key, value, consistency, reply } => {
-                self.kv.put(key, Some(value), consistency, reply, &mut self.core, wall_ms(), now)
+                let wall = self.wall_ms();
+                self.kv.put(key, Some(value), consistency, reply, &mut self.core, wall, now)
             }
             Command::Delete { key, consistency, reply } => {
-                self.kv.put(key, None, consistency, reply, &mut self.core, wall_ms(), now)
+                let wall = self.wall_ms();
+                self.kv.put(key, None, consistency, reply, &mut self.core, wall, now)
             }
             Command::Get { key, consistency, reply } => {
                 self.kv.get(key, consistency, reply, &mut self.core, now)
