@@ -16,7 +16,6 @@ pub mod network;
 pub mod storage;
 mod wal;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +29,6 @@ use tracing::info;
 
 use crate::config::Flags;
 use crate::event_loop::{EventLoop, LoopConfig};
-use crate::metrics::Metrics;
 use crate::network::Behaviour;
 use crate::storage::Storage;
 
@@ -87,7 +85,6 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         None if flags.announce_hostname => hostname_address(&listen_addr)?,
         None => listen_addr,
     };
-    let metrics = Arc::new(Metrics::default());
     let (commands_tx, commands_rx) = mpsc::channel(1024);
 
     let listener = tokio::net::TcpListener::bind(flags.http)
@@ -108,18 +105,10 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
     };
-    let event_loop = EventLoop::new(
-        swarm,
-        announce,
-        dht_config,
-        storage,
-        loop_config,
-        metrics.clone(),
-        commands_rx,
-        shutdown.clone(),
-    )?;
+    let event_loop =
+        EventLoop::new(swarm, announce, dht_config, storage, loop_config, commands_rx, shutdown.clone())?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
-    let state = http::ApiState { commands: commands_tx, metrics, http: http_addr };
+    let state = http::ApiState { commands: commands_tx, http: http_addr };
     let app = http::router(state, flags.max_value_bytes);
     let http_stop = CancellationToken::new();
     let http_stopped = http_stop.clone();
