@@ -29,6 +29,7 @@ use tracing::info;
 
 use crate::config::Flags;
 use crate::event_loop::{EventLoop, LoopConfig};
+use crate::metrics::SwarmMetrics;
 use crate::network::Behaviour;
 use crate::storage::Storage;
 
@@ -45,10 +46,12 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
     let (dns_config, dns_opts) = dns_resolver_settings()?;
+    let mut libp2p_registry = prometheus_client::registry::Registry::default();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_dns_config(dns_config, dns_opts)
+        .with_bandwidth_metrics(&mut libp2p_registry)
         .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(120))
@@ -105,8 +108,16 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
     };
-    let event_loop =
-        EventLoop::new(swarm, announce, dht_config, storage, loop_config, commands_rx, shutdown.clone())?;
+    let event_loop = EventLoop::new(
+        swarm,
+        announce,
+        dht_config,
+        storage,
+        loop_config,
+        SwarmMetrics::new(libp2p_registry),
+        commands_rx,
+        shutdown.clone(),
+    )?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
     let state = http::ApiState { commands: commands_tx, http: http_addr };
     let app = http::router(state, flags.max_value_bytes);

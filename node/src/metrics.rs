@@ -3,7 +3,8 @@
 //! `prometheus-client`, the library libp2p's own metrics use).
 //!
 //! Owns: [`DriverCounters`] (plain integers only the loop writes: the lookups it asked for and
-//! their hops, the inputs the driver itself rejected), [`Snapshot`] and [`render`].
+//! their hops, the inputs the driver itself rejected), [`SwarmMetrics`] (libp2p's own metrics of
+//! the swarm, identify, ping and the transport's bytes), [`Snapshot`] and [`render`].
 //!
 //! Invariants:
 //! - Nothing here is shared between tasks. The handler asks the loop for a [`Snapshot`] through
@@ -13,6 +14,9 @@
 //!   core's: where one metric gathers several sources, a `source` label keeps them apart
 //!   (`overlay_rejected_inputs_total{kind="invalid",source="ring"}`), and a scraper sums them if
 //!   it wants the total.
+//! - libp2p's series (`libp2p_*`) live in a `prometheus-client` registry that libp2p's recorders
+//!   write into; the loop owns it with the swarm and encodes it into the snapshot, so that
+//!   registry too is never touched from another task.
 
 use std::fmt;
 
@@ -27,6 +31,45 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::storage::StorageStats;
+
+/// libp2p's metrics of this node's swarm: connections (incoming, established, closed, with their
+/// durations), dial and listen errors, the protocols peers announce (identify), ping round-trip
+/// times, and bytes in and out per transport stack.
+pub struct SwarmMetrics {
+    /// Where libp2p's metrics write; it also holds the transport's byte counters, registered when
+    /// the swarm was built.
+    registry: Registry,
+    recorder: libp2p::metrics::Metrics,
+}
+
+impl SwarmMetrics {
+    /// libp2p's recorders, registered in `registry` beside what is already there.
+    pub fn new(mut registry: Registry) -> Self {
+        let recorder = libp2p::metrics::Metrics::new(&mut registry);
+        SwarmMetrics { registry, recorder }
+    }
+
+    /// Records a swarm event, or an identify or ping event.
+    pub fn record<E>(&self, event: &E)
+    where
+        libp2p::metrics::Metrics: libp2p::metrics::Recorder<E>,
+    {
+        libp2p::metrics::Recorder::record(&self.recorder, event);
+    }
+
+    /// libp2p's series in the OpenMetrics text format, without the closing `# EOF`.
+    fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        encode_registry(&mut out, &self.registry).expect("encoding into a String cannot fail");
+        out
+    }
+}
+
+impl fmt::Debug for SwarmMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwarmMetrics").field("registry", &self.registry).finish_non_exhaustive()
+    }
+}
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -108,15 +151,33 @@ pub struct Snapshot {
     pub storage: StorageStats,
     /// The driver's own counters.
     pub driver: DriverCounters,
+    /// libp2p's series, already encoded (see [`SwarmMetrics`]).
+    pub swarm: String,
+}
+
+impl Snapshot {
+    /// The driver's and the cores' counters, with libp2p's series encoded from `swarm`.
+    pub fn new(
+        ring: dht::Counters,
+        kv: KvCounters,
+        multicast: MulticastCounters,
+        storage: StorageStats,
+        driver: DriverCounters,
+        swarm: &SwarmMetrics,
+    ) -> Self {
+        Snapshot { ring, kv, multicast, storage, driver, swarm: swarm.encode() }
+    }
 }
 
 /// The exposition of `snapshot`, in the OpenMetrics text format ([`CONTENT_TYPE`]).
-pub fn render(snapshot: Snapshot) -> String {
+pub fn render(mut snapshot: Snapshot) -> String {
+    let swarm = std::mem::take(&mut snapshot.swarm);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
-    let mut out = String::with_capacity(16 * 1024);
+    let mut out = String::with_capacity(16 * 1024 + swarm.len());
     // The text encoder fails only when its writer does, and writing to a String cannot fail.
     encode_registry(&mut out, &registry).expect("encoding into a String cannot fail");
+    out.push_str(&swarm);
     encode_eof(&mut out).expect("encoding into a String cannot fail");
     out
 }
@@ -124,7 +185,7 @@ pub fn render(snapshot: Snapshot) -> String {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
-        let Snapshot { ring, kv, multicast: mc, storage, driver } = self;
+        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _ } = self;
 
         // The driver's own view of lookups.
         counter(
@@ -357,6 +418,7 @@ mod tests {
             multicast: MulticastCounters::default(),
             storage: StorageStats::default(),
             driver: DriverCounters::default(),
+            swarm: String::new(),
         }
     }
 

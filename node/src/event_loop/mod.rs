@@ -38,7 +38,7 @@ use self::multicast::GroupState;
 use self::walk::Walks;
 use crate::address::PeerAddr;
 use crate::groups::GroupError;
-use crate::metrics::{DriverCounters, Snapshot};
+use crate::metrics::{DriverCounters, Snapshot, SwarmMetrics};
 use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::Storage;
 
@@ -86,6 +86,8 @@ pub struct EventLoop {
     walks: Walks,
     /// What the driver counts itself (the kv room keeps its own rejections).
     counters: DriverCounters,
+    /// libp2p's metrics of the swarm, recorded from its events.
+    swarm_metrics: SwarmMetrics,
     started: Instant,
     me: PeerAddr,
     commands: mpsc::Receiver<Command>,
@@ -106,6 +108,7 @@ impl EventLoop {
         dht_config: dht::Config,
         storage: Storage,
         config: LoopConfig,
+        swarm_metrics: SwarmMetrics,
         commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -132,6 +135,7 @@ impl EventLoop {
             bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
             walks: Walks::default(),
             counters: DriverCounters::default(),
+            swarm_metrics,
             started: now,
             me,
             commands,
@@ -287,6 +291,7 @@ impl EventLoop {
     // ----- network events ------------------------------------------------------------------------
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.swarm_metrics.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => {
@@ -296,7 +301,8 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_dialer() => {
                 if let Step::Join(bootstrap) =
                     self.bootstrap.on_connected(peer_id, endpoint.get_remote_address().clone())
@@ -488,17 +494,19 @@ impl EventLoop {
     }
 
     /// Copies every counter at this instant; the HTTP handler encodes the copy on its own task.
+    /// libp2p's registry is encoded here, where it lives (a few kilobytes of text).
     fn metrics(&self) -> Snapshot {
         let mut driver = self.counters.clone();
         // Both are the driver's (the loop's protocols and the kv room's): one source.
         driver.rejected = driver.rejected + self.kv.rejected();
-        Snapshot {
-            ring: self.core.counters().clone(),
-            kv: self.kv.counters().clone(),
-            multicast: self.groups.core.counters().clone(),
-            storage: self.kv.storage().stats(),
+        Snapshot::new(
+            self.core.counters().clone(),
+            self.kv.counters().clone(),
+            self.groups.core.counters().clone(),
+            self.kv.storage().stats(),
             driver,
-        }
+            &self.swarm_metrics,
+        )
     }
 
     fn status(&self) -> Status {
