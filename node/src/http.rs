@@ -7,7 +7,6 @@
 //! from the event loop's answers.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -34,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::PeerAddr;
 use crate::event_loop::{Command, KvError, Located, RingWalk, Status, Written};
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
-use crate::metrics::Metrics;
+use crate::metrics;
 
 // The API documents the protocol's limits; were they to drift apart, the node would refuse what
 // its documentation allows, or the reverse.
@@ -49,8 +48,6 @@ const _: () = {
 pub struct ApiState {
     /// The event loop's command channel.
     pub commands: mpsc::Sender<Command>,
-    /// The node's counters.
-    pub metrics: Arc<Metrics>,
     /// The address the API is served at, reported in status.
     pub http: String,
 }
@@ -288,8 +285,11 @@ async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
     Ok(Json(Ring { complete: walk.complete, nodes: walk.nodes.iter().map(node_info).collect() }))
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], state.metrics.render())
+/// The loop copies its counters; the encoding happens here, off the loop.
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
+    let content_type = HeaderValue::from_static(metrics::CONTENT_TYPE);
+    Ok(([(header::CONTENT_TYPE, content_type)], metrics::render(snapshot)).into_response())
 }
 
 // ----- multicast groups ------------------------------------------------------------------------

@@ -16,7 +16,6 @@ pub mod network;
 pub mod storage;
 mod wal;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +29,7 @@ use tracing::info;
 
 use crate::config::Flags;
 use crate::event_loop::{EventLoop, LoopConfig};
-use crate::metrics::Metrics;
+use crate::metrics::SwarmMetrics;
 use crate::network::Behaviour;
 use crate::storage::Storage;
 
@@ -47,10 +46,12 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
     let (dns_config, dns_opts) = dns_resolver_settings()?;
+    let mut libp2p_registry = prometheus_client::registry::Registry::default();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_dns_config(dns_config, dns_opts)
+        .with_bandwidth_metrics(&mut libp2p_registry)
         .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(120))
@@ -87,7 +88,6 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         None if flags.announce_hostname => hostname_address(&listen_addr)?,
         None => listen_addr,
     };
-    let metrics = Arc::new(Metrics::default());
     let (commands_tx, commands_rx) = mpsc::channel(1024);
 
     let listener = tokio::net::TcpListener::bind(flags.http)
@@ -115,12 +115,12 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         dht_config,
         storage,
         loop_config,
-        metrics.clone(),
+        SwarmMetrics::new(libp2p_registry),
         commands_rx,
         shutdown.clone(),
     )?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
-    let state = http::ApiState { commands: commands_tx, metrics, http: http_addr };
+    let state = http::ApiState { commands: commands_tx, http: http_addr };
     let app = http::router(state, flags.max_value_bytes);
     let http_stop = CancellationToken::new();
     let http_stopped = http_stop.clone();

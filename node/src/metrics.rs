@@ -1,228 +1,469 @@
-//! Counters the node exports at `/metrics` in the Prometheus text format.
+//! The node's metrics: what the driver counts itself, the snapshot the event loop builds when
+//! `/metrics` asks, and that snapshot's exposition in the OpenMetrics text format (through
+//! `prometheus-client`, the library libp2p's own metrics use).
 //!
-//! The event loop owns the numbers; HTTP handlers read them through atomics, so scraping never
-//! waits on the loop.
+//! Owns: [`DriverCounters`] (plain integers only the loop writes: the lookups it asked for and
+//! their hops, the inputs the driver itself rejected), [`SwarmMetrics`] (libp2p's own metrics of
+//! the swarm, identify, ping and the transport's bytes), [`Snapshot`] and [`render`].
+//!
+//! Invariants:
+//! - Nothing here is shared between tasks. The handler asks the loop for a [`Snapshot`] through
+//!   the command channel, like every other handler, and encodes it on its own task.
+//! - Each counter keeps its source. The cores' counters ([`dht::Counters`], [`KvCounters`],
+//!   [`MulticastCounters`]) are copied as they are, and none is added to the driver's or to another
+//!   core's: where one metric gathers several sources, a `source` label keeps them apart
+//!   (`overlay_rejected_inputs_total{kind="invalid",source="ring"}`), and a scraper sums them if
+//!   it wants the total.
+//! - libp2p's series (`libp2p_*`) live in a `prometheus-client` registry that libp2p's recorders
+//!   write into; the loop owns it with the swarm and encodes it into the snapshot, so that
+//!   registry too is never touched from another task.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::fmt;
 
-/// Upper bounds of the lookup-hops histogram buckets.
-const HOP_BUCKETS: [u64; 8] = [0, 1, 2, 3, 4, 6, 8, 12];
+use dht::kv::KvCounters;
+use dht::multicast::MulticastCounters;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
-/// The node's counters and gauges.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Lookups finished with an answer, and their hops.
-    pub lookups_ok: AtomicU64,
-    /// Lookups that failed.
-    pub lookups_failed: AtomicU64,
-    /// Sum of hops of successful lookups.
-    pub lookup_hops_sum: AtomicU64,
-    hop_buckets: [AtomicU64; HOP_BUCKETS.len()],
-    /// Ring messages sent and received (from the core's counters).
-    pub ring_messages_out: AtomicU64,
-    /// Ring messages received and accepted.
-    pub ring_messages_in: AtomicU64,
-    /// Storage requests sent to peers.
-    pub kv_requests_out: AtomicU64,
-    /// Storage requests received from peers.
-    pub kv_requests_in: AtomicU64,
-    /// Records pushed to a stale replica on a read.
-    pub read_repairs: AtomicU64,
-    /// Records pushed by anti-entropy.
-    pub sync_pushed: AtomicU64,
-    /// Records pulled by anti-entropy.
-    pub sync_pulled: AtomicU64,
-    /// Inputs rejected: undecodable or oversized frames.
-    pub rejected_malformed: AtomicU64,
-    /// Inputs rejected: forged ids, impossible routing entries, corrupt records, wrong senders.
-    pub rejected_invalid: AtomicU64,
-    /// Inputs rejected: responses to no outstanding request.
-    pub rejected_unexpected: AtomicU64,
-    /// Live keys stored (gauge).
-    pub stored_keys: AtomicU64,
-    /// Value bytes stored (gauge).
-    pub stored_bytes: AtomicU64,
-    /// Stored records that failed their checksum when read.
-    pub corrupt_reads: AtomicU64,
-    /// Client operations answered 503 for want of a quorum.
-    pub quorum_failures: AtomicU64,
-    /// Writes sent again under a newer version because a replica held a newer one.
-    pub write_retries: AtomicU64,
-    /// Ring messages the ring core dropped as invalid, from the wrong sender or breaking the
-    /// protocol (the core's own counter, copied).
-    pub core_rejected_invalid: AtomicU64,
-    /// Ring responses the ring core matched to no request (copied).
-    pub core_rejected_unexpected: AtomicU64,
-    /// Storage messages the store coordinator refused as invalid (copied).
-    pub kv_rejected_invalid: AtomicU64,
-    /// Storage responses the store coordinator matched to no request (copied).
-    pub kv_rejected_unexpected: AtomicU64,
-    /// Multicast messages sent (from the multicast core's counters).
-    pub group_messages_out: AtomicU64,
-    /// Multicast messages received and accepted.
-    pub group_messages_in: AtomicU64,
-    /// Multicast data messages (stamped broadcasts) sent down trees.
-    pub group_data_out: AtomicU64,
-    /// Multicast messages dropped: invalid, unknown group, not from the parent, unexpected.
-    pub group_dropped: AtomicU64,
+use crate::storage::StorageStats;
+
+/// libp2p's metrics of this node's swarm: connections (incoming, established, closed, with their
+/// durations), dial and listen errors, the protocols peers announce (identify), ping round-trip
+/// times, and bytes in and out per transport stack.
+pub struct SwarmMetrics {
+    /// Where libp2p's metrics write; it also holds the transport's byte counters, registered when
+    /// the swarm was built.
+    registry: Registry,
+    recorder: libp2p::metrics::Metrics,
 }
 
-impl Metrics {
-    /// Records one successful lookup of `hops` hops.
-    pub fn observe_lookup(&self, hops: u32) {
-        self.lookups_ok.fetch_add(1, Relaxed);
-        self.lookup_hops_sum.fetch_add(u64::from(hops), Relaxed);
-        if let Some(i) = HOP_BUCKETS.iter().position(|&b| u64::from(hops) <= b) {
-            self.hop_buckets[i].fetch_add(1, Relaxed);
-        }
+impl SwarmMetrics {
+    /// libp2p's recorders, registered in `registry` beside what is already there.
+    pub fn new(mut registry: Registry) -> Self {
+        let recorder = libp2p::metrics::Metrics::new(&mut registry);
+        SwarmMetrics { registry, recorder }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
-        counter(
-            "overlay_lookups_failed_total",
-            "Lookups that ended with an error.",
-            self.lookups_failed.load(Relaxed),
-        );
-        counter(
-            "overlay_ring_messages_sent_total",
-            "Ring protocol messages sent.",
-            self.ring_messages_out.load(Relaxed),
-        );
-        counter(
-            "overlay_ring_messages_received_total",
-            "Ring protocol messages received.",
-            self.ring_messages_in.load(Relaxed),
-        );
-        counter(
-            "overlay_group_messages_sent_total",
-            "Multicast protocol messages sent.",
-            self.group_messages_out.load(Relaxed),
-        );
-        counter(
-            "overlay_group_messages_received_total",
-            "Multicast protocol messages received and accepted.",
-            self.group_messages_in.load(Relaxed),
-        );
-        counter(
-            "overlay_group_data_sent_total",
-            "Stamped multicast messages sent down group trees.",
-            self.group_data_out.load(Relaxed),
-        );
-        counter(
-            "overlay_group_messages_dropped_total",
-            "Multicast messages dropped: invalid, for an unknown group, not from the parent, or unexpected.",
-            self.group_dropped.load(Relaxed),
-        );
-        counter(
-            "overlay_kv_requests_sent_total",
-            "Storage requests sent to peers.",
-            self.kv_requests_out.load(Relaxed),
-        );
-        counter(
-            "overlay_kv_requests_received_total",
-            "Storage requests received from peers.",
-            self.kv_requests_in.load(Relaxed),
-        );
-        counter(
-            "overlay_read_repairs_total",
-            "Records pushed to stale replicas during reads.",
-            self.read_repairs.load(Relaxed),
-        );
-        counter(
-            "overlay_sync_pushed_total",
-            "Records pushed by anti-entropy.",
-            self.sync_pushed.load(Relaxed),
-        );
-        counter(
-            "overlay_sync_pulled_total",
-            "Records pulled by anti-entropy.",
-            self.sync_pulled.load(Relaxed),
-        );
-        counter(
-            "overlay_corrupt_reads_total",
-            "Stored records that failed their checksum.",
-            self.corrupt_reads.load(Relaxed),
-        );
-        counter(
-            "overlay_quorum_failures_total",
-            "Client operations that could not reach a quorum.",
-            self.quorum_failures.load(Relaxed),
-        );
-        counter(
-            "overlay_write_retries_total",
-            "Writes sent again under a newer version because a replica held a newer one.",
-            self.write_retries.load(Relaxed),
-        );
-        let _ =
-            writeln!(out, "# HELP overlay_rejected_inputs_total Inputs from the network that were rejected.");
-        let _ = writeln!(out, "# TYPE overlay_rejected_inputs_total counter");
-        // Each kind sums what the driver and the cores each rejected (separate counters).
-        let sum = |counters: &[&AtomicU64]| counters.iter().map(|c| c.load(Relaxed)).sum::<u64>();
-        for (kind, value) in [
-            ("malformed", sum(&[&self.rejected_malformed])),
-            (
-                "invalid",
-                sum(&[&self.rejected_invalid, &self.core_rejected_invalid, &self.kv_rejected_invalid]),
-            ),
-            (
-                "unexpected",
-                sum(&[
-                    &self.rejected_unexpected,
-                    &self.core_rejected_unexpected,
-                    &self.kv_rejected_unexpected,
-                ]),
-            ),
-        ] {
-            let _ = writeln!(out, "overlay_rejected_inputs_total{{kind=\"{kind}\"}} {value}");
-        }
-        let _ = writeln!(out, "# HELP overlay_lookup_hops Hops taken by successful lookups.");
-        let _ = writeln!(out, "# TYPE overlay_lookup_hops histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in HOP_BUCKETS.iter().zip(&self.hop_buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "overlay_lookup_hops_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let ok = self.lookups_ok.load(Relaxed);
-        let _ = writeln!(out, "overlay_lookup_hops_bucket{{le=\"+Inf\"}} {ok}");
-        let _ = writeln!(out, "overlay_lookup_hops_sum {}", self.lookup_hops_sum.load(Relaxed));
-        let _ = writeln!(out, "overlay_lookup_hops_count {ok}");
-        for (name, help, value) in [
-            ("overlay_stored_keys", "Live keys stored on this node.", &self.stored_keys),
-            ("overlay_stored_bytes", "Value bytes stored on this node.", &self.stored_bytes),
-        ] {
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Relaxed));
-        }
+    /// Records a swarm event, or an identify or ping event.
+    pub fn record<E>(&self, event: &E)
+    where
+        libp2p::metrics::Metrics: libp2p::metrics::Recorder<E>,
+    {
+        libp2p::metrics::Recorder::record(&self.recorder, event);
+    }
+
+    /// libp2p's series in the OpenMetrics text format, without the closing `# EOF`.
+    fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        encode_registry(&mut out, &self.registry).expect("encoding into a String cannot fail");
         out
     }
+}
+
+impl fmt::Debug for SwarmMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwarmMetrics").field("registry", &self.registry).finish_non_exhaustive()
+    }
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the lookup-hops histogram buckets (a last bucket, `+Inf`, takes the rest).
+const HOP_BUCKETS: [u64; 8] = [0, 1, 2, 3, 4, 6, 8, 12];
+
+/// Hops taken by the lookups that succeeded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HopHistogram {
+    /// Lookups per bucket (not cumulative); the last is `+Inf`.
+    buckets: [u64; HOP_BUCKETS.len() + 1],
+    /// Hops summed.
+    sum: u64,
+}
+
+impl HopHistogram {
+    /// Records one lookup of `hops` hops.
+    pub fn observe(&mut self, hops: u32) {
+        let hops = u64::from(hops);
+        let i = HOP_BUCKETS.iter().position(|&bound| hops <= bound).unwrap_or(HOP_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += hops;
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// Inputs rejected, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rejections {
+    /// Undecodable or oversized frames, failed handshakes.
+    pub malformed: u64,
+    /// Well-formed but dishonest: forged ids, impossible routing entries, corrupt records, an
+    /// envelope naming someone other than the authenticated sender.
+    pub invalid: u64,
+    /// Responses to no outstanding request.
+    pub unexpected: u64,
+}
+
+impl std::ops::Add for Rejections {
+    type Output = Rejections;
+
+    fn add(self, other: Rejections) -> Rejections {
+        Rejections {
+            malformed: self.malformed + other.malformed,
+            invalid: self.invalid + other.invalid,
+            unexpected: self.unexpected + other.unexpected,
+        }
+    }
+}
+
+/// What the driver counts itself, as opposed to what the cores count. Only the event loop
+/// writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverCounters {
+    /// Hops of the lookups the driver started that succeeded (for clients, tree walks, ring
+    /// walks; the ring core's maintenance lookups are in [`dht::Counters`]).
+    pub lookup_hops: HopHistogram,
+    /// Lookups the driver started that failed.
+    pub lookups_failed: u64,
+    /// Inputs the driver rejected before any core saw them (framing, envelopes, libp2p
+    /// responses matching nothing, failed handshakes), over all protocols.
+    pub rejected: Rejections,
+}
+
+/// Everything `/metrics` shows, copied by the event loop at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The ring core's counters.
+    pub ring: dht::Counters,
+    /// The store coordinator's counters.
+    pub kv: KvCounters,
+    /// The multicast core's counters.
+    pub multicast: MulticastCounters,
+    /// The record store's statistics.
+    pub storage: StorageStats,
+    /// The driver's own counters.
+    pub driver: DriverCounters,
+    /// libp2p's series, already encoded (see [`SwarmMetrics`]).
+    pub swarm: String,
+}
+
+impl Snapshot {
+    /// The driver's and the cores' counters, with libp2p's series encoded from `swarm`.
+    pub fn new(
+        ring: dht::Counters,
+        kv: KvCounters,
+        multicast: MulticastCounters,
+        storage: StorageStats,
+        driver: DriverCounters,
+        swarm: &SwarmMetrics,
+    ) -> Self {
+        Snapshot { ring, kv, multicast, storage, driver, swarm: swarm.encode() }
+    }
+}
+
+/// The exposition of `snapshot`, in the OpenMetrics text format ([`CONTENT_TYPE`]).
+pub fn render(mut snapshot: Snapshot) -> String {
+    let swarm = std::mem::take(&mut snapshot.swarm);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::with_capacity(16 * 1024 + swarm.len());
+    // The text encoder fails only when its writer does, and writing to a String cannot fail.
+    encode_registry(&mut out, &registry).expect("encoding into a String cannot fail");
+    out.push_str(&swarm);
+    encode_eof(&mut out).expect("encoding into a String cannot fail");
+    out
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _ } = self;
+
+        // The driver's own view of lookups.
+        counter(
+            e,
+            "overlay_lookups_failed",
+            "Lookups this node started that ended with an error.",
+            driver.lookups_failed,
+        )?;
+        let hops = &driver.lookup_hops;
+        let buckets: Vec<(f64, u64)> =
+            HOP_BUCKETS.iter().map(|&bound| bound as f64).chain([f64::INFINITY]).zip(hops.buckets).collect();
+        e.encode_descriptor(
+            "overlay_lookup_hops",
+            "Hops taken by successful lookups this node started.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(hops.sum as f64, hops.count(), &buckets, None)?;
+
+        // Rejections, by kind and by who rejected them.
+        let ring_rejected = Rejections {
+            malformed: 0,
+            invalid: ring.dropped_invalid + ring.dropped_wrong_sender + ring.dropped_protocol_violation,
+            unexpected: ring.dropped_unknown_response,
+        };
+        let kv_rejected =
+            Rejections { malformed: 0, invalid: kv.rejected_invalid, unexpected: kv.rejected_unexpected };
+        let mc_rejected = Rejections {
+            malformed: 0,
+            invalid: mc.dropped_invalid + mc.dropped_unauthorized,
+            unexpected: mc.dropped_unexpected,
+        };
+        let mut rejected = Vec::new();
+        // The cores only ever see decoded messages: `malformed` is the driver's alone.
+        rejected.push(([("kind", "malformed"), ("source", "node")], driver.rejected.malformed));
+        for (source, r) in [
+            ("node", driver.rejected),
+            ("ring", ring_rejected),
+            ("kv", kv_rejected),
+            ("multicast", mc_rejected),
+        ] {
+            rejected.push(([("kind", "invalid"), ("source", source)], r.invalid));
+            rejected.push(([("kind", "unexpected"), ("source", source)], r.unexpected));
+        }
+        family(
+            e,
+            "overlay_rejected_inputs",
+            "Inputs from the network that were rejected, by kind, and by source: the node itself \
+             (framing, envelopes, responses matching no libp2p request, failed handshakes) or the \
+             ring, kv or multicast core.",
+            &rejected,
+        )?;
+
+        // The ring core.
+        counter(e, "overlay_ring_messages_sent", "Ring protocol messages sent.", ring.messages_sent)?;
+        counter(
+            e,
+            "overlay_ring_messages_received",
+            "Ring protocol messages received and accepted.",
+            ring.messages_received,
+        )?;
+        counter(
+            e,
+            "overlay_ring_requests_failed",
+            "Ring requests that got no reply to any attempt, or could not be delivered.",
+            ring.requests_failed,
+        )?;
+        counter(
+            e,
+            "overlay_ring_requests_resent",
+            "Ring requests sent again after an attempt got no reply in time.",
+            ring.requests_resent,
+        )?;
+        family(
+            e,
+            "overlay_ring_messages_dropped",
+            "Ring messages the ring core dropped, by reason (late responses and refusals while not a member are harmless).",
+            &[
+                ([("reason", "invalid")], ring.dropped_invalid),
+                ([("reason", "wrong_sender")], ring.dropped_wrong_sender),
+                ([("reason", "protocol_violation")], ring.dropped_protocol_violation),
+                ([("reason", "unknown_response")], ring.dropped_unknown_response),
+                ([("reason", "late_response")], ring.late_responses),
+                ([("reason", "not_member")], ring.refused),
+            ],
+        )?;
+        family(
+            e,
+            "overlay_ring_lookups",
+            "Lookups the ring core ran (maintenance lookups included), by outcome.",
+            &[
+                ([("outcome", "started")], ring.lookups_started),
+                ([("outcome", "succeeded")], ring.lookups_succeeded),
+                ([("outcome", "failed")], ring.lookups_failed),
+            ],
+        )?;
+
+        // The store coordinator.
+        counter(e, "overlay_kv_requests_sent", "Storage requests sent to peers.", kv.requests_out)?;
+        counter(e, "overlay_kv_requests_received", "Storage requests received from peers.", kv.requests_in)?;
+        counter(
+            e,
+            "overlay_read_repairs",
+            "Records pushed to stale replicas during reads.",
+            kv.read_repairs,
+        )?;
+        counter(e, "overlay_sync_pushed", "Records pushed by anti-entropy.", kv.sync_pushed)?;
+        counter(e, "overlay_sync_pulled", "Records pulled by anti-entropy.", kv.sync_pulled)?;
+        counter(
+            e,
+            "overlay_quorum_failures",
+            "Client operations that could not reach a quorum.",
+            kv.quorum_failures,
+        )?;
+        counter(
+            e,
+            "overlay_write_retries",
+            "Writes sent again under a newer version because a replica held a newer one.",
+            kv.write_retries,
+        )?;
+        counter(
+            e,
+            "overlay_kv_handoff_pushed",
+            "Records pushed to successors while leaving.",
+            kv.handoff_pushed,
+        )?;
+        counter(e, "overlay_kv_store_failures", "Store operations that failed.", kv.store_failures)?;
+
+        // The record store.
+        gauge(e, "overlay_stored_keys", "Live keys stored on this node.", storage.keys)?;
+        gauge(e, "overlay_stored_bytes", "Value bytes stored on this node.", storage.bytes)?;
+        gauge(e, "overlay_stored_tombstones", "Tombstones held on this node.", storage.tombstones)?;
+        counter(
+            e,
+            "overlay_corrupt_reads",
+            "Stored records that failed their checksum.",
+            storage.corrupt_reads,
+        )?;
+
+        // The multicast core.
+        counter(e, "overlay_group_messages_sent", "Multicast protocol messages sent.", mc.messages_sent)?;
+        counter(
+            e,
+            "overlay_group_messages_received",
+            "Multicast protocol messages received and accepted.",
+            mc.messages_received,
+        )?;
+        counter(
+            e,
+            "overlay_group_data_sent",
+            "Stamped multicast messages sent down group trees.",
+            mc.data_sent,
+        )?;
+        family(
+            e,
+            "overlay_group_messages_dropped",
+            "Multicast messages the multicast core dropped, by reason.",
+            &[
+                ([("reason", "invalid")], mc.dropped_invalid),
+                ([("reason", "unknown_group")], mc.dropped_unknown_group),
+                ([("reason", "not_parent")], mc.dropped_not_parent),
+                ([("reason", "unexpected")], mc.dropped_unexpected),
+                ([("reason", "out_of_window")], mc.dropped_out_of_window),
+                ([("reason", "unauthorized")], mc.dropped_unauthorized),
+                ([("reason", "no_route")], mc.dropped_no_route),
+                ([("reason", "not_member")], mc.dropped_not_member),
+                ([("reason", "overload")], mc.dropped_overload),
+            ],
+        )?;
+        family(
+            e,
+            "overlay_group_events",
+            "What the multicast core did, by event (gap_messages counts the numbers reported missing).",
+            &[
+                ([("event", "duplicate")], mc.duplicates),
+                ([("event", "gap")], mc.gaps),
+                ([("event", "gap_messages")], mc.gap_messages),
+                ([("event", "join_sent")], mc.joins_sent),
+                ([("event", "parent_failure")], mc.parent_failures),
+                ([("event", "detached_rejoin")], mc.detached_rejoins),
+                ([("event", "cycle_broken")], mc.cycles_broken),
+                ([("event", "child_expired")], mc.children_expired),
+                ([("event", "redirect")], mc.redirects),
+                ([("event", "fetch_sent")], mc.fetches_sent),
+                ([("event", "publish_retry")], mc.publish_retries),
+                ([("event", "publish_failed")], mc.publishes_failed),
+                ([("event", "replication_retry")], mc.replication_retries),
+                ([("event", "handoff")], mc.handoffs),
+                ([("event", "takeover")], mc.takeovers),
+                ([("event", "fresh_root")], mc.fresh_roots),
+                ([("event", "duplicate_publish")], mc.duplicate_publishes),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// One counter without labels (the encoder appends `_total` to the sample's name).
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstCounter::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// One gauge without labels.
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstGauge::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One counter with a series per label set.
+fn family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            ring: dht::Counters::default(),
+            kv: KvCounters::default(),
+            multicast: MulticastCounters::default(),
+            storage: StorageStats::default(),
+            driver: DriverCounters::default(),
+            swarm: String::new(),
+        }
+    }
+
     #[test]
-    fn render_is_prometheus_text_with_cumulative_buckets() {
-        let m = Metrics::default();
-        m.observe_lookup(0);
-        m.observe_lookup(3);
-        m.observe_lookup(20);
-        m.rejected_malformed.fetch_add(2, Relaxed);
-        let text = m.render();
-        assert!(text.contains("overlay_lookup_hops_bucket{le=\"0\"} 1\n"));
-        assert!(text.contains("overlay_lookup_hops_bucket{le=\"3\"} 2\n"));
-        assert!(text.contains("overlay_lookup_hops_bucket{le=\"+Inf\"} 3\n"));
-        assert!(text.contains("overlay_lookup_hops_sum 23\n"));
-        assert!(text.contains("overlay_rejected_inputs_total{kind=\"malformed\"} 2\n"));
+    fn histogram_buckets_are_cumulative() {
+        let mut s = snapshot();
+        for hops in [0, 3, 20] {
+            s.driver.lookup_hops.observe(hops);
+        }
+        let text = render(s);
+        assert!(text.contains("overlay_lookup_hops_bucket{le=\"0.0\"} 1\n"), "{text}");
+        assert!(text.contains("overlay_lookup_hops_bucket{le=\"3.0\"} 2\n"), "{text}");
+        assert!(text.contains("overlay_lookup_hops_bucket{le=\"12.0\"} 2\n"), "{text}");
+        assert!(text.contains("overlay_lookup_hops_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("overlay_lookup_hops_sum 23.0\n"), "{text}");
+        assert!(text.contains("overlay_lookup_hops_count 3\n"), "{text}");
+    }
+
+    #[test]
+    fn sources_stay_separate_series() {
+        let mut s = snapshot();
+        s.driver.rejected = Rejections { malformed: 2, invalid: 1, unexpected: 0 };
+        s.ring.dropped_invalid = 4;
+        s.ring.dropped_wrong_sender = 1;
+        s.kv.rejected_invalid = 7;
+        let text = render(s);
+        for line in [
+            "overlay_rejected_inputs_total{kind=\"malformed\",source=\"node\"} 2\n",
+            "overlay_rejected_inputs_total{kind=\"invalid\",source=\"node\"} 1\n",
+            "overlay_rejected_inputs_total{kind=\"invalid\",source=\"ring\"} 5\n",
+            "overlay_rejected_inputs_total{kind=\"invalid\",source=\"kv\"} 7\n",
+            "overlay_rejected_inputs_total{kind=\"invalid\",source=\"multicast\"} 0\n",
+            "overlay_ring_messages_dropped_total{reason=\"invalid\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_sample_has_a_number_and_the_exposition_ends_with_eof() {
+        let text = render(snapshot());
+        assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
-            assert!(value.parse::<u64>().is_ok(), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
         }
     }
 }

@@ -95,14 +95,35 @@ impl Http {
         Ok(self.client.status()?.parsed)
     }
 
-    /// One metric's value from `/metrics` (the first sample line starting with `name`).
-    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+    /// A metric's value from `/metrics`: the sum of every sample that `selector` matches, as
+    /// PromQL's `sum(selector)` would. A selector is a sample name with optional labels
+    /// (`overlay_rejected_inputs_total{kind="invalid"}`); a sample matches when its name is the
+    /// same and it carries each of those labels, whatever others it has (the node counts what
+    /// each core and the driver reject as separate series, told apart by a `source` label).
+    pub fn metric(&self, selector: &str) -> anyhow::Result<f64> {
         let text = String::from_utf8(self.get(overlay_api::path::METRICS)?.body)?;
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .with_context(|| format!("metric {name} missing"))?;
-        Ok(line.rsplit_once(' ').context("sample line")?.1.parse()?)
+        let (name, wanted) = split_labels(selector);
+        let mut found = None;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').context("sample line")?;
+            let (sample, labels) = split_labels(series);
+            // Comma-delimited, a wanted `key="value"` cannot match part of another label.
+            let labels = format!(",{labels},");
+            if sample == name
+                && wanted.split(',').filter(|l| !l.is_empty()).all(|l| labels.contains(&format!(",{l},")))
+            {
+                *found.get_or_insert(0.0) += value.parse::<f64>()?;
+            }
+        }
+        found.with_context(|| format!("metric {selector} missing"))
+    }
+}
+
+/// `name{labels}` into `name` and `labels` (empty without braces).
+fn split_labels(series: &str) -> (&str, &str) {
+    match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}').unwrap_or(rest)),
+        None => (series, ""),
     }
 }
 

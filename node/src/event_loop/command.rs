@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::address::PeerAddr;
 use crate::groups::{GroupError, GroupView, Subscription, TreeView};
+use crate::metrics::Snapshot;
 
 pub use dht::kv::{KvError, Written};
 
@@ -70,6 +71,8 @@ pub enum Command {
     Lookup { key: Vec<u8>, reply: oneshot::Sender<Result<Located, KvError>> },
     /// This node's view.
     Status { reply: oneshot::Sender<Status> },
+    /// The counters of the cores and the driver, and the storage statistics, for `/metrics`.
+    Metrics { reply: oneshot::Sender<Snapshot> },
     /// Walk the ring.
     Ring { reply: oneshot::Sender<RingWalk> },
     /// The groups this node roots, forwards or belongs to.

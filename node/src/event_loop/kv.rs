@@ -13,8 +13,6 @@
 //! the hop to another thread, and runs inline.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use dht::kv::{
     Coordinator, IoId, KvCounters, KvEvent, KvMessage, OpId, OpOutcome, PersistOutcome, StoreOp, StoreResult,
@@ -28,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::{KvError, Located, Written};
 use crate::address::PeerAddr;
-use crate::metrics::Metrics;
+use crate::metrics::Rejections;
 use crate::network::Behaviour;
 use crate::storage::Storage;
 
@@ -52,7 +50,8 @@ const STORE_DONE_CAPACITY: usize = 1024;
 pub(super) struct KvRoom {
     coordinator: Coordinator<PeerAddr>,
     storage: Storage,
-    metrics: Arc<Metrics>,
+    /// Storage-protocol inputs this room rejected before the coordinator saw them.
+    rejected: Rejections,
     outbound: HashMap<OutboundRequestId, RequestId>,
     inbound: HashMap<RequestId, ResponseChannel<KvResponse>>,
     next_inbound: u64,
@@ -65,12 +64,12 @@ pub(super) struct KvRoom {
 }
 
 impl KvRoom {
-    pub(super) fn new(coordinator: Coordinator<PeerAddr>, storage: Storage, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(coordinator: Coordinator<PeerAddr>, storage: Storage) -> Self {
         let (done_tx, done_rx) = mpsc::channel(STORE_DONE_CAPACITY);
         KvRoom {
             coordinator,
             storage,
-            metrics,
+            rejected: Rejections::default(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             next_inbound: 0,
@@ -87,6 +86,10 @@ impl KvRoom {
 
     pub(super) fn counters(&self) -> &KvCounters {
         self.coordinator.counters()
+    }
+
+    pub(super) fn rejected(&self) -> Rejections {
+        self.rejected
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Time> {
@@ -189,7 +192,6 @@ impl KvRoom {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.metrics.kv_requests_in.fetch_add(1, Relaxed);
                     let id = RequestId(self.next_inbound);
                     self.next_inbound += 1;
                     self.inbound.insert(id, channel);
@@ -199,7 +201,7 @@ impl KvRoom {
                 }
                 request_response::Message::Response { request_id, response } => {
                     let Some(id) = self.outbound.remove(&request_id) else {
-                        self.metrics.rejected_unexpected.fetch_add(1, Relaxed);
+                        self.rejected.unexpected += 1;
                         return None;
                     };
                     let from = PeerAddr::new(peer, libp2p::Multiaddr::empty());
@@ -216,7 +218,7 @@ impl KvRoom {
                 }
             }
             request_response::Event::InboundFailure { error, .. } => {
-                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                self.rejected.malformed += 1;
                 debug!(%error, "inbound storage request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
@@ -244,7 +246,6 @@ impl KvRoom {
     fn send(&mut self, swarm: &mut Swarm<Behaviour>, to: PeerAddr, message: KvMessage) {
         match message {
             KvMessage::Request { id, body } => {
-                self.metrics.kv_requests_out.fetch_add(1, Relaxed);
                 // Every request carries the address the core knows for its peer, used if a
                 // connection must be dialed (see `EventLoop::dial_addresses`).
                 let addresses = vec![to.addr.clone()];

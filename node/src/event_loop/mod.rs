@@ -19,8 +19,6 @@ mod multicast;
 mod walk;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dht::kv::{Coordinator, KvConfig};
@@ -40,7 +38,7 @@ use self::multicast::GroupState;
 use self::walk::Walks;
 use crate::address::PeerAddr;
 use crate::groups::GroupError;
-use crate::metrics::Metrics;
+use crate::metrics::{DriverCounters, Snapshot, SwarmMetrics};
 use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::Storage;
 
@@ -88,7 +86,10 @@ pub struct EventLoop {
     groups: GroupState,
     bootstrap: Bootstrap,
     walks: Walks,
-    metrics: Arc<Metrics>,
+    /// What the driver counts itself (the kv room keeps its own rejections).
+    counters: DriverCounters,
+    /// libp2p's metrics of the swarm, recorded from its events.
+    swarm_metrics: SwarmMetrics,
     started: Instant,
     me: PeerAddr,
     commands: mpsc::Receiver<Command>,
@@ -110,7 +111,7 @@ impl EventLoop {
         dht_config: dht::Config,
         storage: Storage,
         config: LoopConfig,
-        metrics: Arc<Metrics>,
+        swarm_metrics: SwarmMetrics,
         commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -131,12 +132,13 @@ impl EventLoop {
         let now = Instant::now();
         Ok(EventLoop {
             swarm,
-            kv: KvRoom::new(coordinator, storage, metrics.clone()),
+            kv: KvRoom::new(coordinator, storage),
             core,
             groups,
             bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
             walks: Walks::default(),
-            metrics,
+            counters: DriverCounters::default(),
+            swarm_metrics,
             started: now,
             me,
             commands,
@@ -251,10 +253,8 @@ impl EventLoop {
         now: Time,
     ) {
         match &result {
-            Ok(outcome) => self.metrics.observe_lookup(outcome.hops),
-            Err(_) => {
-                self.metrics.lookups_failed.fetch_add(1, Relaxed);
-            }
+            Ok(outcome) => self.counters.lookup_hops.observe(outcome.hops),
+            Err(_) => self.counters.lookups_failed += 1,
         }
         if self.kv.on_lookup_finished(id, &result, &mut self.core, now) {
             return;
@@ -300,6 +300,7 @@ impl EventLoop {
     // ----- network events ------------------------------------------------------------------------
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.swarm_metrics.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => {
@@ -309,7 +310,8 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(_) | BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_dialer() => {
                 if let Step::Join(bootstrap) =
                     self.bootstrap.on_connected(peer_id, endpoint.get_remote_address().clone())
@@ -331,7 +333,7 @@ impl EventLoop {
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 // Random bytes at the port, failed handshakes: counted, never fatal.
-                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                self.counters.rejected.malformed += 1;
                 debug!(%error, "incoming connection failed");
             }
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
@@ -345,11 +347,11 @@ impl EventLoop {
                 request_response::Message::Request { request, channel, .. } => {
                     if request.sender.peer != peer {
                         // The envelope must name the authenticated sender.
-                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        self.counters.rejected.invalid += 1;
                         return;
                     }
                     let dht::Message::Request { id, .. } = &request.message else {
-                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        self.counters.rejected.invalid += 1;
                         return;
                     };
                     let id = *id;
@@ -360,7 +362,7 @@ impl EventLoop {
                     // its channel must not linger.
                     self.flush_transmits();
                     if self.ring_in.remove(&(peer, id)).is_some() {
-                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        self.counters.rejected.invalid += 1;
                     }
                 }
                 request_response::Message::Response { request_id, response } => {
@@ -369,7 +371,7 @@ impl EventLoop {
                     }
                     self.ring_out.remove(&request_id);
                     if response.sender.peer != peer {
-                        self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                        self.counters.rejected.invalid += 1;
                         return;
                     }
                     let now = self.now();
@@ -388,7 +390,7 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { error, .. } => {
-                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                self.counters.rejected.malformed += 1;
                 debug!(%error, "inbound ring request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
@@ -418,6 +420,7 @@ impl EventLoop {
                 }
                 Command::Lookup { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Status { reply } => drop(reply.send(self.status())),
+                Command::Metrics { reply } => drop(reply.send(self.metrics())),
                 Command::Ring { reply } => drop(reply.send(RingWalk { nodes: vec![], complete: false })),
                 Command::Groups { reply } => drop(reply.send(self.group_views())),
                 Command::JoinGroup { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
@@ -444,6 +447,7 @@ impl EventLoop {
             Command::GetLocal { key, reply } => self.kv.get_local(&key, reply),
             Command::Lookup { key, reply } => self.kv.locate(&key, reply, &mut self.core, now),
             Command::Status { reply } => drop(reply.send(self.status())),
+            Command::Metrics { reply } => drop(reply.send(self.metrics())),
             Command::Ring { reply } => {
                 let (me, first) = (self.core.me().clone(), self.core.successor().clone());
                 self.walks.start(me, first, reply, &mut self.swarm);
@@ -476,7 +480,6 @@ impl EventLoop {
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         self.sync_group_memberships();
-        self.update_metrics();
         let alone =
             self.core.is_member() && self.core.successors().is_empty() && self.core.predecessor().is_none();
         match self.bootstrap.tick(&mut self.swarm, alone, now) {
@@ -501,28 +504,20 @@ impl EventLoop {
         Ok(())
     }
 
-    fn update_metrics(&self) {
-        let stats = self.kv.storage().stats();
-        let m = &self.metrics;
-        m.stored_keys.store(stats.keys, Relaxed);
-        m.stored_bytes.store(stats.bytes, Relaxed);
-        m.corrupt_reads.store(stats.corrupt_reads, Relaxed);
-        let core = self.core.counters();
-        m.ring_messages_out.store(core.messages_sent, Relaxed);
-        m.ring_messages_in.store(core.messages_received, Relaxed);
-        m.core_rejected_invalid.store(
-            core.dropped_invalid + core.dropped_wrong_sender + core.dropped_protocol_violation,
-            Relaxed,
-        );
-        m.core_rejected_unexpected.store(core.dropped_unknown_response, Relaxed);
-        let kv = self.kv.counters();
-        m.read_repairs.store(kv.read_repairs, Relaxed);
-        m.sync_pushed.store(kv.sync_pushed, Relaxed);
-        m.sync_pulled.store(kv.sync_pulled, Relaxed);
-        m.quorum_failures.store(kv.quorum_failures, Relaxed);
-        m.write_retries.store(kv.write_retries, Relaxed);
-        m.kv_rejected_invalid.store(kv.rejected_invalid, Relaxed);
-        m.kv_rejected_unexpected.store(kv.rejected_unexpected, Relaxed);
+    /// Copies every counter at this instant; the HTTP handler encodes the copy on its own task.
+    /// libp2p's registry is encoded here, where it lives (a few kilobytes of text).
+    fn metrics(&self) -> Snapshot {
+        let mut driver = self.counters.clone();
+        // Both are the driver's (the loop's protocols and the kv room's): one source.
+        driver.rejected = driver.rejected + self.kv.rejected();
+        Snapshot::new(
+            self.core.counters().clone(),
+            self.kv.counters().clone(),
+            self.groups.core.counters().clone(),
+            self.kv.storage().stats(),
+            driver,
+            &self.swarm_metrics,
+        )
     }
 
     fn status(&self) -> Status {

@@ -12,7 +12,6 @@
 //! of its group's queue (the request id the core's answers carry is not used here yet).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use dht::multicast::{self as mc, GroupEvent, GroupName, Multicast, PublishId, Role};
@@ -259,17 +258,6 @@ impl EventLoop {
             self.reconcile_membership(&name, is_member, now);
         }
         self.expire_tree_walks();
-        let counters = self.groups.core.counters();
-        self.metrics.group_messages_out.store(counters.messages_sent, Relaxed);
-        self.metrics.group_messages_in.store(counters.messages_received, Relaxed);
-        self.metrics.group_data_out.store(counters.data_sent, Relaxed);
-        self.metrics.group_dropped.store(
-            counters.dropped_invalid
-                + counters.dropped_unknown_group
-                + counters.dropped_not_parent
-                + counters.dropped_unexpected,
-            Relaxed,
-        );
     }
 
     pub(super) fn group_views(&self) -> Vec<GroupView> {
@@ -505,7 +493,7 @@ impl EventLoop {
                         }
                         Some(GroupOutbound::Message(_)) => {}
                         None => {
-                            self.metrics.rejected_unexpected.fetch_add(1, Relaxed);
+                            self.counters.rejected.unexpected += 1;
                         }
                     }
                 }
@@ -538,7 +526,7 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { error, .. } => {
-                self.metrics.rejected_malformed.fetch_add(1, Relaxed);
+                self.counters.rejected.malformed += 1;
                 debug!(%error, "inbound group request failed");
             }
             request_response::Event::ResponseSent { .. } => {}
@@ -555,7 +543,7 @@ impl EventLoop {
             GroupRequest::Message { sender, message } => {
                 if sender.peer != peer {
                     // The envelope must name the authenticated sender.
-                    self.metrics.rejected_invalid.fetch_add(1, Relaxed);
+                    self.counters.rejected.invalid += 1;
                     GroupReply::Refused
                 } else {
                     let now = self.now();
