@@ -129,7 +129,7 @@ mod tests {
     use super::*;
     use crate::id::Id;
 
-    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
     struct A(u64);
     impl Address for A {
         fn node_id(&self) -> Id {
