@@ -1494,7 +1494,11 @@ impl<A: Address> Node<A> {
             self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone(), None)), now);
             return;
         }
-        if !lookup.set_owners_from_list(&self.me.id, &self.successors) {
+        if lookup.set_owners_from_list(&self.me.id, &self.successors) {
+            // Should every owner candidate refuse (a stale list tail naming nodes that left, or
+            // nodes of another ring being merged), the nodes before the target can still route.
+            lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
+        } else {
             lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
             // With no closer node known, the successor list is the only way round the ring.
             if !self.successors.is_empty() {
