@@ -94,6 +94,9 @@ pub struct PartitionReport {
     pub idle_messages_per_node_per_s: f64,
     /// Probes of passive-list peers sent during the whole run, all nodes.
     pub probes_sent: u64,
+    /// Probes sent from the heal to the window's end, all nodes: with `parts = 1`, what probing
+    /// costs a ring that did not split.
+    pub probes_in_window: u64,
     /// Probes answered by a member.
     pub probes_answered: u64,
     /// Detections of another ring.
@@ -146,6 +149,7 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
 
     let heal_at = sim.now();
     let messages_at_heal = sim.messages;
+    let probes_at_heal = probes(&sim);
     let mut merged: Option<(crate::time::Time, u64)> = None;
     let window_end = heal_at + params.window;
     while sim.now() < window_end {
@@ -165,6 +169,7 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
     let idle_span = (sim.now() - merge_end).as_secs_f64();
     let idle_rate =
         if idle_span > 0.0 { (sim.messages - messages_at_merge) as f64 / members / idle_span } else { 0.0 };
+    let probes_in_window = probes(&sim) - probes_at_heal;
     let invariants = sim.check_invariants();
     let ring_correct = sim.ring_is_correct();
     let successor_lists_correct = sim.successor_lists_are_correct();
@@ -223,6 +228,7 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
         messages_per_node_per_s: round3(merge_rate),
         idle_messages_per_node_per_s: round3(idle_rate),
         probes_sent,
+        probes_in_window,
         probes_answered,
         merges_detected,
         merge_requests_sent,
@@ -237,4 +243,8 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
         trace_hash: format!("{:016x}", sim.trace_hash()),
         wall_s: round3(wall.elapsed().as_secs_f64()),
     }
+}
+
+fn probes(sim: &Simulation) -> u64 {
+    (0..sim.node_count()).map(|i| sim.node(i).counters().probes_sent).sum()
 }
