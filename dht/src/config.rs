@@ -42,6 +42,20 @@ pub struct Config {
     /// [`crate::Node::cached_replicas`] without a new lookup; zero disables the cache.
     /// Default 5 s.
     pub lookup_cache_ttl: Duration,
+    /// Most peers a node remembers after declaring them dead (successors, predecessor, fingers
+    /// that stopped answering), to probe later in case a network partition rather than a crash
+    /// took them away; the oldest is evicted first. Zero turns probing off (a partition then heals only where
+    /// merge requests reach). Default 32.
+    pub passive_peers: usize,
+    /// How often a node probes one remembered peer: every `probe_interval` to 2 × `probe_interval`
+    /// (drawn from the node's seeded generator). A peer that does not answer is probed again only
+    /// after a delay that doubles with each miss, up to `probe_backoff_max`. Default 5 s.
+    pub probe_interval: Duration,
+    /// Longest wait between two probes of the same unanswering peer. Default 60 s.
+    pub probe_backoff_max: Duration,
+    /// How long a peer declared dead is remembered. A partition that lasts longer heals only
+    /// through the driver (bootstrap addresses). Default 10 min.
+    pub passive_ttl: Duration,
 }
 
 impl Default for Config {
@@ -59,6 +73,10 @@ impl Default for Config {
             max_concurrent_lookups: 1024,
             join_timeout: Duration::from_secs(30),
             lookup_cache_ttl: Duration::from_secs(5),
+            passive_peers: 32,
+            probe_interval: Duration::from_secs(5),
+            probe_backoff_max: Duration::from_secs(60),
+            passive_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -94,10 +112,21 @@ pub enum ConfigError {
     /// A lookup must be allowed at least one step.
     #[error("max_lookup_hops must be at least 1")]
     NoHops,
+    /// The passive list is bounded so that one alarm costs a bounded burst of probes.
+    #[error("passive_peers may be at most {max}, got {got}")]
+    TooManyPassivePeers {
+        /// The configured size.
+        got: usize,
+        /// The largest accepted size.
+        max: usize,
+    },
 }
 
 /// Upper bound on the successor list (and so on lists in messages).
 pub const MAX_SUCCESSORS: usize = 64;
+
+/// Upper bound on [`Config::passive_peers`].
+pub const MAX_PASSIVE_PEERS: usize = 256;
 
 impl Config {
     /// Sets the successor-list length r.
@@ -145,6 +174,26 @@ impl Config {
         self.lookup_cache_ttl = d;
         self
     }
+    /// Sets how many peers declared dead are remembered for probing (zero: none).
+    pub fn with_passive_peers(mut self, n: usize) -> Self {
+        self.passive_peers = n;
+        self
+    }
+    /// Sets the base period of probes of peers declared dead.
+    pub fn with_probe_interval(mut self, d: Duration) -> Self {
+        self.probe_interval = d;
+        self
+    }
+    /// Sets the longest wait between two probes of the same unanswering peer.
+    pub fn with_probe_backoff_max(mut self, d: Duration) -> Self {
+        self.probe_backoff_max = d;
+        self
+    }
+    /// Sets how long a peer declared dead is remembered.
+    pub fn with_passive_ttl(mut self, d: Duration) -> Self {
+        self.passive_ttl = d;
+        self
+    }
     /// Sets the join timeout.
     pub fn with_join_timeout(mut self, d: Duration) -> Self {
         self.join_timeout = d;
@@ -167,6 +216,9 @@ impl Config {
             ("rpc_timeout", self.rpc_timeout),
             ("lookup_timeout", self.lookup_timeout),
             ("join_timeout", self.join_timeout),
+            ("probe_interval", self.probe_interval),
+            ("probe_backoff_max", self.probe_backoff_max),
+            ("passive_ttl", self.passive_ttl),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -183,6 +235,9 @@ impl Config {
         }
         if self.max_lookup_hops == 0 {
             return Err(ConfigError::NoHops);
+        }
+        if self.passive_peers > MAX_PASSIVE_PEERS {
+            return Err(ConfigError::TooManyPassivePeers { got: self.passive_peers, max: MAX_PASSIVE_PEERS });
         }
         Ok(())
     }

@@ -65,6 +65,7 @@ pub mod lookup;
 pub mod message;
 pub mod multicast;
 pub mod node;
+mod passive;
 mod ring;
 pub mod sim;
 pub mod store;

@@ -61,6 +61,8 @@ pub(crate) enum Purpose {
     Rejoin,
     /// Checking, through the ring, that this node's successor is right.
     CheckSuccessor,
+    /// Finding where a node from another ring (a healed partition) belongs in this one.
+    Merge,
 }
 
 /// What the lookup wants next.

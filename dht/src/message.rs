@@ -15,6 +15,9 @@ use crate::id::Id;
 /// [`MAX_SUCCESSORS`] node references.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Most times one [`Request::Merge`] is passed on before it is dropped.
+pub const MAX_MERGE_HOPS: u8 = 8;
+
 /// Matches a response to its request; unique per sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
@@ -59,6 +62,16 @@ pub enum Request<A> {
         /// The sender's successor list.
         successors: Vec<NodeRef<A>>,
     },
+    /// Ring unification: `candidate` answered someone as a ring member but is missing from the
+    /// sender's ring where it belongs (a healed partition). The receiver adopts it as successor if
+    /// it lies between the receiver and its successor (after it answers), or passes the request on
+    /// toward the node it should follow. Answered with [`Response::Ack`].
+    Merge {
+        /// The node to weave in.
+        candidate: NodeRef<A>,
+        /// Times this request has been passed on; at most [`MAX_MERGE_HOPS`].
+        hops: u8,
+    },
 }
 
 /// Responses of the ring protocol.
@@ -71,7 +84,8 @@ pub enum Response<A> {
         /// The responder's successor list, nearest first.
         successors: Vec<NodeRef<A>>,
     },
-    /// Answer to [`Request::Notify`], [`Request::Ping`] and [`Request::Leaving`].
+    /// Answer to [`Request::Notify`], [`Request::Ping`], [`Request::Leaving`] and
+    /// [`Request::Merge`].
     Ack,
     /// Answer to [`Request::FindSuccessor`].
     Route {
@@ -99,6 +113,7 @@ impl<A> Message<A> {
                 Request::Ping => "ping",
                 Request::FindSuccessor { .. } => "find_successor",
                 Request::Leaving { .. } => "leaving",
+                Request::Merge { .. } => "merge",
             },
             Message::Response { body, .. } => match body {
                 Response::Neighbours { .. } => "neighbours",
@@ -118,6 +133,12 @@ pub enum InvalidMessage {
     ForgedId {
         /// The claimed id.
         claimed: Id,
+    },
+    /// A merge request was passed on more often than any honest node does.
+    #[error("merge request passed on {hops} times, more than {MAX_MERGE_HOPS}")]
+    TooManyMergeHops {
+        /// The hop count it carried.
+        hops: u8,
     },
     /// A list is longer than any honest node sends.
     #[error("list of {len} node references exceeds the cap of {MAX_SUCCESSORS}")]
@@ -144,6 +165,12 @@ impl<A: Address> Message<A> {
                 Request::Leaving { predecessor, successors } => {
                     predecessor.iter().try_for_each(check_ref)?;
                     check_list(successors)
+                }
+                Request::Merge { candidate, hops } => {
+                    if *hops > MAX_MERGE_HOPS {
+                        return Err(InvalidMessage::TooManyMergeHops { hops: *hops });
+                    }
+                    check_ref(candidate)
                 }
                 Request::GetNeighbours | Request::Notify | Request::Ping | Request::FindSuccessor { .. } => {
                     Ok(())
@@ -232,6 +259,7 @@ mod tests {
             any::<[u8; 20]>().prop_map(|b| Request::FindSuccessor { target: Id::from_bytes(b) }),
             (proptest::option::of(node()), list())
                 .prop_map(|(predecessor, successors)| Request::Leaving { predecessor, successors }),
+            (node(), 0..=MAX_MERGE_HOPS).prop_map(|(candidate, hops)| Request::Merge { candidate, hops }),
         ];
         let response = prop_oneof![
             (proptest::option::of(node()), list())
@@ -305,6 +333,18 @@ mod tests {
         assert!(matches!(
             decode::<TestAddr>(&encode(&msg), MAX_MESSAGE_BYTES),
             Err(DecodeError::Invalid(InvalidMessage::ForgedId { .. }))
+        ));
+    }
+
+    #[test]
+    fn merge_passed_on_too_often_is_refused() {
+        let msg = Message::Request {
+            id: RequestId(1),
+            body: Request::Merge { candidate: NodeRef::new(TestAddr(1)), hops: MAX_MERGE_HOPS + 1 },
+        };
+        assert!(matches!(
+            decode::<TestAddr>(&encode(&msg), MAX_MESSAGE_BYTES),
+            Err(DecodeError::Invalid(InvalidMessage::TooManyMergeHops { .. }))
         ));
     }
 

@@ -12,7 +12,25 @@
 //! - every request in flight has a deadline, and every lookup has an overall deadline and a hop
 //!   bound, so nothing waits forever;
 //! - nothing that arrives from the network can panic this code: messages are validated, responses
-//!   are matched to requests by id and sender, and whatever does not fit is dropped and counted.
+//!   are matched to requests by id and sender, and whatever does not fit is dropped and counted;
+//! - a peer declared dead is remembered in a bounded passive list and probed at a slow, jittered,
+//!   backed-off pace; a node that was idle and without failures sends no probes at all.
+//!
+//! # Ring unification (healing a partition)
+//! A partition splits one ring into several, each closed by stabilization. To merge them again
+//! (after Shafaat, Ghodsi and Haridi's ring unification, 2009) a node probes the peers it declared
+//! dead with [`Request::GetNeighbours`]. An answer from a member that belongs in our routing state
+//! but is missing from it is proof of another ring: a member between this node and its successor
+//! is chased and adopted as successor, as stabilize would; one between our predecessor and us, or
+//! within the span of our successor list, is told with [`Request::Merge`] which of our nodes it
+//! should follow, or that node is told of it; one farther away is looked up in our ring, and the
+//! node it should follow is told. When adopting a closer successor displaces a live one that the
+//! new successor does not know, the displaced node is handed to the new successor the same way, so
+//! the two rings' lists interleave link by link; stabilize, rectify and successor checks do the
+//! rest. The first proof of a merge also makes the node probe its whole passive list at once (at
+//! most once per probe period), and so does every merge request it receives: the alarm spreads
+//! epidemically while each step stays local and bounded. A probe answered by a node already where
+//! it belongs (a restarted node, a node that was only slow) ends there: one exchange.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,7 +44,8 @@ use crate::error::{JoinError, LookupError};
 use crate::finger::FingerTable;
 use crate::id::{ID_BITS, Id};
 use crate::lookup::{Answer, Lookup, LookupId, LookupOutcome, Next, Purpose as LookupPurpose};
-use crate::message::{Message, Request, RequestId, Response};
+use crate::message::{MAX_MERGE_HOPS, Message, Request, RequestId, Response};
+use crate::passive::PassiveList;
 use crate::ring::merge_successors;
 use crate::time::Time;
 
@@ -106,6 +125,16 @@ pub struct Counters {
     pub lookups_failed: u64,
     /// Hops summed over successful lookups.
     pub lookup_hops: u64,
+    /// Probes sent to peers remembered as dead (the passive list).
+    pub probes_sent: u64,
+    /// Probes answered by a ring member.
+    pub probes_answered: u64,
+    /// Answered probes or merge requests that proved another ring (a healed partition).
+    pub merges_detected: u64,
+    /// Merge requests sent (to the node a stray member should follow, or to the stray member).
+    pub merge_requests_sent: u64,
+    /// Merge requests dropped: passed on too often, or too many merge lookups in flight.
+    pub merge_requests_dropped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +173,13 @@ enum Purpose<A> {
         key: u64,
     },
     Leaving,
+    /// Asking a peer for its neighbours to learn whether it belongs to another ring: a peer from
+    /// the passive list, or a merge candidate. Sent once, never resent.
+    Probe {
+        node: NodeRef<A>,
+    },
+    /// A [`Request::Merge`]; its answer carries nothing.
+    Merge,
 }
 
 /// A node that answered with its successor list.
@@ -188,6 +224,10 @@ const MAX_STABILIZE_CHASE: u8 = 32;
 /// Routing candidates a node considers when it starts a lookup of its own.
 const LOCAL_ROUTE_CANDIDATES: usize = 8;
 
+/// Most lookups one node runs at once to place nodes of another ring; further merge requests that
+/// need one are dropped (the other ring's own probes and stabilization find them later).
+const MAX_MERGE_LOOKUPS: usize = 4;
+
 /// The Chord state machine of one node. See the crate docs for the driving contract.
 #[derive(Debug)]
 pub struct Node<A: Address> {
@@ -222,6 +262,14 @@ pub struct Node<A: Address> {
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
     rejoining: bool,
     announced: bool,
+    /// Peers declared dead, to probe in case a partition took them away.
+    passive: PassiveList<A>,
+    /// When the next probe of the passive list is due (only while it is non-empty).
+    next_probe: Time,
+    /// When the whole passive list was last probed at once, after a merge was detected.
+    last_burst: Option<Time>,
+    /// Lookups placing a node of another ring in this one: lookup key → (the node, hops so far).
+    merge_lookups: BTreeMap<u64, (NodeRef<A>, u8)>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
     counters: Counters,
@@ -231,6 +279,7 @@ impl<A: Address> Node<A> {
     /// A node at `addr` that is not yet part of any ring. `seed` drives all of its randomness.
     pub fn new(addr: A, config: Config, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
+        let passive = PassiveList::new(config.passive_peers);
         Ok(Node {
             me: NodeRef::new(addr),
             config,
@@ -258,6 +307,10 @@ impl<A: Address> Node<A> {
             checking_successor: false,
             range_cache: BTreeMap::new(),
             announced: false,
+            passive,
+            next_probe: Time::ZERO,
+            last_burst: None,
+            merge_lookups: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -305,6 +358,10 @@ impl<A: Address> Node<A> {
     /// Lookups in flight (user and maintenance).
     pub fn lookups_in_flight(&self) -> usize {
         self.lookups.len()
+    }
+    /// Peers remembered as dead, awaiting probes.
+    pub fn passive_len(&self) -> usize {
+        self.passive.len()
     }
 
     /// Whether this node believes it owns `key`: key ∈ (predecessor, me], or it is alone.
@@ -474,6 +531,15 @@ impl<A: Address> Node<A> {
         id
     }
 
+    /// Remembers `addr` as a peer to probe at the passive list's slow pace (see the module docs),
+    /// as if it had been declared dead: a driver may feed it bootstrap addresses, so that a node cut
+    /// off from all of them finds its way back into their ring once they answer again.
+    pub fn remember_peer(&mut self, addr: A, now: Time) {
+        if addr != self.me.addr {
+            self.remember_dead(NodeRef::new(addr), now);
+        }
+    }
+
     /// Leaves gracefully: tells the successor and predecessor, waits briefly for their
     /// acknowledgements, then emits [`Event::Left`]. Data hand-off is the caller's, before this.
     pub fn leave(&mut self, now: Time) {
@@ -614,6 +680,10 @@ impl<A: Address> Node<A> {
                     self.next_fix_fingers = now + self.config.fix_fingers_interval;
                     self.fix_next_finger(now);
                 }
+                if !self.passive.is_empty() && now >= self.next_probe {
+                    self.next_probe = now + self.probe_period();
+                    self.probe_next(now);
+                }
             }
             Phase::Leaving { deadline, .. } => {
                 if now >= deadline {
@@ -681,6 +751,9 @@ impl<A: Address> Node<A> {
                 consider(self.next_stabilize);
                 consider(self.next_check_predecessor);
                 consider(self.next_fix_fingers);
+                if !self.passive.is_empty() {
+                    consider(self.next_probe);
+                }
             }
             Phase::Leaving { deadline, .. } => consider(*deadline),
             Phase::Idle | Phase::Left => {}
@@ -710,12 +783,17 @@ impl<A: Address> Node<A> {
                 successors: self.successors.clone(),
             },
             Request::Notify => {
+                self.passive.remove(from);
                 self.rectify(NodeRef::new(from.clone()), now);
                 Response::Ack
             }
             Request::FindSuccessor { target } => self.route_reply(&target),
             Request::Leaving { predecessor: _, successors } => {
                 self.on_neighbour_leaving(from, &successors, now);
+                Response::Ack
+            }
+            Request::Merge { candidate, hops } => {
+                self.on_merge_request(candidate, hops, now);
                 Response::Ack
             }
         }
@@ -785,6 +863,9 @@ impl<A: Address> Node<A> {
         self.probing_predecessor = false;
         self.rejoining = false;
         self.checking_successor = false;
+        self.passive.clear();
+        self.last_burst = None;
+        self.merge_lookups.clear();
     }
 
     fn stabilize(&mut self, now: Time) {
@@ -943,6 +1024,10 @@ impl<A: Address> Node<A> {
             (Purpose::CheckPredecessor { .. }, Response::Ack) => self.checking_predecessor = false,
             (Purpose::RectifyProbe { .. }, Response::Ack) => self.probing_predecessor = false,
             (Purpose::Leaving, Response::Ack) => self.on_leave_acknowledged(),
+            (Purpose::Probe { node }, Response::Neighbours { predecessor, successors }) => {
+                self.on_probe_answered(node, predecessor, successors, now);
+            }
+            (Purpose::Merge, Response::Ack) => {}
             (Purpose::Lookup { key }, Response::Route { owner, predecessor, successors, closer }) => {
                 let Some(lookup) = self.lookups.get_mut(&key) else {
                     return; // finished (timed out) while this reply was on its way
@@ -971,6 +1056,9 @@ impl<A: Address> Node<A> {
                 self.stabilizing = false;
                 debug!(node = %self.me.id.short(), successor = %successor.id.short(), "successor unreachable, dropping it");
                 self.forget(&successor.addr);
+                if timed_out {
+                    self.remember_dead(successor.clone(), now);
+                }
                 if self.successors.is_empty() {
                     self.rejoin(now);
                 } else {
@@ -982,6 +1070,7 @@ impl<A: Address> Node<A> {
                 self.stabilizing = false;
                 if timed_out {
                     self.fingers.forget(&candidate.addr);
+                    self.remember_dead(candidate.clone(), now);
                 }
                 if self.predecessor.as_ref().is_some_and(|p| p.addr == candidate.addr)
                     && self.successors.is_empty()
@@ -1000,17 +1089,24 @@ impl<A: Address> Node<A> {
                     self.set_predecessor(None);
                 }
                 self.fingers.forget(&predecessor.addr);
+                if timed_out {
+                    self.remember_dead(predecessor, now);
+                }
             }
             Purpose::RectifyProbe { predecessor, candidate } => {
                 self.probing_predecessor = false;
                 if self.predecessor.as_ref().is_some_and(|p| p.addr == predecessor.addr) {
                     self.set_predecessor(Some(candidate));
                 }
+                if timed_out {
+                    self.remember_dead(predecessor, now);
+                }
             }
             Purpose::Lookup { key } => {
                 if timed_out {
                     self.fingers.forget(&to);
                     self.forget_cached(&to);
+                    self.remember_dead(NodeRef::new(to.clone()), now);
                 }
                 let Some(lookup) = self.lookups.get_mut(&key) else {
                     return;
@@ -1020,6 +1116,16 @@ impl<A: Address> Node<A> {
                 self.advance_lookup(key, now);
             }
             Purpose::Leaving => self.on_leave_acknowledged(),
+            Purpose::Probe { node } => {
+                if timed_out {
+                    let (base, cap) = (self.config.probe_interval, self.config.probe_backoff_max);
+                    self.passive.missed(&node.addr, now, base, cap);
+                } else {
+                    // Alive but not a member (restarting, joining, leaving): it finds its own way.
+                    self.passive.remove(&node.addr);
+                }
+            }
+            Purpose::Merge => {}
         }
     }
 
@@ -1123,6 +1229,19 @@ impl<A: Address> Node<A> {
         if list.first() != self.successors.first() {
             self.hurry_stabilize(now);
         }
+        // A closer successor that does not know our current one: they come from two rings being
+        // merged (or its view is stale). Hand the displaced node over, so that it is woven in
+        // after the new successor instead of being cut off.
+        if let Some(old) = self.successors.first().cloned()
+            && old.addr != head.addr
+            && head.id.in_open(&self.me.id, &old.id)
+            && !list.iter().any(|n| n.addr == old.addr)
+        {
+            self.send_merge(&head.addr, old, 0, now);
+        }
+        for node in &list {
+            self.passive.remove(&node.addr);
+        }
         if list != self.successors {
             trace!(node = %self.me.id.short(), successor = %head.id.short(), "successor list updated");
             self.successors = list;
@@ -1160,6 +1279,209 @@ impl<A: Address> Node<A> {
         self.forget_cached(addr);
     }
 
+    // ----- ring unification ------------------------------------------------------------------
+
+    /// Remembers `node`, just declared dead, in the passive list.
+    fn remember_dead(&mut self, node: NodeRef<A>, now: Time) {
+        if node.addr == self.me.addr || self.config.passive_peers == 0 {
+            return;
+        }
+        if self.passive.is_empty() {
+            self.next_probe = now + self.probe_period();
+        }
+        self.passive.add(node, now, self.config.probe_interval);
+    }
+
+    /// The wait until the next probe: `probe_interval` plus up to as much again, drawn from this
+    /// node's generator so that nodes that lost peers together do not probe in lock-step.
+    fn probe_period(&mut self) -> std::time::Duration {
+        let base = self.config.probe_interval;
+        let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX).max(1);
+        base + std::time::Duration::from_micros(self.rng.random_range(0..micros))
+    }
+
+    /// The periodic probe: the passive entry due earliest, if any.
+    fn probe_next(&mut self, now: Time) {
+        self.passive.expire(now, self.config.passive_ttl);
+        if let Some(node) = self.passive.take_due(now) {
+            self.send_probe(node, now);
+        }
+    }
+
+    /// A merge is under way: every remembered peer is probably reachable again, so probe them all
+    /// now rather than one per period. At most once per probe period.
+    fn merge_detected(&mut self, now: Time) {
+        self.counters.merges_detected += 1;
+        self.hurry_stabilize(now);
+        if self.last_burst.is_some_and(|t| now < t + self.config.probe_interval) {
+            return;
+        }
+        self.last_burst = Some(now);
+        self.passive.expire(now, self.config.passive_ttl);
+        for node in self.passive.take_all() {
+            self.send_probe(node, now);
+        }
+    }
+
+    /// Asks `node` for its neighbours, once (a lost probe waits for the next round).
+    fn send_probe(&mut self, node: NodeRef<A>, now: Time) {
+        let in_flight = self
+            .pending
+            .values()
+            .any(|p| matches!(&p.purpose, Purpose::Probe { node: n } if n.addr == node.addr));
+        if in_flight {
+            return;
+        }
+        self.counters.probes_sent += 1;
+        let to = node.addr.clone();
+        let id = self.send_request(&to, Request::GetNeighbours, Purpose::Probe { node }, now);
+        self.pending.get_mut(&id).expect("inserted just above").attempts_left = 0;
+    }
+
+    /// Tells `to` to weave in `candidate`, unless the request has been passed on too often.
+    fn send_merge(&mut self, to: &A, candidate: NodeRef<A>, hops: u8, now: Time) {
+        if hops > MAX_MERGE_HOPS || *to == candidate.addr || *to == self.me.addr {
+            self.counters.merge_requests_dropped += 1;
+            return;
+        }
+        self.counters.merge_requests_sent += 1;
+        self.send_request(to, Request::Merge { candidate, hops }, Purpose::Merge, now);
+    }
+
+    /// A probed peer (from the passive list, or a merge candidate) answered as a ring member.
+    fn on_probe_answered(
+        &mut self,
+        node: NodeRef<A>,
+        predecessor: Option<NodeRef<A>>,
+        successors: Vec<NodeRef<A>>,
+        now: Time,
+    ) {
+        self.passive.remove(&node.addr);
+        self.counters.probes_answered += 1;
+        if !self.is_member() || self.is_known_neighbour(&node.addr) {
+            // A false alarm: a restarted or merely slow node, already where it belongs.
+            return;
+        }
+        if self.successors.is_empty() || node.id.in_open(&self.me.id, &self.successor().id) {
+            // A closer successor than ours, alive: what stabilize would have chased. Its ring and
+            // ours meet here.
+            debug!(node = %self.me.id.short(), peer = %node.id.short(), "probe found a closer successor: merging");
+            self.merge_detected(now);
+            self.chase_or_adopt(node, predecessor, successors, 0, now);
+            return;
+        }
+        // Its list spans our id without naming us: its ring lacks us. Tell the node of its list
+        // that we should follow.
+        if let Some(last) = successors.last()
+            && self.me.id.in_open(&node.id, &last.id)
+            && !successors.iter().any(|s| s.addr == self.me.addr)
+        {
+            let mut before = node.clone();
+            for s in &successors {
+                if self.me.id.in_open(&before.id, &s.id) {
+                    break;
+                }
+                before = s.clone();
+            }
+            debug!(node = %self.me.id.short(), peer = %node.id.short(), "probe found a ring without us: merging");
+            self.merge_detected(now);
+            let me = self.me.clone();
+            self.send_merge(&before.addr, me, 0, now);
+            return;
+        }
+        self.place(node, 0, now);
+    }
+
+    /// Whether `addr` is our predecessor or in our successor list.
+    fn is_known_neighbour(&self, addr: &A) -> bool {
+        self.predecessor.as_ref().is_some_and(|p| &p.addr == addr)
+            || self.successors.iter().any(|s| &s.addr == addr)
+    }
+
+    /// Someone asks us to weave in `candidate`, a member that may belong to another ring.
+    fn on_merge_request(&mut self, candidate: NodeRef<A>, hops: u8, now: Time) {
+        if candidate.addr == self.me.addr || self.is_known_neighbour(&candidate.addr) {
+            return;
+        }
+        self.merge_detected(now);
+        self.place(candidate, hops, now);
+    }
+
+    /// One step toward weaving `candidate` (alive, not among our neighbours) into our ring: probe
+    /// it if it may be our successor, hand it to the list entry it should follow, hand ourselves
+    /// to it if it should precede us, and otherwise look its id up in our ring.
+    fn place(&mut self, candidate: NodeRef<A>, hops: u8, now: Time) {
+        if !self.is_member() || candidate.addr == self.me.addr || self.is_known_neighbour(&candidate.addr) {
+            return;
+        }
+        if self.successors.is_empty() || candidate.id.in_open(&self.me.id, &self.successor().id) {
+            // Adopted only once it answers (stabilize's rule), through the probe's answer.
+            self.send_probe(candidate, now);
+            return;
+        }
+        let mut before = self.successor().clone();
+        for s in self.successors.iter().skip(1) {
+            if candidate.id.in_open(&before.id, &s.id) {
+                let to = before.addr.clone();
+                self.send_merge(&to, candidate, hops.saturating_add(1), now);
+                return;
+            }
+            before = s.clone();
+        }
+        if let Some(p) = &self.predecessor
+            && candidate.id.in_open(&p.id, &self.me.id)
+        {
+            // It should precede us, so its ring lacks us: it can place us.
+            let (to, me) = (candidate.addr.clone(), self.me.clone());
+            self.send_merge(&to, me, hops.saturating_add(1), now);
+            return;
+        }
+        if hops >= MAX_MERGE_HOPS
+            || self.merge_lookups.len() >= MAX_MERGE_LOOKUPS
+            || self.lookups.len() >= self.config.max_concurrent_lookups
+        {
+            self.counters.merge_requests_dropped += 1;
+            return;
+        }
+        // Far from us: find the node of our ring it should follow. `start_lookup` may finish at
+        // once, so the record goes in first.
+        let target = candidate.id;
+        self.merge_lookups.insert(self.next_lookup, (candidate, hops));
+        self.start_lookup(target, LookupPurpose::Merge, now);
+    }
+
+    fn on_merge_lookup_finished(
+        &mut self,
+        candidate: NodeRef<A>,
+        hops: u8,
+        result: Result<Answer<A>, LookupError>,
+        now: Time,
+    ) {
+        let Ok((owner, list, vouched)) = result else {
+            return;
+        };
+        if owner.addr == candidate.addr || list.iter().any(|n| n.addr == candidate.addr) {
+            // Our ring has it where it belongs: a false alarm.
+            return;
+        }
+        if owner.addr == self.me.addr {
+            // We own its id: it should precede us, and its ring lacks us.
+            let me = self.me.clone();
+            self.send_merge(&candidate.addr, me, hops.saturating_add(1), now);
+            return;
+        }
+        if let Some(before) = vouched
+            && candidate.id.in_open(&before.id, &owner.id)
+        {
+            self.merge_detected(now);
+            if before.addr == self.me.addr {
+                self.send_probe(candidate, now);
+            } else {
+                self.send_merge(&before.addr, candidate, hops.saturating_add(1), now);
+            }
+        }
+    }
+
     // ----- lookups ---------------------------------------------------------------------------
 
     fn start_lookup(&mut self, target: Id, purpose: LookupPurpose, now: Time) {
@@ -1172,7 +1494,11 @@ impl<A: Address> Node<A> {
             self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone(), None)), now);
             return;
         }
-        if !lookup.set_owners_from_list(&self.me.id, &self.successors) {
+        if lookup.set_owners_from_list(&self.me.id, &self.successors) {
+            // Should every owner candidate refuse (a stale list tail naming nodes that left, or
+            // nodes of another ring being merged), the nodes before the target can still route.
+            lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
+        } else {
             lookup.add_route(self.closest_preceding(&target, LOCAL_ROUTE_CANDIDATES));
             // With no closer node known, the successor list is the only way round the ring.
             if !self.successors.is_empty() {
@@ -1298,6 +1624,11 @@ impl<A: Address> Node<A> {
                         debug!(node = %self.me.id.short(), successor = %owner.id.short(), "lookup found a closer successor");
                         self.adopt_successor(owner, &list, now);
                     }
+                }
+            }
+            LookupPurpose::Merge => {
+                if let Some((candidate, hops)) = self.merge_lookups.remove(&key) {
+                    self.on_merge_lookup_finished(candidate, hops, result, now);
                 }
             }
             LookupPurpose::Rejoin => {

@@ -42,8 +42,10 @@ fn skewed_clocks_lose_no_acknowledged_write() {
 fn a_lossy_network_loses_no_acknowledged_write() {
     let report = run(100, 5_000, 3, |p| p.network.loss = 0.05);
     assert_eq!(report.acked_writes_lost, 0, "{report:?}");
-    // A final read can still lose two of its three requests; nearly every key is judged.
-    assert!(report.final_reads_failed <= 5, "{report:?}");
+    // A final read can still lose two of its three requests; nearly every key is judged. Over
+    // seeds 10–39 the count ranges over 0–11 of 200 keys (before ring unification as after it), so
+    // the bound sits above that spread rather than at one seed's value.
+    assert!(report.final_reads_failed <= 12, "{report:?}");
 }
 
 #[test]

@@ -45,7 +45,10 @@ fn answers(request: &Request<SimAddr>, response: &Response<SimAddr>) -> bool {
     matches!(
         (request, response),
         (Request::GetNeighbours, Response::Neighbours { .. })
-            | (Request::Notify | Request::Ping | Request::Leaving { .. }, Response::Ack)
+            | (
+                Request::Notify | Request::Ping | Request::Leaving { .. } | Request::Merge { .. },
+                Response::Ack
+            )
             | (Request::FindSuccessor { .. }, Response::Route { .. })
     )
 }
@@ -440,9 +443,11 @@ fn take_request(net: &mut Net, i: usize) -> (SimAddr, RequestId, Request<SimAddr
 fn wrong_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
     match request {
         Request::GetNeighbours => Response::Ack,
-        Request::Notify | Request::Ping | Request::FindSuccessor { .. } | Request::Leaving { .. } => {
-            Response::Neighbours { predecessor: None, successors: Vec::new() }
-        }
+        Request::Notify
+        | Request::Ping
+        | Request::FindSuccessor { .. }
+        | Request::Leaving { .. }
+        | Request::Merge { .. } => Response::Neighbours { predecessor: None, successors: Vec::new() },
     }
 }
 
@@ -453,7 +458,7 @@ fn right_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
             predecessor: Some(NodeRef::new(addr(0))),
             successors: vec![NodeRef::new(addr(0))],
         },
-        Request::Notify | Request::Ping | Request::Leaving { .. } => Response::Ack,
+        Request::Notify | Request::Ping | Request::Leaving { .. } | Request::Merge { .. } => Response::Ack,
         Request::FindSuccessor { .. } => Response::Refused,
     }
 }

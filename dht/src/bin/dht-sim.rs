@@ -2,7 +2,10 @@
 //!
 //! Scenarios: `stable`, `fail`, `churn` (lookups; see `dht::sim::scenario`) and `multicast`
 //! (multicast trees, see `dht::sim::multicast`), e.g.
-//! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`.
+//! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`,
+//! `kv` (the store, see `dht::sim::kv`) and `partition` (a ring cut into parts that must merge
+//! back after the heal, see `dht::sim::partition`), e.g.
+//! `dht-sim --scenario partition --nodes 1000 --parts 3 --split-s 60 --json`.
 //!
 //! The last line of output is the report as one JSON object with `--json`; otherwise a short
 //! human summary. The seed is always printed, so any run can be replayed.
@@ -14,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use dht::sim::kv::{self as kv_scenario, KvParams};
 use dht::sim::multicast::{self as multicast_scenario, MulticastParams};
+use dht::sim::partition::{self as partition_scenario, PartitionParams};
 use dht::sim::scenario::{self, Kind, Params};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -23,6 +27,7 @@ enum ScenarioArg {
     Churn,
     Multicast,
     Kv,
+    Partition,
 }
 
 /// Simulate a Chord ring of the overlay's dht core.
@@ -75,6 +80,9 @@ struct Args {
     /// Finger-refresh period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     fix_fingers_ms: u64,
+    /// Peers declared dead that each node remembers and probes (0 turns partition healing off).
+    #[arg(long, default_value_t = 32)]
+    passive_peers: usize,
     /// Probability that a message is lost.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -108,6 +116,15 @@ struct Args {
     /// `kv`: copies of each key.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// `partition`: parts the network is cut into (1: no cut, to measure the cost of probing).
+    #[arg(long, default_value_t = 2)]
+    parts: u8,
+    /// `partition`: how long the network stays cut, in simulated seconds.
+    #[arg(long, default_value_t = 60.0)]
+    split_s: f64,
+    /// `partition`: how long the ring is watched after the heal, in simulated seconds.
+    #[arg(long, default_value_t = 120.0)]
+    window_s: f64,
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -119,7 +136,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let kind = match args.scenario {
-        ScenarioArg::Stable | ScenarioArg::Multicast | ScenarioArg::Kv => Kind::Stable,
+        ScenarioArg::Stable | ScenarioArg::Multicast | ScenarioArg::Kv | ScenarioArg::Partition => {
+            Kind::Stable
+        }
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
     };
@@ -145,7 +164,8 @@ fn main() -> ExitCode {
         .config
         .with_successors(successors)
         .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
-        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms));
+        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms))
+        .with_passive_peers(args.passive_peers);
     if let Err(error) = params.config.validate() {
         eprintln!("dht-sim: {error}");
         return ExitCode::FAILURE;
@@ -168,6 +188,9 @@ fn main() -> ExitCode {
     );
     if multicast {
         return run_multicast(&args, params, fail_fraction);
+    }
+    if matches!(args.scenario, ScenarioArg::Partition) {
+        return run_partition(&args, params);
     }
     let report = scenario::run(&params);
     if args.json {
@@ -217,7 +240,8 @@ fn run_kv(args: &Args) -> ExitCode {
         .config
         .with_successors(successors)
         .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
-        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms));
+        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms))
+        .with_passive_peers(args.passive_peers);
     if let Err(error) = params.config.validate() {
         eprintln!("dht-sim: {error}");
         return ExitCode::FAILURE;
@@ -260,6 +284,41 @@ fn run_kv(args: &Args) -> ExitCode {
             report.repair_s,
             report.msgs_per_op,
             report.write_retries,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_partition(args: &Args, ring: Params) -> ExitCode {
+    if args.parts == 0 || args.split_s < 0.0 || args.window_s <= 0.0 {
+        eprintln!("dht-sim: --parts must be at least 1, --split-s not negative, --window-s positive");
+        return ExitCode::FAILURE;
+    }
+    let mut params = PartitionParams::new(ring.nodes, ring.seed);
+    params.ring = ring;
+    params.parts = args.parts;
+    params.split = Duration::from_secs_f64(args.split_s);
+    params.window = Duration::from_secs_f64(args.window_s);
+    params.lookups = args.lookups;
+    let report = partition_scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "partition N={} seed={} parts={} split {:.0} s: {} rings at the heal, {} after; merged in {:?} s; \
+             {:.1} msgs/node/s while merging, {:.1} after; {:.3}% of {} lookups correct; {:.1} s wall",
+            report.nodes,
+            report.seed,
+            report.parts,
+            report.split_s,
+            report.rings_at_heal,
+            report.rings_after_heal,
+            report.merge_s,
+            report.messages_per_node_per_s,
+            report.idle_messages_per_node_per_s,
+            report.correct_pct,
+            report.lookups,
             report.wall_s
         );
     }

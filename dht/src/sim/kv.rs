@@ -264,7 +264,7 @@ pub fn run(params: &KvParams) -> KvReport {
                 last_disruption = Some(now);
             }
             if params.partition {
-                let sides = (0..sim.node_count()).map(|_| sim.rng().random::<bool>()).collect();
+                let sides = (0..sim.node_count()).map(|_| u8::from(sim.rng().random::<bool>())).collect();
                 sim.partition(sides);
             }
         }

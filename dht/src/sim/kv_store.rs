@@ -10,7 +10,7 @@
 //!
 //! Also owns the global index of which live or dead node durably holds which key (for the
 //! scenario's checks), and the partition: while [`Simulation::partition`] is in force, every
-//! message between the two sides is lost on delivery.
+//! message between two different parts is lost on delivery.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Included, Unbounded};
@@ -123,9 +123,9 @@ impl Simulation {
         })
     }
 
-    /// Cuts the network in two: `side[i]` says which side node `i` is on (nodes added later are on
-    /// side `false`). Messages between the sides are lost until [`Simulation::heal`].
-    pub fn partition(&mut self, side: Vec<bool>) {
+    /// Cuts the network into parts: `side[i]` says which part node `i` is in (nodes added later are
+    /// in part 0). Messages between different parts are lost until [`Simulation::heal`].
+    pub fn partition(&mut self, side: Vec<u8>) {
         self.sides = Some(side);
     }
 
@@ -135,9 +135,9 @@ impl Simulation {
     }
 
     pub(super) fn is_cut(&self, a: usize, b: usize) -> bool {
-        self.sides.as_ref().is_some_and(|sides| {
-            sides.get(a).copied().unwrap_or(false) != sides.get(b).copied().unwrap_or(false)
-        })
+        self.sides
+            .as_ref()
+            .is_some_and(|sides| sides.get(a).copied().unwrap_or(0) != sides.get(b).copied().unwrap_or(0))
     }
 
     fn wall_ms(&self, index: usize) -> u64 {

@@ -19,6 +19,7 @@ pub mod kv;
 mod kv_store;
 pub mod multicast;
 mod network;
+pub mod partition;
 pub mod scenario;
 
 use std::cmp::Reverse;
@@ -174,8 +175,8 @@ pub struct Simulation {
     group_events: Vec<GroupRecord>,
     /// The store: settings, results and the global index of who holds what.
     kv: Option<kv_store::KvWorld>,
-    /// During a partition, each node's side; messages between sides are lost.
-    sides: Option<Vec<bool>>,
+    /// During a partition, each node's part; messages between parts are lost.
+    sides: Option<Vec<u8>>,
     trace: u64,
 }
 

@@ -1,0 +1,250 @@
+//! The `partition` scenario: a converged ring is cut into `parts` parts, each closes into a ring of
+//! its own, then the network heals and the rings must merge back into one.
+//!
+//! # The run
+//! 1. A ring of `nodes` grows and converges and its fingers settle, as in the lookup scenarios.
+//! 2. Every node is drawn into one of `parts` parts, uniformly at random; messages between parts
+//!    are lost for `split` (with `parts = 1` nothing is cut: the run measures what probing costs a
+//!    ring that never split).
+//! 3. The network heals. For the `window` that follows, the ring is checked every simulated
+//!    second; `merge_s` is the time from the heal until the ring is first correct (every member's
+//!    successor and predecessor are the true ones).
+//! 4. Then `lookups` user lookups for random keys start at random members, spread over
+//!    `lookup_duration`, and are judged as in the stable scenario.
+//!
+//! # What is reported
+//! - `rings_at_heal`: rings among members when the network healed (Zave's "at most one ring" is
+//!   broken when this is above 1);
+//! - `rings_after_heal`, `ring_correct`, `successor_lists_correct`: the state at the end of the
+//!   window;
+//! - `merge_s`; `messages_per_node_per_s` from the heal until the merge (or the window's end);
+//!   `idle_messages_per_node_per_s` from the merge (or heal) to the window's end, in a ring
+//!   that is correct again;
+//! - the probe and merge counters summed over all nodes, and lookup correctness afterwards.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde::Serialize;
+
+use super::Simulation;
+use super::scenario::{self, Kind, Params, round3};
+use crate::id::Id;
+
+/// Everything a `partition` run depends on.
+#[derive(Clone, Debug)]
+pub struct PartitionParams {
+    /// Ring size, seed, core configuration and network (the `kind` is ignored).
+    pub ring: Params,
+    /// Parts the network is cut into (1 = no cut).
+    pub parts: u8,
+    /// How long the network stays cut.
+    pub split: Duration,
+    /// How long after the heal the ring is watched before lookups start.
+    pub window: Duration,
+    /// User lookups after the window.
+    pub lookups: u64,
+    /// Time the lookups are spread over.
+    pub lookup_duration: Duration,
+}
+
+impl PartitionParams {
+    /// Defaults: 2 parts, a 60 s split, a 120 s window, then 5,000 lookups over 20 s.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        PartitionParams {
+            ring: Params::new(Kind::Stable, nodes, seed),
+            parts: 2,
+            split: Duration::from_secs(60),
+            window: Duration::from_secs(120),
+            lookups: 5_000,
+            lookup_duration: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a `partition` run measured. Everything but `wall_s` is a function of the parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionReport {
+    /// Always "partition".
+    pub scenario: &'static str,
+    /// Ring size N.
+    pub nodes: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Parts the network was cut into.
+    pub parts: u8,
+    /// Simulated seconds the network stayed cut.
+    pub split_s: f64,
+    /// Simulated seconds from the first join until the ring was first correct.
+    pub converge_sim_s: Option<f64>,
+    /// Rings among members just before the heal.
+    pub rings_at_heal: usize,
+    /// Rings among members at the end of the window.
+    pub rings_after_heal: usize,
+    /// Simulated seconds from the heal until the ring was correct; `null` if not within the window.
+    pub merge_s: Option<f64>,
+    /// Whether the ring was correct at the end of the window.
+    pub ring_correct: bool,
+    /// Whether every member's whole successor list was right at the end of the window.
+    pub successor_lists_correct: bool,
+    /// Messages per node per simulated second from the heal until the merge (or the window's end).
+    pub messages_per_node_per_s: f64,
+    /// Messages per node per simulated second from the merge (or the heal, when nothing split)
+    /// until the window's end.
+    pub idle_messages_per_node_per_s: f64,
+    /// Probes of passive-list peers sent during the whole run, all nodes.
+    pub probes_sent: u64,
+    /// Probes sent from the heal to the window's end, all nodes: with `parts = 1`, what probing
+    /// costs a ring that did not split.
+    pub probes_in_window: u64,
+    /// Probes answered by a member.
+    pub probes_answered: u64,
+    /// Detections of another ring.
+    pub merges_detected: u64,
+    /// Merge requests sent.
+    pub merge_requests_sent: u64,
+    /// User lookups started after the window.
+    pub lookups: u64,
+    /// Percentage answered with the true successor.
+    pub correct_pct: f64,
+    /// Percentage answered with another node.
+    pub wrong_pct: f64,
+    /// Percentage that failed.
+    pub failed_pct: f64,
+    /// Mean hops of answered lookups.
+    pub mean_hops: f64,
+    /// Invariant checks during the lookups (one per simulated second).
+    pub invariant_checks: u64,
+    /// Checks in which some invariant did not hold.
+    pub invariant_violations: u64,
+    /// Members at the end.
+    pub final_members: usize,
+    /// Fingerprint of the whole run.
+    pub trace_hash: String,
+    /// Wall-clock seconds the run took.
+    pub wall_s: f64,
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Runs the scenario.
+pub fn run(params: &PartitionParams) -> PartitionReport {
+    let wall = Instant::now();
+    let ring = &params.ring;
+    let mut sim = Simulation::new(ring.seed, ring.config.clone(), ring.network.clone());
+    let converged_at = scenario::grow_ring(&mut sim, ring);
+    let settle_start = sim.now();
+    while sim.finger_accuracy() < 0.99 && sim.now() - settle_start < Duration::from_secs(120) {
+        sim.run_until(sim.now() + 2 * SECOND);
+    }
+
+    let parts = params.parts.max(1);
+    if parts > 1 {
+        let sides = (0..sim.node_count()).map(|_| sim.rng().random_range(0..parts)).collect();
+        sim.partition(sides);
+    }
+    sim.run_until(sim.now() + params.split);
+    let rings_at_heal = sim.check_invariants().rings;
+    sim.heal();
+
+    let heal_at = sim.now();
+    let messages_at_heal = sim.messages;
+    let probes_at_heal = probes(&sim);
+    let mut merged: Option<(crate::time::Time, u64)> = None;
+    let window_end = heal_at + params.window;
+    while sim.now() < window_end {
+        sim.run_until(sim.now() + SECOND);
+        if merged.is_none() && sim.ring_is_correct() {
+            merged = Some((sim.now(), sim.messages));
+        }
+    }
+    let members = sim.member_count().max(1) as f64;
+    let (merge_end, messages_at_merge) = merged.unwrap_or((sim.now(), sim.messages));
+    let merge_span = (merge_end - heal_at).as_secs_f64();
+    let merge_rate = if merge_span > 0.0 {
+        (messages_at_merge - messages_at_heal) as f64 / members / merge_span
+    } else {
+        0.0
+    };
+    let idle_span = (sim.now() - merge_end).as_secs_f64();
+    let idle_rate =
+        if idle_span > 0.0 { (sim.messages - messages_at_merge) as f64 / members / idle_span } else { 0.0 };
+    let probes_in_window = probes(&sim) - probes_at_heal;
+    let invariants = sim.check_invariants();
+    let ring_correct = sim.ring_is_correct();
+    let successor_lists_correct = sim.successor_lists_are_correct();
+
+    // Lookups in the merged ring.
+    let start = sim.now();
+    let gap = params.lookup_duration.as_secs_f64() / params.lookups.max(1) as f64;
+    for k in 0..params.lookups {
+        let mut bytes = [0u8; 20];
+        sim.rng().fill(&mut bytes);
+        sim.schedule_lookup(start + Duration::from_secs_f64(k as f64 * gap), Id::from_bytes(bytes));
+    }
+    let (mut checks, mut violations) = (0u64, 0u64);
+    let end = start + params.lookup_duration;
+    while sim.now() < end {
+        sim.run_until((sim.now() + SECOND).min(end));
+        checks += 1;
+        if !sim.check_invariants().holds() {
+            violations += 1;
+        }
+    }
+    let drain_end = sim.now() + ring.config.lookup_timeout + SECOND;
+    while sim.lookups_in_flight() > 0 && sim.now() < drain_end {
+        sim.run_until(sim.now() + SECOND);
+    }
+    sim.abandon_lookups();
+
+    let (mut probes_sent, mut probes_answered, mut merges_detected, mut merge_requests_sent) = (0, 0, 0, 0);
+    for index in 0..sim.node_count() {
+        let c = sim.node(index).counters();
+        probes_sent += c.probes_sent;
+        probes_answered += c.probes_answered;
+        merges_detected += c.merges_detected;
+        merge_requests_sent += c.merge_requests_sent;
+    }
+    let tally = &sim.tally;
+    let started = tally.started.max(1) as f64;
+    let hops = &tally.hops;
+    let mean_hops = if hops.is_empty() {
+        0.0
+    } else {
+        hops.iter().map(|&h| f64::from(h)).sum::<f64>() / hops.len() as f64
+    };
+    PartitionReport {
+        scenario: "partition",
+        nodes: ring.nodes,
+        seed: ring.seed,
+        parts,
+        split_s: round3(params.split.as_secs_f64()),
+        converge_sim_s: converged_at.map(|t| round3(t.since_epoch().as_secs_f64())),
+        rings_at_heal,
+        rings_after_heal: invariants.rings,
+        merge_s: merged.map(|(t, _)| round3((t - heal_at).as_secs_f64())),
+        ring_correct,
+        successor_lists_correct,
+        messages_per_node_per_s: round3(merge_rate),
+        idle_messages_per_node_per_s: round3(idle_rate),
+        probes_sent,
+        probes_in_window,
+        probes_answered,
+        merges_detected,
+        merge_requests_sent,
+        lookups: tally.started,
+        correct_pct: round3(100.0 * tally.correct as f64 / started),
+        wrong_pct: round3(100.0 * tally.wrong as f64 / started),
+        failed_pct: round3(100.0 * tally.failed as f64 / started),
+        mean_hops: round3(mean_hops),
+        invariant_checks: checks,
+        invariant_violations: violations,
+        final_members: sim.member_count(),
+        trace_hash: format!("{:016x}", sim.trace_hash()),
+        wall_s: round3(wall.elapsed().as_secs_f64()),
+    }
+}
+
+fn probes(sim: &Simulation) -> u64 {
+    (0..sim.node_count()).map(|i| sim.node(i).counters().probes_sent).sum()
+}

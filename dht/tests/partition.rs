@@ -1,0 +1,76 @@
+//! A ring cut by a network partition merges back after the heal (ring unification): small
+//! versions of `dht-sim --scenario partition`, with fixed seeds.
+
+use std::time::Duration;
+
+use dht::sim::partition::{self, PartitionParams, PartitionReport};
+
+fn run(parts: u8, seed: u64, tweak: impl FnOnce(&mut PartitionParams)) -> PartitionReport {
+    let mut params = PartitionParams::new(200, seed);
+    params.parts = parts;
+    params.split = Duration::from_secs(30);
+    params.window = Duration::from_secs(60);
+    params.lookups = 1_000;
+    params.lookup_duration = Duration::from_secs(10);
+    tweak(&mut params);
+    let report = partition::run(&params);
+    eprintln!("{}", serde_json::to_string(&report).expect("serializable"));
+    report
+}
+
+fn assert_merged(report: &PartitionReport) {
+    assert!(report.rings_at_heal >= 2, "the split did not split the ring: {}", report.rings_at_heal);
+    let merge = report.merge_s.expect("the rings merged within the window");
+    assert!(merge <= 60.0, "merging took {merge} s");
+    assert_eq!(report.rings_after_heal, 1);
+    assert!(report.ring_correct);
+    assert!(report.successor_lists_correct, "successor lists still wrong at the window's end");
+    assert!(report.merges_detected > 0);
+    assert_eq!(report.correct_pct, 100.0, "lookups after the merge");
+    assert_eq!(report.invariant_violations, 0);
+    assert_eq!(report.final_members, 200);
+}
+
+#[test]
+fn a_ring_split_in_two_merges_back_after_the_heal() {
+    assert_merged(&run(2, 7, |_| {}));
+}
+
+#[test]
+fn a_ring_split_in_three_merges_back_after_the_heal() {
+    assert_merged(&run(3, 11, |_| {}));
+}
+
+#[test]
+fn without_probing_a_split_ring_stays_split() {
+    // The control: what the ring did before it remembered and probed lost peers.
+    let report = run(2, 7, |p| p.ring.config = p.ring.config.clone().with_passive_peers(0));
+    assert!(report.rings_after_heal >= 2, "rings {}", report.rings_after_heal);
+    assert!(!report.ring_correct);
+}
+
+#[test]
+fn a_ring_that_never_split_sends_no_probes() {
+    let report = run(1, 7, |_| {});
+    assert_eq!(report.rings_at_heal, 1);
+    assert_eq!(report.probes_in_window, 0, "an idle ring probed");
+    assert!(report.ring_correct);
+    assert_eq!(report.correct_pct, 100.0);
+}
+
+#[test]
+fn the_same_seed_replays_the_same_merge() {
+    let strip = |r: PartitionReport| {
+        let mut v = serde_json::to_value(r).expect("serializable");
+        v.as_object_mut().expect("an object").remove("wall_s");
+        v
+    };
+    let quick = |p: &mut PartitionParams| {
+        p.split = Duration::from_secs(15);
+        p.window = Duration::from_secs(30);
+        p.lookups = 200;
+    };
+    let a = strip(run(2, 42, quick));
+    let b = strip(run(2, 42, quick));
+    assert_eq!(a, b);
+}
