@@ -63,7 +63,7 @@ fn writers_and_readers_through_skewed_clocks_and_a_restart_see_no_stale_value() 
             let (https, acked, down, stop) = (&https, &acked, &down, &stop);
             scope.spawn(move || {
                 let mut seed = w as u64 + 1;
-                let mut next = vec![1u64; KEYS_PER_WRITER];
+                let mut next = [1u64; KEYS_PER_WRITER];
                 while !stop.load(Ordering::Relaxed) {
                     let k = pick(&mut seed) % KEYS_PER_WRITER;
                     let node = pick(&mut seed) % https.len();
