@@ -5,6 +5,8 @@
 //! - [`Node`]: one node's state machine — predecessor, successor list, finger table, Zave's
 //!   corrected maintenance rules (join, stabilize, rectify, fix fingers, predecessor checks,
 //!   dropping dead successors, graceful leave) and iterative lookups.
+//!   A bounded passive list of peers declared dead (`passive`, private) is probed slowly so
+//!   that rings split by a partition find each other and merge again (`Request::Merge`).
 //! - [`message`]: the wire messages, their CBOR encoding, the size cap and validation.
 //! - [`multicast`]: Scribe-style multicast trees on the ring (one [`multicast::Multicast`] per
 //!   node): joins routed toward a group's id, a root that numbers and replicates every message,
