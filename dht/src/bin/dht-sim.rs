@@ -133,6 +133,18 @@ struct Args {
     progress: bool,
 }
 
+/// The ring core's settings from the flags every scenario shares, validated.
+fn ring_config(args: &Args, base: dht::Config) -> Result<dht::Config, String> {
+    let successors = NonZeroUsize::new(args.successors).ok_or("--successors must be at least 2")?;
+    let config = base
+        .with_successors(successors)
+        .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
+        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms))
+        .with_passive_peers(args.passive_peers);
+    config.validate().map_err(|error| error.to_string())?;
+    Ok(config)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let kind = match args.scenario {
@@ -156,20 +168,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut params = Params::new(kind, args.nodes, args.seed);
-    let Some(successors) = NonZeroUsize::new(args.successors) else {
-        eprintln!("dht-sim: --successors must be at least 2");
-        return ExitCode::FAILURE;
+    params.config = match ring_config(&args, params.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("dht-sim: {error}");
+            return ExitCode::FAILURE;
+        }
     };
-    params.config = params
-        .config
-        .with_successors(successors)
-        .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
-        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms))
-        .with_passive_peers(args.passive_peers);
-    if let Err(error) = params.config.validate() {
-        eprintln!("dht-sim: {error}");
-        return ExitCode::FAILURE;
-    }
     params.lookups = args.lookups;
     params.progress = args.progress;
     if let Some(d) = args.duration_s {
@@ -232,20 +237,13 @@ fn run_kv(args: &Args) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut params = KvParams::new(args.nodes, args.ops, args.seed);
-    let Some(successors) = NonZeroUsize::new(args.successors) else {
-        eprintln!("dht-sim: --successors must be at least 2");
-        return ExitCode::FAILURE;
+    params.config = match ring_config(args, params.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("dht-sim: {error}");
+            return ExitCode::FAILURE;
+        }
     };
-    params.config = params
-        .config
-        .with_successors(successors)
-        .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))
-        .with_fix_fingers_interval(Duration::from_millis(args.fix_fingers_ms))
-        .with_passive_peers(args.passive_peers);
-    if let Err(error) = params.config.validate() {
-        eprintln!("dht-sim: {error}");
-        return ExitCode::FAILURE;
-    }
     params.rate = args.rate;
     params.read_ratio = args.read_ratio;
     params.keys = args.keys;
