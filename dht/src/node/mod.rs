@@ -64,7 +64,7 @@ use crate::message::{Message, Request, RequestId};
 use crate::passive::PassiveList;
 use crate::time::Time;
 
-use routing::CachedRange;
+use routing::RangeCache;
 
 /// A message for the driver to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,8 +246,8 @@ pub struct Node<A: Address> {
     stabilize_rounds: u32,
     /// A lookup of this node's own successor is running.
     checking_successor: bool,
-    /// Ranges (predecessor, owner] recently vouched for by their owners, keyed by owner id.
-    range_cache: BTreeMap<Id, CachedRange<A>>,
+    /// Ranges (predecessor, owner] recently vouched for by their owners.
+    range_cache: RangeCache<A>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
     rejoining: bool,
     announced: bool,
@@ -294,7 +294,7 @@ impl<A: Address> Node<A> {
             fast_rounds: 0,
             stabilize_rounds: 0,
             checking_successor: false,
-            range_cache: BTreeMap::new(),
+            range_cache: RangeCache::new(),
             announced: false,
             passive,
             next_probe: Time::ZERO,

@@ -8,15 +8,24 @@
 //! - the range cache holds at most `MAX_CACHED_RANGES` entries, never this node as an owner; an
 //!   expired entry is never used, and entries naming a node found unreachable are dropped.
 
+use std::collections::BTreeMap;
+
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::time::Time;
 
 use super::Node;
 
+/// Ranges (predecessor, owner] recently vouched for by their owners in lookups, keyed by owner id;
+/// at most [`MAX_CACHED_RANGES`] of them.
+#[derive(Debug)]
+pub(super) struct RangeCache<A> {
+    ranges: BTreeMap<Id, CachedRange<A>>,
+}
+
 /// A range some owner vouched for in a lookup: keys in (start, owner.id] are its.
 #[derive(Clone, Debug)]
-pub(super) struct CachedRange<A> {
+struct CachedRange<A> {
     start: Id,
     owner: NodeRef<A>,
     successors: Vec<NodeRef<A>>,
@@ -25,6 +34,50 @@ pub(super) struct CachedRange<A> {
 
 /// Most ranges remembered.
 const MAX_CACHED_RANGES: usize = 4096;
+
+impl<A: Address> RangeCache<A> {
+    pub(super) fn new() -> Self {
+        RangeCache { ranges: BTreeMap::new() }
+    }
+
+    /// The owner of `key` and the nodes after it, up to `n`, from an unexpired range holding `key`.
+    fn replicas(&self, key: &Id, n: usize, now: Time) -> Option<Vec<NodeRef<A>>> {
+        let (_, entry) = self.ranges.range(key..).next().or_else(|| self.ranges.iter().next())?;
+        (entry.expires > now && key.in_open_closed(&entry.start, &entry.owner.id)).then(|| {
+            std::iter::once(entry.owner.clone()).chain(entry.successors.iter().cloned()).take(n).collect()
+        })
+    }
+
+    /// Forgets the ranges that involve `addr`.
+    fn forget(&mut self, addr: &A) {
+        self.ranges.retain(|_, e| &e.owner.addr != addr && !e.successors.iter().any(|s| &s.addr == addr));
+    }
+
+    /// Remembers that `owner` owns (predecessor, owner] until `expires`, unless the cache is full
+    /// even after dropping what expired by `now`.
+    fn insert(
+        &mut self,
+        predecessor: &NodeRef<A>,
+        owner: &NodeRef<A>,
+        successors: &[NodeRef<A>],
+        expires: Time,
+        now: Time,
+    ) {
+        if self.ranges.len() >= MAX_CACHED_RANGES {
+            self.ranges.retain(|_, e| e.expires > now);
+            if self.ranges.len() >= MAX_CACHED_RANGES {
+                return;
+            }
+        }
+        let entry = CachedRange {
+            start: predecessor.id,
+            owner: owner.clone(),
+            successors: successors.to_vec(),
+            expires,
+        };
+        self.ranges.insert(owner.id, entry);
+    }
+}
 
 impl<A: Address> Node<A> {
     /// Whether this node believes it owns `key`: key ∈ (predecessor, me], or it is alone.
@@ -111,16 +164,12 @@ impl<A: Address> Node<A> {
         if known.is_some() {
             return known;
         }
-        let (_, entry) = self.range_cache.range(key..).next().or_else(|| self.range_cache.iter().next())?;
-        (entry.expires > now && key.in_open_closed(&entry.start, &entry.owner.id)).then(|| {
-            std::iter::once(entry.owner.clone()).chain(entry.successors.iter().cloned()).take(n).collect()
-        })
+        self.range_cache.replicas(key, n, now)
     }
 
     /// Forgets cached ranges that involve `addr` (the driver found it unreachable).
     pub fn forget_cached(&mut self, addr: &A) {
-        self.range_cache
-            .retain(|_, e| &e.owner.addr != addr && !e.successors.iter().any(|s| &s.addr == addr));
+        self.range_cache.forget(addr);
     }
 
     pub(super) fn remember_range(
@@ -133,19 +182,8 @@ impl<A: Address> Node<A> {
         if self.config.lookup_cache_ttl.is_zero() || owner.addr == self.me.addr {
             return;
         }
-        if self.range_cache.len() >= MAX_CACHED_RANGES {
-            self.range_cache.retain(|_, e| e.expires > now);
-            if self.range_cache.len() >= MAX_CACHED_RANGES {
-                return;
-            }
-        }
-        let entry = CachedRange {
-            start: predecessor.id,
-            owner: owner.clone(),
-            successors: successors.to_vec(),
-            expires: now + self.config.lookup_cache_ttl,
-        };
-        self.range_cache.insert(owner.id, entry);
+        let expires = now + self.config.lookup_cache_ttl;
+        self.range_cache.insert(predecessor, owner, successors, expires, now);
     }
 
     /// Up to `k` known nodes strictly between this node and `target`, closest to `target` first.
