@@ -8,8 +8,8 @@
 //!
 //! A listener that asks to replay from further back than the node's log gets the rest from the
 //! root's history, on a channel of its own. Replays queue per group and are served one after the
-//! other, with at most one request out per group: an answer is taken for the replay at the front
-//! of its group's queue (the request id the core's answers carry is not used here yet).
+//! other, with at most one request out per group; an answer (or a failure) is taken only by the
+//! replay whose request id it carries, so a late answer to a replay already gone is dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -77,8 +77,8 @@ pub(super) struct Replay {
     sender: mpsc::Sender<HistoryItem>,
     /// Requests in a row that brought nothing new.
     attempts: u32,
-    /// Whether a request is out for it.
-    asked: bool,
+    /// The request out for it, if any: only the answer to that request is taken.
+    asked: Option<mc::HistoryRequestId>,
 }
 
 impl Replay {
@@ -355,14 +355,15 @@ impl EventLoop {
                 }
                 self.on_first_delivery(&group, from);
             }
-            GroupEvent::History { group, messages, covered_to, head, .. } => {
-                self.on_history(&group, messages, covered_to, head);
+            GroupEvent::History { request, group, messages, covered_to, head } => {
+                self.on_history(request, &group, messages, covered_to, head);
             }
-            GroupEvent::HistoryFailed { group, .. } => {
+            GroupEvent::HistoryFailed { request, group, .. } => {
                 if let Some(replay) =
                     self.groups.replays.get_mut(group.as_str()).and_then(VecDeque::front_mut)
+                    && replay.asked == Some(request)
                 {
-                    replay.asked = false;
+                    replay.asked = None;
                     replay.attempts += 1;
                 }
                 self.ask_for_history(&group);
@@ -375,7 +376,7 @@ impl EventLoop {
     fn queue_replay(&mut self, name: &GroupName, missing: MissingHistory, _now: dht::Time) {
         let MissingHistory { from, covered_from, sender } = missing;
         let queue = self.groups.replays.entry(name.as_str().to_string()).or_default();
-        queue.push_back(Replay { next: from, covered_from, sender, attempts: 0, asked: false });
+        queue.push_back(Replay { next: from, covered_from, sender, attempts: 0, asked: None });
         if queue.len() == 1 {
             self.ask_for_history(name);
         }
@@ -398,9 +399,8 @@ impl EventLoop {
                 queue.pop_front();
                 continue;
             }
-            if !replay.asked {
-                replay.asked = true;
-                self.groups.core.request_history(name, replay.next, &self.core, now);
+            if replay.asked.is_none() {
+                replay.asked = Some(self.groups.core.request_history(name, replay.next, &self.core, now));
             }
             return;
         }
@@ -414,13 +414,14 @@ impl EventLoop {
         for replay in queue.iter_mut() {
             replay.covered_from.get_or_insert(seq);
         }
-        if queue.front().is_some_and(|r| !r.asked) {
+        if queue.front().is_some_and(|r| r.asked.is_none()) {
             self.ask_for_history(name);
         }
     }
 
     fn on_history(
         &mut self,
+        request: mc::HistoryRequestId,
         name: &GroupName,
         messages: Vec<mc::HistoryMessage>,
         covered_to: u64,
@@ -429,7 +430,11 @@ impl EventLoop {
         let Some(replay) = self.groups.replays.get_mut(name.as_str()).and_then(VecDeque::front_mut) else {
             return;
         };
-        replay.asked = false;
+        if replay.asked != Some(request) {
+            // An answer to a request this replay did not make (one for a replay already gone).
+            return;
+        }
+        replay.asked = None;
         let from = replay.next;
         // Numbers the listener gets from its backlog or the live feed are not declared lost here.
         let last_wanted =
