@@ -38,6 +38,27 @@ impl fmt::Display for Version {
     }
 }
 
+impl Version {
+    /// The version as clients see and pass it back (`if-version`): the clock's milliseconds and
+    /// counter, then the writer's whole id, so it parses back to exactly this version
+    /// ([`Version::from_token`]). [`fmt::Display`] shortens the writer for logs.
+    pub fn token(&self) -> String {
+        format!("{}.{}-{}", self.hlc >> 16, self.hlc & 0xffff, self.writer)
+    }
+
+    /// Parses [`Version::token`]'s form; `None` for anything else.
+    pub fn from_token(text: &str) -> Option<Version> {
+        let (clock, writer) = text.split_once('-')?;
+        let (millis, counter) = clock.split_once('.')?;
+        let millis: u64 = millis.parse().ok()?;
+        let counter: u64 = counter.parse().ok()?;
+        if millis >= 1 << 48 || counter > 0xffff {
+            return None;
+        }
+        Some(Version { hlc: millis << 16 | counter, writer: Id::from_hex(writer)? })
+    }
+}
+
 /// A hybrid logical clock (Kulkarni et al.): readings follow wall time when it advances, never go
 /// backwards, and move past every reading observed from other nodes.
 #[derive(Clone, Debug)]
@@ -108,6 +129,15 @@ impl Record {
         let mut record = Record { key, value: Vec::new(), version, tombstone: true, checksum: 0 };
         record.checksum = record.compute_checksum();
         record
+    }
+
+    /// The same state (value or tombstone) under another version.
+    pub fn reversioned(&self, version: Version) -> Record {
+        if self.tombstone {
+            Record::tombstone(self.key.clone(), version)
+        } else {
+            Record::new(self.key.clone(), self.value.clone(), version)
+        }
     }
 
     /// The ring position of the key.
@@ -332,6 +362,22 @@ pub enum KvRequest {
         #[serde(default)]
         after: Option<Id>,
     },
+    /// Compare-and-set, phase 1: promise to accept nothing for `key` below `ballot` (for a
+    /// while) and answer with the record held ([`crate::kv`]'s `cas` module).
+    Prepare {
+        /// The user's key.
+        #[serde(with = "crate::bytes")]
+        key: Vec<u8>,
+        /// The proposer's ballot; it becomes the version of what it writes.
+        ballot: Version,
+    },
+    /// Compare-and-set, phase 2: store this record, whose version is the ballot promised, unless
+    /// a higher ballot was promised or a newer version is held since. Answered like
+    /// [`KvRequest::Store`].
+    Accept {
+        /// The record.
+        record: Record,
+    },
 }
 
 /// Responses of the storage protocol.
@@ -364,6 +410,17 @@ pub enum KvResponse {
         entries: Vec<Entry>,
         /// Whether entries were left out.
         truncated: bool,
+    },
+    /// Answer to [`KvRequest::Prepare`]: promised; the record held (tombstones included).
+    Promised {
+        /// The receiver's record, if any.
+        record: Option<Record>,
+    },
+    /// Answer to [`KvRequest::Prepare`]: not promised, because the receiver promised or holds
+    /// this ballot or a higher one.
+    NotPromised {
+        /// The ballot promised or the version held; a proposer passes it and prepares again.
+        higher: Version,
     },
     /// The request was refused.
     Refused {
@@ -427,6 +484,8 @@ impl KvRequest {
                 }
             }
             KvRequest::Entries { buckets, .. } => check_len(buckets.len(), DIGEST_BUCKETS),
+            KvRequest::Prepare { key, .. } => check_len(key.len(), MAX_KEY_BYTES),
+            KvRequest::Accept { record } => check_record(record, max_value),
         }
     }
 }
@@ -435,15 +494,19 @@ impl KvResponse {
     /// Checks sizes and checksums of a received response.
     pub fn validate(&self, max_value: usize) -> Result<(), InvalidKv> {
         match self {
-            KvResponse::Found { record: Some(record) } => check_record(record, max_value),
+            KvResponse::Found { record: Some(record) } | KvResponse::Promised { record: Some(record) } => {
+                check_record(record, max_value)
+            }
             KvResponse::Entries { entries, .. } => {
                 check_len(entries.len(), MAX_BATCH)?;
                 entries.iter().try_for_each(|e| check_len(e.key.len(), MAX_KEY_BYTES))
             }
             KvResponse::DigestDiff { buckets } => check_len(buckets.len(), DIGEST_BUCKETS),
-            KvResponse::Stored { .. } | KvResponse::Found { record: None } | KvResponse::Refused { .. } => {
-                Ok(())
-            }
+            KvResponse::Stored { .. }
+            | KvResponse::Found { record: None }
+            | KvResponse::Promised { record: None }
+            | KvResponse::NotPromised { .. }
+            | KvResponse::Refused { .. } => Ok(()),
         }
     }
 }
@@ -458,6 +521,19 @@ pub fn sync_targets<A: Clone>(successors: &[crate::NodeRef<A>], replicas: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_tokens_round_trip_and_refuse_anything_else() {
+        let version = Version { hlc: (1_767_225_600_123 << 16) | 7, writer: Id::hash(b"writer") };
+        let token = version.token();
+        assert_eq!(Version::from_token(&token), Some(version));
+        assert!(token.starts_with("1767225600123.7-"));
+        for bad in
+            ["", "1.2", "1.2-zz", "x.1-00", &version.to_string(), &format!("1.65536-{}", version.writer)]
+        {
+            assert_eq!(Version::from_token(bad), None, "{bad:?}");
+        }
+    }
     use proptest::prelude::*;
 
     fn version(hlc: u64, w: u8) -> Version {

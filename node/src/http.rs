@@ -19,19 +19,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dht::NodeRef;
-use dht::store::Consistency;
+use dht::store::{Consistency, Record, Version};
 use futures::Stream;
 use overlay_api::groups::{ERROR_EVENT, GAP_EVENT, MESSAGE_EVENT};
 use overlay_api::{
-    ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage, GroupReceipt, GroupSummary, GroupTree,
-    Lookup, NodeInfo, PutReceipt, Ring, TreeNode, VERSION_HEADER,
+    CURRENT_VERSION_HEADER, ConflictBody, ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage,
+    GroupReceipt, GroupSummary, GroupTree, Lookup, NodeInfo, PutReceipt, Ring, TreeNode, VERSION_HEADER,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::PeerAddr;
-use crate::event_loop::{Command, KvError, Located, RingWalk, Status, Written};
+use crate::event_loop::{Command, Expect, KvError, Located, RingWalk, Status, Written};
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics;
 
@@ -89,6 +89,11 @@ impl From<KvError> for ApiError {
             | KvError::Lookup(_)
             | KvError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // Handlers of conditional writes answer a conflict themselves (`conflict`); this is
+            // the bare status for any other path.
+            KvError::Conflict { .. } => StatusCode::PRECONDITION_FAILED,
+            // Like a handler time-out: the write may or may not have happened.
+            KvError::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         };
         ApiError(status, error.to_string())
     }
@@ -135,20 +140,94 @@ struct KvQuery {
     /// `true`: read only this node's own copy (to inspect replication), no quorum.
     #[serde(default)]
     local: bool,
+    /// Write only if the current version is this one (compare-and-set).
+    #[serde(rename = "if-version")]
+    if_version: Option<String>,
+    /// Write only if the key has no live value; present and not `false` means yes.
+    #[serde(rename = "if-absent")]
+    if_absent: Option<String>,
+}
+
+/// How a read is served.
+enum ReadLevel {
+    Quorum(Consistency),
+    Linearizable,
 }
 
 impl KvQuery {
-    /// The level asked for (the API's word), as the protocol counts it; quorum by default.
-    fn consistency(&self) -> Result<Consistency, ApiError> {
-        let Some(text) = &self.consistency else { return Ok(Consistency::Quorum) };
+    /// The level asked for (the API's word); quorum by default.
+    fn read_level(&self) -> Result<ReadLevel, ApiError> {
+        let Some(text) = &self.consistency else { return Ok(ReadLevel::Quorum(Consistency::Quorum)) };
         let level: overlay_api::Consistency = text
             .parse()
             .map_err(|e: overlay_api::UnknownConsistency| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
         Ok(match level {
-            overlay_api::Consistency::One => Consistency::One,
-            overlay_api::Consistency::Quorum => Consistency::Quorum,
-            overlay_api::Consistency::All => Consistency::All,
+            overlay_api::Consistency::One => ReadLevel::Quorum(Consistency::One),
+            overlay_api::Consistency::Quorum => ReadLevel::Quorum(Consistency::Quorum),
+            overlay_api::Consistency::All => ReadLevel::Quorum(Consistency::All),
+            overlay_api::Consistency::Linearizable => ReadLevel::Linearizable,
         })
+    }
+
+    /// The level of a write, as the protocol counts it.
+    fn consistency(&self) -> Result<Consistency, ApiError> {
+        match self.read_level()? {
+            ReadLevel::Quorum(consistency) => Ok(consistency),
+            ReadLevel::Linearizable => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "consistency=linearizable applies to reads; a write that must see the current state uses if-version or if-absent".into(),
+            )),
+        }
+    }
+
+    /// The compare-and-set condition, if the request has one.
+    fn condition(&self) -> Result<Option<Expect>, ApiError> {
+        let absent = self.if_absent.as_deref().is_some_and(|v| v != "false");
+        match (&self.if_version, absent) {
+            (Some(_), true) => {
+                Err(ApiError(StatusCode::BAD_REQUEST, "give if-version or if-absent, not both".into()))
+            }
+            (Some(text), false) => match Version::from_token(text) {
+                Some(version) => Ok(Some(Expect::Version(version))),
+                None => Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "if-version {text:?} is not a version as reads report them (MILLIS.COUNTER-WRITER)"
+                    ),
+                )),
+            },
+            (None, true) => Ok(Some(Expect::Absent)),
+            (None, false) => Ok(None),
+        }
+    }
+}
+
+/// The 412 answer to a conditional write: the current version in the body and a header.
+fn conflict(current: Option<&Record>) -> Response {
+    let current_version = current.map(|r| r.version.token());
+    let body = ConflictBody {
+        current_version: current_version.clone(),
+        deleted: current.is_some_and(|r| r.tombstone),
+        error: "the key is not in the expected state; nothing was written".into(),
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(v) = current_version.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(CURRENT_VERSION_HEADER, v);
+    }
+    (StatusCode::PRECONDITION_FAILED, headers, Json(body)).into_response()
+}
+
+/// Runs a compare-and-set; a conflict becomes its 412 answer.
+async fn compare_and_set(
+    state: &ApiState,
+    key: Vec<u8>,
+    expect: Expect,
+    value: Option<Vec<u8>>,
+) -> Result<Result<Written, Response>, ApiError> {
+    match ask(state, |reply| Command::CompareAndSet { key, expect, value, reply }).await? {
+        Ok(written) => Ok(Ok(written)),
+        Err(KvError::Conflict { current }) => Ok(Err(conflict(current.as_deref()))),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -171,18 +250,20 @@ async fn get_key(
     Segment(key): Segment,
     Query(query): Query<KvQuery>,
 ) -> Result<Response, ApiError> {
-    let consistency = query.consistency()?;
+    let level = query.read_level()?;
     let key = key.into_bytes();
-    let record = if query.local {
-        ask(&state, |reply| Command::GetLocal { key, reply }).await??
-    } else {
-        ask(&state, |reply| Command::Get { key, consistency, reply }).await??
+    let record = match level {
+        _ if query.local => ask(&state, |reply| Command::GetLocal { key, reply }).await??,
+        ReadLevel::Quorum(consistency) => {
+            ask(&state, |reply| Command::Get { key, consistency, reply }).await??
+        }
+        ReadLevel::Linearizable => ask(&state, |reply| Command::GetLinearizable { key, reply }).await??,
     };
     match record {
         Some(record) if !record.tombstone => {
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            if let Ok(v) = HeaderValue::from_str(&record.version.to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&record.version.token()) {
                 headers.insert(VERSION_HEADER, v);
             }
             Ok((StatusCode::OK, headers, record.value).into_response())
@@ -192,7 +273,7 @@ async fn get_key(
 }
 
 fn put_receipt(key: String, written: &Written) -> PutReceipt {
-    PutReceipt { key, replicas_acked: written.acked as u64, version: written.version.to_string() }
+    PutReceipt { key, replicas_acked: written.acked as u64, version: written.version.token() }
 }
 
 async fn put_key(
@@ -211,9 +292,16 @@ async fn put_key(
     })?;
     let consistency = query.consistency()?;
     let key_bytes = key.clone().into_bytes();
-    let written =
-        ask(&state, |reply| Command::Put { key: key_bytes, value: body.to_vec(), consistency, reply })
-            .await??;
+    let written = match query.condition()? {
+        Some(expect) => match compare_and_set(&state, key_bytes, expect, Some(body.to_vec())).await? {
+            Ok(written) => written,
+            Err(conflict) => return Ok(conflict),
+        },
+        None => {
+            ask(&state, |reply| Command::Put { key: key_bytes, value: body.to_vec(), consistency, reply })
+                .await??
+        }
+    };
     let status = if written.existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(put_receipt(key, &written))).into_response())
 }
@@ -225,7 +313,13 @@ async fn delete_key(
 ) -> Result<Response, ApiError> {
     let consistency = query.consistency()?;
     let key_bytes = key.into_bytes();
-    let written = ask(&state, |reply| Command::Delete { key: key_bytes, consistency, reply }).await??;
+    let written = match query.condition()? {
+        Some(expect) => match compare_and_set(&state, key_bytes, expect, None).await? {
+            Ok(written) => written,
+            Err(conflict) => return Ok(conflict),
+        },
+        None => ask(&state, |reply| Command::Delete { key: key_bytes, consistency, reply }).await??,
+    };
     if written.existed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

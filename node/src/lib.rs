@@ -40,6 +40,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     std::fs::create_dir_all(&flags.data_dir)
         .with_context(|| format!("creating the data directory {}", flags.data_dir.display()))?;
     let keypair = identity::load_or_create(&flags.data_dir)?;
+    // A node restarting on its old store may have made compare-and-set promises it forgot.
+    let resumed_store = Storage::exists_in(&flags.data_dir);
     let storage = Storage::open_with(&flags.data_dir, Duration::from_millis(flags.fsync_interval_ms))
         .context("opening the record store")?;
 
@@ -108,6 +110,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         clock_offset_ms: flags.clock_offset_ms,
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
+        resumed_store,
     };
     let event_loop = EventLoop::new(
         swarm,

@@ -178,6 +178,11 @@ impl Storage {
         Self::open_with(data_dir, Duration::ZERO)
     }
 
+    /// Whether `data_dir` already holds a record store (this node ran there before).
+    pub fn exists_in(data_dir: &Path) -> bool {
+        data_dir.join(FILE_NAME).exists()
+    }
+
     /// Like [`Storage::open`], choosing when writes reach the disk. With `fsync_interval` zero
     /// (the default) the log is synced for every group before its callers hear back. Otherwise
     /// groups are written to the log without a sync, and one sync follows within

@@ -16,6 +16,7 @@ Exit codes:
   1   the key does not exist (get, delete)
   2   the node cannot be reached
   3   any other failure (the node refused, a step of cluster/demo/bench failed, ...)
+  4   the key is not in the state --if-version/--if-absent expected (nothing written)
   64  the command line is wrong";
 
 /// Command-line client of an overlay node, and a launcher of local clusters.
@@ -65,6 +66,9 @@ pub(crate) enum Command {
     Delete {
         /// The key.
         key: String,
+        /// Delete only if the key's current version is VERSION; otherwise exit code 4.
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<String>,
     },
     /// Show which nodes own and replicate a key, and how many hops finding them took.
     Lookup {
@@ -98,6 +102,14 @@ pub(crate) struct PutArgs {
     /// Read the value from this file.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
+    /// Write only if the key's current version is VERSION (compare-and-set; `overlay get --json`
+    /// shows it). Otherwise nothing is written and the exit code is 4.
+    #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+    pub(crate) if_version: Option<String>,
+    /// Write only if the key has no live value. Otherwise nothing is written and the exit code
+    /// is 4.
+    #[arg(long)]
+    pub(crate) if_absent: bool,
 }
 
 /// `overlay group ...`. Group names are 1 to 128 bytes of UTF-8 without control characters; the

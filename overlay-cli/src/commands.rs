@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use overlay_api::{Client, Consistency, NodeInfo, PutOutcome};
+use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome};
 
 use crate::cli::{GlobalArgs, PutArgs};
 use crate::cluster;
@@ -49,7 +49,16 @@ pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> 
         // clap requires one of the two; this is only reachable if that rule is removed.
         (None, None) => bail!("give a value, `--file PATH`, or `-` for stdin"),
     };
-    let (outcome, receipt) = client(global)?.put(&args.key, &value, global.consistency)?;
+    let condition = match (&args.if_version, args.if_absent) {
+        (Some(version), _) => Some(Condition::Version(version.clone())),
+        (None, true) => Some(Condition::Absent),
+        (None, false) => None,
+    };
+    let client = client(global)?;
+    let (outcome, receipt) = match &condition {
+        Some(condition) => client.put_if(&args.key, &value, condition)?,
+        None => client.put(&args.key, &value, global.consistency)?,
+    };
     if global.json {
         let mut raw = receipt.raw;
         // Created-or-overwritten is only in the HTTP status, so it is added to the document.
@@ -122,8 +131,16 @@ fn value_json(key: &str, version: Option<&str>, value: &[u8]) -> serde_json::Val
     })
 }
 
-pub(crate) fn delete(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Result<()> {
-    client(global)?.delete(key, global.consistency)?;
+pub(crate) fn delete(
+    global: &GlobalArgs,
+    key: &str,
+    if_version: Option<&str>,
+    out: &mut impl Write,
+) -> Result<()> {
+    match if_version {
+        Some(version) => client(global)?.delete_if(key, &Condition::Version(version.to_owned()))?,
+        None => client(global)?.delete(key, global.consistency)?,
+    }
     if global.json {
         output::write_json(out, &serde_json::json!({ "key": key, "deleted": true }))?;
     } else {
@@ -227,6 +244,7 @@ pub(crate) fn consistency_label(consistency: Option<Consistency>) -> &'static st
         Some(Consistency::One) => "consistency one",
         Some(Consistency::Quorum) => "consistency quorum",
         Some(Consistency::All) => "consistency all",
+        Some(Consistency::Linearizable) => "consistency linearizable",
     }
 }
 

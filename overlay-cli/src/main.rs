@@ -26,6 +26,8 @@ const EXIT_KEY_NOT_FOUND: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 2;
 /// Any other failure.
 const EXIT_FAILURE: u8 = 3;
+/// A conditional write found the key in another state.
+const EXIT_CONFLICT: u8 = 4;
 /// The command line is wrong (sysexits' EX_USAGE; clap's own 2 would collide with
 /// "unreachable").
 const EXIT_USAGE: u8 = 64;
@@ -52,7 +54,7 @@ fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Put(args) => commands::put(global, args, out),
         Command::Get { key, local } => commands::get(global, key, *local, out),
-        Command::Delete { key } => commands::delete(global, key, out),
+        Command::Delete { key, if_version } => commands::delete(global, key, if_version.as_deref(), out),
         Command::Lookup { key } => commands::lookup(global, key, out),
         Command::Status => commands::status(global, out),
         Command::Ring => commands::ring(global, out),
@@ -135,6 +137,7 @@ fn report_failure(cli: &Cli, error: &anyhow::Error) -> ExitCode {
     let api_error = error.chain().find_map(|cause| cause.downcast_ref::<ApiError>());
     let (line, code) = match api_error {
         Some(ApiError::KeyNotFound { .. }) if talks_to_a_node => (message, EXIT_KEY_NOT_FOUND),
+        Some(ApiError::Conflict { .. }) if talks_to_a_node => (message, EXIT_CONFLICT),
         Some(ApiError::Unreachable { url, .. }) if talks_to_a_node => {
             (format!("{message}; {}", how_to_start_a_node(cli, url)), EXIT_UNREACHABLE)
         }

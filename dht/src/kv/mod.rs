@@ -6,6 +6,8 @@
 //!   only when it is safe, read repair, and writes that are never ordered before a write
 //!   acknowledged earlier (a replica holding a newer version refuses, the coordinator moves its
 //!   clock past that version and writes again);
+//! - [`cas`]: compare-and-set and linearizable reads, single-key Paxos over the replica set, and
+//!   [`promise`], the replica's promises that make it an acceptor;
 //! - [`replica`]: the replica's side: serving peers' stores, fetches, digests and entry pages;
 //! - [`sync`]: anti-entropy of this node's own range with its successors (digests, paged entry
 //!   lists, pushes and pulls) and the hand-off of that range when the node leaves.
@@ -39,8 +41,10 @@
 //! - every queue and map here is bounded by the operations the driver started and the requests in
 //!   flight, and every entry has a deadline.
 
+mod cas;
 mod io;
 mod ops;
+mod promise;
 mod replica;
 mod sync;
 
@@ -58,8 +62,12 @@ use crate::node::Node;
 use crate::store::{Consistency, Entry, HybridClock, KvRequest, KvResponse, MAX_KEY_BYTES, Record, Version};
 use crate::time::Time;
 
+pub use self::cas::Expect;
+use self::cas::{CasOps, Ctx, Goal};
 pub use self::io::{KvMessage, KvTransmit, PersistOutcome, StoreOp, StoreResult};
 use self::ops::ClientOps;
+use self::promise::{InFlight, Promises};
+pub use self::promise::{MAX_PROMISES, PROMISE_TTL_FACTOR};
 use self::replica::Serving;
 use self::sync::{AntiEntropy, Handoff};
 
@@ -146,6 +154,18 @@ pub enum KvError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A compare-and-set found the key in another state than expected; nothing was written.
+    /// `current` is the state a quorum holds (`None`: no record at all), whose version a retry
+    /// passes.
+    #[error("the key is not in the expected state")]
+    Conflict {
+        /// The key's current record (a tombstone if deleted).
+        current: Option<Box<Record>>,
+    },
+    /// A compare-and-set's write reached some replicas but could not be confirmed, and the key
+    /// has moved on since: it may or may not have taken effect. Check with a linearizable read.
+    #[error("the write may or may not have taken effect")]
+    OutcomeUnknown,
     /// The key's owner could not be found.
     #[error("no route to the key's owner: {0}")]
     Lookup(error::LookupError),
@@ -226,6 +246,10 @@ pub struct KvCounters {
     pub read_repairs: u64,
     /// Writes sent again under a newer version after a replica held a newer one.
     pub write_retries: u64,
+    /// Compare-and-set attempts started again under a higher ballot.
+    pub cas_retries: u64,
+    /// Prepares and writes this node refused because of a promise (or its restart grace).
+    pub promise_refusals: u64,
     /// Records anti-entropy pushed to a replica.
     pub sync_pushed: u64,
     /// Records anti-entropy fetched from a replica and applied here.
@@ -243,6 +267,12 @@ enum Purpose<A> {
     OpStore { op: OpId, attempt: u32, replica: usize },
     /// A client read's fetch at replica `replica`.
     OpFetch { op: OpId, replica: usize },
+    /// A linearizable read's fetch at replica `replica`.
+    CasFetch { op: OpId, attempt: u32, replica: usize },
+    /// A compare-and-set's prepare at replica `replica`.
+    CasPrepare { op: OpId, attempt: u32, replica: usize },
+    /// A compare-and-set's accept at replica `replica`.
+    CasAccept { op: OpId, attempt: u32, replica: usize },
     /// Read repair; fire and forget.
     Repair,
     /// Anti-entropy's digest comparison of `(start, end]` with a successor.
@@ -274,6 +304,12 @@ enum IoPurpose<A> {
     OpRead { op: OpId, replica: usize },
     /// Serving a peer's request.
     Serve { from: A, id: RequestId, request: replica::Served },
+    /// This node's own copy for a linearizable read's first look.
+    CasFetch { op: OpId, attempt: u32, replica: usize },
+    /// This node's own prepare of a compare-and-set: the record held, to decide the promise.
+    CasPrepare { op: OpId, attempt: u32, replica: usize, key: Vec<u8>, ballot: Version },
+    /// This node's copy of a compare-and-set's accept.
+    CasAccept { op: OpId, attempt: u32, replica: usize },
     /// Local read repair; nothing waits.
     Repair,
     /// Anti-entropy's own digest of `(start, end]` at the start of a round.
@@ -301,6 +337,10 @@ struct Outbox<A> {
     next_io: u64,
     request_timeout: Duration,
     counters: KvCounters,
+    /// This node's promises as a compare-and-set acceptor.
+    promises: Promises,
+    /// Records handed to the driver and not yet durable.
+    in_flight: InFlight,
 }
 
 impl<A: Address> Outbox<A> {
@@ -325,7 +365,11 @@ impl<A: Address> Outbox<A> {
         let io = IoId(self.next_io);
         self.next_io += 1;
         self.io.insert(io, purpose);
-        self.store_ops.push_back(op(io));
+        let op = op(io);
+        if let StoreOp::Persist { records, .. } = &op {
+            self.in_flight.started(io, records);
+        }
+        self.store_ops.push_back(op);
     }
 
     fn finish(&mut self, op: OpId, result: Result<OpOutcome<A>, KvError>) {
@@ -348,13 +392,15 @@ pub struct Coordinator<A: Address> {
     clock: HybridClock,
     out: Outbox<A>,
     ops: ClientOps<A>,
+    cas: CasOps<A>,
     serving: Serving,
     sync: AntiEntropy<A>,
     handoff: Option<Handoff<A>>,
 }
 
 impl<A: Address> Coordinator<A> {
-    /// The coordinator of the node `me`.
+    /// The coordinator of the node `me`, whose store is new. A node that ran before on the same
+    /// store says so with [`Coordinator::resumed`].
     pub fn new(me: NodeRef<A>, config: KvConfig) -> Self {
         let clock = HybridClock::new(me.id);
         Coordinator {
@@ -369,8 +415,11 @@ impl<A: Address> Coordinator<A> {
                 next_io: 0,
                 request_timeout: config.request_timeout,
                 counters: KvCounters::default(),
+                promises: Promises::new(config.op_timeout),
+                in_flight: InFlight::default(),
             },
             ops: ClientOps::default(),
+            cas: CasOps::default(),
             serving: Serving,
             sync: AntiEntropy::new(),
             handoff: None,
@@ -378,6 +427,14 @@ impl<A: Address> Coordinator<A> {
             config,
             me,
         }
+    }
+
+    /// This node ran before on the same store and may have made compare-and-set promises it no
+    /// longer remembers: it promises and accepts nothing until they would have expired
+    /// ([`PROMISE_TTL_FACTOR`] × the operation time-out from `now`).
+    pub fn resumed(mut self, now: Time) -> Self {
+        self.out.promises.stay_quiet(now);
+        self
     }
 
     // ----- getters -----------------------------------------------------------------------------
@@ -394,7 +451,12 @@ impl<A: Address> Coordinator<A> {
 
     /// Client operations in flight (answered ones waiting for stragglers included).
     pub fn ops_in_flight(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.cas.len()
+    }
+
+    /// Keys this node holds a compare-and-set promise for.
+    pub fn promises_held(&self) -> usize {
+        self.out.promises.len()
     }
 
     /// Peer requests in flight.
@@ -422,7 +484,7 @@ impl<A: Address> Coordinator<A> {
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, Some(&value))?;
         let record = Record::new(key, value, self.clock.tick(wall_ms));
-        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.out, ring, now))
+        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
     }
 
     /// Starts a delete of `key` (a tombstone write).
@@ -436,7 +498,7 @@ impl<A: Address> Coordinator<A> {
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, None)?;
         let record = Record::tombstone(key, self.clock.tick(wall_ms));
-        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.out, ring, now))
+        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
     }
 
     /// Starts a read of `key`.
@@ -448,7 +510,46 @@ impl<A: Address> Coordinator<A> {
         now: Time,
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, None)?;
-        Ok(self.ops.start_read(key, consistency, &self.config, &mut self.out, ring, now))
+        Ok(self.ops.start_read(key, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
+    }
+
+    /// Starts a compare-and-set: write `new` (a value, or a delete for `None`) under `key` only if
+    /// the key's current state is what `expect` says. Ends with [`OpOutcome::Written`],
+    /// [`KvError::Conflict`] (nothing written; the current state attached) or
+    /// [`KvError::OutcomeUnknown`]; see [`cas`] for what it guarantees.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compare_and_set(
+        &mut self,
+        key: Vec<u8>,
+        expect: Expect,
+        new: Option<Vec<u8>>,
+        ring: &mut Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        self.check_sizes(&key, new.as_deref())?;
+        Ok(self.start_cas(key, Goal::Swap { expect, new }, ring, wall_ms, now))
+    }
+
+    /// Starts a linearizable read of `key`: the state a quorum of replicas agrees on, finished
+    /// (written back) first if it was not yet on a quorum, so no later read can see an older one.
+    /// It costs a compare-and-set's two round trips.
+    pub fn get_linearizable(
+        &mut self,
+        key: Vec<u8>,
+        ring: &mut Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        self.check_sizes(&key, None)?;
+        Ok(self.start_cas(key, Goal::Read, ring, wall_ms, now))
+    }
+
+    fn start_cas(&mut self, key: Vec<u8>, goal: Goal, ring: &mut Node<A>, wall_ms: u64, now: Time) -> OpId {
+        let id = self.ops.reserve_id();
+        let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+        self.cas.start(id, key, goal, wall_ms, ring, &mut cx);
+        id
     }
 
     /// Starts finding `key`'s replica set (always through a lookup, to report its hops).
@@ -461,7 +562,7 @@ impl<A: Address> Coordinator<A> {
     /// [`KvConfig::handoff_timeout`]; then [`KvEvent::HandoffFinished`]. Client operations in
     /// flight fail with [`KvError::ShuttingDown`].
     pub fn begin_handoff(&mut self, ring: &Node<A>, now: Time) {
-        for op in self.ops.drain() {
+        for op in self.ops.drain().into_iter().chain(self.cas.drain()) {
             self.out.finish(op, Err(KvError::ShuttingDown));
         }
         let targets: Vec<NodeRef<A>> = ring
@@ -501,7 +602,7 @@ impl<A: Address> Coordinator<A> {
     pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, now: Time) {
         let _ = now;
         self.out.counters.requests_in += 1;
-        self.serving.handle(from, id, request, &self.config, &mut self.clock, &mut self.out);
+        self.serving.handle(from, id, request, &self.config, &mut self.clock, &mut self.out, now);
     }
 
     /// A peer's response to request `id`. Dropped and counted unless `id` is in flight *to that
@@ -548,11 +649,16 @@ impl<A: Address> Coordinator<A> {
         ring: &mut Node<A>,
         now: Time,
     ) -> bool {
-        self.ops.on_lookup_finished(id, result, &self.config, &mut self.out, ring, now)
+        if self.ops.on_lookup_finished(id, result, &self.config, &mut self.clock, &mut self.out, ring, now) {
+            return true;
+        }
+        let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+        self.cas.on_lookup_finished(id, result, &mut cx)
     }
 
     /// The result of store operation `io`.
     pub fn handle_store_result(&mut self, io: IoId, result: StoreResult, ring: &mut Node<A>, now: Time) {
+        self.out.in_flight.finished(io);
         let Some(purpose) = self.out.io.remove(&io) else {
             return;
         };
@@ -577,7 +683,40 @@ impl<A: Address> Coordinator<A> {
                 self.ops.on_read_reply(op, replica, answer, &mut self.clock, &mut self.out, now);
             }
             IoPurpose::Serve { from, id, request } => {
-                self.serving.on_store_result(from, id, request, result, &mut self.out);
+                self.serving.on_store_result(from, id, request, result, &mut self.clock, &mut self.out, now);
+            }
+            IoPurpose::CasPrepare { op, attempt, replica, key, ballot } => {
+                let reply = match result {
+                    StoreResult::Read(mut records) => {
+                        let read = records.pop().flatten();
+                        match promise::decide(&mut self.out, &mut self.clock, &key, read, ballot, now) {
+                            Ok(held) => cas::Reply::Promised(held),
+                            Err(_) => cas::Reply::NotPromised,
+                        }
+                    }
+                    _ => cas::Reply::Failed,
+                };
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, reply, &mut cx);
+            }
+            IoPurpose::CasFetch { op, attempt, replica } => {
+                let reply = match result {
+                    StoreResult::Read(mut records) => cas::Reply::Promised(records.pop().flatten()),
+                    _ => cas::Reply::Failed,
+                };
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, reply, &mut cx);
+            }
+            IoPurpose::CasAccept { op, attempt, replica } => {
+                let reply = match result {
+                    StoreResult::Persisted(outcomes) => match outcomes.first() {
+                        Some(outcome) => self.accept_reply(outcome),
+                        None => cas::Reply::Failed,
+                    },
+                    _ => cas::Reply::Failed,
+                };
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, reply, &mut cx);
             }
             IoPurpose::Repair | IoPurpose::SyncPulled => {
                 if let StoreResult::Persisted(outcomes) = result {
@@ -624,6 +763,9 @@ impl<A: Address> Coordinator<A> {
             }
         }
         self.ops.expire(&mut self.out, now);
+        let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+        self.cas.on_timeout(&mut cx);
+        self.out.promises.expire(now);
         if self.handoff.is_none() {
             self.sync.tick(ring, &self.me, &mut self.out, &self.config, now);
         }
@@ -652,6 +794,7 @@ impl<A: Address> Coordinator<A> {
         let candidates = [
             self.out.next_deadline(),
             self.ops.next_deadline(),
+            self.cas.next_deadline(),
             if self.handoff.is_none() { self.sync.next_round() } else { None },
             self.handoff.as_ref().map(Handoff::deadline),
         ];
@@ -666,6 +809,48 @@ impl<A: Address> Coordinator<A> {
                 let outcome = PersistOutcome { applied: newer.is_none(), existed, held: newer };
                 let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
                 self.ops.on_store_reply(op, attempt, replica, Some(outcome), config, clock, out, now);
+            }
+            (
+                Purpose::CasPrepare { op, attempt, replica },
+                response @ (KvResponse::Promised { .. } | KvResponse::NotPromised { .. }),
+            ) => {
+                let reply = match response {
+                    KvResponse::Promised { record } => cas::Reply::Promised(record),
+                    KvResponse::NotPromised { higher } => {
+                        self.clock.observe(&higher);
+                        cas::Reply::NotPromised
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, reply, &mut cx);
+            }
+            (Purpose::CasFetch { op, attempt, replica }, KvResponse::Found { record }) => {
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, cas::Reply::Promised(record), &mut cx);
+            }
+            (Purpose::CasAccept { op, attempt, replica }, KvResponse::Stored { existed, newer }) => {
+                let reply = match newer {
+                    None => cas::Reply::Accepted { existed },
+                    Some(newer) => {
+                        self.clock.observe(&newer);
+                        cas::Reply::Rejected
+                    }
+                };
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, reply, &mut cx);
+            }
+            (Purpose::CasPrepare { op, attempt, replica }, KvResponse::Refused { reason }) => {
+                // Refused outright (starting, busy, invalid): nothing promised.
+                tracing::debug!(%reason, "compare-and-set prepare refused");
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, cas::Reply::NotPromised, &mut cx);
+            }
+            (Purpose::CasAccept { op, attempt, replica }, KvResponse::Refused { reason }) => {
+                // Refused outright: nothing stored.
+                tracing::debug!(%reason, "compare-and-set accept refused");
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, cas::Reply::Rejected, &mut cx);
             }
             (Purpose::OpFetch { op, replica }, KvResponse::Found { record }) => {
                 self.ops.on_read_reply(op, replica, Some(record), &mut self.clock, &mut self.out, now);
@@ -713,6 +898,13 @@ impl<A: Address> Coordinator<A> {
                 ring.forget_cached(&pending.to);
                 self.ops.on_read_reply(op, replica, None, &mut self.clock, &mut self.out, now);
             }
+            Purpose::CasFetch { op, attempt, replica }
+            | Purpose::CasPrepare { op, attempt, replica }
+            | Purpose::CasAccept { op, attempt, replica } => {
+                ring.forget_cached(&pending.to);
+                let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
+                self.cas.on_reply(op, attempt, replica, cas::Reply::Failed, &mut cx);
+            }
             Purpose::Handoff => {
                 if let Some(handoff) = &mut self.handoff {
                     handoff.on_pushed(false, &mut self.out);
@@ -724,6 +916,19 @@ impl<A: Address> Coordinator<A> {
             | Purpose::SyncPull
             | Purpose::SyncDigest { .. }
             | Purpose::SyncEntries { .. } => {}
+        }
+    }
+
+    /// What this node's own persist of an accept means for the proposer.
+    fn accept_reply(&mut self, outcome: &PersistOutcome) -> cas::Reply {
+        match outcome {
+            PersistOutcome { applied: true, existed, .. } => cas::Reply::Accepted { existed: *existed },
+            PersistOutcome { held, .. } => {
+                if let Some(held) = held {
+                    self.clock.observe(held);
+                }
+                cas::Reply::Rejected
+            }
         }
     }
 

@@ -114,9 +114,15 @@ impl<A: Address> ClientOps<A> {
         ops.into_iter().filter(|(_, op)| !op.answered).map(|(id, _)| id).collect()
     }
 
-    fn insert(&mut self, kind: Kind, consistency: Consistency, config: &KvConfig, now: Time) -> OpId {
+    /// A fresh operation id (compare-and-set operations take theirs here too, so ids never clash).
+    pub(super) fn reserve_id(&mut self) -> OpId {
         let id = OpId(self.next);
         self.next += 1;
+        id
+    }
+
+    fn insert(&mut self, kind: Kind, consistency: Consistency, config: &KvConfig, now: Time) -> OpId {
+        let id = self.reserve_id();
         let op = Op {
             kind,
             consistency,
@@ -130,33 +136,37 @@ impl<A: Address> ClientOps<A> {
         id
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_write(
         &mut self,
         record: Record,
         consistency: Consistency,
         config: &KvConfig,
+        clock: &mut HybridClock,
         out: &mut Outbox<A>,
         ring: &mut Node<A>,
         now: Time,
     ) -> OpId {
         let key_id = record.key_id();
         let id = self.insert(Kind::Write { record, attempt: 0 }, consistency, config, now);
-        self.route(id, key_id, config, out, ring, now);
+        self.route(id, key_id, config, clock, out, ring, now);
         id
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_read(
         &mut self,
         key: Vec<u8>,
         consistency: Consistency,
         config: &KvConfig,
+        clock: &mut HybridClock,
         out: &mut Outbox<A>,
         ring: &mut Node<A>,
         now: Time,
     ) -> OpId {
         let key_id = Id::hash(&key);
         let id = self.insert(Kind::Read { key }, consistency, config, now);
-        self.route(id, key_id, config, out, ring, now);
+        self.route(id, key_id, config, clock, out, ring, now);
         id
     }
 
@@ -176,28 +186,32 @@ impl<A: Address> ClientOps<A> {
     /// When this node already knows the key's replica set (its successor list spans it, or the
     /// owner vouched for its range moments ago), a lookup would only confirm it: skip it. Both can
     /// be stale while the ring changes; quorums, refusals and anti-entropy cover that.
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         id: OpId,
         key_id: Id,
         config: &KvConfig,
+        clock: &mut HybridClock,
         out: &mut Outbox<A>,
         ring: &mut Node<A>,
         now: Time,
     ) {
         if let Some(replicas) = ring.cached_replicas(&key_id, config.replicas, now) {
-            self.dispatch(id, replicas, 0, out, now);
+            self.dispatch(id, replicas, 0, clock, out, now);
         } else {
             let lookup = ring.lookup(key_id, now);
             self.lookups.insert(lookup, id);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_lookup_finished(
         &mut self,
         lookup: LookupId,
         result: &Result<LookupOutcome<A>, LookupError>,
         config: &KvConfig,
+        clock: &mut HybridClock,
         out: &mut Outbox<A>,
         _ring: &mut Node<A>,
         now: Time,
@@ -206,7 +220,9 @@ impl<A: Address> ClientOps<A> {
             return false;
         };
         match result {
-            Ok(outcome) => self.dispatch(id, outcome.replica_set(config.replicas), outcome.hops, out, now),
+            Ok(outcome) => {
+                self.dispatch(id, outcome.replica_set(config.replicas), outcome.hops, clock, out, now)
+            }
             Err(error) => {
                 if self.ops.remove(&id).is_some() {
                     out.finish(id, Err(KvError::Lookup(error.clone())));
@@ -217,7 +233,15 @@ impl<A: Address> ClientOps<A> {
     }
 
     /// Sends an operation to its replica set.
-    fn dispatch(&mut self, id: OpId, replicas: Vec<NodeRef<A>>, hops: u32, out: &mut Outbox<A>, now: Time) {
+    fn dispatch(
+        &mut self,
+        id: OpId,
+        replicas: Vec<NodeRef<A>>,
+        hops: u32,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -230,7 +254,14 @@ impl<A: Address> ClientOps<A> {
                 self.ops.remove(&id);
                 out.finish(id, Ok(OpOutcome::Located(located)));
             }
-            Kind::Write { record, attempt } => {
+            Kind::Write { .. } => {
+                let Kind::Write { record, attempt } = &mut op.kind else { unreachable!("matched") };
+                // This node may have promised a compare-and-set a ballot above the version taken
+                // before the lookup; its own copy must not slip under that promise.
+                if let Err(promised) = out.promises.admits(&record.key, record.version, now) {
+                    clock.observe(&promised);
+                    *record = record.reversioned(clock.tick(0));
+                }
                 let (record, attempt) = (record.clone(), *attempt);
                 send_write(id, &op.replicas, record, attempt, out, now);
             }
@@ -293,12 +324,7 @@ impl<A: Address> ClientOps<A> {
                 out.counters.write_retries += 1;
                 let Kind::Write { record, attempt } = &mut op.kind else { unreachable!("matched above") };
                 *attempt += 1;
-                let version = clock.tick(0);
-                *record = if record.tombstone {
-                    Record::tombstone(std::mem::take(&mut record.key), version)
-                } else {
-                    Record::new(std::mem::take(&mut record.key), std::mem::take(&mut record.value), version)
-                };
+                *record = record.reversioned(clock.tick(0));
                 let (record, attempt) = (record.clone(), *attempt);
                 op.replies = vec![Reply::Waiting; op.replicas.len()];
                 send_write(id, &op.replicas, record, attempt, out, now);
@@ -460,6 +486,9 @@ fn read_repair<A: Address>(op: &Op<A>, out: &mut Outbox<A>, now: Time) {
         }
         out.counters.read_repairs += 1;
         if node.id == out.me_id() {
+            if out.promises.admits(&newest.key, newest.version, now).is_err() {
+                continue;
+            }
             let record = newest.clone();
             out.store(IoPurpose::Repair, |io| StoreOp::Persist { io, records: vec![record] });
         } else {

@@ -3,13 +3,17 @@
 //! Owns the rule for each request a peer may send: it is validated (sizes, checksums, list
 //! lengths), turned into one store operation, and answered when that operation's result comes
 //! back. A `Store` is acknowledged only after the record is durable; one older than what the store
-//! holds is answered with the newer version held, so the writer can pass it. Nothing here keeps
-//! state between requests: what an answer needs travels with the store operation ([`Served`]).
+//! holds — or below a compare-and-set promise — is answered with the newer version held (or the
+//! ballot promised), so the writer can pass it. `Prepare` and `Accept` make this node a
+//! compare-and-set acceptor; their rules live in [`super::promise`]. Nothing here keeps state
+//! between requests: what an answer needs travels with the store operation ([`Served`]).
 
 use crate::address::Address;
 use crate::message::RequestId;
 use crate::store::{BucketHash, HybridClock, KvRequest, KvResponse, MAX_BATCH, Version};
+use crate::time::Time;
 
+use super::promise::{self, NotPromised};
 use super::{IoPurpose, KvConfig, Outbox, StoreOp, StoreResult};
 
 /// What a store operation serves, and what its answer needs.
@@ -19,6 +23,7 @@ pub(super) enum Served {
     Fetch,
     Digest { theirs: Vec<BucketHash> },
     Entries,
+    Prepare { key: Vec<u8>, ballot: Version },
 }
 
 /// Serves peers' storage requests.
@@ -26,6 +31,7 @@ pub(super) enum Served {
 pub(super) struct Serving;
 
 impl Serving {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle<A: Address>(
         &mut self,
         from: A,
@@ -34,6 +40,7 @@ impl Serving {
         config: &KvConfig,
         clock: &mut HybridClock,
         out: &mut Outbox<A>,
+        now: Time,
     ) {
         if let Err(error) = request.validate(config.max_value_bytes) {
             tracing::debug!(%error, "refused an invalid storage request");
@@ -44,12 +51,54 @@ impl Serving {
         match request {
             KvRequest::Store { record } => {
                 clock.observe(&record.version);
+                if let Err(promised) = out.promises.admits(&record.key, record.version, now) {
+                    // Below a compare-and-set's promise: the writer passes the ballot and retries.
+                    out.counters.promise_refusals += 1;
+                    out.respond(from, id, KvResponse::Stored { existed: false, newer: Some(promised) });
+                    return;
+                }
                 let served = Served::Store { version: record.version };
                 out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Persist {
                     io,
                     records: vec![record],
                 });
             }
+            KvRequest::Accept { record } => {
+                clock.observe(&record.version);
+                match out.promises.admits_accept(&record.key, record.version, now) {
+                    Ok(()) => {
+                        let served = Served::Store { version: record.version };
+                        out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Persist {
+                            io,
+                            records: vec![record],
+                        });
+                    }
+                    Err(refusal) => {
+                        out.counters.promise_refusals += 1;
+                        let response = match refusal {
+                            NotPromised::Higher(promised) => {
+                                KvResponse::Stored { existed: false, newer: Some(promised) }
+                            }
+                            other => refusal_response(other),
+                        };
+                        out.respond(from, id, response);
+                    }
+                }
+            }
+            KvRequest::Prepare { key, ballot } => match out.promises.precheck(&key, ballot, now) {
+                Ok(()) => {
+                    let served = Served::Prepare { key: key.clone(), ballot };
+                    out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Read {
+                        io,
+                        keys: vec![key],
+                    });
+                }
+                Err(refusal) => {
+                    clock.observe(&ballot);
+                    out.counters.promise_refusals += 1;
+                    out.respond(from, id, refusal_response(refusal));
+                }
+            },
             KvRequest::Fetch { key } => {
                 out.store(IoPurpose::Serve { from, id, request: Served::Fetch }, |io| StoreOp::Read {
                     io,
@@ -77,13 +126,16 @@ impl Serving {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_store_result<A: Address>(
         &mut self,
         from: A,
         id: RequestId,
         served: Served,
         result: StoreResult,
+        clock: &mut HybridClock,
         out: &mut Outbox<A>,
+        now: Time,
     ) {
         let response = match (served, result) {
             (Served::Store { version }, StoreResult::Persisted(outcomes)) => match outcomes.first() {
@@ -93,6 +145,13 @@ impl Serving {
                 },
                 None => KvResponse::Refused { reason: "the store answered no outcome".into() },
             },
+            (Served::Prepare { key, ballot }, StoreResult::Read(mut records)) => {
+                let read = records.pop().flatten();
+                match promise::decide(out, clock, &key, read, ballot, now) {
+                    Ok(record) => KvResponse::Promised { record },
+                    Err(refusal) => refusal_response(refusal),
+                }
+            }
             (Served::Fetch, StoreResult::Read(mut records)) => {
                 KvResponse::Found { record: records.pop().flatten() }
             }
@@ -109,5 +168,14 @@ impl Serving {
             (_, _) => KvResponse::Refused { reason: "the store answered the wrong kind of result".into() },
         };
         out.respond(from, id, response);
+    }
+}
+
+/// The answer to a prepare or accept that was not promised or admitted.
+fn refusal_response(refusal: NotPromised) -> KvResponse {
+    match refusal {
+        NotPromised::Higher(higher) => KvResponse::NotPromised { higher },
+        NotPromised::Starting => KvResponse::Refused { reason: "started too recently to promise".into() },
+        NotPromised::Busy => KvResponse::Refused { reason: "too many promises held".into() },
     }
 }

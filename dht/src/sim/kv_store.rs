@@ -19,8 +19,8 @@ use std::time::Duration;
 use super::{SimAddr, Simulation, What};
 use crate::id::Id;
 use crate::kv::{
-    Coordinator, IoId, KvConfig, KvError, KvEvent, KvMessage, OpId, OpOutcome, PersistOutcome, StoreOp,
-    StoreResult,
+    Coordinator, Expect, IoId, KvConfig, KvError, KvEvent, KvMessage, OpId, OpOutcome, PersistOutcome,
+    StoreOp, StoreResult,
 };
 use crate::node::Node;
 use crate::store::{Consistency, Record, bucket_of, digest};
@@ -183,6 +183,32 @@ impl Simulation {
         let SimNode { node, kv, .. } = &mut self.nodes[index];
         let kv = kv.as_mut().expect("the store is enabled");
         let result = kv.coordinator.get(key, consistency, node, now);
+        self.flush(index);
+        result
+    }
+
+    /// Starts a compare-and-set at node `index` (`new`: `None` deletes).
+    pub fn kv_cas(
+        &mut self,
+        index: usize,
+        key: Vec<u8>,
+        expect: Expect,
+        new: Option<Vec<u8>>,
+    ) -> Result<OpId, KvError> {
+        let (now, wall) = (self.now, self.wall_ms(index));
+        let SimNode { node, kv, .. } = &mut self.nodes[index];
+        let kv = kv.as_mut().expect("the store is enabled");
+        let result = kv.coordinator.compare_and_set(key, expect, new, node, wall, now);
+        self.flush(index);
+        result
+    }
+
+    /// Starts a linearizable read at node `index`.
+    pub fn kv_get_linearizable(&mut self, index: usize, key: Vec<u8>) -> Result<OpId, KvError> {
+        let (now, wall) = (self.now, self.wall_ms(index));
+        let SimNode { node, kv, .. } = &mut self.nodes[index];
+        let kv = kv.as_mut().expect("the store is enabled");
+        let result = kv.coordinator.get_linearizable(key, node, wall, now);
         self.flush(index);
         result
     }

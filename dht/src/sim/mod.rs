@@ -14,6 +14,7 @@
 //! The simulator also keeps the *global view*: which nodes are members (see the crate docs), in
 //! ring order, so it can compute the true successor of any key and check the ring invariants.
 
+pub mod counter;
 mod invariants;
 pub mod kv;
 mod kv_store;

@@ -21,7 +21,7 @@ use crate::groups::{
     GroupEvent, GroupLeft, GroupList, GroupReceipt, GroupSummary, GroupTree, check_group_name,
     check_sender_label,
 };
-use crate::kv::{Lookup, PutReceipt, VERSION_HEADER};
+use crate::kv::{Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
 use crate::path;
 use crate::ring::{Ring, Status};
 use crate::sse::{EventReader, StreamError};
@@ -75,6 +75,23 @@ pub enum ApiError {
         url: String,
         /// What was wrong with the answer.
         reason: String,
+    },
+    /// A conditional write found the key in another state (412): nothing was written.
+    #[error("key {key:?} is not in the expected state (current version: {})", current_version.as_deref().unwrap_or("none"))]
+    Conflict {
+        /// The key.
+        key: String,
+        /// Its current version (`None`: it holds nothing), to pass on a retry.
+        current_version: Option<String>,
+    },
+    /// The node could not confirm a conditional write either way (504): it may or may not have
+    /// taken effect. A linearizable read tells.
+    #[error("the write of key {key:?} may or may not have taken effect: {message}")]
+    OutcomeUnknown {
+        /// The key.
+        key: String,
+        /// The node's reason.
+        message: String,
     },
     /// The request could not even be formed (bad base URL, empty key, bad group name).
     #[error("{0}")]
@@ -205,6 +222,43 @@ impl Client {
         };
         let body = read_body(&url, &mut response)?;
         Ok((outcome, parse_document(&url, &body)?))
+    }
+
+    /// `PUT /v1/kv/{key}?if-version=V` (or `?if-absent=true`): writes `value` only if the key's
+    /// current state is as `condition` says.
+    pub fn put_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        condition: &Condition,
+    ) -> Result<(PutOutcome, Document<PutReceipt>), ApiError> {
+        check_key(key)?;
+        let url = self.url(&path::kv_conditional(key, condition));
+        let mut response = self
+            .agent
+            .put(&url)
+            .header("content-type", "application/octet-stream")
+            .send(value)
+            .map_err(|e| self.transport_error(&url, e))?;
+        let outcome = match response.status() {
+            StatusCode::CREATED => PutOutcome::Created,
+            StatusCode::OK => PutOutcome::Overwritten,
+            status => return Err(conditional_rejection(key, &url, status, &mut response)),
+        };
+        let body = read_body(&url, &mut response)?;
+        Ok((outcome, parse_document(&url, &body)?))
+    }
+
+    /// `DELETE /v1/kv/{key}?if-version=V` (or `?if-absent=true`).
+    pub fn delete_if(&self, key: &str, condition: &Condition) -> Result<(), ApiError> {
+        check_key(key)?;
+        let url = self.url(&path::kv_conditional(key, condition));
+        let mut response = self.agent.delete(&url).call().map_err(|e| self.transport_error(&url, e))?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
+            StatusCode::NOT_FOUND => Err(ApiError::KeyNotFound { key: key.to_owned() }),
+            status => Err(conditional_rejection(key, &url, status, &mut response)),
+        }
     }
 
     /// `DELETE /v1/kv/{key}`.
@@ -487,6 +541,30 @@ fn read_body(url: &str, response: &mut ureq::http::Response<ureq::Body>) -> Resu
 
 fn parse_document<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<Document<T>, ApiError> {
     Document::from_slice(body).map_err(|e| ApiError::Protocol { url: url.to_owned(), reason: e.to_string() })
+}
+
+/// A conditional write's error answer: 412 and 504 have their own variants.
+fn conditional_rejection(
+    key: &str,
+    url: &str,
+    status: StatusCode,
+    response: &mut ureq::http::Response<ureq::Body>,
+) -> ApiError {
+    let body = read_body(url, response).unwrap_or_default();
+    match status {
+        StatusCode::PRECONDITION_FAILED => match serde_json::from_slice::<ConflictBody>(&body) {
+            Ok(conflict) => {
+                ApiError::Conflict { key: key.to_owned(), current_version: conflict.current_version }
+            }
+            Err(error) => {
+                ApiError::Protocol { url: url.to_owned(), reason: format!("a 412 without its body: {error}") }
+            }
+        },
+        StatusCode::GATEWAY_TIMEOUT => {
+            ApiError::OutcomeUnknown { key: key.to_owned(), message: error_message(status, &body) }
+        }
+        status => ApiError::Rejected { status, message: error_message(status, &body) },
+    }
 }
 
 fn rejection(url: &str, status: StatusCode, response: &mut ureq::http::Response<ureq::Body>) -> ApiError {

@@ -1,4 +1,5 @@
-//! The consistency levels a key/value request may ask for (`?consistency=one|quorum|all`).
+//! The consistency levels a key/value request may ask for
+//! (`?consistency=one|quorum|all|linearizable`).
 //!
 //! Owns the words and their parsing. What a level means in replies needed out of a replica
 //! set is the protocol's (`dht::store::Consistency::required`); the node maps this type onto
@@ -23,11 +24,15 @@ pub enum Consistency {
     Quorum,
     /// Every replica answers.
     All,
+    /// Reads only: the state a quorum holds, finished first when a write left it on fewer (a
+    /// compare-and-set round); no later read can return an older state. Writes refuse it.
+    Linearizable,
 }
 
 impl Consistency {
     /// Every level, weakest first.
-    pub const ALL: [Consistency; 3] = [Consistency::One, Consistency::Quorum, Consistency::All];
+    pub const ALL: [Consistency; 4] =
+        [Consistency::One, Consistency::Quorum, Consistency::All, Consistency::Linearizable];
 
     /// The word in the query string: `one`, `quorum` or `all`.
     pub fn as_str(self) -> &'static str {
@@ -35,6 +40,7 @@ impl Consistency {
             Consistency::One => "one",
             Consistency::Quorum => "quorum",
             Consistency::All => "all",
+            Consistency::Linearizable => "linearizable",
         }
     }
 }
@@ -47,7 +53,7 @@ impl fmt::Display for Consistency {
 
 /// A `consistency` that is none of the words; the node answers it with 400 and this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown consistency {0:?}: use one, quorum or all")]
+#[error("unknown consistency {0:?}: use one, quorum, all or linearizable")]
 pub struct UnknownConsistency(pub String);
 
 impl FromStr for Consistency {
@@ -80,7 +86,10 @@ mod tests {
         // Case matters: the node has always compared exactly.
         for word in ["most", "", "Quorum", " one"] {
             let error = word.parse::<Consistency>().expect_err("not a level");
-            assert_eq!(error.to_string(), format!("unknown consistency {word:?}: use one, quorum or all"));
+            assert_eq!(
+                error.to_string(),
+                format!("unknown consistency {word:?}: use one, quorum, all or linearizable")
+            );
         }
     }
 }

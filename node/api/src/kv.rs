@@ -13,6 +13,32 @@ use crate::ring::NodeInfo;
 /// The response header of `GET /v1/kv/{key}` that carries the value's version.
 pub const VERSION_HEADER: &str = "x-overlay-version";
 
+/// What a conditional write (`PUT` or `DELETE /v1/kv/{key}?if-version=V` or `?if-absent`)
+/// expects of the key's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The current version is exactly this one (as reads and writes report it).
+    Version(String),
+    /// The key has no live value.
+    Absent,
+}
+
+/// The response header of a conditional write answered 412 that carries the current version (absent
+/// when the key holds nothing).
+pub const CURRENT_VERSION_HEADER: &str = "x-overlay-current-version";
+
+/// Answer 412 to a conditional write whose condition did not hold: nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictBody {
+    /// The key's current version, to pass as `if-version` on a retry; `null` when the key holds
+    /// nothing at all.
+    pub current_version: Option<String>,
+    /// Whether the current state is a delete (a tombstone has a version too).
+    pub deleted: bool,
+    /// What happened, for people.
+    pub error: String,
+}
+
 /// Answer to `PUT /v1/kv/{key}` (201 created, 200 overwritten).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutReceipt {

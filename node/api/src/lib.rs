@@ -42,7 +42,7 @@ pub use groups::{
     InvalidGroupName, InvalidSenderLabel, MAX_GROUP_NAME_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_LABEL_BYTES,
     TreeNode, check_group_name, check_sender_label,
 };
-pub use kv::{Lookup, PutReceipt, VERSION_HEADER};
+pub use kv::{CURRENT_VERSION_HEADER, Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
 pub use path::encode_path_segment;
 pub use ring::{Finger, NodeInfo, Ring, Status};
 pub use ring_check::{NeighbourView, RingCheck, check_ring, check_statuses};

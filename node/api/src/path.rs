@@ -45,6 +45,17 @@ pub fn kv(key: &str, consistency: Option<Consistency>) -> String {
     path
 }
 
+/// `PUT` or `DELETE /v1/kv/{key}?if-version=V` or `?if-absent=true`.
+pub fn kv_conditional(key: &str, condition: &crate::kv::Condition) -> String {
+    let segment = encode_path_segment(key);
+    match condition {
+        crate::kv::Condition::Version(version) => {
+            format!("/v1/kv/{segment}?if-version={}", encode_path_segment(version))
+        }
+        crate::kv::Condition::Absent => format!("/v1/kv/{segment}?if-absent=true"),
+    }
+}
+
 /// `GET /v1/kv/{key}?local=true`: only the answering node's own copy, no quorum.
 pub fn kv_local(key: &str) -> String {
     format!("/v1/kv/{}?local=true", encode_path_segment(key))

@@ -14,7 +14,7 @@ use crate::address::PeerAddr;
 use crate::groups::{GroupError, GroupView, Subscription, TreeView};
 use crate::metrics::Snapshot;
 
-pub use dht::kv::{KvError, Written};
+pub use dht::kv::{Expect, KvError, Written};
 
 /// The answer to a lookup: the key's id, its replicas (owner first) and the hops it took.
 pub type Located = dht::kv::Located<PeerAddr>;
@@ -63,6 +63,15 @@ pub enum Command {
         key: Vec<u8>,
         value: Vec<u8>,
         consistency: Consistency,
+        reply: oneshot::Sender<Result<Written, KvError>>,
+    },
+    /// Read a key linearizably (a quorum's state, finished first if it was not on a quorum).
+    GetLinearizable { key: Vec<u8>, reply: oneshot::Sender<Result<Option<Record>, KvError>> },
+    /// Write (`Some`) or delete (`None`) a key only if its state is as expected.
+    CompareAndSet {
+        key: Vec<u8>,
+        expect: Expect,
+        value: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<Written, KvError>>,
     },
     /// Delete a key (write a tombstone).

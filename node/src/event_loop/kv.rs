@@ -24,7 +24,7 @@ use libp2p::{PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{KvError, Located, Written};
+use super::{Expect, KvError, Located, Written};
 use crate::address::PeerAddr;
 use crate::metrics::Rejections;
 use crate::network::Behaviour;
@@ -136,6 +136,37 @@ impl KvRoom {
             None => self.coordinator.delete(key, consistency, ring, wall_ms, now),
         };
         match started {
+            Ok(op) => drop(self.waiting.insert(op, Waiting::Write(reply))),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
+    pub(super) fn get_linearizable(
+        &mut self,
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Option<Record>, KvError>>,
+        ring: &mut Node<PeerAddr>,
+        wall_ms: u64,
+        now: Time,
+    ) {
+        match self.coordinator.get_linearizable(key, ring, wall_ms, now) {
+            Ok(op) => drop(self.waiting.insert(op, Waiting::Read(reply))),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn compare_and_set(
+        &mut self,
+        key: Vec<u8>,
+        expect: Expect,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<Written, KvError>>,
+        ring: &mut Node<PeerAddr>,
+        wall_ms: u64,
+        now: Time,
+    ) {
+        match self.coordinator.compare_and_set(key, expect, value, ring, wall_ms, now) {
             Ok(op) => drop(self.waiting.insert(op, Waiting::Write(reply))),
             Err(error) => drop(reply.send(Err(error))),
         }

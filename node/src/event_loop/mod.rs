@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::bootstrap::{Bootstrap, Step};
-pub use self::command::{Command, KvError, Located, RingWalk, Status, Written};
+pub use self::command::{Command, Expect, KvError, Located, RingWalk, Status, Written};
 use self::kv::KvRoom;
 use self::multicast::GroupState;
 use self::walk::Walks;
@@ -61,6 +61,8 @@ pub struct LoopConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Shift of this node's wall clock for versions, in milliseconds (tests only; see `Flags`).
     pub clock_offset_ms: i64,
+    /// The record store existed before this start (a restart, not a new node).
+    pub resumed_store: bool,
 }
 
 /// How far a graceful leave has come.
@@ -128,6 +130,8 @@ impl EventLoop {
             ..KvConfig::default()
         };
         let coordinator = Coordinator::new(core.me().clone(), kv_config);
+        // The loop's clock starts at zero now (see `EventLoop::now`).
+        let coordinator = if config.resumed_store { coordinator.resumed(Time::ZERO) } else { coordinator };
         let groups = GroupState::new(core.me().clone());
         let now = Instant::now();
         Ok(EventLoop {
@@ -412,12 +416,12 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         if self.leave != LeaveState::Running {
             match command {
-                Command::Get { reply, .. } | Command::GetLocal { reply, .. } => {
-                    drop(reply.send(Err(KvError::ShuttingDown)))
-                }
-                Command::Put { reply, .. } | Command::Delete { reply, .. } => {
-                    drop(reply.send(Err(KvError::ShuttingDown)))
-                }
+                Command::Get { reply, .. }
+                | Command::GetLocal { reply, .. }
+                | Command::GetLinearizable { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
+                Command::Put { reply, .. }
+                | Command::Delete { reply, .. }
+                | Command::CompareAndSet { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Lookup { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Status { reply } => drop(reply.send(self.status())),
                 Command::Metrics { reply } => drop(reply.send(self.metrics())),
@@ -443,6 +447,14 @@ impl EventLoop {
             }
             Command::Get { key, consistency, reply } => {
                 self.kv.get(key, consistency, reply, &mut self.core, now)
+            }
+            Command::GetLinearizable { key, reply } => {
+                let wall = self.wall_ms();
+                self.kv.get_linearizable(key, reply, &mut self.core, wall, now)
+            }
+            Command::CompareAndSet { key, expect, value, reply } => {
+                let wall = self.wall_ms();
+                self.kv.compare_and_set(key, expect, value, reply, &mut self.core, wall, now)
             }
             Command::GetLocal { key, reply } => self.kv.get_local(&key, reply),
             Command::Lookup { key, reply } => self.kv.locate(&key, reply, &mut self.core, now),
