@@ -60,3 +60,12 @@ fn the_same_seed_gives_the_same_report() {
     b.wall_s = 0.0;
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn the_checker_catches_replicas_that_forget_their_promises() {
+    // Without promises two compare-and-sets can both decide on the same state and both be
+    // acknowledged: one increment overwrites the other.
+    let report = run(30, 1, |p| p.kv.keep_promises = false);
+    assert!(report.finished, "{report:?}");
+    assert!(report.lost > 0, "{report:?}");
+}

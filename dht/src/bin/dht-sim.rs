@@ -5,7 +5,9 @@
 //! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`,
 //! `kv` (the store, see `dht::sim::kv`) and `partition` (a ring cut into parts that must merge
 //! back after the heal, see `dht::sim::partition`), e.g.
-//! `dht-sim --scenario partition --nodes 1000 --parts 3 --split-s 60 --json`.
+//! `dht-sim --scenario partition --nodes 1000 --parts 3 --split-s 60 --json`, and `counter`
+//! (clients incrementing one key with compare-and-set, see `dht::sim::counter`), e.g.
+//! `dht-sim --scenario counter --nodes 100 --clients 8 --increments 100 --crash-replicas 1 --json`.
 //!
 //! The last line of output is the report as one JSON object with `--json`; otherwise a short
 //! human summary. The seed is always printed, so any run can be replayed.
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dht::sim::counter::{self as counter_scenario, CounterParams};
 use dht::sim::kv::{self as kv_scenario, KvParams};
 use dht::sim::multicast::{self as multicast_scenario, MulticastParams};
 use dht::sim::partition::{self as partition_scenario, PartitionParams};
@@ -28,6 +31,7 @@ enum ScenarioArg {
     Multicast,
     Kv,
     Partition,
+    Counter,
 }
 
 /// Simulate a Chord ring of the overlay's dht core.
@@ -125,6 +129,18 @@ struct Args {
     /// `partition`: how long the ring is watched after the heal, in simulated seconds.
     #[arg(long, default_value_t = 120.0)]
     window_s: f64,
+    /// `counter`: clients incrementing the counter concurrently.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// `counter`: increments each client applies.
+    #[arg(long, default_value_t = 100)]
+    increments: u32,
+    /// `counter`: replicas of the counter that crash halfway.
+    #[arg(long, default_value_t = 0)]
+    crash_replicas: usize,
+    /// `counter`: replicas keep no compare-and-set promises (shows what they are for).
+    #[arg(long)]
+    forget_promises: bool,
     /// Print the report as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -148,14 +164,19 @@ fn ring_config(args: &Args, base: dht::Config) -> Result<dht::Config, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let kind = match args.scenario {
-        ScenarioArg::Stable | ScenarioArg::Multicast | ScenarioArg::Kv | ScenarioArg::Partition => {
-            Kind::Stable
-        }
+        ScenarioArg::Stable
+        | ScenarioArg::Multicast
+        | ScenarioArg::Kv
+        | ScenarioArg::Partition
+        | ScenarioArg::Counter => Kind::Stable,
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
     };
     if matches!(args.scenario, ScenarioArg::Kv) {
         return run_kv(&args);
+    }
+    if matches!(args.scenario, ScenarioArg::Counter) {
+        return run_counter(&args);
     }
     let multicast = matches!(args.scenario, ScenarioArg::Multicast);
     let fail_fraction = args.fail_fraction.unwrap_or(if multicast { 0.0 } else { 0.2 });
@@ -282,6 +303,65 @@ fn run_kv(args: &Args) -> ExitCode {
             report.repair_s,
             report.msgs_per_op,
             report.write_retries,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_counter(args: &Args) -> ExitCode {
+    if args.nodes == 0 || args.clients == 0 || !(0.0..1.0).contains(&args.loss) {
+        eprintln!("dht-sim: --nodes and --clients must be at least 1, --loss must lie in [0, 1)");
+        return ExitCode::FAILURE;
+    }
+    let mut params = CounterParams::new(args.nodes, args.seed);
+    params.config = match ring_config(args, params.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("dht-sim: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    params.clients = args.clients;
+    params.increments = args.increments;
+    params.crash_replicas = args.crash_replicas;
+    params.clock_skew_ms = args.clock_skew_ms;
+    params.network.loss = args.loss;
+    params.kv.replicas = args.replicas;
+    params.kv.keep_promises = !args.forget_promises;
+    eprintln!(
+        "dht-sim: scenario counter, {} nodes, seed {}, {} clients x {} increments, crash {} replicas, loss {}, skew ±{} ms",
+        params.nodes,
+        params.seed,
+        params.clients,
+        params.increments,
+        params.crash_replicas,
+        args.loss,
+        params.clock_skew_ms
+    );
+    let report = counter_scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "counter N={} seed={}: final {:?}, {} confirmed of {} ({} lost, {} duplicated, consistent {}), finished {}; \
+             {} written, {} conflicts, {} unknown, {} failed, {} retries; {:.1} msgs/increment; {:.1} s simulated, {:.1} s wall",
+            report.nodes,
+            report.seed,
+            report.final_count,
+            report.confirmed,
+            report.expected,
+            report.lost,
+            report.duplicated,
+            report.consistent,
+            report.finished,
+            report.written,
+            report.conflicts,
+            report.unknown,
+            report.failures,
+            report.cas_retries,
+            report.msgs_per_increment,
+            report.sim_s,
             report.wall_s
         );
     }

@@ -94,6 +94,11 @@ pub struct KvConfig {
     /// last-writer-wins by the writers' clocks, which loses acknowledged writes to slower clocks.
     /// It exists to measure that difference; never turn it off in a real deployment.
     pub ordered_writes: bool,
+    /// Whether replicas keep compare-and-set promises (default). `false` makes every prepare
+    /// succeed without recording anything, so two compare-and-sets can both decide on one state:
+    /// it exists to show that the promises are what makes compare-and-set exact. Never turn it
+    /// off in a real deployment.
+    pub keep_promises: bool,
 }
 
 impl Default for KvConfig {
@@ -107,6 +112,7 @@ impl Default for KvConfig {
             handoff_timeout: Duration::from_secs(5),
             max_write_attempts: 8,
             ordered_writes: true,
+            keep_promises: true,
         }
     }
 }
@@ -415,7 +421,7 @@ impl<A: Address> Coordinator<A> {
                 next_io: 0,
                 request_timeout: config.request_timeout,
                 counters: KvCounters::default(),
-                promises: Promises::new(config.op_timeout),
+                promises: Promises::new(config.op_timeout, config.keep_promises),
                 in_flight: InFlight::default(),
             },
             ops: ClientOps::default(),

@@ -54,12 +54,14 @@ pub(super) struct Promises {
     ttl: Duration,
     /// Nothing is promised or accepted before this (a restart's grace).
     quiet_until: Time,
+    /// `false`: promise everything, remember nothing ([`super::KvConfig::keep_promises`]).
+    enabled: bool,
 }
 
 impl Promises {
-    pub(super) fn new(op_timeout: Duration) -> Self {
+    pub(super) fn new(op_timeout: Duration, enabled: bool) -> Self {
         let ttl = op_timeout * PROMISE_TTL_FACTOR;
-        Promises { promised: HashMap::new(), ttl, quiet_until: Time::ZERO }
+        Promises { promised: HashMap::new(), ttl, quiet_until: Time::ZERO, enabled }
     }
 
     /// Promises and accepts nothing for one promise lifetime from `now` (a restart's grace).
@@ -118,6 +120,9 @@ impl Promises {
             && held.version >= ballot
         {
             return Err(NotPromised::Higher(held.version));
+        }
+        if !self.enabled {
+            return Ok(());
         }
         if self.promised.len() >= MAX_PROMISES && !self.promised.contains_key(key) {
             self.promised.retain(|_, p| p.expires > now);
@@ -209,7 +214,7 @@ mod tests {
     const OP: Duration = Duration::from_secs(5);
 
     fn ready() -> (Promises, Time) {
-        (Promises::new(OP), Time::ZERO + OP)
+        (Promises::new(OP, true), Time::ZERO + OP)
     }
 
     #[test]
@@ -249,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_node_that_restarted_promises_nothing_for_a_promise_lifetime() {
-        let mut promises = Promises::new(OP);
+        let mut promises = Promises::new(OP, true);
         promises.stay_quiet(Time::ZERO);
         let early = Time::ZERO + OP;
         assert_eq!(promises.promise(b"k", version(1), None, early), Err(NotPromised::Starting));
