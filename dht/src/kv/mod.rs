@@ -66,7 +66,7 @@ pub use self::cas::Expect;
 use self::cas::{CasOps, Ctx, Goal};
 pub use self::io::{KvMessage, KvTransmit, PersistOutcome, StoreOp, StoreResult};
 use self::ops::ClientOps;
-use self::promise::{InFlight, Promises};
+use self::promise::{InFlight, Prepared, Promises};
 pub use self::promise::{MAX_PROMISES, PROMISE_TTL_FACTOR};
 use self::replica::Serving;
 use self::sync::{AntiEntropy, Handoff};
@@ -345,8 +345,10 @@ struct Outbox<A> {
     counters: KvCounters,
     /// This node's promises as a compare-and-set acceptor.
     promises: Promises,
-    /// Records handed to the driver and not yet durable.
+    /// Keys handed to the driver to persist and not yet durable.
     in_flight: InFlight,
+    /// Prepares waiting for a persist of their key (by that persist's id) before they read again.
+    deferred: BTreeMap<IoId, Vec<IoPurpose<A>>>,
 }
 
 impl<A: Address> Outbox<A> {
@@ -388,6 +390,23 @@ impl<A: Address> Outbox<A> {
     fn next_deadline(&self) -> Option<Time> {
         self.pending.values().map(|p| p.deadline).min()
     }
+
+    /// Parks a prepare (its read's purpose) until store operation `io` is done.
+    fn defer(&mut self, io: IoId, purpose: IoPurpose<A>) {
+        self.deferred.entry(io).or_default().push(purpose);
+    }
+
+    /// Store operation `io` is done: prepares parked on it read their key again.
+    fn resume_deferred(&mut self, io: IoId) {
+        for purpose in self.deferred.remove(&io).unwrap_or_default() {
+            let key = match &purpose {
+                IoPurpose::CasPrepare { key, .. } => key.clone(),
+                IoPurpose::Serve { request: replica::Served::Prepare { key, .. }, .. } => key.clone(),
+                _ => continue,
+            };
+            self.store(purpose, |io| StoreOp::Read { io, keys: vec![key] });
+        }
+    }
 }
 
 /// The store coordinator of one node. See the module docs.
@@ -423,6 +442,7 @@ impl<A: Address> Coordinator<A> {
                 counters: KvCounters::default(),
                 promises: Promises::new(config.op_timeout, config.keep_promises),
                 in_flight: InFlight::default(),
+                deferred: BTreeMap::new(),
             },
             ops: ClientOps::default(),
             cas: CasOps::default(),
@@ -665,6 +685,7 @@ impl<A: Address> Coordinator<A> {
     /// The result of store operation `io`.
     pub fn handle_store_result(&mut self, io: IoId, result: StoreResult, ring: &mut Node<A>, now: Time) {
         self.out.in_flight.finished(io);
+        self.out.resume_deferred(io);
         let Some(purpose) = self.out.io.remove(&io) else {
             return;
         };
@@ -696,8 +717,13 @@ impl<A: Address> Coordinator<A> {
                     StoreResult::Read(mut records) => {
                         let read = records.pop().flatten();
                         match promise::decide(&mut self.out, &mut self.clock, &key, read, ballot, now) {
-                            Ok(held) => cas::Reply::Promised(held),
-                            Err(_) => cas::Reply::NotPromised,
+                            Prepared::Promised(held) => cas::Reply::Promised(held),
+                            Prepared::Refused(_) => cas::Reply::NotPromised,
+                            Prepared::Wait(io) => {
+                                let purpose = IoPurpose::CasPrepare { op, attempt, replica, key, ballot };
+                                self.out.defer(io, purpose);
+                                return;
+                            }
                         }
                     }
                     _ => cas::Reply::Failed,

@@ -3,8 +3,9 @@
 //!
 //! Owns the rules that make a replica a Paxos acceptor for one key at a time ([`Promises`]):
 //! - a `Prepare` with ballot `b` is promised only if `b` is above every ballot promised for the
-//!   key and above the version held (counting records still being persisted: [`InFlight`]), and
-//!   the answer carries that record, so "promise" and "report what I accepted" are one atomic step;
+//!   key and above the version held, and the answer carries that record, so "promise" and "report
+//!   what I accepted" are one atomic step: while a write of the key is still being persisted
+//!   ([`InFlight`]) the prepare waits for it and reads again;
 //! - an `Accept` (or any write) below a live promise is refused, naming the promise, so a write the
 //!   proposer did not see can never slip under it;
 //! - promises live in memory, expire after [`PROMISE_TTL_FACTOR`] × the operation time-out, and a
@@ -147,9 +148,20 @@ impl Promises {
     }
 }
 
-/// Decides a prepare of `key` at `ballot` once the store answered `read`: the record held is the
-/// newer of that answer and any persist in flight. Counts refusals; moves the clock past the
-/// ballot (promised or not), so this node's own later writes of the key land above it.
+/// What a prepare comes to once the store answered.
+#[derive(Debug)]
+pub(super) enum Prepared {
+    /// Promised; the record held.
+    Promised(Option<Record>),
+    /// Not promised.
+    Refused(NotPromised),
+    /// A write of the key is being persisted: read again once store operation `IoId` is done.
+    Wait(IoId),
+}
+
+/// Decides a prepare of `key` at `ballot` once the store answered `read`. Counts refusals; moves
+/// the clock past the ballot (promised or not), so this node's own later writes of the key land
+/// above it.
 pub(super) fn decide<A>(
     out: &mut Outbox<A>,
     clock: &mut HybridClock,
@@ -157,48 +169,43 @@ pub(super) fn decide<A>(
     read: Option<Record>,
     ballot: Version,
     now: Time,
-) -> Result<Option<Record>, NotPromised> {
+) -> Prepared {
     clock.observe(&ballot);
-    let held = newer(read.as_ref(), out.in_flight.newest(key)).cloned();
-    match out.promises.promise(key, ballot, held.as_ref(), now) {
-        Ok(()) => Ok(held),
+    if let Some(io) = out.in_flight.persisting(key) {
+        return Prepared::Wait(io);
+    }
+    match out.promises.promise(key, ballot, read.as_ref(), now) {
+        Ok(()) => Prepared::Promised(read),
         Err(refusal) => {
             out.counters.promise_refusals += 1;
             if let NotPromised::Higher(higher) = refusal {
                 clock.observe(&higher);
             }
-            Err(refusal)
+            Prepared::Refused(refusal)
         }
     }
 }
 
-/// Records handed to the driver to persist and not yet reported durable, so a prepare answered
-/// meanwhile reports them: the acceptor has, in effect, accepted them already.
+/// Keys handed to the driver to persist and not yet reported durable. A prepare that finds its
+/// key among them must not answer from a read that may predate the write (the write would then be
+/// accepted after the promise without being reported by it): it waits and reads again.
 #[derive(Debug, Default)]
 pub(super) struct InFlight {
-    records: BTreeMap<IoId, Vec<Record>>,
+    keys: BTreeMap<IoId, Vec<Vec<u8>>>,
 }
 
 impl InFlight {
     pub(super) fn started(&mut self, io: IoId, records: &[Record]) {
-        self.records.insert(io, records.to_vec());
+        self.keys.insert(io, records.iter().map(|r| r.key.clone()).collect());
     }
 
     pub(super) fn finished(&mut self, io: IoId) {
-        self.records.remove(&io);
+        self.keys.remove(&io);
     }
 
-    /// The newest record of `key` being persisted.
-    pub(super) fn newest(&self, key: &[u8]) -> Option<&Record> {
-        self.records.values().flatten().filter(|r| r.key == key).max_by_key(|r| r.version)
-    }
-}
-
-/// The newer of two optional records.
-pub(super) fn newer<'a>(a: Option<&'a Record>, b: Option<&'a Record>) -> Option<&'a Record> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
-        (a, b) => a.or(b),
+    /// A store operation persisting `key`, if any.
+    pub(super) fn persisting(&self, key: &[u8]) -> Option<IoId> {
+        self.keys.iter().find(|(_, keys)| keys.iter().any(|k| k == key)).map(|(io, _)| *io)
     }
 }
 
@@ -266,16 +273,17 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_records_are_reported_until_durable() {
+    fn keys_being_persisted_are_known_until_durable() {
         let mut in_flight = InFlight::default();
-        let old = Record::new(b"k".to_vec(), b"a".to_vec(), version(1));
-        let new = Record::new(b"k".to_vec(), b"b".to_vec(), version(2));
-        in_flight.started(IoId(1), std::slice::from_ref(&new));
-        in_flight.started(IoId(2), std::slice::from_ref(&old));
-        assert_eq!(in_flight.newest(b"k"), Some(&new));
-        assert_eq!(newer(Some(&old), in_flight.newest(b"k")), Some(&new));
+        let a = Record::new(b"k".to_vec(), b"a".to_vec(), version(1));
+        let b = Record::new(b"k".to_vec(), b"b".to_vec(), version(2));
+        in_flight.started(IoId(1), std::slice::from_ref(&a));
+        in_flight.started(IoId(2), std::slice::from_ref(&b));
+        assert_eq!(in_flight.persisting(b"k"), Some(IoId(1)));
         in_flight.finished(IoId(1));
-        assert_eq!(in_flight.newest(b"k"), Some(&old));
-        assert_eq!(in_flight.newest(b"x"), None);
+        assert_eq!(in_flight.persisting(b"k"), Some(IoId(2)));
+        in_flight.finished(IoId(2));
+        assert_eq!(in_flight.persisting(b"k"), None);
+        assert_eq!(in_flight.persisting(b"x"), None);
     }
 }

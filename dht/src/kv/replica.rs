@@ -13,7 +13,7 @@ use crate::message::RequestId;
 use crate::store::{BucketHash, HybridClock, KvRequest, KvResponse, MAX_BATCH, Version};
 use crate::time::Time;
 
-use super::promise::{self, NotPromised};
+use super::promise::{self, NotPromised, Prepared};
 use super::{IoPurpose, KvConfig, Outbox, StoreOp, StoreResult};
 
 /// What a store operation serves, and what its answer needs.
@@ -148,8 +148,13 @@ impl Serving {
             (Served::Prepare { key, ballot }, StoreResult::Read(mut records)) => {
                 let read = records.pop().flatten();
                 match promise::decide(out, clock, &key, read, ballot, now) {
-                    Ok(record) => KvResponse::Promised { record },
-                    Err(refusal) => refusal_response(refusal),
+                    Prepared::Promised(record) => KvResponse::Promised { record },
+                    Prepared::Refused(refusal) => refusal_response(refusal),
+                    Prepared::Wait(io) => {
+                        let served = Served::Prepare { key, ballot };
+                        out.defer(io, IoPurpose::Serve { from, id, request: served });
+                        return;
+                    }
                 }
             }
             (Served::Fetch, StoreResult::Read(mut records)) => {
