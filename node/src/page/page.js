@@ -552,7 +552,8 @@
     const { width, height } = $("ring").getBoundingClientRect();
     const cx = width / 2;
     const cy = height / 2;
-    return { cx, cy, r: Math.min(cx, cy) - 56 };
+    // The margin leaves room for the labels outside the circle.
+    return { cx, cy, r: Math.min(cx, cy) - 90 };
   }
   function pointAt(angle, radius) {
     const { cx, cy } = geometry();
@@ -715,10 +716,12 @@
         // Labels of neighbours closer than ~60 px take turns at two distances from the circle.
         const crowded = lastLabel !== null && (a - lastLabel.angle) * r < 60 && !lastLabel.outer;
         lastLabel = { angle: a, outer: crowded };
-        const [lx, ly] = pointAt(a, r + (crowded ? 42 : 24));
+        // Labels run away from the circle: rightward on the right, leftward on the left.
+        const side = Math.sin(a);
+        const [lx, ly] = pointAt(a, r + (crowded ? 30 : 14) + (Math.abs(side) < 0.4 ? 6 : 0));
         ctx.fillStyle = gone ? css("--dead") : css("--fg");
         ctx.font = `${mine ? "bold " : ""}11px ui-monospace, monospace`;
-        ctx.textAlign = "center";
+        ctx.textAlign = side > 0.4 ? "start" : side < -0.4 ? "end" : "center";
         ctx.textBaseline = "middle";
         ctx.fillText(short(m.peer), lx, ly);
         ctx.textAlign = "start";
