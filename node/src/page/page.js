@@ -240,8 +240,9 @@
   }
 
   /// One walk is one request to every member, in turn: on a big ring, pause four walks' time
-  /// between walks, so that an open page keeps the serving node walking a fifth of the time.
-  const ringInterval = () => Math.max(1000, 4 * state.walkMs);
+  /// between walks (a walk starts at most every five walks' time), so that an open page keeps
+  /// the serving node walking at most a fifth of the time.
+  const ringInterval = () => Math.max(1000, 5 * state.walkMs);
 
   // ----- a key -------------------------------------------------------------------------------
   async function pollKey() {
