@@ -34,6 +34,7 @@ use crate::address::PeerAddr;
 use crate::event_loop::{Command, Expect, KvError, Located, RingWalk, Status, Written};
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics;
+use crate::page;
 
 // The API documents the protocol's limits; were they to drift apart, the node would refuse what
 // its documentation allows, or the reverse.
@@ -66,6 +67,9 @@ pub fn router(state: ApiState, max_value_bytes: usize) -> Router {
         .route("/v1/groups/{group}/messages", post(send_message).get(listen))
         .route("/v1/groups/{group}/tree", get(group_tree))
         .route("/metrics", get(metrics))
+        .route("/", get(page::index))
+        .route("/page.js", get(page::script))
+        .route("/page.css", get(page::style))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; the API is under /v1/".into()) })
         .layer(DefaultBodyLimit::max(max_value_bytes))
         .with_state(state)

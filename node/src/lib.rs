@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod network;
+mod page;
 pub mod storage;
 mod wal;
 

@@ -85,6 +85,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs, out: &mut impl Write) ->
     let victim = result?;
     if !args.stop {
         next_steps(dir, victim, out)?;
+        let page = cluster.nodes[(victim + 1) % cluster.nodes.len()].http.trim_end_matches('/').to_owned();
+        say(out, &format!("Watch the ring live: open {page}/ in a browser (every node serves the page)."))?;
     }
     Ok(())
 }

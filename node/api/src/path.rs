@@ -26,6 +26,15 @@ pub const GROUPS: &str = "/v1/groups";
 /// `GET /metrics` (Prometheus text).
 pub const METRICS: &str = "/metrics";
 
+/// `GET /[?key=K][&group=G]`: the node's web page, showing a key and a group if given.
+pub fn page(key: Option<&str>, group: Option<&str>) -> String {
+    let query: Vec<String> = [("key", key), ("group", group)]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={}", encode_path_segment(v))))
+        .collect();
+    if query.is_empty() { "/".to_owned() } else { format!("/?{}", query.join("&")) }
+}
+
 /// Percent-encodes `segment` so that it stays one path segment (or one query value).
 pub fn encode_path_segment(segment: &str) -> String {
     if segment == "." || segment == ".." {
@@ -107,6 +116,13 @@ fn group_path(group: &str, rest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_takes_a_key_and_a_group_as_query_values() {
+        assert_eq!(page(None, None), "/");
+        assert_eq!(page(Some("demo/paris"), None), "/?key=demo%2Fparis");
+        assert_eq!(page(Some("a b"), Some("chat&more")), "/?key=a%20b&group=chat%26more");
+    }
 
     #[test]
     fn unreserved_characters_pass_through() {
