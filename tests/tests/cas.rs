@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use overlay_api::client::ApiError;
 use overlay_api::{Condition, Consistency, PutOutcome};
-use overlay_tests::{Cluster, Http};
+use overlay_tests::{Cluster, Http, poll};
 
 const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
 const CLIENTS: usize = 8;
@@ -49,10 +49,30 @@ fn conditional_writes_answer_412_with_the_current_version() {
     api.put_if("cas-k", b"back", &Condition::Absent).expect("absent again after the delete");
 }
 
+/// Waits until every node's successor list names the next `min(3, n − 1)` nodes in ring order:
+/// compare-and-set is exact only while the nodes agree on replica sets (see `dht::kv::cas`).
+fn wait_for_settled_views(cluster: &Cluster) {
+    poll("every successor list complete and right", Duration::from_secs(30), || {
+        let statuses = cluster.statuses()?;
+        let mut ring: Vec<(&str, &str)> =
+            statuses.values().map(|s| (s.ring_id.as_str(), s.peer_id.as_str())).collect();
+        ring.sort();
+        let n = ring.len();
+        let settled = statuses.values().all(|status| {
+            let me = ring.iter().position(|(_, peer)| *peer == status.peer_id).expect("listed");
+            let expected = (1..n.min(4)).map(|k| ring[(me + k) % n].1);
+            status.successors.len() >= n.min(4) - 1
+                && expected.zip(&status.successors).all(|(peer, s)| s.peer_id == peer)
+        });
+        Ok(settled.then_some(()))
+    });
+}
+
 #[test]
 fn eight_clients_count_exactly() {
     let mut cluster = Cluster::start(NODE, 4, &[]);
     cluster.wait_for_correct_ring(Duration::from_secs(15));
+    wait_for_settled_views(&cluster);
     let report = count(&mut cluster, None);
     eprintln!("{report:?}");
     assert_eq!(report.final_count, u64::from(INCREMENTS) * CLIENTS as u64, "{report:?}");
@@ -63,6 +83,7 @@ fn eight_clients_count_exactly() {
 fn eight_clients_count_exactly_with_a_node_killed() {
     let mut cluster = Cluster::start(NODE, 5, &[]);
     cluster.wait_for_correct_ring(Duration::from_secs(15));
+    wait_for_settled_views(&cluster);
     // Kill one of the counter's replicas, once a quarter of the increments are in.
     let lookup = cluster.http(0).api().lookup("counter").expect("lookup");
     let victim_peer = lookup.parsed.replicas[1].peer_id.clone();
@@ -123,9 +144,16 @@ fn count(cluster: &mut Cluster, victim: Option<usize>) -> Report {
                 // The state last seen: (version, count, tags); `None` version: the key is absent.
                 let mut seen: (Option<String>, u64, Vec<u32>) = (None, 0, vec![0; CLIENTS]);
                 let mut next = 1u32;
+                let mut last_written: Option<String> = None;
                 while next <= INCREMENTS {
                     assert!(Instant::now() < deadline, "client {client} stuck at increment {next}");
                     let (version, count, tags) = &seen;
+                    if tags[client] + 1 != next {
+                        eprintln!(
+                            "client {client}: increment {next} composed on version {version:?} whose tag is {} (last written {last_written:?})",
+                            tags[client]
+                        );
+                    }
                     let mut new_tags = tags.clone();
                     new_tags[client] = next;
                     let value = encode(count + 1, &new_tags);
@@ -133,6 +161,7 @@ fn count(cluster: &mut Cluster, victim: Option<usize>) -> Report {
                     let api = https[pick()].api();
                     match api.put_if("counter", &value, &condition) {
                         Ok((_, receipt)) => {
+                            last_written = Some(receipt.parsed.version.clone());
                             seen = (Some(receipt.parsed.version.clone()), count + 1, new_tags);
                             next += 1;
                             done.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +208,18 @@ fn count(cluster: &mut Cluster, victim: Option<usize>) -> Report {
     });
     let state = https[0].api().get("counter", Some(Consistency::Linearizable)).expect("final read");
     let (final_count, tags) = parse(&state.value);
-    assert_eq!(tags.iter().map(|&t| u64::from(t)).sum::<u64>(), final_count, "count and tags agree");
+    let tag_sum = tags.iter().map(|&t| u64::from(t)).sum::<u64>();
+    if tag_sum != final_count {
+        // Keep the nodes' logs for the post-mortem.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cas-failure-{}", victim.is_some()));
+        let _ = std::fs::create_dir_all(&dir);
+        for i in 0..cluster.running().len() + usize::from(victim.is_some()) {
+            let _ = std::fs::write(dir.join(format!("node-{i}.log")), cluster.log(i));
+        }
+        eprintln!("logs kept in {}", dir.display());
+    }
+    assert_eq!(tag_sum, final_count, "count and tags agree");
     Report {
         final_count,
         conflicts: conflicts.load(Ordering::Relaxed),
