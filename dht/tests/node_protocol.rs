@@ -997,3 +997,57 @@ fn join_through_a_silent_node_times_out() {
     let id = node.lookup(Id::ZERO, now);
     assert_eq!(node.poll_event(), Some(Event::LookupFinished { id, result: Err(LookupError::NotJoined) }));
 }
+
+/// Runs `node` alone until `until`, answering nothing; returns who it sent which requests to.
+fn run_unanswered(node: &mut Node<SimAddr>, mut now: Time, until: Time) -> Vec<(SimAddr, Request<SimAddr>)> {
+    let mut sent = Vec::new();
+    for _ in 0..MAX_STEPS {
+        while let Some(Transmit { to, message }) = node.poll_transmit() {
+            if let Message::Request { body, .. } = message {
+                sent.push((to, body));
+            }
+        }
+        match node.poll_timeout() {
+            Some(t) if t <= until => {
+                now = now.max(t);
+                node.handle_timeout(now);
+            }
+            _ => return sent,
+        }
+    }
+    panic!("the node never went quiet");
+}
+
+#[test]
+fn bootstrap_peers_are_probed_after_a_loss_and_only_then() {
+    const BOOTSTRAP: SimAddr = SimAddr(9_998);
+    let config = Config::default();
+    let mut node = Node::new(SimAddr(71), config.clone(), 5).expect("valid");
+    let start = Time::ZERO;
+    node.create_ring(start);
+    node.add_bootstrap_peer(BOOTSTRAP);
+    node.add_bootstrap_peer(SimAddr(71)); // itself: ignored
+
+    // Idle, nobody lost: the bootstrap peer costs nothing.
+    let idle_until = start + Duration::from_secs(120);
+    let sent = run_unanswered(&mut node, start, idle_until);
+    assert!(sent.is_empty(), "an idle ring of one sent {sent:?}");
+    assert_eq!(node.passive_len(), 0);
+
+    // A peer notifies us, becomes our predecessor and successor candidate, then goes silent
+    // (cut off): declared dead, it goes to the passive list, and the bootstrap peer with it.
+    let lost = SimAddr(72);
+    node.handle_message(lost, Message::Request { id: RequestId(1), body: Request::Notify }, idle_until);
+    let after = idle_until + config.probe_interval * 8;
+    let sent = run_unanswered(&mut node, idle_until, after);
+    assert!(
+        sent.iter().any(|(to, r)| *to == lost && matches!(r, Request::GetNeighbours)),
+        "the silent peer was never asked: {sent:?}"
+    );
+    assert_eq!(node.passive_len(), 2, "the lost peer and the bootstrap peer are remembered");
+    let probes_to_bootstrap =
+        sent.iter().filter(|(to, r)| *to == BOOTSTRAP && matches!(r, Request::GetNeighbours)).count();
+    assert!(probes_to_bootstrap >= 1, "the bootstrap peer was never probed: {sent:?}");
+    // Unanswered probes back off: a handful within eight probe intervals, not one per interval.
+    assert!(probes_to_bootstrap <= 4, "{probes_to_bootstrap} probes of the bootstrap peer");
+}

@@ -23,20 +23,45 @@ use crate::time::Time;
 
 use super::{Node, Purpose};
 
+/// Most bootstrap peers a node keeps to probe after a loss (see `Node::add_bootstrap_peer`).
+const MAX_BOOTSTRAP_PEERS: usize = 8;
+
 /// Most lookups one node runs at once to place nodes of another ring; further merge requests that
 /// need one are dropped (the other ring's own probes and stabilization find them later).
 const MAX_MERGE_LOOKUPS: usize = 4;
 
 impl<A: Address> Node<A> {
-    /// Remembers `node`, just declared dead, in the passive list.
+    /// Remembers `node`, just declared dead, in the passive list; if it is the first loss since
+    /// the list was last empty, the bootstrap peers too (those not among our live neighbours):
+    /// a partition may have taken them away, and they are the nodes this one was told to trust.
     pub(super) fn remember_dead(&mut self, node: NodeRef<A>, now: Time) {
         if node.addr == self.me.addr || self.config.passive_peers == 0 {
             return;
         }
-        if self.passive.is_empty() {
+        let first_loss = self.passive.is_empty();
+        if first_loss {
             self.next_probe = now + self.probe_period();
         }
         self.passive.add(node, now, self.config.probe_interval);
+        if first_loss {
+            let bootstraps: Vec<NodeRef<A>> =
+                self.bootstrap_peers.iter().filter(|b| !self.is_known_neighbour(&b.addr)).cloned().collect();
+            for bootstrap in bootstraps {
+                debug!(node = %self.me.id.short(), bootstrap = %bootstrap.id.short(), "a loss: remembering a bootstrap peer");
+                self.passive.add(bootstrap, now, self.config.probe_interval);
+            }
+        }
+    }
+
+    /// See [`Node::add_bootstrap_peer`].
+    pub(super) fn remember_bootstrap(&mut self, addr: A) {
+        if addr == self.me.addr
+            || self.bootstrap_peers.len() >= MAX_BOOTSTRAP_PEERS
+            || self.bootstrap_peers.iter().any(|b| b.addr == addr)
+        {
+            return;
+        }
+        self.bootstrap_peers.push(NodeRef::new(addr));
     }
 
     /// The wait until the next probe: `probe_interval` plus up to as much again, drawn from this
