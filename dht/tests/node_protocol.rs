@@ -1051,3 +1051,38 @@ fn bootstrap_peers_are_probed_after_a_loss_and_only_then() {
     // Unanswered probes back off: a handful within eight probe intervals, not one per interval.
     assert!(probes_to_bootstrap <= 4, "{probes_to_bootstrap} probes of the bootstrap peer");
 }
+
+#[test]
+fn a_flood_of_merge_requests_is_acted_upon_only_up_to_the_rate_limit() {
+    let config = Config::default();
+    let mut node = Node::new(SimAddr(81), config.clone(), 9).expect("valid");
+    node.create_ring(Time::ZERO);
+    let hostile = SimAddr(82);
+    // Each request names another would-be member of another ring; each acted upon costs this node
+    // a probe of that candidate.
+    let flood = |node: &mut Node<SimAddr>, first: u64, now: Time| -> (usize, usize) {
+        let (mut requests, mut acks) = (0, 0);
+        for i in 0..100 {
+            let candidate = NodeRef::new(SimAddr(first + i));
+            let body = Request::Merge { candidate, hops: 0 };
+            node.handle_message(hostile, Message::Request { id: RequestId(first + i), body }, now);
+            while let Some(Transmit { to, message }) = node.poll_transmit() {
+                match message {
+                    Message::Response { body: Response::Ack, .. } if to == hostile => acks += 1,
+                    Message::Request { .. } => requests += 1,
+                    other => panic!("unexpected {other:?} to {to:?}"),
+                }
+            }
+        }
+        (requests, acks)
+    };
+    let start = Time::ZERO + Duration::from_secs(1);
+    let (requests, acks) = flood(&mut node, 1_000, start);
+    assert_eq!(acks, 100, "every merge request is still answered");
+    assert!((1..=16).contains(&requests), "{requests} requests sent for a flood of 100");
+    assert_eq!(node.counters().merge_requests_limited, 84);
+    // A probe interval later the budget is back, and still bounded.
+    let (requests, _) = flood(&mut node, 2_000, start + config.probe_interval);
+    assert!((1..=16).contains(&requests), "{requests} requests sent for the second flood");
+    assert_eq!(node.counters().merge_requests_limited, 168);
+}

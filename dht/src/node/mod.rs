@@ -152,6 +152,10 @@ pub struct Counters {
     pub merge_requests_sent: u64,
     /// Merge requests dropped: passed on too often, or too many merge lookups in flight.
     pub merge_requests_dropped: u64,
+    /// Merge requests received but not acted upon (only acknowledged) because more than
+    /// `MERGE_REQUESTS_PER_WINDOW` came within one probe interval: a peer cannot make this node
+    /// storm probes and lookups by sending many.
+    pub merge_requests_limited: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +261,9 @@ pub struct Node<A: Address> {
     next_probe: Time,
     /// When the whole passive list was last probed at once, after a merge was detected.
     last_burst: Option<Time>,
+    /// Merge requests acted upon in the current window, and when that window (one probe interval
+    /// long) started: see `MERGE_REQUESTS_PER_WINDOW`.
+    merge_window: (Time, u32),
     /// Lookups placing a node of another ring in this one: lookup key → (the node, hops so far).
     merge_lookups: BTreeMap<u64, (NodeRef<A>, u8)>,
     /// The bootstrap peers the driver reached, added to the passive list whenever a loss starts
@@ -303,6 +310,7 @@ impl<A: Address> Node<A> {
             passive,
             next_probe: Time::ZERO,
             last_burst: None,
+            merge_window: (Time::ZERO, 0),
             merge_lookups: BTreeMap::new(),
             bootstrap_peers: Vec::new(),
             transmits: VecDeque::new(),

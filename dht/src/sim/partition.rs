@@ -103,6 +103,8 @@ pub struct PartitionReport {
     pub merges_detected: u64,
     /// Merge requests sent.
     pub merge_requests_sent: u64,
+    /// Merge requests received but ignored over the per-node rate limit.
+    pub merge_requests_limited: u64,
     /// User lookups started after the window.
     pub lookups: u64,
     /// Percentage answered with the true successor.
@@ -198,12 +200,14 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
     sim.abandon_lookups();
 
     let (mut probes_sent, mut probes_answered, mut merges_detected, mut merge_requests_sent) = (0, 0, 0, 0);
+    let mut merge_requests_limited = 0;
     for index in 0..sim.node_count() {
         let c = sim.node(index).counters();
         probes_sent += c.probes_sent;
         probes_answered += c.probes_answered;
         merges_detected += c.merges_detected;
         merge_requests_sent += c.merge_requests_sent;
+        merge_requests_limited += c.merge_requests_limited;
     }
     let tally = &sim.tally;
     let started = tally.started.max(1) as f64;
@@ -232,6 +236,7 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
         probes_answered,
         merges_detected,
         merge_requests_sent,
+        merge_requests_limited,
         lookups: tally.started,
         correct_pct: round3(100.0 * tally.correct as f64 / started),
         wrong_pct: round3(100.0 * tally.wrong as f64 / started),
