@@ -90,3 +90,25 @@ fn a_ring_split_in_two_merges_back_while_messages_are_lost() {
     // Lost lookup messages may fail a lookup (it gives up cleanly); none may answer wrongly.
     assert_eq!(report.wrong_pct, 0.0, "lookups after the merge");
 }
+
+#[test]
+fn a_ring_split_in_two_merges_back_under_churn() {
+    // One crash and one fresh join every 2 s from the split until 30 s after the heal: the passive
+    // lists hold peers that really died, fresh nodes join one side while it is cut off, and the
+    // merge, the repair of the crashes and the joins all run at once.
+    let report = run(2, 19, |p| p.churn_per_s = 0.5);
+    assert!(report.rings_at_heal >= 2, "the split did not split the ring: {}", report.rings_at_heal);
+    assert!(
+        report.crashes >= 25 && report.joins >= 25,
+        "churn: {} crashes, {} joins",
+        report.crashes,
+        report.joins
+    );
+    assert!(report.merge_s.is_some(), "the ring was never correct in the window");
+    assert_eq!(report.rings_after_heal, 1);
+    assert!(report.ring_correct, "the ring is not correct 30 s after the churn stopped");
+    assert!(report.successor_lists_correct);
+    assert_eq!(report.invariant_violations, 0);
+    assert_eq!(report.final_members, 200);
+    assert_eq!(report.correct_pct, 100.0, "lookups after the merge");
+}
