@@ -163,7 +163,25 @@ def readable(acked_file, both_key, both_values, ips):
     print(wrong, lost, detail.replace(" ", "_"))
     return 0
 
+def whereis(acked_file, ips):
+    """For each acknowledged key that no node reads back: which nodes hold which copy locally."""
+    for line in open(acked_file):
+        key, value = line.split()
+        k = urllib.parse.quote(key, safe="")
+        if any(http("GET", ip, f"/v1/kv/{k}", timeout=10) == (200, value.encode()) for ip in ips):
+            continue
+        copies = []
+        for ip in ips:
+            code, body = http("GET", ip, f"/v1/kv/{k}?local=true", timeout=10)
+            copies.append(f"{ip}:{'has it' if (code, body) == (200, value.encode()) else f'HTTP {code}'}")
+        code, body = http("GET", ips[0], f"/v1/lookup/{k}", timeout=10)
+        replicas = [r.get("addr", r.get("peer_id", "?"))[-20:] for r in json.loads(body).get("replicas", [])] if code == 200 else []
+        print(f"{key}: {' '.join(copies)}; replicas {replicas}")
+    return 0
+
 cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "whereis":
+    sys.exit(whereis(args[0], args[1:]))
 if cmd == "ring":
     sys.exit(ring(args))
 if cmd == "put":
@@ -274,7 +292,11 @@ keys=$((acked_a + acked_b + 1))
 summary="nodes=8 split=4+4 split_s=${split_s} split_rings_s=${split_rings_s} merge_s=${merge_s:-none} readable_s=${readable_s:-none} keys=${keys} lost=${lost} unreadable_reads=${wrong}"
 say "$summary"
 [[ -n "$merge_s" ]] || fail "no correct ring within ${watch_s} s of the heal"
-[[ -n "$readable_s" ]] || fail "keys not readable through every node within ${watch_s} s of the heal"
+if [[ -z "$readable_s" ]]; then
+    say "acknowledged keys no node reads back, and who holds a copy (?local=true):"
+    check whereis "$acked" "${all_ips[@]}" >&2 || true
+    fail "keys not readable through every node within ${watch_s} s of the heal"
+fi
 python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)' "$merge_s" "$merge_limit_s" \
     || fail "one ring only ${merge_s} s after the heal (at most ${merge_limit_s} s asked)"
 python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)' "$readable_s" "$readable_limit_s" \
