@@ -4,9 +4,10 @@
 #
 #   deploy/build-image.sh            # build binaries and image
 #   IMAGE=overlay:dev deploy/build-image.sh
+#   OVERLAY_IMAGE=overlay:dev deploy/build-image.sh   # the name compose.yaml and the scripts read
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=${IMAGE:-overlay:latest}
+image=${IMAGE:-${OVERLAY_IMAGE:-overlay:latest}}
 target=x86_64-unknown-linux-gnu
 # A target dir of its own: static builds do not share artefacts with ordinary ones.
 export CARGO_TARGET_DIR=${STATIC_TARGET_DIR:-target/static}

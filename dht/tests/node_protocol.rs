@@ -997,3 +997,92 @@ fn join_through_a_silent_node_times_out() {
     let id = node.lookup(Id::ZERO, now);
     assert_eq!(node.poll_event(), Some(Event::LookupFinished { id, result: Err(LookupError::NotJoined) }));
 }
+
+/// Runs `node` alone until `until`, answering nothing; returns who it sent which requests to.
+fn run_unanswered(node: &mut Node<SimAddr>, mut now: Time, until: Time) -> Vec<(SimAddr, Request<SimAddr>)> {
+    let mut sent = Vec::new();
+    for _ in 0..MAX_STEPS {
+        while let Some(Transmit { to, message }) = node.poll_transmit() {
+            if let Message::Request { body, .. } = message {
+                sent.push((to, body));
+            }
+        }
+        match node.poll_timeout() {
+            Some(t) if t <= until => {
+                now = now.max(t);
+                node.handle_timeout(now);
+            }
+            _ => return sent,
+        }
+    }
+    panic!("the node never went quiet");
+}
+
+#[test]
+fn bootstrap_peers_are_probed_after_a_loss_and_only_then() {
+    const BOOTSTRAP: SimAddr = SimAddr(9_998);
+    let config = Config::default();
+    let mut node = Node::new(SimAddr(71), config.clone(), 5).expect("valid");
+    let start = Time::ZERO;
+    node.create_ring(start);
+    node.add_bootstrap_peer(BOOTSTRAP);
+    node.add_bootstrap_peer(SimAddr(71)); // itself: ignored
+
+    // Idle, nobody lost: the bootstrap peer costs nothing.
+    let idle_until = start + Duration::from_secs(120);
+    let sent = run_unanswered(&mut node, start, idle_until);
+    assert!(sent.is_empty(), "an idle ring of one sent {sent:?}");
+    assert_eq!(node.passive_len(), 0);
+
+    // A peer notifies us, becomes our predecessor and successor candidate, then goes silent
+    // (cut off): declared dead, it goes to the passive list, and the bootstrap peer with it.
+    let lost = SimAddr(72);
+    node.handle_message(lost, Message::Request { id: RequestId(1), body: Request::Notify }, idle_until);
+    let after = idle_until + config.probe_interval * 8;
+    let sent = run_unanswered(&mut node, idle_until, after);
+    assert!(
+        sent.iter().any(|(to, r)| *to == lost && matches!(r, Request::GetNeighbours)),
+        "the silent peer was never asked: {sent:?}"
+    );
+    assert_eq!(node.passive_len(), 2, "the lost peer and the bootstrap peer are remembered");
+    let probes_to_bootstrap =
+        sent.iter().filter(|(to, r)| *to == BOOTSTRAP && matches!(r, Request::GetNeighbours)).count();
+    assert!(probes_to_bootstrap >= 1, "the bootstrap peer was never probed: {sent:?}");
+    // Unanswered probes back off: a handful within eight probe intervals, not one per interval.
+    assert!(probes_to_bootstrap <= 4, "{probes_to_bootstrap} probes of the bootstrap peer");
+}
+
+#[test]
+fn a_flood_of_merge_requests_is_acted_upon_only_up_to_the_rate_limit() {
+    let config = Config::default();
+    let mut node = Node::new(SimAddr(81), config.clone(), 9).expect("valid");
+    node.create_ring(Time::ZERO);
+    let hostile = SimAddr(82);
+    // Each request names another would-be member of another ring; each acted upon costs this node
+    // a probe of that candidate.
+    let flood = |node: &mut Node<SimAddr>, first: u64, now: Time| -> (usize, usize) {
+        let (mut requests, mut acks) = (0, 0);
+        for i in 0..100 {
+            let candidate = NodeRef::new(SimAddr(first + i));
+            let body = Request::Merge { candidate, hops: 0 };
+            node.handle_message(hostile, Message::Request { id: RequestId(first + i), body }, now);
+            while let Some(Transmit { to, message }) = node.poll_transmit() {
+                match message {
+                    Message::Response { body: Response::Ack, .. } if to == hostile => acks += 1,
+                    Message::Request { .. } => requests += 1,
+                    other => panic!("unexpected {other:?} to {to:?}"),
+                }
+            }
+        }
+        (requests, acks)
+    };
+    let start = Time::ZERO + Duration::from_secs(1);
+    let (requests, acks) = flood(&mut node, 1_000, start);
+    assert_eq!(acks, 100, "every merge request is still answered");
+    assert!((1..=16).contains(&requests), "{requests} requests sent for a flood of 100");
+    assert_eq!(node.counters().merge_requests_limited, 84);
+    // A probe interval later the budget is back, and still bounded.
+    let (requests, _) = flood(&mut node, 2_000, start + config.probe_interval);
+    assert!((1..=16).contains(&requests), "{requests} requests sent for the second flood");
+    assert_eq!(node.counters().merge_requests_limited, 168);
+}

@@ -895,7 +895,11 @@ impl<A: Address> Coordinator<A> {
             }
             (Purpose::SyncPull, KvResponse::Found { record: Some(record) }) => {
                 self.clock.observe(&record.version);
-                self.out.store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
+                // Below a promise this node made, the copy waits for a later round: accepting it
+                // now could let a state the promised proposer did not see look settled to a read.
+                if self.out.promises.admits(&record.key, record.version, now).is_ok() {
+                    self.out.store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
+                }
             }
             (Purpose::Handoff, KvResponse::Stored { .. }) => {
                 if let Some(handoff) = &mut self.handoff {

@@ -11,6 +11,10 @@
 //!   counted;
 //! - a node of another ring becomes successor only through its answer to a probe (stabilize's
 //!   rule); a node already our predecessor or in our successor list ends the exchange at once.
+//! - at most `MERGE_REQUESTS_PER_WINDOW` merge requests received per probe interval are acted upon;
+//!   the rest are acknowledged, counted (`merge_requests_limited`) and otherwise ignored, so that a
+//!   hostile or broken peer cannot turn its requests into a storm of probes, merge requests and
+//!   lookups (each request acted upon costs at most one message or one lookup of ours).
 
 use rand::RngExt;
 use tracing::debug;
@@ -23,20 +27,50 @@ use crate::time::Time;
 
 use super::{Node, Purpose};
 
+/// Most merge requests received that one node acts upon per probe interval. A real merge needs
+/// few per node: each request places one node, and the two rings' own probes and stabilization
+/// weave in the rest; the limit only bounds what a flood can make this node do.
+pub(crate) const MERGE_REQUESTS_PER_WINDOW: u32 = 16;
+
+/// Most bootstrap peers a node keeps to probe after a loss (see `Node::add_bootstrap_peer`).
+const MAX_BOOTSTRAP_PEERS: usize = 8;
+
 /// Most lookups one node runs at once to place nodes of another ring; further merge requests that
 /// need one are dropped (the other ring's own probes and stabilization find them later).
 const MAX_MERGE_LOOKUPS: usize = 4;
 
 impl<A: Address> Node<A> {
-    /// Remembers `node`, just declared dead, in the passive list.
+    /// Remembers `node`, just declared dead, in the passive list; if it is the first loss since
+    /// the list was last empty, the bootstrap peers too (those not among our live neighbours):
+    /// a partition may have taken them away, and they are the nodes this one was told to trust.
     pub(super) fn remember_dead(&mut self, node: NodeRef<A>, now: Time) {
         if node.addr == self.me.addr || self.config.passive_peers == 0 {
             return;
         }
-        if self.passive.is_empty() {
+        let first_loss = self.passive.is_empty();
+        if first_loss {
             self.next_probe = now + self.probe_period();
         }
         self.passive.add(node, now, self.config.probe_interval);
+        if first_loss {
+            let bootstraps: Vec<NodeRef<A>> =
+                self.bootstrap_peers.iter().filter(|b| !self.is_known_neighbour(&b.addr)).cloned().collect();
+            for bootstrap in bootstraps {
+                debug!(node = %self.me.id.short(), bootstrap = %bootstrap.id.short(), "a loss: remembering a bootstrap peer");
+                self.passive.add(bootstrap, now, self.config.probe_interval);
+            }
+        }
+    }
+
+    /// See [`Node::add_bootstrap_peer`].
+    pub(super) fn remember_bootstrap(&mut self, addr: A) {
+        if addr == self.me.addr
+            || self.bootstrap_peers.len() >= MAX_BOOTSTRAP_PEERS
+            || self.bootstrap_peers.iter().any(|b| b.addr == addr)
+        {
+            return;
+        }
+        self.bootstrap_peers.push(NodeRef::new(addr));
     }
 
     /// The wait until the next probe: `probe_interval` plus up to as much again, drawn from this
@@ -150,8 +184,28 @@ impl<A: Address> Node<A> {
         if candidate.addr == self.me.addr || self.is_known_neighbour(&candidate.addr) {
             return;
         }
+        if !self.merge_request_allowed(now) {
+            self.counters.merge_requests_limited += 1;
+            debug!(node = %self.me.id.short(), candidate = %candidate.id.short(), "merge request over the rate limit: ignored");
+            return;
+        }
         self.merge_detected(now);
         self.place(candidate, hops, now);
+    }
+
+    /// Whether one more merge request may be acted upon now (a fixed window of one probe
+    /// interval; see `MERGE_REQUESTS_PER_WINDOW`).
+    fn merge_request_allowed(&mut self, now: Time) -> bool {
+        let (started, used) = &mut self.merge_window;
+        if now >= *started + self.config.probe_interval {
+            *started = now;
+            *used = 0;
+        }
+        if *used >= MERGE_REQUESTS_PER_WINDOW {
+            return false;
+        }
+        *used += 1;
+        true
     }
 
     /// One step toward weaving `candidate` (alive, not among our neighbours) into our ring: probe

@@ -152,6 +152,10 @@ pub struct Counters {
     pub merge_requests_sent: u64,
     /// Merge requests dropped: passed on too often, or too many merge lookups in flight.
     pub merge_requests_dropped: u64,
+    /// Merge requests received but not acted upon (only acknowledged) because more than
+    /// `MERGE_REQUESTS_PER_WINDOW` came within one probe interval: a peer cannot make this node
+    /// storm probes and lookups by sending many.
+    pub merge_requests_limited: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,8 +261,15 @@ pub struct Node<A: Address> {
     next_probe: Time,
     /// When the whole passive list was last probed at once, after a merge was detected.
     last_burst: Option<Time>,
+    /// Merge requests acted upon in the current window, and when that window (one probe interval
+    /// long) started: see `MERGE_REQUESTS_PER_WINDOW`.
+    merge_window: (Time, u32),
     /// Lookups placing a node of another ring in this one: lookup key → (the node, hops so far).
     merge_lookups: BTreeMap<u64, (NodeRef<A>, u8)>,
+    /// The bootstrap peers the driver reached, added to the passive list whenever a loss starts
+    /// an episode (see [`Node::add_bootstrap_peer`]). Kept across joins; at most
+    /// `MAX_BOOTSTRAP_PEERS`.
+    bootstrap_peers: Vec<NodeRef<A>>,
     transmits: VecDeque<Transmit<A>>,
     events: VecDeque<Event<A>>,
     counters: Counters,
@@ -299,7 +310,9 @@ impl<A: Address> Node<A> {
             passive,
             next_probe: Time::ZERO,
             last_burst: None,
+            merge_window: (Time::ZERO, 0),
             merge_lookups: BTreeMap::new(),
+            bootstrap_peers: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -407,6 +420,18 @@ impl<A: Address> Node<A> {
         if addr != self.me.addr {
             self.remember_dead(NodeRef::new(addr), now);
         }
+    }
+
+    /// Records `addr` as a bootstrap peer: from then on, whenever this node declares a peer dead
+    /// while its passive list is empty (the start of a loss, possibly a partition), the bootstrap
+    /// peers are remembered beside it and probed at the same slow pace. A node cut off from its
+    /// ring with a few neighbours thus still finds its way back through the nodes it was
+    /// configured with, not only through the peers it happened to lose; a bootstrap peer that
+    /// answers from this node's own ring is a false alarm that costs one exchange. An idle node
+    /// that loses nobody never probes them. At most `MAX_BOOTSTRAP_PEERS` are kept (the first
+    /// ones); this node itself and repeats are ignored.
+    pub fn add_bootstrap_peer(&mut self, addr: A) {
+        self.remember_bootstrap(addr);
     }
 
     /// Leaves gracefully: tells the successor and predecessor, waits briefly for their

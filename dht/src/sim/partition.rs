@@ -8,7 +8,8 @@
 //!    ring that never split).
 //! 3. The network heals. For the `window` that follows, the ring is checked every simulated
 //!    second; `merge_s` is the time from the heal until the ring is first correct (every member's
-//!    successor and predecessor are the true ones).
+//!    successor and predecessor are the true ones). With `churn_per_s`, members crash and fresh
+//!    nodes join from the split until the middle of the window (`crashes`, `joins`).
 //! 4. Then `lookups` user lookups for random keys start at random members, spread over
 //!    `lookup_duration`, and are judged as in the stable scenario.
 //!
@@ -46,6 +47,11 @@ pub struct PartitionParams {
     pub lookups: u64,
     /// Time the lookups are spread over.
     pub lookup_duration: Duration,
+    /// Churn: this many times per simulated second, from the split until the middle of the window,
+    /// a random member crashes and a fresh node joins (0: none); while the network is cut, fresh
+    /// nodes are in part 0 and join through its members. The window's second half is quiet, so
+    /// that the ring's state at its end says whether the merge finished.
+    pub churn_per_s: f64,
 }
 
 impl PartitionParams {
@@ -58,6 +64,7 @@ impl PartitionParams {
             window: Duration::from_secs(120),
             lookups: 5_000,
             lookup_duration: Duration::from_secs(20),
+            churn_per_s: 0.0,
         }
     }
 }
@@ -103,6 +110,12 @@ pub struct PartitionReport {
     pub merges_detected: u64,
     /// Merge requests sent.
     pub merge_requests_sent: u64,
+    /// Merge requests received but ignored over the per-node rate limit.
+    pub merge_requests_limited: u64,
+    /// Members crashed by the churn.
+    pub crashes: u64,
+    /// Fresh nodes started by the churn.
+    pub joins: u64,
     /// User lookups started after the window.
     pub lookups: u64,
     /// Percentage answered with the true successor.
@@ -127,6 +140,73 @@ pub struct PartitionReport {
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// The churn of a run (see [`PartitionParams::churn_per_s`]): its schedule and its tally.
+struct Churn {
+    gap: Option<Duration>,
+    next: crate::time::Time,
+    /// No churn at or after this.
+    end: crate::time::Time,
+    /// The parts while the network is cut: a fresh node is in part 0 (it has no entry), so it
+    /// joins through members of part 0.
+    sides: Option<Vec<u8>>,
+    crashes: u64,
+    joins: u64,
+}
+
+impl Churn {
+    fn new(params: &PartitionParams, now: crate::time::Time) -> Self {
+        let gap = (params.churn_per_s > 0.0).then(|| Duration::from_secs_f64(1.0 / params.churn_per_s));
+        Churn {
+            gap,
+            next: now + gap.unwrap_or_default(),
+            end: crate::time::Time::from_elapsed(Duration::MAX),
+            sides: None,
+            crashes: 0,
+            joins: 0,
+        }
+    }
+
+    /// Runs the churn events due before `until`: each crashes a random member and has a fresh node
+    /// join.
+    fn run_until(&mut self, sim: &mut Simulation, until: crate::time::Time) {
+        let Some(gap) = self.gap else {
+            return;
+        };
+        while self.next < until && self.next < self.end {
+            sim.run_until(self.next);
+            if let Some(victim) = sim.random_member() {
+                sim.crash(victim);
+                self.crashes += 1;
+            }
+            let fresh = sim.add_node();
+            let bootstraps = self.bootstraps(sim);
+            sim.join(fresh, &bootstraps);
+            self.joins += 1;
+            self.next = self.next + gap;
+        }
+    }
+
+    /// Up to three members a fresh node can reach.
+    fn bootstraps(&self, sim: &mut Simulation) -> Vec<usize> {
+        let Some(sides) = &self.sides else {
+            return scenario::pick_bootstraps(sim);
+        };
+        let mut picked = Vec::with_capacity(3);
+        for _ in 0..24 {
+            if picked.len() == 3 {
+                break;
+            }
+            if let Some(m) = sim.random_member()
+                && sides.get(m).copied().unwrap_or(0) == 0
+                && !picked.contains(&m)
+            {
+                picked.push(m);
+            }
+        }
+        picked
+    }
+}
+
 /// Runs the scenario.
 pub fn run(params: &PartitionParams) -> PartitionReport {
     let wall = Instant::now();
@@ -139,21 +219,32 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
     }
 
     let parts = params.parts.max(1);
+    let mut churn = Churn::new(params, sim.now());
+    let split_end = sim.now() + params.split;
     if parts > 1 {
-        let sides = (0..sim.node_count()).map(|_| sim.rng().random_range(0..parts)).collect();
+        let sides: Vec<u8> = (0..sim.node_count()).map(|_| sim.rng().random_range(0..parts)).collect();
+        churn.sides = Some(sides.clone());
         sim.partition(sides);
     }
-    sim.run_until(sim.now() + params.split);
+    while sim.now() < split_end {
+        let until = (sim.now() + SECOND).min(split_end);
+        churn.run_until(&mut sim, until);
+        sim.run_until(until);
+    }
     let rings_at_heal = sim.check_invariants().rings;
     sim.heal();
+    churn.sides = None;
 
     let heal_at = sim.now();
     let messages_at_heal = sim.messages;
     let probes_at_heal = probes(&sim);
     let mut merged: Option<(crate::time::Time, u64)> = None;
     let window_end = heal_at + params.window;
+    churn.end = heal_at + params.window / 2;
     while sim.now() < window_end {
-        sim.run_until(sim.now() + SECOND);
+        let second_end = sim.now() + SECOND;
+        churn.run_until(&mut sim, second_end);
+        sim.run_until(second_end);
         if merged.is_none() && sim.ring_is_correct() {
             merged = Some((sim.now(), sim.messages));
         }
@@ -198,12 +289,14 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
     sim.abandon_lookups();
 
     let (mut probes_sent, mut probes_answered, mut merges_detected, mut merge_requests_sent) = (0, 0, 0, 0);
+    let mut merge_requests_limited = 0;
     for index in 0..sim.node_count() {
         let c = sim.node(index).counters();
         probes_sent += c.probes_sent;
         probes_answered += c.probes_answered;
         merges_detected += c.merges_detected;
         merge_requests_sent += c.merge_requests_sent;
+        merge_requests_limited += c.merge_requests_limited;
     }
     let tally = &sim.tally;
     let started = tally.started.max(1) as f64;
@@ -232,6 +325,9 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
         probes_answered,
         merges_detected,
         merge_requests_sent,
+        merge_requests_limited,
+        crashes: churn.crashes,
+        joins: churn.joins,
         lookups: tally.started,
         correct_pct: round3(100.0 * tally.correct as f64 / started),
         wrong_pct: round3(100.0 * tally.wrong as f64 / started),

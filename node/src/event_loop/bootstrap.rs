@@ -7,9 +7,18 @@
 //! a member finds itself alone (cut off long enough to declare every other node dead, as in a
 //! network partition: Chord cannot merge two rings by itself). A rejoin that fails leaves the node
 //! up as a ring of one until the next attempt.
+//!
+//! It also learns who answers at each bootstrap address (the dial's connection id ties a
+//! connection to the configured address it was dialed at), so that the ring core can keep those
+//! peers, under their configured addresses, as bootstrap peers to probe after a loss: a node cut
+//! off from its ring with a few neighbours is not alone, so only the core's passive list, not the
+//! rejoin above, brings it back (see `dht::Node::add_bootstrap_peer`).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tracing::{debug, info, warn};
 
@@ -23,6 +32,9 @@ const SELF_BOOTSTRAP_GRACE: Duration = Duration::from_secs(10);
 const REJOIN_EVERY: Duration = Duration::from_secs(5);
 /// How long one rejoin attempt dials before giving up.
 const REJOIN_DIALING: Duration = Duration::from_secs(10);
+/// Most dials of bootstrap addresses tracked at once (each resolves within the dial time-out; a
+/// slower one is forgotten, and its peer is learned at the next dial instead).
+const MAX_TRACKED_DIALS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JoinState {
@@ -59,6 +71,8 @@ pub(super) struct Bootstrap {
     next_rejoin_check: Instant,
     /// When dialing a bootstrap address first reached this node itself.
     is_self_since: Option<Instant>,
+    /// Dials of bootstrap addresses in flight: which configured address each one dialed.
+    dials: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl Bootstrap {
@@ -75,6 +89,7 @@ impl Bootstrap {
             rejoining: false,
             next_rejoin_check: now + REJOIN_EVERY,
             is_self_since: None,
+            dials: HashMap::new(),
         }
     }
 
@@ -102,6 +117,20 @@ impl Bootstrap {
         self.rejoining = false;
         self.state = JoinState::Done;
         self.next_rejoin_check = now + REJOIN_EVERY;
+    }
+
+    /// A connection this node dialed came up. If it was a dial of a bootstrap address, returns
+    /// the peer that answered there, under the configured address (a name keeps resolving when a
+    /// container comes back with a new IP; the connection's own address may not).
+    pub(super) fn bootstrap_peer(&mut self, connection: ConnectionId, peer: PeerId) -> Option<PeerAddr> {
+        let addr = self.dials.remove(&connection)?;
+        debug!(bootstrap = %peer, %addr, "a bootstrap address answered");
+        Some(PeerAddr::new(peer, addr))
+    }
+
+    /// A dial failed: it is no longer in flight.
+    pub(super) fn on_dial_failed(&mut self, connection: ConnectionId) {
+        self.dials.remove(&connection);
     }
 
     /// A connection this node dialed came up: the first while dialing is the way in.
@@ -148,13 +177,20 @@ impl Bootstrap {
         {
             *attempt += 1;
             *next_dial = now + Duration::from_millis(250 * u64::from((*attempt).min(8)));
+            if self.dials.len() + self.addresses.len() > MAX_TRACKED_DIALS {
+                self.dials.clear();
+            }
             for addr in &self.addresses {
-                if let Err(error) = swarm.dial(addr.clone()) {
+                let dial = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let connection = dial.connection_id();
+                if let Err(error) = swarm.dial(dial) {
                     // The swarm refuses outright to dial one of its own listen addresses.
                     if swarm.listeners().any(|own| own == addr) {
                         self.is_self_since.get_or_insert(now);
                     }
                     debug!(%addr, %error, "could not dial bootstrap");
+                } else {
+                    self.dials.insert(connection, addr.clone());
                 }
             }
         }

@@ -316,7 +316,13 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_dialer() => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. }
+                if endpoint.is_dialer() =>
+            {
+                if let Some(bootstrap) = self.bootstrap.bootstrap_peer(connection_id, peer_id) {
+                    // Kept by the core across joins; probed only after a loss.
+                    self.core.add_bootstrap_peer(bootstrap);
+                }
                 if let Step::Join(bootstrap) =
                     self.bootstrap.on_connected(peer_id, endpoint.get_remote_address().clone())
                 {
@@ -327,12 +333,15 @@ impl EventLoop {
             // One of the bootstrap addresses is this node (a StatefulSet's first pod, listed with
             // the others): if nobody else answers, this node starts the ring.
             SwarmEvent::OutgoingConnectionError {
+                connection_id,
                 error: libp2p::swarm::DialError::LocalPeerId { .. },
                 ..
             } => {
+                self.bootstrap.on_dial_failed(connection_id);
                 self.bootstrap.on_dialed_self(Instant::now());
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                self.bootstrap.on_dial_failed(connection_id);
                 debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
