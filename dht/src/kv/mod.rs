@@ -898,7 +898,8 @@ impl<A: Address> Coordinator<A> {
                 // Below a promise this node made, the copy waits for a later round: accepting it
                 // now could let a state the promised proposer did not see look settled to a read.
                 if self.out.promises.admits(&record.key, record.version, now).is_ok() {
-                    self.out.store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
+                    self.out
+                        .store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
                 }
             }
             (Purpose::Handoff, KvResponse::Stored { .. }) => {
