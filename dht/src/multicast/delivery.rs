@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{GroupEvent, GroupMessage, Multicast, Stamped};
+use super::{GroupEvent, GroupMessage, MAX_SEQ, Multicast, Stamped};
 use crate::address::Address;
 use crate::id::Id;
 use crate::node::Node;
@@ -106,6 +106,9 @@ impl<A> Delivery<A> {
     /// root no longer holds them) and returns them, first and last, unless none is missing there.
     /// The caller reports the gap, then drains.
     pub(super) fn skip_gap(&mut self, covered_to: u64) -> Option<(u64, u64)> {
+        // Numbers never exceed MAX_SEQ (replies are validated); the bound also keeps
+        // `covered_to + 1` from wrapping to 0, which would make the caller's loop endless.
+        let covered_to = covered_to.min(MAX_SEQ);
         let next = self.next_seq?;
         if next > covered_to {
             return None;
@@ -169,5 +172,31 @@ impl<A: Address> Multicast<A> {
                 ts_ms: m.ts_ms,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(seq: u64) -> Stamped<u8> {
+        Stamped { seq, from: String::new(), body: Vec::new(), ts_ms: 0, origin: 0, publish_id: seq }
+    }
+
+    #[test]
+    fn a_gap_reaching_to_the_end_of_u64_ends_at_max_seq_and_never_wraps() {
+        let mut delivery = Delivery::new();
+        assert!(matches!(delivery.receive(stamped(3), true, 8), Received::Next));
+        assert_eq!(delivery.drain().len(), 1);
+        assert!(matches!(delivery.receive(stamped(6), true, 8), Received::Buffered));
+        // The caller's loop: skip, drain, until nothing is missing below `covered_to`.
+        let mut gaps = Vec::new();
+        while let Some(gap) = delivery.skip_gap(u64::MAX) {
+            gaps.push(gap);
+            delivery.drain();
+            assert!(gaps.len() <= 2, "the gap loop does not end: {gaps:?}");
+        }
+        assert_eq!(gaps, vec![(4, 5), (7, MAX_SEQ)]);
+        assert_eq!(delivery.next_seq(), Some(MAX_SEQ + 1));
     }
 }

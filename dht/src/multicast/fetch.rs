@@ -6,7 +6,8 @@
 //! a member's gap filling ([`GapFill`]). Invariants: a member has at most one gap fill in flight
 //! per group; a fetch is sent at most `fetch_attempts` times, each with a deadline, and ends
 //! exactly once (answered, or failed); a reply is taken only if its request id, group and sender
-//! match a fetch in flight (see [`Fetches::answered_by`]), else it is dropped and counted; a range
+//! match a fetch in flight (see [`Fetches::answered_by`]) and it covers no more than was asked,
+//! else it is dropped and counted; a range
 //! the root no longer holds is reported as a gap, never skipped silently; a root answers only
 //! from what it has released.
 
@@ -89,6 +90,11 @@ impl<A: Address> Fetches<A> {
         self.pending.get(&id).is_some_and(|f| {
             f.mid == *mid && (f.asked.as_ref() == Some(from) || may_be_root(me, mid, &from.node_id()))
         })
+    }
+
+    /// The last number fetch `id` asked for: no reply to it may speak for more.
+    fn asked_up_to(&self, id: u64) -> Option<u64> {
+        self.pending.get(&id).map(|f| f.to_seq)
     }
 
     /// Counts one more attempt of fetch `id` and sets its deadline; returns it as it is to be
@@ -330,9 +336,9 @@ impl<A: Address> Multicast<A> {
         }
     }
 
-    /// Takes in a fetch reply from the network, unless it answers nothing in flight: an unknown
-    /// request id, a request of another group, or a sender that may not answer it. Those are
-    /// dropped and counted.
+    /// Takes in a fetch reply from the network, unless it answers nothing in flight (an unknown
+    /// request id, a request of another group, or a sender that may not answer it) or covers more
+    /// than the fetch asked for. Those are dropped and counted.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_fetch_reply_from(
         &mut self,
@@ -348,6 +354,14 @@ impl<A: Address> Multicast<A> {
         if !self.fetches.answered_by(request, &mid, &from, &self.me.id) {
             self.counters.dropped_unexpected += 1;
             debug!(peer = ?from, request, "dropped a fetch reply that matches no fetch in flight");
+            return;
+        }
+        if self.fetches.asked_up_to(request).is_some_and(|to_seq| covered_to > to_seq) {
+            // A range past what was asked would have a member report numbers that may not even
+            // exist as lost and skip past them for good. The fetch stays in flight: the genuine
+            // answer may still come.
+            self.counters.dropped_invalid += 1;
+            debug!(peer = ?from, request, covered_to, "dropped a fetch reply covering more than asked");
             return;
         }
         self.on_fetch_reply(from, request, covered_to, head, messages, ring, now);
@@ -375,9 +389,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Config;
-    use crate::multicast::MulticastConfig;
-    use crate::sim::{NetworkModel, Simulation};
+    use crate::multicast::MAX_SEQ;
+    use crate::multicast::testing::ring;
+    use crate::sim::Simulation;
 
     fn id(n: u64) -> Id {
         Id::from_hex(&format!("{n:040x}")).expect("40 hex digits")
@@ -398,26 +412,6 @@ mod tests {
         assert!(may_be_root(&me, &mid, &id(3)));
         assert!(!may_be_root(&me, &mid, &id(8)));
         assert!(!may_be_root(&me, &mid, &id(u64::MAX - 1)));
-    }
-
-    /// A converged ring of `n` nodes with multicast on.
-    fn ring(n: usize, seed: u64) -> Simulation {
-        let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
-        let first = sim.add_node();
-        sim.create_ring(first);
-        for k in 1..n {
-            sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
-            let fresh = sim.add_node();
-            let bootstrap = sim.random_member().expect("the first node is a member");
-            sim.join(fresh, &[bootstrap]);
-        }
-        let deadline = sim.now() + Duration::from_secs(60);
-        while !(sim.member_count() == n && sim.ring_is_correct()) {
-            assert!(sim.now() < deadline, "ring of {n} did not converge");
-            sim.run_until(sim.now() + Duration::from_millis(500));
-        }
-        sim.enable_multicast(MulticastConfig::default());
-        sim
     }
 
     #[test]
@@ -477,5 +471,75 @@ mod tests {
             })
             .expect("the root's answer");
         assert_eq!(answer, (asked, vec![1, 2, 3], 3));
+    }
+
+    #[test]
+    fn a_fetch_reply_covering_more_than_the_gap_asked_for_is_dropped() {
+        let mut sim = ring(30, 11);
+        let g = GroupName::new("bounded").expect("valid");
+        let root = sim.true_successor(&g.id()).expect("members") as usize;
+        let member = (0..sim.node_count()).find(|&i| i != root).expect("30 nodes");
+        sim.join_group(member, &g).expect("ring member");
+        let summary = |sim: &Simulation| {
+            sim.multicast(member)
+                .expect("enabled")
+                .groups()
+                .into_iter()
+                .find(|s| s.name == g)
+                .expect("joined")
+        };
+        let deadline = sim.now() + Duration::from_secs(30);
+        while summary(&sim).depth.is_none() {
+            assert!(sim.now() < deadline, "the member did not attach");
+            sim.run_until(sim.now() + Duration::from_millis(500));
+        }
+        for k in 0..2u8 {
+            sim.publish(root, &g, vec![k]).expect("accepted");
+            sim.run_until(sim.now() + Duration::from_millis(300));
+        }
+        sim.run_until(sim.now() + Duration::from_secs(2));
+        sim.take_group_events();
+        assert_eq!(summary(&sim).next_seq, Some(3), "delivered 1 and 2");
+
+        // Number 5 arrives early from the parent: the member fetches 3..=4 from the root.
+        let parent = summary(&sim).parent.expect("attached").addr;
+        let early = Stamped {
+            seq: 5,
+            from: "n0".into(),
+            body: vec![5],
+            ts_ms: 0,
+            origin: sim.addr(root),
+            publish_id: 1000,
+        };
+        let data = GroupMessage::Data { group: g.clone(), root: sim.addr(root), message: early };
+        sim.inject_group_message(member, parent, data);
+        let deadline = sim.now() + Duration::from_secs(5);
+        let request = loop {
+            let fetches = &sim.multicast(member).expect("enabled").fetches.pending;
+            if let Some((id, f)) = fetches.iter().next() {
+                assert_eq!((f.from_seq, f.to_seq), (3, 4));
+                break *id;
+            }
+            assert!(sim.now() < deadline, "no gap fill started");
+            sim.run_until(sim.now() + Duration::from_millis(1));
+        };
+
+        // The root's address, the right id, a range to the end of all numbers.
+        let before = sim.multicast(member).expect("enabled").counters().clone();
+        let forged = GroupMessage::FetchReply {
+            group: g.clone(),
+            request,
+            covered_to: MAX_SEQ,
+            head: MAX_SEQ,
+            messages: Vec::new(),
+        };
+        let root_addr = sim.addr(root);
+        sim.inject_group_message(member, root_addr, forged);
+        let after = sim.multicast(member).expect("enabled").counters().clone();
+        assert_eq!(after.dropped_invalid - before.dropped_invalid, 1);
+        assert_eq!(after.gaps, before.gaps, "nothing reported lost");
+        assert_eq!(summary(&sim).next_seq, Some(3), "the member did not skip ahead");
+        let events = sim.take_group_events();
+        assert!(events.iter().all(|r| r.node != member), "nothing delivered or lost: {events:?}");
     }
 }

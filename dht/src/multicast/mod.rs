@@ -77,6 +77,8 @@ mod group;
 mod history;
 mod publish;
 mod root;
+#[cfg(test)]
+mod testing;
 mod tree;
 mod wire;
 
