@@ -380,7 +380,7 @@ impl<A: Address> Multicast<A> {
 /// of a route from here toward `mid`, which saw the fetch's request id — is not. The ring view is
 /// not consulted: right after a root crashes, successor lists still name it for several
 /// stabilization rounds, and the new root's replies would be refused.
-fn may_be_root(me: &Id, mid: &Id, node: &Id) -> bool {
+pub(super) fn may_be_root(me: &Id, mid: &Id, node: &Id) -> bool {
     node == mid || (me != mid && node.in_open(mid, me))
 }
 

@@ -546,7 +546,7 @@ impl<A: Address> Multicast<A> {
                 let publish = QueuedPublish { origin, id, from: label, body, ts_ms };
                 self.on_publish(mid, group, publish, hops, ring, now);
             }
-            GroupMessage::PublishAck { group, id, seq } => self.on_publish_ack(group, id, seq),
+            GroupMessage::PublishAck { group, id, seq } => self.on_publish_ack(mid, from, group, id, seq),
             GroupMessage::Data { root, message, .. } => self.on_data(mid, from, root, message, ring, now),
             GroupMessage::Fetch { group, requester, request, from_seq, to_seq, hops } => {
                 self.on_fetch(mid, group, requester, request, from_seq, to_seq, hops, ring, now)

@@ -3,14 +3,19 @@
 //! `publish_timeout`.
 //!
 //! Owns the publishes in flight and the next publish id. Invariants: ids are never reused; a
-//! publish ends exactly once — acknowledged (by a `PublishAck` for its own group, or by this node
-//! as root), timed out, or failed because this node left.
+//! publish ends exactly once — acknowledged (by a `PublishAck` for its own group from a node that
+//! may be the group's root, or by this node as root), timed out, or failed because this node
+//! left; any other acknowledgement is dropped and counted.
 
 use std::collections::BTreeMap;
 
+use tracing::debug;
+
+use super::fetch::may_be_root;
 use super::root::QueuedPublish;
 use super::{GroupEvent, GroupName, Multicast, PublishError, PublishId};
 use crate::address::{Address, NodeRef};
+use crate::id::Id;
 use crate::node::Node;
 use crate::time::Time;
 
@@ -111,7 +116,16 @@ impl<A: Address> Multicast<A> {
         self.on_publish(mid, group, publish, 0, ring, now);
     }
 
-    pub(super) fn on_publish_ack(&mut self, group: GroupName, id: u64, seq: u64) {
+    /// Takes in the root's acknowledgement of publish `id`, unless `from` cannot be the root of
+    /// `mid`: publish ids are guessable and every hop a publish is routed through sees it, so an
+    /// acknowledgement is matched by id, group and sender. A publish is routed, not sent to a
+    /// known root, so the sender is checked the way routed fetches are ([`may_be_root`]).
+    pub(super) fn on_publish_ack(&mut self, mid: Id, from: A, group: GroupName, id: u64, seq: u64) {
+        if !may_be_root(&self.me.id, &mid, &from.node_id()) {
+            self.counters.dropped_unexpected += 1;
+            debug!(peer = ?from, id, "dropped a publish acknowledgement from a node that cannot be the root");
+            return;
+        }
         if self.publishes.acknowledged(id, &group) {
             self.events.push_back(GroupEvent::Published { id: PublishId(id), group, seq });
         } else {
@@ -132,5 +146,48 @@ impl<A: Address> Multicast<A> {
             self.counters.publish_retries += 1;
             self.send_publish(id, ring, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::multicast::GroupMessage;
+    use crate::multicast::testing::ring;
+
+    #[test]
+    fn publish_acks_from_a_node_that_cannot_be_the_root_are_dropped() {
+        let mut sim = ring(30, 5);
+        let g = GroupName::new("acked").expect("valid");
+        let root = sim.true_successor(&g.id()).expect("members") as usize;
+        // Nodes in ring order from the root on; the publisher sits well after it, so that the
+        // nodes after the publisher are hops of its route toward mid, which see the publish id.
+        let mut order: Vec<usize> = (0..sim.node_count()).collect();
+        let root_id = sim.node(root).me().id;
+        order.sort_by_key(|&i| root_id.distance_to(&sim.node(i).me().id));
+        let (publisher, hop) = (order[10], order[20]);
+        sim.join_group(order[3], &g).expect("ring member");
+        sim.run_until(sim.now() + Duration::from_secs(3));
+        sim.take_group_events();
+
+        let id = sim.publish(publisher, &g, b"hello".to_vec()).expect("accepted");
+        let before = sim.multicast(publisher).expect("enabled").counters().clone();
+        // The real acknowledgement is still on its way: this arrives first.
+        let forged = GroupMessage::PublishAck { group: g.clone(), id: id.0, seq: 77 };
+        let hop_addr = sim.addr(hop);
+        sim.inject_group_message(publisher, hop_addr, forged);
+        let after = sim.multicast(publisher).expect("enabled").counters().clone();
+        assert_eq!(after.dropped_unexpected - before.dropped_unexpected, 1);
+        assert!(sim.take_group_events().iter().all(|r| r.node != publisher), "nothing acknowledged yet");
+
+        // The root's acknowledgement still ends the publish.
+        sim.run_until(sim.now() + Duration::from_secs(3));
+        let acked = sim.take_group_events().into_iter().find_map(|r| match r.event {
+            GroupEvent::Published { id: acked, seq, .. } if r.node == publisher => Some((acked, seq)),
+            _ => None,
+        });
+        assert_eq!(acked, Some((id, 1)));
     }
 }
