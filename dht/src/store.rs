@@ -12,6 +12,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -30,6 +31,17 @@ pub struct Version {
     pub hlc: u64,
     /// Ring id of the node that took the reading.
     pub writer: Id,
+}
+
+impl Version {
+    /// Whether its physical part (wall-clock milliseconds) lies more than `max_skew` past
+    /// `wall_ms`, the receiver's wall clock: no honest clock is that far ahead, and taking such a
+    /// version in would pin the key (every later honest write is older) and drag every clock that
+    /// observes it along.
+    pub fn is_ahead_of(&self, wall_ms: u64, max_skew: Duration) -> bool {
+        let max_skew_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
+        self.hlc >> 16 > wall_ms.saturating_add(max_skew_ms)
+    }
 }
 
 impl fmt::Display for Version {
@@ -75,13 +87,17 @@ impl HybridClock {
 
     /// A new version, later than every version this clock produced or observed. `wall_ms` is the
     /// driver's wall clock in milliseconds since the Unix epoch.
+    /// Saturates at `u64::MAX` rather than wrap to the smallest version there is; receivers
+    /// refuse versions far ahead of their wall clock ([`Version::is_ahead_of`]), so it is never
+    /// reached in practice.
     pub fn tick(&mut self, wall_ms: u64) -> Version {
-        let physical = wall_ms << 16;
-        self.last = if physical > self.last { physical } else { self.last + 1 };
+        let physical = wall_ms.saturating_mul(1 << 16);
+        self.last = if physical > self.last { physical } else { self.last.saturating_add(1) };
         Version { hlc: self.last, writer: self.writer }
     }
 
-    /// Moves the clock past a version seen from elsewhere.
+    /// Moves the clock past a version seen from elsewhere. Callers first refuse versions from
+    /// peers that are too far ahead ([`Version::is_ahead_of`]).
     pub fn observe(&mut self, version: &Version) {
         self.last = self.last.max(version.hlc);
     }
@@ -429,6 +445,21 @@ pub enum KvResponse {
     },
 }
 
+impl KvResponse {
+    /// The newest version the response carries, if any: what its sender claims to have seen.
+    pub fn newest_version(&self) -> Option<Version> {
+        match self {
+            KvResponse::Stored { newer, .. } => *newer,
+            KvResponse::Found { record } | KvResponse::Promised { record } => {
+                record.as_ref().map(|r| r.version)
+            }
+            KvResponse::NotPromised { higher } => Some(*higher),
+            KvResponse::Entries { entries, .. } => entries.iter().map(|e| e.version).max(),
+            KvResponse::DigestDiff { .. } | KvResponse::Refused { .. } => None,
+        }
+    }
+}
+
 /// Why a storage message was rejected after it parsed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum InvalidKv {
@@ -549,6 +580,26 @@ mod tests {
         assert!(a < b && b < c);
         clock.observe(&Version { hlc: (5_000 << 16) + 3, writer: Id::ZERO });
         assert!(clock.tick(1_001).hlc > (5_000 << 16) + 3);
+    }
+
+    #[test]
+    fn a_clock_pushed_to_the_end_saturates_instead_of_wrapping() {
+        let mut clock = HybridClock::new(Id::hash(b"w"));
+        clock.observe(&Version { hlc: u64::MAX - 1, writer: Id::ZERO });
+        assert_eq!(clock.tick(1_000).hlc, u64::MAX);
+        assert_eq!(clock.tick(1_000).hlc, u64::MAX, "no wrap to 0");
+    }
+
+    #[test]
+    fn versions_beyond_the_skew_bound_are_ahead() {
+        let skew = Duration::from_secs(300);
+        let wall_ms = 1_700_000_000_000;
+        let at = |ms: u64| Version { hlc: (ms << 16) + 0xffff, writer: Id::ZERO };
+        assert!(!at(wall_ms).is_ahead_of(wall_ms, skew));
+        assert!(!at(wall_ms + 300_000).is_ahead_of(wall_ms, skew), "at the bound itself");
+        assert!(at(wall_ms + 300_001).is_ahead_of(wall_ms, skew));
+        assert!(Version { hlc: u64::MAX, writer: Id::ZERO }.is_ahead_of(wall_ms, skew));
+        assert!(!at(wall_ms).is_ahead_of(u64::MAX, skew), "no overflow at the end of time");
     }
 
     #[test]

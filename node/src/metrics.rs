@@ -211,8 +211,11 @@ impl Collector for Snapshot {
             invalid: ring.dropped_invalid + ring.dropped_wrong_sender + ring.dropped_protocol_violation,
             unexpected: ring.dropped_unknown_response,
         };
-        let kv_rejected =
-            Rejections { malformed: 0, invalid: kv.rejected_invalid, unexpected: kv.rejected_unexpected };
+        let kv_rejected = Rejections {
+            malformed: 0,
+            invalid: kv.rejected_invalid + kv.rejected_future,
+            unexpected: kv.rejected_unexpected,
+        };
         let mc_rejected = Rejections {
             malformed: 0,
             invalid: mc.dropped_invalid + mc.dropped_unauthorized,

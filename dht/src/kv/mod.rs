@@ -99,6 +99,14 @@ pub struct KvConfig {
     /// it exists to show that the promises are what makes compare-and-set exact. Never turn it
     /// off in a real deployment.
     pub keep_promises: bool,
+    /// How far ahead of this node's wall clock a peer's version (a record's or a ballot's) may
+    /// be; anything further is refused and counted ([`KvCounters::rejected_future`]). Such a
+    /// version would pin its key (every later honest write is older) and drag the clock of every
+    /// node that observes it along. Default 5 minutes: well above the clock differences honest
+    /// nodes are tested with (up to 30 s, `--clock-skew-ms` in the simulator and
+    /// `--clock-offset-ms` end to end), so that a slow node never refuses a fast one's writes,
+    /// and small enough that a key can be pinned for minutes at most, not forever.
+    pub max_future_skew: Duration,
 }
 
 impl Default for KvConfig {
@@ -113,6 +121,7 @@ impl Default for KvConfig {
             max_write_attempts: 8,
             ordered_writes: true,
             keep_promises: true,
+            max_future_skew: Duration::from_secs(300),
         }
     }
 }
@@ -244,6 +253,9 @@ pub struct KvCounters {
     /// Requests refused as invalid (bad checksum, oversized) or answered with something
     /// impossible.
     pub rejected_invalid: u64,
+    /// Records and ballots refused for a version too far ahead of this node's wall clock
+    /// ([`KvConfig::max_future_skew`]), in requests and in responses.
+    pub rejected_future: u64,
     /// Responses matching no request in flight (late, duplicated, or from the wrong peer).
     pub rejected_unexpected: u64,
     /// Client operations that failed for lack of replies (or a failed lookup).
@@ -624,21 +636,24 @@ impl<A: Address> Coordinator<A> {
 
     /// A peer's request. `id` is chosen by the driver (unique among this node's inbound requests
     /// in flight); the answer is a [`KvMessage::Response`] with that id, possibly after store
-    /// operations.
-    pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, now: Time) {
-        let _ = now;
+    /// operations. `wall_ms` is the driver's wall clock in milliseconds since the Unix epoch:
+    /// versions too far ahead of it are refused ([`KvConfig::max_future_skew`]).
+    pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, wall_ms: u64, now: Time) {
         self.out.counters.requests_in += 1;
-        self.serving.handle(from, id, request, &self.config, &mut self.clock, &mut self.out, now);
+        let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+        self.serving.handle(from, id, request, config, clock, out, wall_ms, now);
     }
 
     /// A peer's response to request `id`. Dropped and counted unless `id` is in flight *to that
-    /// peer*.
+    /// peer*; one that is invalid, or carries a version too far ahead of `wall_ms` (the driver's
+    /// wall clock, as for [`Coordinator::handle_request`]), counts as a failed request.
     pub fn handle_response(
         &mut self,
         from: A,
         id: RequestId,
         response: KvResponse,
         ring: &mut Node<A>,
+        wall_ms: u64,
         now: Time,
     ) {
         let Some(pending) = self.out.pending.get(&id) else {
@@ -653,6 +668,14 @@ impl<A: Address> Coordinator<A> {
         if let Err(error) = response.validate(self.config.max_value_bytes) {
             tracing::debug!(%error, "invalid storage response");
             self.out.counters.rejected_invalid += 1;
+            self.on_request_failed(pending, ring, now);
+            return;
+        }
+        if let Some(version) = response.newest_version()
+            && version.is_ahead_of(wall_ms, self.config.max_future_skew)
+        {
+            tracing::debug!(%version, "storage response with a version too far ahead");
+            self.out.counters.rejected_future += 1;
             self.on_request_failed(pending, ring, now);
             return;
         }
@@ -978,5 +1001,105 @@ impl<A: Address> Coordinator<A> {
             self.handoff = None;
             self.out.events.push_back(KvEvent::HandoffFinished { records });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::sim::{NetworkModel, Simulation};
+
+    /// A converged ring of `n` nodes with the store on.
+    fn ring(n: usize, seed: u64) -> Simulation {
+        let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
+        let first = sim.add_node();
+        sim.create_ring(first);
+        for k in 1..n {
+            sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
+            let fresh = sim.add_node();
+            let bootstrap = sim.random_member().expect("the first node is a member");
+            sim.join(fresh, &[bootstrap]);
+        }
+        let deadline = sim.now() + Duration::from_secs(60);
+        while !(sim.member_count() == n && sim.ring_is_correct() && sim.successor_lists_are_correct()) {
+            assert!(sim.now() < deadline, "ring of {n} did not converge");
+            sim.run_until(sim.now() + Duration::from_millis(500));
+        }
+        // The default simulated disk; no clock skew.
+        sim.enable_kv(KvConfig::default(), Default::default(), 0);
+        sim
+    }
+
+    struct Forged {
+        /// What the quorum read returned.
+        read: Option<Record>,
+        counters: KvCounters,
+        /// Every durable copy of the forged record's key, on any node.
+        forged_copies: Vec<Record>,
+    }
+
+    /// Writes `k` = `v`, then reads it at a quorum from another node while one replica's answer
+    /// is replaced, before the genuine answers arrive, by a `Found` holding `forge(honest record)`.
+    fn read_with_a_forged_reply(forge: impl Fn(&Record) -> Record) -> Forged {
+        let mut sim = ring(8, 3);
+        let key = b"k".to_vec();
+        let key_id = Id::hash(&key);
+        let replicas = sim.true_replicas(&key_id, 3);
+        let writer = replicas[0];
+        sim.kv_put(writer, key.clone(), b"v".to_vec(), Consistency::All).expect("accepted");
+        sim.run_until(sim.now() + Duration::from_secs(2));
+        assert!(sim.take_kv_results().iter().all(|r| r.result.is_ok()), "written");
+        let honest = sim.durable_record(writer, &key_id).expect("written").clone();
+        let forged = forge(&honest);
+
+        let reader = (0..sim.node_count()).find(|i| !replicas.contains(i)).expect("8 nodes");
+        let op = sim.kv_get(reader, key, Consistency::Quorum).expect("accepted");
+        let deadline = sim.now() + Duration::from_secs(5);
+        let (id, to) = loop {
+            let kv = sim.kv_coordinator(reader).expect("enabled");
+            let fetch = kv.out.pending.iter().find(|(_, p)| matches!(p.purpose, Purpose::OpFetch { .. }));
+            if let Some((id, pending)) = fetch {
+                break (*id, pending.to);
+            }
+            assert!(sim.now() < deadline, "no fetch sent");
+            sim.run_until(sim.now() + Duration::from_millis(1));
+        };
+        let before = sim.kv_coordinator(reader).expect("enabled").counters().clone();
+        let reply = KvMessage::Response { id, body: KvResponse::Found { record: Some(forged.clone()) } };
+        sim.inject_kv_message(reader, to, reply);
+        sim.run_until(sim.now() + Duration::from_secs(3));
+        let read = sim
+            .take_kv_results()
+            .into_iter()
+            .find(|r| r.op == op)
+            .map(|r| match r.result {
+                Ok(OpOutcome::Read(record)) => record,
+                other => panic!("the read failed: {other:?}"),
+            })
+            .expect("the read finished");
+        let after = sim.kv_coordinator(reader).expect("enabled").counters().clone();
+        let counters = KvCounters {
+            rejected_future: after.rejected_future - before.rejected_future,
+            rejected_invalid: after.rejected_invalid - before.rejected_invalid,
+            read_repairs: after.read_repairs - before.read_repairs,
+            ..KvCounters::default()
+        };
+        let forged_id = forged.key_id();
+        let forged_copies = (0..sim.node_count())
+            .filter_map(|i| sim.durable_record(i, &forged_id).filter(|r| **r == forged).cloned())
+            .collect();
+        Forged { read, counters, forged_copies }
+    }
+
+    #[test]
+    fn a_found_record_far_in_the_future_is_refused_and_never_repaired_onto_replicas() {
+        let outcome = read_with_a_forged_reply(|honest| {
+            let future = Version { hlc: u64::MAX - 1, writer: honest.version.writer };
+            Record::new(honest.key.clone(), b"forged".to_vec(), future)
+        });
+        assert_eq!(outcome.counters.rejected_future, 1);
+        assert_eq!(outcome.read.map(|r| r.value), Some(b"v".to_vec()));
+        assert!(outcome.forged_copies.is_empty(), "spread by read repair: {:?}", outcome.forged_copies);
     }
 }

@@ -1,7 +1,8 @@
 //! The replica's side of the storage protocol: serving peers' requests.
 //!
 //! Owns the rule for each request a peer may send: it is validated (sizes, checksums, list
-//! lengths), turned into one store operation, and answered when that operation's result comes
+//! lengths, versions no further ahead of the wall clock than `max_future_skew`), turned into one
+//! store operation, and answered when that operation's result comes
 //! back. A `Store` is acknowledged only after the record is durable; one older than what the store
 //! holds — or below a compare-and-set promise — is answered with the newer version held (or the
 //! ballot promised), so the writer can pass it. `Prepare` and `Accept` make this node a
@@ -40,12 +41,26 @@ impl Serving {
         config: &KvConfig,
         clock: &mut HybridClock,
         out: &mut Outbox<A>,
+        wall_ms: u64,
         now: Time,
     ) {
         if let Err(error) = request.validate(config.max_value_bytes) {
             tracing::debug!(%error, "refused an invalid storage request");
             out.counters.rejected_invalid += 1;
             out.respond(from, id, KvResponse::Refused { reason: error.to_string() });
+            return;
+        }
+        let claimed = match &request {
+            KvRequest::Store { record } | KvRequest::Accept { record } => Some(record.version),
+            KvRequest::Prepare { ballot, .. } => Some(*ballot),
+            _ => None,
+        };
+        if let Some(version) = claimed.filter(|v| v.is_ahead_of(wall_ms, config.max_future_skew)) {
+            // Before the clock observes it: taken in, it would pin the key and drag the clock.
+            tracing::debug!(%version, "refused a storage request with a version too far ahead");
+            out.counters.rejected_future += 1;
+            let reason = format!("version {version} is too far ahead of this node's clock");
+            out.respond(from, id, KvResponse::Refused { reason });
             return;
         }
         match request {
@@ -182,5 +197,49 @@ fn refusal_response(refusal: NotPromised) -> KvResponse {
         NotPromised::Higher(higher) => KvResponse::NotPromised { higher },
         NotPromised::Starting => KvResponse::Refused { reason: "started too recently to promise".into() },
         NotPromised::Busy => KvResponse::Refused { reason: "too many promises held".into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::NodeRef;
+    use crate::kv::{Coordinator, KvMessage};
+    use crate::sim::SimAddr;
+    use crate::store::Record;
+
+    const WALL_MS: u64 = 1_700_000_000_000;
+
+    fn refused(kv: &mut Coordinator<SimAddr>) -> bool {
+        let sent = kv.poll_transmit().expect("an answer");
+        matches!(sent.message, KvMessage::Response { body: KvResponse::Refused { .. }, .. })
+    }
+
+    #[test]
+    fn records_and_ballots_far_ahead_of_the_wall_clock_are_refused_and_leave_the_clock_alone() {
+        let mut kv = Coordinator::new(NodeRef::new(SimAddr(1)), KvConfig::default());
+        let peer = SimAddr(2);
+        let writer = peer.node_id();
+        let future = Version { hlc: u64::MAX - 1, writer };
+        let record = Record::new(b"k".to_vec(), b"v".to_vec(), future);
+        let requests = [
+            KvRequest::Store { record: record.clone() },
+            KvRequest::Accept { record },
+            KvRequest::Prepare { key: b"k".to_vec(), ballot: future },
+        ];
+        for (n, request) in requests.into_iter().enumerate() {
+            kv.handle_request(peer, RequestId(n as u64), request, WALL_MS, Time::ZERO);
+            assert!(refused(&mut kv), "request {n} refused");
+        }
+        assert!(kv.poll_store_op().is_none(), "nothing reached the store");
+        assert_eq!(kv.counters().rejected_future, 3);
+        assert_eq!(kv.clock.tick(WALL_MS).hlc, WALL_MS << 16, "the clock was not dragged along");
+
+        // A peer 30 s ahead (the skew the project tests honest nodes with) is served.
+        let ahead = Version { hlc: (WALL_MS + 30_000) << 16, writer };
+        let record = Record::new(b"k".to_vec(), b"v".to_vec(), ahead);
+        kv.handle_request(peer, RequestId(9), KvRequest::Store { record }, WALL_MS, Time::ZERO);
+        assert!(kv.poll_store_op().is_some(), "stored");
+        assert_eq!(kv.counters().rejected_future, 3);
     }
 }

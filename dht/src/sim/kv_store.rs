@@ -246,18 +246,26 @@ impl Simulation {
         self.nodes[index].kv.as_ref().map(|kv| &kv.coordinator)
     }
 
+    /// Hands node `to` a storage message as if `from` had sent it, now (bypassing the network):
+    /// for tests that play a hostile peer.
+    pub fn inject_kv_message(&mut self, to: usize, from: SimAddr, message: KvMessage) {
+        self.deliver_kv(to, from, message);
+    }
+
     pub(super) fn deliver_kv(&mut self, index: usize, from: SimAddr, message: KvMessage) {
         if !self.nodes[index].alive || self.is_cut(from.index(), index) {
             return;
         }
-        let now = self.now;
+        let (now, wall_ms) = (self.now, self.wall_ms(index));
         let SimNode { node, kv, .. } = &mut self.nodes[index];
         let Some(kv) = kv.as_mut() else {
             return;
         };
         match message {
-            KvMessage::Request { id, body } => kv.coordinator.handle_request(from, id, body, now),
-            KvMessage::Response { id, body } => kv.coordinator.handle_response(from, id, body, node, now),
+            KvMessage::Request { id, body } => kv.coordinator.handle_request(from, id, body, wall_ms, now),
+            KvMessage::Response { id, body } => {
+                kv.coordinator.handle_response(from, id, body, node, wall_ms, now)
+            }
         }
         self.flush(index);
     }

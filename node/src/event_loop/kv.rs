@@ -218,6 +218,7 @@ impl KvRoom {
         &mut self,
         event: request_response::Event<KvRequest, KvResponse>,
         ring: &mut Node<PeerAddr>,
+        wall_ms: u64,
         now: Time,
     ) -> Option<PeerId> {
         match event {
@@ -228,7 +229,7 @@ impl KvRoom {
                     self.inbound.insert(id, channel);
                     // Only the peer id matters to the coordinator for answering.
                     let from = PeerAddr::new(peer, libp2p::Multiaddr::empty());
-                    self.coordinator.handle_request(from, id, request, now);
+                    self.coordinator.handle_request(from, id, request, wall_ms, now);
                 }
                 request_response::Message::Response { request_id, response } => {
                     let Some(id) = self.outbound.remove(&request_id) else {
@@ -236,7 +237,7 @@ impl KvRoom {
                         return None;
                     };
                     let from = PeerAddr::new(peer, libp2p::Multiaddr::empty());
-                    self.coordinator.handle_response(from, id, response, ring, now);
+                    self.coordinator.handle_response(from, id, response, ring, wall_ms, now);
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {

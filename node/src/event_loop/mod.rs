@@ -308,8 +308,8 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => {
-                let now = self.now();
-                if let Some(peer) = self.kv.on_swarm_event(event, &mut self.core, now) {
+                let (now, wall) = (self.now(), self.wall_ms());
+                if let Some(peer) = self.kv.on_swarm_event(event, &mut self.core, wall, now) {
                     self.drop_dead_connection(peer, &request_response::OutboundFailure::Timeout);
                 }
             }
