@@ -29,7 +29,8 @@
 //! [`Coordinator::poll_event`] and read [`Coordinator::poll_timeout`]. Inputs that may start a
 //! lookup or consult the ring take the node's ring core; lookups the coordinator started finish
 //! through [`Coordinator::handle_lookup_finished`]. Every peer request has a deadline, so a lost
-//! message needs nothing from the driver; responses are matched by request id *and* sender.
+//! message needs nothing from the driver; responses are matched by request id *and* sender, and
+//! a record in an answer must be for the key asked.
 //!
 //! # Invariants
 //! - a write is acknowledged only once `W` replicas reported the record durable, and every one of
@@ -39,7 +40,9 @@
 //! - a read answers "not found" only when every replica answered or the deadline passed with a
 //!   quorum of empty answers;
 //! - every queue and map here is bounded by the operations the driver started and the requests in
-//!   flight, and every entry has a deadline.
+//!   flight, and every entry has a deadline;
+//! - no version further ahead of this node's wall clock than [`KvConfig::max_future_skew`] is
+//!   stored, observed or taken as an answer: it is refused and counted.
 
 mod cas;
 mod io;
@@ -310,6 +313,8 @@ enum Purpose<A> {
 struct Pending<A> {
     to: A,
     purpose: Purpose<A>,
+    /// The key a `Fetch` or `Prepare` asked for: a record in the answer must be for it.
+    key: Option<Vec<u8>>,
     deadline: Time,
 }
 
@@ -372,7 +377,12 @@ impl<A: Address> Outbox<A> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         self.counters.requests_out += 1;
-        self.pending.insert(id, Pending { to: to.clone(), purpose, deadline: now + self.request_timeout });
+        let key = match &body {
+            KvRequest::Fetch { key } | KvRequest::Prepare { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        let deadline = now + self.request_timeout;
+        self.pending.insert(id, Pending { to: to.clone(), purpose, key, deadline });
         self.transmits.push_back(KvTransmit { to, message: KvMessage::Request { id, body } });
         id
     }
@@ -645,8 +655,9 @@ impl<A: Address> Coordinator<A> {
     }
 
     /// A peer's response to request `id`. Dropped and counted unless `id` is in flight *to that
-    /// peer*; one that is invalid, or carries a version too far ahead of `wall_ms` (the driver's
-    /// wall clock, as for [`Coordinator::handle_request`]), counts as a failed request.
+    /// peer*; one that is invalid, carries a version too far ahead of `wall_ms` (the driver's
+    /// wall clock, as for [`Coordinator::handle_request`]) or a record for another key than
+    /// asked, counts as a failed request.
     pub fn handle_response(
         &mut self,
         from: A,
@@ -676,6 +687,22 @@ impl<A: Address> Coordinator<A> {
         {
             tracing::debug!(%version, "storage response with a version too far ahead");
             self.out.counters.rejected_future += 1;
+            self.on_request_failed(pending, ring, now);
+            return;
+        }
+        let answered = match &response {
+            KvResponse::Found { record: Some(record) } | KvResponse::Promised { record: Some(record) } => {
+                Some(&record.key)
+            }
+            _ => None,
+        };
+        if let Some(key) = answered
+            && pending.key.as_ref() != Some(key)
+        {
+            // A record for another key than asked: taken as the answer, read repair would
+            // spread it to the asked key's replicas.
+            tracing::debug!("storage response with a record for another key");
+            self.out.counters.rejected_invalid += 1;
             self.on_request_failed(pending, ring, now);
             return;
         }
@@ -935,12 +962,12 @@ impl<A: Address> Coordinator<A> {
             | (Purpose::Repair | Purpose::SyncPush, KvResponse::Stored { .. }) => {}
             (purpose, KvResponse::Refused { reason }) => {
                 tracing::debug!(%reason, "storage request refused");
-                let pending = Pending { to: pending.to, purpose, deadline: pending.deadline };
+                let pending = Pending { to: pending.to, purpose, key: None, deadline: pending.deadline };
                 self.on_request_failed(pending, ring, now);
             }
             (purpose, _) => {
                 self.out.counters.rejected_invalid += 1;
-                let pending = Pending { to: pending.to, purpose, deadline: pending.deadline };
+                let pending = Pending { to: pending.to, purpose, key: None, deadline: pending.deadline };
                 self.on_request_failed(pending, ring, now);
             }
         }
@@ -1031,17 +1058,27 @@ mod tests {
         sim
     }
 
+    /// How the forged reply's victim asks for the key.
+    #[derive(Clone, Copy, Debug)]
+    enum Asking {
+        /// A quorum read: a `Fetch`, answered `Found`.
+        Quorum,
+        /// A linearizable read: a `Fetch`, answered `Found`.
+        Linearizable,
+        /// A compare-and-set from the honest version: a `Prepare`, answered `Promised`.
+        Cas,
+    }
+
     struct Forged {
-        /// What the quorum read returned.
-        read: Option<Record>,
+        result: Result<OpOutcome<crate::sim::SimAddr>, KvError>,
         counters: KvCounters,
-        /// Every durable copy of the forged record's key, on any node.
+        /// Every durable copy of the forged record, on any node.
         forged_copies: Vec<Record>,
     }
 
-    /// Writes `k` = `v`, then reads it at a quorum from another node while one replica's answer
-    /// is replaced, before the genuine answers arrive, by a `Found` holding `forge(honest record)`.
-    fn read_with_a_forged_reply(forge: impl Fn(&Record) -> Record) -> Forged {
+    /// Writes `k` = `v`, then asks for it from another node while one replica's answer is
+    /// replaced, before the genuine answers arrive, by one holding `forge(honest record)`.
+    fn ask_with_a_forged_reply(asking: Asking, forge: impl Fn(&Record) -> Record) -> Forged {
         let mut sim = ring(8, 3);
         let key = b"k".to_vec();
         let key_id = Id::hash(&key);
@@ -1053,53 +1090,88 @@ mod tests {
         let honest = sim.durable_record(writer, &key_id).expect("written").clone();
         let forged = forge(&honest);
 
-        let reader = (0..sim.node_count()).find(|i| !replicas.contains(i)).expect("8 nodes");
-        let op = sim.kv_get(reader, key, Consistency::Quorum).expect("accepted");
+        let asker = (0..sim.node_count()).find(|i| !replicas.contains(i)).expect("8 nodes");
+        let op = match asking {
+            Asking::Quorum => sim.kv_get(asker, key, Consistency::Quorum),
+            Asking::Linearizable => sim.kv_get_linearizable(asker, key),
+            Asking::Cas => sim.kv_cas(asker, key, Expect::Version(honest.version), Some(b"w".to_vec())),
+        }
+        .expect("accepted");
         let deadline = sim.now() + Duration::from_secs(5);
-        let (id, to) = loop {
-            let kv = sim.kv_coordinator(reader).expect("enabled");
-            let fetch = kv.out.pending.iter().find(|(_, p)| matches!(p.purpose, Purpose::OpFetch { .. }));
-            if let Some((id, pending)) = fetch {
-                break (*id, pending.to);
+        let (id, to, purpose) = loop {
+            let kv = sim.kv_coordinator(asker).expect("enabled");
+            let asked = kv.out.pending.iter().find(|(_, p)| {
+                matches!(
+                    (asking, &p.purpose),
+                    (Asking::Quorum, Purpose::OpFetch { .. })
+                        | (Asking::Linearizable, Purpose::CasFetch { .. })
+                        | (Asking::Cas, Purpose::CasPrepare { .. })
+                )
+            });
+            if let Some((id, pending)) = asked {
+                break (*id, pending.to, pending.purpose.clone());
             }
-            assert!(sim.now() < deadline, "no fetch sent");
+            assert!(sim.now() < deadline, "nothing asked");
             sim.run_until(sim.now() + Duration::from_millis(1));
         };
-        let before = sim.kv_coordinator(reader).expect("enabled").counters().clone();
-        let reply = KvMessage::Response { id, body: KvResponse::Found { record: Some(forged.clone()) } };
-        sim.inject_kv_message(reader, to, reply);
+        let before = sim.kv_coordinator(asker).expect("enabled").counters().clone();
+        let body = match purpose {
+            Purpose::CasPrepare { .. } => KvResponse::Promised { record: Some(forged.clone()) },
+            _ => KvResponse::Found { record: Some(forged.clone()) },
+        };
+        sim.inject_kv_message(asker, to, KvMessage::Response { id, body });
         sim.run_until(sim.now() + Duration::from_secs(3));
-        let read = sim
-            .take_kv_results()
-            .into_iter()
-            .find(|r| r.op == op)
-            .map(|r| match r.result {
-                Ok(OpOutcome::Read(record)) => record,
-                other => panic!("the read failed: {other:?}"),
-            })
-            .expect("the read finished");
-        let after = sim.kv_coordinator(reader).expect("enabled").counters().clone();
+        let result = sim.take_kv_results().into_iter().find(|r| r.op == op).expect("finished").result;
+        let after = sim.kv_coordinator(asker).expect("enabled").counters().clone();
         let counters = KvCounters {
             rejected_future: after.rejected_future - before.rejected_future,
             rejected_invalid: after.rejected_invalid - before.rejected_invalid,
-            read_repairs: after.read_repairs - before.read_repairs,
             ..KvCounters::default()
         };
         let forged_id = forged.key_id();
         let forged_copies = (0..sim.node_count())
             .filter_map(|i| sim.durable_record(i, &forged_id).filter(|r| **r == forged).cloned())
             .collect();
-        Forged { read, counters, forged_copies }
+        Forged { result, counters, forged_copies }
+    }
+
+    fn read_value(result: &Result<OpOutcome<crate::sim::SimAddr>, KvError>) -> Option<&[u8]> {
+        match result {
+            Ok(OpOutcome::Read(Some(record))) => Some(&record.value),
+            _ => None,
+        }
     }
 
     #[test]
     fn a_found_record_far_in_the_future_is_refused_and_never_repaired_onto_replicas() {
-        let outcome = read_with_a_forged_reply(|honest| {
+        let outcome = ask_with_a_forged_reply(Asking::Quorum, |honest| {
             let future = Version { hlc: u64::MAX - 1, writer: honest.version.writer };
             Record::new(honest.key.clone(), b"forged".to_vec(), future)
         });
         assert_eq!(outcome.counters.rejected_future, 1);
-        assert_eq!(outcome.read.map(|r| r.value), Some(b"v".to_vec()));
+        assert_eq!(read_value(&outcome.result), Some(&b"v"[..]));
         assert!(outcome.forged_copies.is_empty(), "spread by read repair: {:?}", outcome.forged_copies);
+    }
+
+    #[test]
+    fn a_found_or_promised_record_for_another_key_is_refused_and_never_spread() {
+        for asking in [Asking::Quorum, Asking::Linearizable, Asking::Cas] {
+            let outcome = ask_with_a_forged_reply(asking, |honest| {
+                let newer = Version { hlc: honest.version.hlc + 1, writer: honest.version.writer };
+                Record::new(b"another key".to_vec(), b"forged".to_vec(), newer)
+            });
+            assert_eq!(outcome.counters.rejected_invalid, 1, "{asking:?}");
+            match asking {
+                Asking::Quorum | Asking::Linearizable => {
+                    assert_eq!(read_value(&outcome.result), Some(&b"v"[..]), "{asking:?}")
+                }
+                Asking::Cas => assert!(
+                    matches!(outcome.result, Ok(OpOutcome::Written(_))),
+                    "{asking:?}: {:?}",
+                    outcome.result
+                ),
+            }
+            assert!(outcome.forged_copies.is_empty(), "{asking:?} spread: {:?}", outcome.forged_copies);
+        }
     }
 }
