@@ -445,21 +445,6 @@ pub enum KvResponse {
     },
 }
 
-impl KvResponse {
-    /// The newest version the response carries, if any: what its sender claims to have seen.
-    pub fn newest_version(&self) -> Option<Version> {
-        match self {
-            KvResponse::Stored { newer, .. } => *newer,
-            KvResponse::Found { record } | KvResponse::Promised { record } => {
-                record.as_ref().map(|r| r.version)
-            }
-            KvResponse::NotPromised { higher } => Some(*higher),
-            KvResponse::Entries { entries, .. } => entries.iter().map(|e| e.version).max(),
-            KvResponse::DigestDiff { .. } | KvResponse::Refused { .. } => None,
-        }
-    }
-}
-
 /// Why a storage message was rejected after it parsed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum InvalidKv {
@@ -522,6 +507,19 @@ impl KvRequest {
 }
 
 impl KvResponse {
+    /// The newest version the response carries, if any: what its sender claims to have seen.
+    pub fn newest_version(&self) -> Option<Version> {
+        match self {
+            KvResponse::Stored { newer, .. } => *newer,
+            KvResponse::Found { record } | KvResponse::Promised { record } => {
+                record.as_ref().map(|r| r.version)
+            }
+            KvResponse::NotPromised { higher } => Some(*higher),
+            KvResponse::Entries { entries, .. } => entries.iter().map(|e| e.version).max(),
+            KvResponse::DigestDiff { .. } | KvResponse::Refused { .. } => None,
+        }
+    }
+
     /// Checks sizes and checksums of a received response.
     pub fn validate(&self, max_value: usize) -> Result<(), InvalidKv> {
         match self {
