@@ -1,0 +1,143 @@
+//! Coordinator tests against hostile answers: records for other keys, versions from the future.
+
+use super::*;
+use crate::config::Config;
+use crate::sim::{NetworkModel, Simulation};
+
+/// A converged ring of `n` nodes with the store on.
+fn ring(n: usize, seed: u64) -> Simulation {
+    let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
+    let first = sim.add_node();
+    sim.create_ring(first);
+    for k in 1..n {
+        sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
+        let fresh = sim.add_node();
+        let bootstrap = sim.random_member().expect("the first node is a member");
+        sim.join(fresh, &[bootstrap]);
+    }
+    let deadline = sim.now() + Duration::from_secs(60);
+    while !(sim.member_count() == n && sim.ring_is_correct() && sim.successor_lists_are_correct()) {
+        assert!(sim.now() < deadline, "ring of {n} did not converge");
+        sim.run_until(sim.now() + Duration::from_millis(500));
+    }
+    // The default simulated disk; no clock skew.
+    sim.enable_kv(KvConfig::default(), Default::default(), 0);
+    sim
+}
+
+/// How the forged reply's victim asks for the key.
+#[derive(Clone, Copy, Debug)]
+enum Asking {
+    /// A quorum read: a `Fetch`, answered `Found`.
+    Quorum,
+    /// A linearizable read: a `Fetch`, answered `Found`.
+    Linearizable,
+    /// A compare-and-set from the honest version: a `Prepare`, answered `Promised`.
+    Cas,
+}
+
+struct Forged {
+    result: Result<OpOutcome<crate::sim::SimAddr>, KvError>,
+    counters: KvCounters,
+    /// Every durable copy of the forged record, on any node.
+    forged_copies: Vec<Record>,
+}
+
+/// Writes `k` = `v`, then asks for it from another node while one replica's answer is
+/// replaced, before the genuine answers arrive, by one holding `forge(honest record)`.
+fn ask_with_a_forged_reply(asking: Asking, forge: impl Fn(&Record) -> Record) -> Forged {
+    let mut sim = ring(8, 3);
+    let key = b"k".to_vec();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    let writer = replicas[0];
+    sim.kv_put(writer, key.clone(), b"v".to_vec(), Consistency::All).expect("accepted");
+    sim.run_until(sim.now() + Duration::from_secs(2));
+    assert!(sim.take_kv_results().iter().all(|r| r.result.is_ok()), "written");
+    let honest = sim.durable_record(writer, &key_id).expect("written").clone();
+    let forged = forge(&honest);
+
+    let asker = (0..sim.node_count()).find(|i| !replicas.contains(i)).expect("8 nodes");
+    let op = match asking {
+        Asking::Quorum => sim.kv_get(asker, key, Consistency::Quorum),
+        Asking::Linearizable => sim.kv_get_linearizable(asker, key),
+        Asking::Cas => sim.kv_cas(asker, key, Expect::Version(honest.version), Some(b"w".to_vec())),
+    }
+    .expect("accepted");
+    let deadline = sim.now() + Duration::from_secs(5);
+    let (id, to, purpose) = loop {
+        let kv = sim.kv_coordinator(asker).expect("enabled");
+        let asked = kv.out.pending.iter().find(|(_, p)| {
+            matches!(
+                (asking, &p.purpose),
+                (Asking::Quorum, Purpose::OpFetch { .. })
+                    | (Asking::Linearizable, Purpose::CasFetch { .. })
+                    | (Asking::Cas, Purpose::CasPrepare { .. })
+            )
+        });
+        if let Some((id, pending)) = asked {
+            break (*id, pending.to, pending.purpose.clone());
+        }
+        assert!(sim.now() < deadline, "nothing asked");
+        sim.run_until(sim.now() + Duration::from_millis(1));
+    };
+    let before = sim.kv_coordinator(asker).expect("enabled").counters().clone();
+    let body = match purpose {
+        Purpose::CasPrepare { .. } => KvResponse::Promised { record: Some(forged.clone()) },
+        _ => KvResponse::Found { record: Some(forged.clone()) },
+    };
+    sim.inject_kv_message(asker, to, KvMessage::Response { id, body });
+    sim.run_until(sim.now() + Duration::from_secs(3));
+    let result = sim.take_kv_results().into_iter().find(|r| r.op == op).expect("finished").result;
+    let after = sim.kv_coordinator(asker).expect("enabled").counters().clone();
+    let counters = KvCounters {
+        rejected_future: after.rejected_future - before.rejected_future,
+        rejected_invalid: after.rejected_invalid - before.rejected_invalid,
+        ..KvCounters::default()
+    };
+    let forged_id = forged.key_id();
+    let forged_copies = (0..sim.node_count())
+        .filter_map(|i| sim.durable_record(i, &forged_id).filter(|r| **r == forged).cloned())
+        .collect();
+    Forged { result, counters, forged_copies }
+}
+
+fn read_value(result: &Result<OpOutcome<crate::sim::SimAddr>, KvError>) -> Option<&[u8]> {
+    match result {
+        Ok(OpOutcome::Read(Some(record))) => Some(&record.value),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_found_record_far_in_the_future_is_refused_and_never_repaired_onto_replicas() {
+    let outcome = ask_with_a_forged_reply(Asking::Quorum, |honest| {
+        let future = Version { hlc: u64::MAX - 1, writer: honest.version.writer };
+        Record::new(honest.key.clone(), b"forged".to_vec(), future)
+    });
+    assert_eq!(outcome.counters.rejected_future, 1);
+    assert_eq!(read_value(&outcome.result), Some(&b"v"[..]));
+    assert!(outcome.forged_copies.is_empty(), "spread by read repair: {:?}", outcome.forged_copies);
+}
+
+#[test]
+fn a_found_or_promised_record_for_another_key_is_refused_and_never_spread() {
+    for asking in [Asking::Quorum, Asking::Linearizable, Asking::Cas] {
+        let outcome = ask_with_a_forged_reply(asking, |honest| {
+            let newer = Version { hlc: honest.version.hlc + 1, writer: honest.version.writer };
+            Record::new(b"another key".to_vec(), b"forged".to_vec(), newer)
+        });
+        assert_eq!(outcome.counters.rejected_invalid, 1, "{asking:?}");
+        match asking {
+            Asking::Quorum | Asking::Linearizable => {
+                assert_eq!(read_value(&outcome.result), Some(&b"v"[..]), "{asking:?}")
+            }
+            Asking::Cas => assert!(
+                matches!(outcome.result, Ok(OpOutcome::Written(_))),
+                "{asking:?}: {:?}",
+                outcome.result
+            ),
+        }
+        assert!(outcome.forged_copies.is_empty(), "{asking:?} spread: {:?}", outcome.forged_copies);
+    }
+}
