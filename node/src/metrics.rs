@@ -316,6 +316,18 @@ impl Collector for Snapshot {
             kv.handoff_pushed,
         )?;
         counter(e, "overlay_kv_store_failures", "Store operations that failed.", kv.store_failures)?;
+        family(
+            e,
+            "overlay_kv_stray_records",
+            "Copies of keys this node does not replicate: found by sweeps, moved to (acknowledged by) \
+             their whole replica set, then removed here.",
+            &[
+                ([("stage", "found")], kv.stray_found),
+                ([("stage", "moved")], kv.stray_moved),
+                ([("stage", "removed")], kv.stray_removed),
+            ],
+        )?;
+        counter(e, "overlay_kv_stray_sweeps", "Sweeps for stray copies started.", kv.stray_sweeps)?;
 
         // The record store.
         gauge(e, "overlay_stored_keys", "Live keys stored on this node.", storage.keys)?;

@@ -19,8 +19,10 @@
 //!
 //! Invariants:
 //! - every row's table key is `Id::hash(record.key) ++ record.key` of the record it holds;
-//! - for each key the row holds the newest version ever accepted ([`Record::supersedes`]);
-//!   deletes are tombstone records, kept so that they win over older writes and replicate;
+//! - for each key the row holds the newest version ever accepted ([`Record::supersedes`]), until
+//!   [`Storage::remove_exact`] drops it (only copies of keys this node no longer replicates, once
+//!   their replica set holds them); deletes are tombstone records, kept so that they win over
+//!   older writes and replicate;
 //! - only the writer thread writes, and an `Ok` from [`Storage::put`] means the record is on disk
 //!   (in the synced log or in a durable redb commit);
 //! - a row that does not decode, fails its checksum or sits under the wrong table key is *corrupt*
@@ -120,17 +122,29 @@ struct Inner {
     // Fields drop in declaration order, and the order matters: dropping the sender ends the writer's
     // receive loop, `_writer` (never read, only dropped) then joins the thread, which holds a clone
     // of `db`, and only then is the database closed, so reopening the file right after works.
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     _writer: WriterThread,
     db: Arc<Database>,
     counters: Arc<Counters>,
     path: PathBuf,
 }
 
+/// What the writer thread is asked to do.
+enum Work {
+    Put(Job),
+    Remove(Removal),
+}
+
 /// One caller's records and where to send their outcomes (in the same order).
 struct Job {
     records: Vec<Record>,
     reply: oneshot::Sender<Result<Vec<PutOutcome>, StorageError>>,
+}
+
+/// Keys to drop if stored at exactly these versions, and where to send how many went.
+struct Removal {
+    entries: Vec<Entry>,
+    reply: oneshot::Sender<Result<u64, StorageError>>,
 }
 
 #[derive(Default)]
@@ -298,10 +312,29 @@ impl Storage {
         }
         let expected = records.len();
         let (reply, answer) = oneshot::channel();
-        self.inner.jobs.send(Job { records, reply }).await.map_err(|_| StorageError::Closed)?;
+        self.inner.jobs.send(Work::Put(Job { records, reply })).await.map_err(|_| StorageError::Closed)?;
         let outcomes = answer.await.map_err(|_| StorageError::Closed)??;
         debug_assert_eq!(outcomes.len(), expected, "one outcome per record");
         Ok(outcomes)
+    }
+
+    /// Drops the stored record of each entry's key if it is at exactly the entry's version (a
+    /// newer or older one stays); returns how many went.
+    ///
+    /// For copies of keys this node does not replicate, once their replica set holds them. The
+    /// removal is committed without fsync and is not logged: after a crash a removed record may
+    /// be back (from the log or an earlier commit), never a record the removal did not name.
+    pub async fn remove_exact(&self, entries: Vec<Entry>) -> Result<u64, StorageError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Work::Remove(Removal { entries, reply }))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Entries (key, version) of the records whose key id lies in `(start, end]`, in ring order
@@ -586,7 +619,7 @@ impl StatsDelta {
 /// to redb directly (with fsync, unless deferred).
 fn run_writer(
     db: &Database,
-    mut queue: mpsc::Receiver<Job>,
+    mut queue: mpsc::Receiver<Work>,
     counters: &Counters,
     mut log: Option<Wal>,
     fsync_interval: Duration,
@@ -616,12 +649,29 @@ fn run_writer(
                 }
             }
         };
+        let first = match first {
+            Work::Put(job) => job,
+            Work::Remove(removal) => {
+                remove_exact(db, removal, counters);
+                continue;
+            }
+        };
         let mut records = first.records.len();
         let mut group = vec![first];
+        // A removal ends the group and runs after it, so that the two apply in queue order.
+        let mut removal_after = None;
         while records < GROUP_COMMIT_RECORDS {
-            let Ok(job) = queue.try_recv() else { break };
-            records += job.records.len();
-            group.push(job);
+            match queue.try_recv() {
+                Ok(Work::Put(job)) => {
+                    records += job.records.len();
+                    group.push(job);
+                }
+                Ok(Work::Remove(removal)) => {
+                    removal_after = Some(removal);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         match commit_group(db, &mut log, &group, deferred, counters) {
             Ok((outcomes, delta)) => {
@@ -648,6 +698,9 @@ fn run_writer(
                     let _ = job.reply.send(Err(reply));
                 }
             }
+        }
+        if let Some(removal) = removal_after {
+            remove_exact(db, removal, counters);
         }
     }
     match log.as_mut() {
@@ -795,6 +848,42 @@ fn apply_one(
     table.insert(row.as_slice(), encode(record).as_slice()).map_err(db_error("writing a record"))?;
     delta.add(record);
     Ok(PutOutcome { applied: true, existed, held: None })
+}
+
+/// Drops each entry's row if it holds exactly the entry's version, in one transaction committed
+/// without fsync (see [`Storage::remove_exact`]), and answers how many went.
+fn remove_exact(db: &Database, removal: Removal, counters: &Counters) {
+    let result = (|| {
+        let mut txn = db.begin_write().map_err(db_error("beginning a write transaction"))?;
+        txn.set_durability(Durability::None).map_err(db_error("setting durability"))?;
+        let mut delta = StatsDelta::default();
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(db_error("opening the records table"))?;
+            for entry in &removal.entries {
+                let row = row_key(&entry.key);
+                let stored = match table.get(row.as_slice()).map_err(db_error("reading a record"))? {
+                    Some(value) => decode_row(&row, value.value()).map(|(_, record)| record),
+                    None => None,
+                };
+                let Some(stored) = stored.filter(|record| record.version == entry.version) else {
+                    continue;
+                };
+                table.remove(row.as_slice()).map_err(db_error("removing a record"))?;
+                delta.remove(&stored);
+                removed += 1;
+            }
+        }
+        txn.commit().map_err(db_error("committing"))?;
+        delta.apply(counters);
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(removed)
+    })();
+    match &result {
+        Ok(removed) => debug!(asked = removal.entries.len(), removed, "records removed"),
+        Err(error) => warn!(%error, "removing records failed"),
+    }
+    let _ = removal.reply.send(result);
 }
 
 /// Wraps a redb or I/O error, saying what was being done.

@@ -120,6 +120,10 @@ struct Args {
     /// `kv`: copies of each key.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// `kv`: never move stray copies (records of keys a node no longer replicates) home; shows
+    /// what the sweeps are for (acknowledged writes stranded after a partition heals).
+    #[arg(long)]
+    keep_strays: bool,
     /// `partition`: parts the network is cut into (1: no cut, to measure the cost of probing).
     #[arg(long, default_value_t = 2)]
     parts: u8,
@@ -274,6 +278,9 @@ fn run_kv(args: &Args) -> ExitCode {
     params.clock_skew_ms = args.clock_skew_ms;
     params.network.loss = args.loss;
     params.kv.replicas = args.replicas;
+    if args.keep_strays {
+        params.kv.stray_interval = None;
+    }
     eprintln!(
         "dht-sim: scenario kv, {} nodes, seed {}, {} ops, crash {}, partition {}, loss {}, skew ±{} ms",
         params.nodes,

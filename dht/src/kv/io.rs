@@ -69,6 +69,16 @@ pub enum StoreOp {
         /// Most records.
         limit: usize,
     },
+    /// Drop the stored record of each entry's key if it is at exactly that version (a newer one
+    /// stays): [`StoreResult::Removed`] with how many went. Used only for copies of keys this
+    /// node does not replicate, whose replica set holds them; it needs no durability (a removal
+    /// lost in a crash brings back a copy that is moved again).
+    Remove {
+        /// The operation.
+        io: IoId,
+        /// The keys and the versions to drop.
+        entries: Vec<Entry>,
+    },
 }
 
 impl StoreOp {
@@ -79,7 +89,8 @@ impl StoreOp {
             | StoreOp::Read { io, .. }
             | StoreOp::Digest { io, .. }
             | StoreOp::Entries { io, .. }
-            | StoreOp::Records { io, .. } => *io,
+            | StoreOp::Records { io, .. }
+            | StoreOp::Remove { io, .. } => *io,
         }
     }
 }
@@ -118,6 +129,8 @@ pub enum StoreResult {
         /// More follow the last one.
         truncated: bool,
     },
+    /// Records dropped by a [`StoreOp::Remove`].
+    Removed(u64),
     /// The store failed (I/O error, corrupt row, closed). Nothing of a failed persist may be
     /// counted on.
     Failed(String),

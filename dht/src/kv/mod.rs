@@ -10,7 +10,9 @@
 //!   [`promise`], the replica's promises that make it an acceptor;
 //! - [`replica`]: the replica's side: serving peers' stores, fetches, digests and entry pages;
 //! - [`sync`]: anti-entropy of this node's own range with its successors (digests, paged entry
-//!   lists, pushes and pulls) and the hand-off of that range when the node leaves.
+//!   lists, pushes and pulls) and the hand-off of that range when the node leaves;
+//! - [`stray`]: copies this node holds of keys it no longer replicates (after a merge of split
+//!   rings, or nodes joining), moved to their replica set and then dropped.
 //!
 //! # Persistence is an output
 //! The coordinator never touches a disk. It asks the driver for every store operation through
@@ -49,6 +51,7 @@ mod io;
 mod ops;
 mod promise;
 mod replica;
+mod stray;
 mod sync;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -72,6 +75,8 @@ use self::ops::ClientOps;
 use self::promise::{InFlight, Prepared, Promises};
 pub use self::promise::{MAX_PROMISES, PROMISE_TTL_FACTOR};
 use self::replica::Serving;
+pub use self::stray::STRAY_PAGE;
+use self::stray::StraySweep;
 use self::sync::{AntiEntropy, Handoff};
 
 /// Settings of the coordinator.
@@ -110,6 +115,12 @@ pub struct KvConfig {
     /// `--clock-offset-ms` end to end), so that a slow node never refuses a fast one's writes,
     /// and small enough that a key can be pinned for minutes at most, not forever.
     pub max_future_skew: Duration,
+    /// Period of the sweeps that move stray copies (records of keys this node no longer
+    /// replicates) to their replica set and drop them ([`stray`]). Default 30 s, and 2 s after
+    /// the ring around this node changed. `None` never sweeps: it exists to show what strays
+    /// cost (acknowledged writes left where no read finds them after a partition heals); never
+    /// turn it off in a real deployment.
+    pub stray_interval: Option<Duration>,
 }
 
 impl Default for KvConfig {
@@ -125,6 +136,7 @@ impl Default for KvConfig {
             ordered_writes: true,
             keep_promises: true,
             max_future_skew: Duration::from_secs(300),
+            stray_interval: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -279,6 +291,15 @@ pub struct KvCounters {
     pub handoff_pushed: u64,
     /// Store operations that failed.
     pub store_failures: u64,
+    /// Stray sweeps started ([`stray`]).
+    pub stray_sweeps: u64,
+    /// Stray records found: copies of keys this node does not replicate (each time a sweep met
+    /// one).
+    pub stray_found: u64,
+    /// Stray records every member of their replica set acknowledged holding.
+    pub stray_moved: u64,
+    /// Stray copies dropped after that.
+    pub stray_removed: u64,
 }
 
 /// Why a request to a peer is in flight: where its response goes.
@@ -306,6 +327,8 @@ enum Purpose<A> {
     SyncPull,
     /// Leave hand-off push.
     Handoff,
+    /// A stray record pushed to a member of its replica set.
+    StrayPush { key: Vec<u8> },
 }
 
 /// A request in flight.
@@ -345,6 +368,12 @@ enum IoPurpose<A> {
     SyncPulled,
     /// A page of records to hand off.
     HandoffPage,
+    /// A stray sweep's page of entries.
+    StrayEntries,
+    /// A stray run's records, to push.
+    StrayRead,
+    /// Stray copies being dropped.
+    StrayRemove,
 }
 
 /// Outgoing queues and ids shared by the coordinator's parts.
@@ -442,6 +471,7 @@ pub struct Coordinator<A: Address> {
     cas: CasOps<A>,
     serving: Serving,
     sync: AntiEntropy<A>,
+    stray: StraySweep<A>,
     handoff: Option<Handoff<A>>,
 }
 
@@ -470,6 +500,7 @@ impl<A: Address> Coordinator<A> {
             cas: CasOps::default(),
             serving: Serving,
             sync: AntiEntropy::new(),
+            stray: StraySweep::new(),
             handoff: None,
             clock,
             config,
@@ -728,6 +759,9 @@ impl<A: Address> Coordinator<A> {
         if self.ops.on_lookup_finished(id, result, &self.config, &mut self.clock, &mut self.out, ring, now) {
             return true;
         }
+        if self.stray.on_lookup_finished(id, result, &self.config, &mut self.out) {
+            return true;
+        }
         let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
         self.cas.on_lookup_finished(id, result, &mut cx)
     }
@@ -820,6 +854,9 @@ impl<A: Address> Coordinator<A> {
                     }
                 }
             }
+            IoPurpose::StrayEntries => self.stray.on_entries(result, ring, now),
+            IoPurpose::StrayRead => self.stray.on_records(result, &self.config, &mut self.out, now),
+            IoPurpose::StrayRemove => self.stray.on_removed(result, &mut self.out),
             IoPurpose::HandoffPage => {
                 if let Some(handoff) = &mut self.handoff {
                     handoff.on_page(result, &mut self.out, now);
@@ -833,6 +870,7 @@ impl<A: Address> Coordinator<A> {
     /// changed, so compare with the replicas soon.
     pub fn handle_ring_changed(&mut self, now: Time) {
         self.sync.hurry(now);
+        self.stray.hurry(now);
     }
 
     /// Time passed: operations and requests past their deadlines fail, anti-entropy rounds start.
@@ -850,6 +888,7 @@ impl<A: Address> Coordinator<A> {
         self.out.promises.expire(now);
         if self.handoff.is_none() {
             self.sync.tick(ring, &self.me, &mut self.out, &self.config, now);
+            self.stray.tick(ring, &mut self.out, &self.config, now);
         }
         self.finish_handoff_if_done(now);
     }
@@ -878,6 +917,7 @@ impl<A: Address> Coordinator<A> {
             self.ops.next_deadline(),
             self.cas.next_deadline(),
             if self.handoff.is_none() { self.sync.next_round() } else { None },
+            if self.handoff.is_none() { self.stray.next_deadline(&self.config) } else { None },
             self.handoff.as_ref().map(Handoff::deadline),
         ];
         candidates.into_iter().flatten().min()
@@ -952,6 +992,10 @@ impl<A: Address> Coordinator<A> {
                         .store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
                 }
             }
+            (Purpose::StrayPush { key }, KvResponse::Stored { .. }) => {
+                // Stored, or refused for holding the same or a newer version: held either way.
+                self.stray.on_pushed(&key, true, &mut self.out, now);
+            }
             (Purpose::Handoff, KvResponse::Stored { .. }) => {
                 if let Some(handoff) = &mut self.handoff {
                     handoff.on_pushed(true, &mut self.out);
@@ -998,6 +1042,7 @@ impl<A: Address> Coordinator<A> {
                 }
                 self.finish_handoff_if_done(now);
             }
+            Purpose::StrayPush { key } => self.stray.on_pushed(&key, false, &mut self.out, now),
             Purpose::Repair
             | Purpose::SyncPush
             | Purpose::SyncPull

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::sim::{NetworkModel, Simulation};
 
 /// A converged ring of `n` nodes with the store on.
-fn ring(n: usize, seed: u64) -> Simulation {
+pub(super) fn ring(n: usize, seed: u64) -> Simulation {
     let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
     let first = sim.add_node();
     sim.create_ring(first);

@@ -12,8 +12,10 @@
 //! 3. A third of the way in, `crash_fraction` of the nodes crash at once (for good: a crash loses
 //!    what was not yet durable), and with `partition` the ring is cut in two halves (each node
 //!    drawn to a side) for `partition_s`, then healed.
-//! 4. After the last operation the run goes on until every key is repaired (below) or 120 s pass,
-//!    then reads every key once more through a quorum read at a random member.
+//! 4. After the last operation the run goes on until every key is repaired (below) and the ring
+//!    has been correct for [`Config::lookup_cache_ttl`] (ranges owners vouched for before the ring
+//!    was one again have expired from every cache), or 120 s pass, then reads every key once more
+//!    through a quorum read at a random member.
 //!
 //! # What is counted
 //! Writes are ordered by real time: write X *precedes* write W when X was acknowledged before W
@@ -248,6 +250,7 @@ pub fn run(params: &KvParams) -> KvReport {
     let mut next_check = start;
     let settle_limit = Duration::from_secs(120);
     let mut ops_done_at: Option<Time> = None;
+    let mut ring_correct_since: Option<Time> = None;
 
     loop {
         let now = sim.now();
@@ -316,17 +319,25 @@ pub fn run(params: &KvParams) -> KvReport {
         // Judge repair once a second after the last disruption (or after the last operation).
         let since = last_disruption.or(ops_done_at);
         if let Some(since) = since
-            && repaired_at.is_none()
+            && (repaired_at.is_none() || ring_correct_since.is_none())
             && heal_at.is_none_or(|h| sim.now() >= h)
             && sim.now() >= next_check
         {
             next_check = sim.now() + Duration::from_secs(1);
-            if all_repaired(&sim, &history, params.kv.replicas) {
+            if !sim.ring_is_correct() {
+                ring_correct_since = None;
+            } else if ring_correct_since.is_none() {
+                ring_correct_since = Some(sim.now());
+            }
+            if repaired_at.is_none() && all_repaired(&sim, &history, params.kv.replicas) {
                 repaired_at = Some(sim.now());
                 report.repair_s = Some(round3((sim.now() - since).as_secs_f64()));
             }
         }
-        let settled = repaired_at.is_some() || ops_done_at.is_some_and(|t| sim.now() - t >= settle_limit);
+        let ring_settled =
+            ring_correct_since.is_some_and(|t| sim.now() - t >= params.config.lookup_cache_ttl);
+        let settled = (repaired_at.is_some() && ring_settled)
+            || ops_done_at.is_some_and(|t| sim.now() - t >= settle_limit);
         if issued >= params.ops && pending.is_empty() && settled {
             break;
         }

@@ -228,6 +228,18 @@ impl Simulation {
         self.nodes[index].kv.as_ref()?.durable.get(key_id)
     }
 
+    /// Puts `record` on node `index`'s disk directly, as a copy left there by a history the test
+    /// does not replay (a split ring, an earlier replica set).
+    pub fn plant_record(&mut self, index: usize, record: Record) {
+        let key_id = record.key_id();
+        if let Some(kv) = self.nodes[index].kv.as_mut() {
+            kv.durable.insert(key_id, record);
+        }
+        if let Some(world) = self.kv.as_mut() {
+            world.holders.entry(key_id).or_default().insert(index as u32);
+        }
+    }
+
     /// Nodes (live or crashed) that durably hold some version of the key with id `key_id`.
     pub fn holders(&self, key_id: &Id) -> Vec<usize> {
         let holders = self.kv.as_ref().and_then(|world| world.holders.get(key_id));
@@ -383,6 +395,17 @@ fn execute(durable: &mut BTreeMap<Id, Record>, op: StoreOp) -> (StoreResult, Vec
             let truncated = records.len() > limit;
             records.truncate(limit);
             (StoreResult::Records { records, truncated }, Vec::new())
+        }
+        StoreOp::Remove { entries, .. } => {
+            let mut removed = 0;
+            for entry in entries {
+                let key_id = Id::hash(&entry.key);
+                if durable.get(&key_id).is_some_and(|r| r.version == entry.version) {
+                    durable.remove(&key_id);
+                    removed += 1;
+                }
+            }
+            (StoreResult::Removed(removed), Vec::new())
         }
     }
 }

@@ -377,6 +377,15 @@ impl KvRoom {
                     Ok(StoreResult::Entries { entries, truncated })
                 });
             }
+            StoreOp::Remove { entries, .. } => {
+                tokio::spawn(async move {
+                    let result = match storage.remove_exact(entries).await {
+                        Ok(removed) => StoreResult::Removed(removed),
+                        Err(error) => StoreResult::Failed(error.to_string()),
+                    };
+                    let _ = done.send((io, result)).await;
+                });
+            }
             StoreOp::Records { start, end, after, limit, .. } => {
                 spawn_scan(done, io, move || {
                     let (records, truncated) = storage.records_after(&start, &end, after.as_ref(), limit)?;

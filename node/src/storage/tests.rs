@@ -389,7 +389,7 @@ async fn queued_puts_share_one_commit() {
     for i in 0..PUTS {
         let (reply, answer) = oneshot::channel();
         let record = live(format!("g{i}").as_bytes(), b"v", 1);
-        storage.inner.jobs.send(Job { records: vec![record], reply }).await.expect("queue open");
+        storage.inner.jobs.send(Work::Put(Job { records: vec![record], reply })).await.expect("queue open");
         answers.push(answer);
     }
     drop(blocker);
@@ -511,4 +511,42 @@ async fn a_full_log_checkpoints_and_groups_larger_than_the_log_bypass_it() {
     assert_eq!(storage.stats().keys, 16);
     assert_eq!(storage.get(b"huge6").expect("get").expect("present").value, big_value);
     assert_eq!(storage.get(b"big7").expect("get").expect("present").value, big_value);
+}
+
+#[tokio::test]
+async fn remove_exact_drops_only_the_versions_named_and_keeps_the_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(&dir);
+    storage.put(live(b"a", b"one", 10)).await.expect("put");
+    storage.put(live(b"b", b"two", 20)).await.expect("put");
+    storage.put(Record::tombstone(b"c".to_vec(), version(30, 1))).await.expect("put");
+    assert_eq!(storage.stats(), stats(2, 6, 1, 0));
+
+    let entry = |key: &[u8], hlc| Entry { key: key.to_vec(), version: version(hlc, 1) };
+    // `a` at an older and a newer version than stored, `absent` not stored: nothing goes.
+    let removed = storage.remove_exact(vec![entry(b"a", 9), entry(b"a", 11), entry(b"absent", 1)]).await;
+    assert_eq!(removed.expect("removed"), 0);
+    assert_eq!(storage.get(b"a").expect("get").expect("kept").value, b"one");
+
+    let removed = storage.remove_exact(vec![entry(b"a", 10), entry(b"c", 30)]).await.expect("removed");
+    assert_eq!(removed, 2);
+    assert_eq!(storage.get(b"a").expect("get"), None);
+    assert_eq!(storage.get(b"c").expect("get"), None);
+    assert_eq!(storage.get(b"b").expect("get").expect("kept").value, b"two");
+    assert_eq!(storage.stats(), stats(1, 3, 0, 0));
+
+    // A removal queued behind a newer write of the key does not take the newer write.
+    let write = storage.put(live(b"b", b"three", 21));
+    let remove = storage.remove_exact(vec![entry(b"b", 20)]);
+    let (written, removed) = tokio::join!(write, remove);
+    assert!(written.expect("put").applied);
+    assert_eq!(removed.expect("removed"), 0);
+    assert_eq!(storage.get(b"b").expect("get").expect("kept").value, b"three");
+
+    // After a reopen the removal holds (it was committed, and the log holds no older copy of it
+    // once checkpointed at close).
+    drop(storage);
+    let storage = open(&dir);
+    assert_eq!(storage.get(b"a").expect("get"), None);
+    assert_eq!(storage.stats(), stats(1, 5, 0, 0));
 }
