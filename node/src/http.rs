@@ -347,6 +347,7 @@ async fn lookup(State(state): State<ApiState>, Segment(key): Segment) -> Result<
         key,
         key_id: located.key_id.to_string(),
         owner: located.replicas.first().map(node_info),
+        path: located.path.iter().map(node_info).collect(),
         replicas: located.replicas.iter().map(node_info).collect(),
     }))
 }
