@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome};
+use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome, RingMember};
 
 use crate::cli::{GlobalArgs, PutArgs};
 use crate::cluster;
@@ -256,11 +256,14 @@ pub(crate) fn ring(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// `position  ring id  peer id  addr`, one row per member in ring order.
-pub(crate) fn write_ring_table(nodes: &[NodeInfo], out: &mut impl Write) -> io::Result<()> {
-    let mut table = Table::new(["position", "ring id", "peer id", "addr"]);
-    for (position, node) in nodes.iter().enumerate() {
-        table.row(node_cells(&position.to_string(), node));
+/// `position  ring id  peer id  keys  addr`, one row per member in ring order; `keys` is what
+/// each node reported to the walk (`-` when it did not).
+pub(crate) fn write_ring_table(nodes: &[RingMember], out: &mut impl Write) -> io::Result<()> {
+    let mut table = Table::new(["position", "ring id", "peer id", "keys", "addr"]);
+    for (position, member) in nodes.iter().enumerate() {
+        let [position, ring_id, peer_id, addr] = node_cells(&position.to_string(), &member.node);
+        let keys = member.keys.map_or_else(|| "-".to_owned(), |k| k.to_string());
+        table.row([position, ring_id, peer_id, keys, addr]);
     }
     table.write(out)
 }
