@@ -43,7 +43,8 @@
 //! the asker then asks the first node after the target to *confirm* that it owns the target
 //! (target ∈ (its predecessor, it]). The answer is therefore always a node that answered during the
 //! lookup. Every answer reports its hop count: the number of replies received (0 when the asking
-//! node owns the target itself). Steps are bounded by [`Config::max_lookup_hops`] and time by
+//! node owns the target itself), and its path: the nodes those replies came from, in order, ending
+//! with the owner ([`LookupOutcome::path`], at most [`lookup::MAX_LOOKUP_PATH`] of them). Steps are bounded by [`Config::max_lookup_hops`] and time by
 //! [`Config::lookup_timeout`]; a lookup that cannot finish ends with a [`LookupError`].
 //!
 //! # What counts as a correct answer

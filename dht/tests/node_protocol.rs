@@ -34,6 +34,8 @@ struct Net {
     hold_from: Option<SimAddr>,
     /// (to, id, body) of parked requests.
     held: Vec<(SimAddr, RequestId, Request<SimAddr>)>,
+    /// When set, every delivered message is appended here as (to, from, message).
+    trace: Option<Vec<(SimAddr, SimAddr, Msg)>>,
 }
 
 fn addr(i: usize) -> SimAddr {
@@ -102,8 +104,13 @@ fn deliver_checked(
 impl Net {
     /// `n` idle nodes at addresses 1..=n with the default configuration.
     fn new(n: usize) -> Net {
+        Net::with_config(n, &Config::default())
+    }
+
+    /// `n` idle nodes at addresses 1..=n with `config`.
+    fn with_config(n: usize, config: &Config) -> Net {
         let nodes = (0..n)
-            .map(|i| Node::new(addr(i), Config::default(), 1000 + i as u64).expect("default config is valid"))
+            .map(|i| Node::new(addr(i), config.clone(), 1000 + i as u64).expect("the test's config is valid"))
             .collect();
         Net {
             nodes,
@@ -112,6 +119,7 @@ impl Net {
             events: vec![Vec::new(); n],
             hold_from: None,
             held: Vec::new(),
+            trace: None,
         }
     }
 
@@ -142,6 +150,9 @@ impl Net {
                 return;
             };
             if let Some(j) = self.index_of(to) {
+                if let Some(trace) = &mut self.trace {
+                    trace.push((to, from, message.clone()));
+                }
                 let out = deliver_checked(&mut self.nodes[j], from, message, self.now);
                 self.collect(j, out);
             }
@@ -211,7 +222,12 @@ impl Net {
 
     /// Node 0 creates a ring and nodes 1.. join through it one after another.
     fn ring(n: usize) -> Net {
-        let mut net = Net::new(n);
+        Net::ring_with(n, &Config::default())
+    }
+
+    /// [`Net::ring`] with `config`.
+    fn ring_with(n: usize, config: &Config) -> Net {
+        let mut net = Net::with_config(n, config);
         net.nodes[0].create_ring(net.now);
         for i in 1..n {
             let now = net.now;
@@ -338,6 +354,70 @@ fn two_nodes_form_a_ring_and_answer_lookups() {
             "honest peers trip no drop counter: {c:?}"
         );
     }
+}
+
+/// A lookup's path is the nodes whose replies to it the asker received, in the order they came:
+/// read off the messages actually delivered, not re-derived from routing tables.
+#[test]
+fn a_lookups_path_is_the_nodes_that_answered_it_hop_by_hop() {
+    // Successor lists of two, so that most lookups in a ring of 16 route through fingers.
+    let config = Config::default().with_successors(std::num::NonZeroUsize::new(2).expect("2 is non-zero"));
+    let n = 16;
+    let mut net = Net::ring_with(n, &config);
+    let members: Vec<NodeRef<SimAddr>> = (0..n).map(|i| net.me(i)).collect();
+    let mut longest = 0;
+    for i in 0..n {
+        for k in 0u32..8 {
+            let key = Id::hash(&k.to_be_bytes());
+            net.trace = Some(Vec::new());
+            let outcome = net.lookup(i, key).unwrap_or_else(|e| panic!("lookup of {key} from node {i}: {e}"));
+            let trace = net.trace.take().expect("set above");
+            // This lookup's steps: node i's FindSuccessor requests for the key (other lookups, such
+            // as finger fixes, ask for other targets), and the Route replies to exactly those.
+            let asked: Vec<(SimAddr, RequestId)> = trace
+                .iter()
+                .filter_map(|(to, from, message)| match message {
+                    Message::Request { id, body: Request::FindSuccessor { target } }
+                        if *from == addr(i) && *target == key =>
+                    {
+                        Some((*to, *id))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let answered: Vec<SimAddr> = trace
+                .iter()
+                .filter_map(|(to, from, message)| match message {
+                    Message::Response { id, body: Response::Route { .. } }
+                        if *to == addr(i) && asked.contains(&(*from, *id)) =>
+                    {
+                        Some(*from)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let path: Vec<SimAddr> = outcome.path.iter().map(|node| node.addr).collect();
+            assert_eq!(path, answered, "path of {key} from node {i}");
+            assert_eq!(outcome.hops as usize, path.len(), "one path entry per hop");
+            let truth = true_owner(&key, &members);
+            assert_eq!(outcome.owner.addr, truth, "owner of {key} from node {i}");
+            if truth == addr(i) {
+                assert!(path.is_empty(), "a key this node owns takes no hop: {path:?}");
+                continue;
+            }
+            // It ends at the owner, which confirmed; on a settled ring every hop before it precedes
+            // the key and is closer to it than the hop before.
+            assert_eq!(outcome.path.last(), Some(&outcome.owner), "the path of {key} ends at its owner");
+            let before = &outcome.path[..outcome.path.len() - 1];
+            let mut from = net.me(i).id;
+            for hop in before {
+                assert!(hop.id.in_open(&from, &key), "hop {hop:?} of {key} from node {i} does not progress");
+                from = hop.id;
+            }
+            longest = longest.max(path.len());
+        }
+    }
+    assert!(longest >= 3, "some lookup should route through fingers (longest path {longest})");
 }
 
 // ----- 2. graceful leave ----------------------------------------------------------------------

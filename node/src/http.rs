@@ -24,7 +24,8 @@ use futures::Stream;
 use overlay_api::groups::{ERROR_EVENT, GAP_EVENT, MESSAGE_EVENT};
 use overlay_api::{
     CURRENT_VERSION_HEADER, ConflictBody, ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage,
-    GroupReceipt, GroupSummary, GroupTree, Lookup, NodeInfo, PutReceipt, Ring, TreeNode, VERSION_HEADER,
+    GroupReceipt, GroupSummary, GroupTree, Lookup, NodeInfo, PutReceipt, Ring, RingMember, TreeNode,
+    VERSION_HEADER,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -347,6 +348,7 @@ async fn lookup(State(state): State<ApiState>, Segment(key): Segment) -> Result<
         key,
         key_id: located.key_id.to_string(),
         owner: located.replicas.first().map(node_info),
+        path: located.path.iter().map(node_info).collect(),
         replicas: located.replicas.iter().map(node_info).collect(),
     }))
 }
@@ -380,7 +382,8 @@ async fn status(State(state): State<ApiState>) -> Result<Json<overlay_api::Statu
 
 async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
     let walk: RingWalk = ask(&state, |reply| Command::Ring { reply }).await?;
-    Ok(Json(Ring { complete: walk.complete, nodes: walk.nodes.iter().map(node_info).collect() }))
+    let nodes = walk.nodes.iter().map(|n| RingMember { node: node_info(&n.node), keys: n.keys }).collect();
+    Ok(Json(Ring { complete: walk.complete, nodes }))
 }
 
 /// The loop copies its counters; the encoding happens here, off the loop.

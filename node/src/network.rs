@@ -40,6 +40,13 @@ pub struct RingEnvelope {
     pub sender: PeerAddr,
     /// The core's message.
     pub message: dht::Message<PeerAddr>,
+    /// On an answer to `GetNeighbours` only: the live keys the sender stores. Ring walks
+    /// (`/v1/ring`) ask every member for its neighbours and collect this on the way, so the page
+    /// can show every node's key count without a request of its own; the core never sees it. Left
+    /// out of the encoding when `None`, and `None` from a node that predates it. A peer's own
+    /// claim: shown as reported, used for nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_keys: Option<u64>,
 }
 
 /// A request on the group protocol.

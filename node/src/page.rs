@@ -1,5 +1,6 @@
-//! The node's web page (`GET /`): the ring, a key's owner, replicas and route, a group's tree and
-//! this node's live load, drawn in the browser from the JSON API this node already serves.
+//! The node's web page (`GET /`): the ring with every node's key count, a key's owner, replicas and
+//! lookup path, a group's tree and this node's live load, drawn in the browser from the JSON API
+//! this node already serves.
 //!
 //! Owns: the page's three files (`page/index.html`, `page/page.js`, `page/page.css`), embedded in
 //! the binary with `include_str!`, and the handlers that serve them.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome};
+use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome, RingMember};
 
 use crate::cli::{GlobalArgs, PutArgs};
 use crate::cluster;
@@ -167,7 +167,35 @@ pub(crate) fn lookup(global: &GlobalArgs, key: &str, out: &mut impl Write) -> Re
     for replica in lookup.replicas.iter().filter(|replica| Some(*replica) != lookup.owner.as_ref()) {
         table.row(node_cells("replica", replica));
     }
-    Ok(table.write(out)?)
+    table.write(out)?;
+    writeln!(out)?;
+    write_lookup_path(&lookup, out)
+}
+
+/// The nodes that answered the lookup, one row per hop in the order they answered (the node
+/// asked over HTTP asked each of them itself); the last is the owner.
+fn write_lookup_path(lookup: &overlay_api::Lookup, out: &mut impl Write) -> Result<()> {
+    if lookup.path.is_empty() && lookup.hops == 0 {
+        writeln!(out, "path    none: the node asked owns the key")?;
+        return Ok(());
+    }
+    writeln!(out, "path    the nodes that answered, in order:")?;
+    let mut table = Table::new(["hop", "ring id", "peer id", "addr"]);
+    for (hop, node) in lookup.path.iter().enumerate() {
+        let owner = lookup.owner.as_ref() == Some(node);
+        let label = if owner { format!("{} (owner)", hop + 1) } else { (hop + 1).to_string() };
+        table.row(node_cells(&label, node));
+    }
+    table.write(out)?;
+    let unlisted = usize::try_from(lookup.hops).unwrap_or(usize::MAX).saturating_sub(lookup.path.len());
+    if unlisted > 0 {
+        writeln!(
+            out,
+            "({unlisted} further hops not listed; the node lists the first {})",
+            lookup.path.len()
+        )?;
+    }
+    Ok(())
 }
 
 fn node_cells(label: &str, node: &NodeInfo) -> [String; 4] {
@@ -228,11 +256,14 @@ pub(crate) fn ring(global: &GlobalArgs, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// `position  ring id  peer id  addr`, one row per member in ring order.
-pub(crate) fn write_ring_table(nodes: &[NodeInfo], out: &mut impl Write) -> io::Result<()> {
-    let mut table = Table::new(["position", "ring id", "peer id", "addr"]);
-    for (position, node) in nodes.iter().enumerate() {
-        table.row(node_cells(&position.to_string(), node));
+/// `position  ring id  peer id  keys  addr`, one row per member in ring order; `keys` is what
+/// each node reported to the walk (`-` when it did not).
+pub(crate) fn write_ring_table(nodes: &[RingMember], out: &mut impl Write) -> io::Result<()> {
+    let mut table = Table::new(["position", "ring id", "peer id", "keys", "addr"]);
+    for (position, member) in nodes.iter().enumerate() {
+        let [position, ring_id, peer_id, addr] = node_cells(&position.to_string(), &member.node);
+        let keys = member.keys.map_or_else(|| "-".to_owned(), |k| k.to_string());
+        table.row([position, ring_id, peer_id, keys, addr]);
     }
     table.write(out)
 }
@@ -263,6 +294,37 @@ mod tests {
         assert_eq!(binary["encoding"], "hex");
         assert_eq!(binary["value"], "ff0010");
         assert!(binary["version"].is_null());
+    }
+
+    #[test]
+    fn a_lookups_path_is_printed_hop_by_hop_ending_at_the_owner() {
+        let node = |peer: &str, ring: char| NodeInfo {
+            addr: format!("/ip4/127.0.0.1/tcp/{}", 4000 + peer.len()),
+            peer_id: peer.to_owned(),
+            ring_id: ring.to_string().repeat(40),
+        };
+        let (hop, owner) = (node("12D3KooWHop", 'a'), node("12D3KooWOwner", 'b'));
+        let mut lookup = overlay_api::Lookup {
+            hops: 2,
+            key: "k".into(),
+            key_id: "c".repeat(40),
+            owner: Some(owner.clone()),
+            path: vec![hop, owner],
+            replicas: vec![],
+        };
+        let mut out = Vec::new();
+        write_lookup_path(&lookup, &mut out).expect("writes");
+        let text = String::from_utf8(out).expect("utf-8");
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].starts_with("1 ") && rows[0].contains("aaaa"), "{text}");
+        assert!(rows[1].starts_with("2 (owner)") && rows[1].contains("bbbb"), "{text}");
+
+        lookup.hops = 0;
+        lookup.path.clear();
+        let mut out = Vec::new();
+        write_lookup_path(&lookup, &mut out).expect("writes");
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "path    none: the node asked owns the key\n");
     }
 
     #[test]

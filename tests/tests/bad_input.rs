@@ -179,6 +179,7 @@ fn hostile_input_is_rejected_counted_and_survived() {
             dht_cbor(&RingEnvelope {
                 sender: PeerAddr::new(stranger, my_addr.clone()),
                 message: Message::Request { id: RequestId(1), body: Request::Ping },
+                stored_keys: None,
             }),
             // A leave notice carrying a forged node reference.
             dht_cbor(&RingEnvelope {
@@ -187,6 +188,7 @@ fn hostile_input_is_rejected_counted_and_survived() {
                     id: RequestId(2),
                     body: Request::Leaving { predecessor: Some(forged_ref), successors: vec![] },
                 },
+                stored_keys: None,
             }),
         ];
         send_all(&mut swarm, node, false, ring_frames).await;
@@ -204,6 +206,7 @@ fn hostile_input_is_rejected_counted_and_survived() {
         let ping = dht_cbor(&RingEnvelope {
             sender: PeerAddr::new(me, my_addr.clone()),
             message: Message::Request { id: RequestId(3), body: Request::Ping },
+            stored_keys: None,
         });
         assert_eq!(send_all(&mut swarm, node, false, vec![ping]).await, 1, "an honest ping is answered");
     });

@@ -1,6 +1,8 @@
 //! The node's web page in a real browser: headless Chromium loads `GET /` from a node of a
 //! five-node ring, and the test reads the DOM the page's script built. It checks every node is
-//! drawn with its ids, that `/?key=` highlights the owner and replicas the lookup API names, that
+//! drawn with its ids and with the key count that node's own status reports, that `/?key=`
+//! highlights the owner and replicas the lookup API names and lists the path the lookup API
+//! reports (two hops: the nodes keep successor lists of two, shorter than the ring), that
 //! `/?group=` draws the tree the tree API walks, that a killed node is marked, and that the page
 //! raised no JavaScript error. Screenshots are kept in `target/tmp/page/`.
 //!
@@ -29,7 +31,17 @@ const NODES: usize = 5;
 /// The node whose page the test opens, and the one it kills (never the same).
 const PAGE_NODE: usize = 0;
 const VICTIM: usize = 3;
-const KEY: &str = "page/paris";
+/// A node other than the page's, whose key count the page only knows from the ring walk.
+const OTHER_NODE: usize = 1;
+/// Successor lists shorter than the ring, so that a lookup for a key past the serving node's list
+/// routes through another node: its path has two hops, the node that pointed on and the owner.
+const SUCCESSORS: &str = "2";
+/// Candidates for the key the page shows (`page/key-0`, ...): the first whose lookup takes two hops
+/// is used. With lists of two in a ring of five, two keys in five do; none of 32 with odds of
+/// 0.6^32.
+const KEY_CANDIDATES: usize = 32;
+/// More keys, so that every node stores some and their counts differ.
+const MORE_KEYS: usize = 12;
 const GROUP: &str = "page-room";
 /// The group's members.
 const MEMBERS: [usize; 2] = [2, 4];
@@ -215,10 +227,19 @@ fn assert_no_errors(look: &Look) {
 #[test]
 fn the_page_shows_the_ring_a_key_a_group_and_a_dead_node() {
     let test_started = Instant::now();
-    let mut cluster = Cluster::start(NODE, NODES, &[]);
+    let mut cluster = Cluster::start(NODE, NODES, &["--successors", SUCCESSORS]);
     cluster.wait_for_correct_ring(RING_DEADLINE);
     let api = cluster.http(PAGE_NODE);
-    api.api().put(KEY, b"bonjour", None).expect("put the key");
+    let page_peer = cluster.nodes[PAGE_NODE].peer_id.clone();
+    let key = (0..KEY_CANDIDATES)
+        .map(|i| format!("page/key-{i}"))
+        .find(|k| api.api().lookup(k).is_ok_and(|l| l.parsed.hops >= 2))
+        .expect("a key whose lookup from the serving node takes two hops");
+    let key = key.as_str();
+    api.api().put(key, b"bonjour", None).expect("put the key");
+    for i in 0..MORE_KEYS {
+        api.api().put(&format!("page/more-{i}"), b"x", None).expect("put a key");
+    }
     for &member in &MEMBERS {
         cluster.http(member).api().join_group(GROUP).expect("join the group");
     }
@@ -255,12 +276,40 @@ fn the_page_shows_the_ring_a_key_a_group_and_a_dead_node() {
     });
     eprintln!("the page drew {NODES} nodes {:?} after the ring formed", took.elapsed());
 
-    // A key: the owner and replicas the page marks are the ones the lookup API names.
-    let key_page = format!("{base}{}", path::page(Some(KEY), None));
-    poll("the page marks the key's owner and replicas", PAGE_DEADLINE, || {
+    // Every node's key count, as each reported it to the ring walk, is the one its own status
+    // gives (the serving node's comes from its status directly; the others' only from the walk).
+    poll("the page shows every node's stored keys", PAGE_DEADLINE, || {
+        let look = browser.look(&page)?;
+        assert_no_errors(&look);
+        let nodes = drawn_nodes(&look.dom);
+        let mut differ = Vec::new();
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let shown = nodes.get(&node.peer_id).and_then(|a| a.get("data-keys")).cloned();
+            let own = cluster.http(i).status()?.keys;
+            if shown.as_deref() != Some(own.to_string().as_str()) {
+                differ.push(format!("node {i}: page {shown:?}, its status {own}"));
+            }
+        }
+        if differ.is_empty() {
+            let other = cluster.http(OTHER_NODE).status()?.keys;
+            // 13 keys, 3 replicas each, 5 nodes: a node stores none with odds of 0.4^13.
+            assert!(other > 0, "node {OTHER_NODE} stores none of {} keys", MORE_KEYS + 1);
+            Ok(Some(()))
+        } else {
+            bail!("key counts differ: {differ:?}")
+        }
+    });
+
+    // A key: the owner and replicas the page marks are the ones the lookup API names, and the path
+    // it lists is the one the lookup API reports: this node, then the nodes that answered.
+    let key_page = format!("{base}{}", path::page(Some(key), None));
+    poll("the page marks the key's owner and replicas and lists its path", PAGE_DEADLINE, || {
         let look = browser.look(&key_page)?;
         assert_no_errors(&look);
-        let lookup = api.api().lookup(KEY)?.parsed;
+        let lookup = api.api().lookup(key)?.parsed;
+        let api_path: Vec<String> =
+            std::iter::once(page_peer.clone()).chain(lookup.path.iter().map(|n| n.peer_id.clone())).collect();
+        assert_eq!(lookup.path.len(), lookup.hops as usize, "the API lists every hop of a short lookup");
         let owner = lookup.owner.context("the lookup names an owner")?.peer_id;
         let replicas: BTreeSet<String> =
             lookup.replicas.iter().map(|r| r.peer_id.clone()).filter(|p| *p != owner).collect();
@@ -273,21 +322,21 @@ fn the_page_shows_the_ring_a_key_a_group_and_a_dead_node() {
                 .collect()
         };
         let hops = tags_with(&look.dom, "data-hop-peer");
-        let route_ends_at_owner = hops.last().is_some_and(|h| h["data-hop-peer"] == owner);
-        let starts_here =
-            hops.first().is_some_and(|h| h["data-hop-peer"] == cluster.nodes[PAGE_NODE].peer_id);
+        let page_path: Vec<String> = hops.iter().map(|h| h["data-hop-peer"].clone()).collect();
+        let numbered = hops.iter().enumerate().all(|(i, h)| h["data-hop"] == i.to_string());
         if marked("owner") == BTreeSet::from([owner.clone()])
             && marked("replica") == replicas
-            && route_ends_at_owner
+            && page_path == api_path
         {
-            assert!(starts_here, "the route starts at the serving node: {hops:?}");
+            assert!(numbered, "hops are numbered from 0 in order: {hops:?}");
+            assert_eq!(page_path.last(), Some(&owner), "the path ends at the owner");
             Ok(Some(()))
         } else {
             bail!(
-                "marked owner {:?} replicas {:?} route {:?}; the API says owner {owner} replicas {replicas:?}",
+                "marked owner {:?} replicas {:?} path {page_path:?}; the API says owner {owner} \
+                 replicas {replicas:?} path {api_path:?}",
                 marked("owner"),
                 marked("replica"),
-                hops.iter().map(|h| &h["data-hop-peer"]).collect::<Vec<_>>()
             )
         }
     });
@@ -315,7 +364,7 @@ fn the_page_shows_the_ring_a_key_a_group_and_a_dead_node() {
         }
         if tree.complete && drawn == wanted { Ok(Some(())) } else { bail!("drawn {drawn:?}, API {wanted:?}") }
     });
-    let both = format!("{base}{}", path::page(Some(KEY), Some(GROUP)));
+    let both = format!("{base}{}", path::page(Some(key), Some(GROUP)));
     let shot = browser.screenshot(&both, "ring-key-group.png");
     eprintln!("screenshot: {}", shot.display());
 

@@ -227,6 +227,8 @@ pub struct Located<A> {
     pub replicas: Vec<NodeRef<A>>,
     /// Hops the lookup took (0 when the set was known here).
     pub hops: u32,
+    /// The nodes that answered the lookup, hop by hop ([`LookupOutcome::path`]).
+    pub path: Vec<NodeRef<A>>,
 }
 
 /// What a client operation produced.

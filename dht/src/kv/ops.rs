@@ -198,7 +198,7 @@ impl<A: Address> ClientOps<A> {
         now: Time,
     ) {
         if let Some(replicas) = ring.cached_replicas(&key_id, config.replicas, now) {
-            self.dispatch(id, replicas, 0, clock, out, now);
+            self.dispatch(id, replicas, None, clock, out, now);
         } else {
             let lookup = ring.lookup(key_id, now);
             self.lookups.insert(lookup, id);
@@ -221,7 +221,7 @@ impl<A: Address> ClientOps<A> {
         };
         match result {
             Ok(outcome) => {
-                self.dispatch(id, outcome.replica_set(config.replicas), outcome.hops, clock, out, now)
+                self.dispatch(id, outcome.replica_set(config.replicas), Some(outcome), clock, out, now)
             }
             Err(error) => {
                 if self.ops.remove(&id).is_some() {
@@ -232,12 +232,12 @@ impl<A: Address> ClientOps<A> {
         true
     }
 
-    /// Sends an operation to its replica set.
+    /// Sends an operation to its replica set, found by `lookup` (`None`: known here).
     fn dispatch(
         &mut self,
         id: OpId,
         replicas: Vec<NodeRef<A>>,
-        hops: u32,
+        lookup: Option<&LookupOutcome<A>>,
         clock: &mut HybridClock,
         out: &mut Outbox<A>,
         now: Time,
@@ -250,7 +250,8 @@ impl<A: Address> ClientOps<A> {
         op.replicas = replicas;
         match &op.kind {
             Kind::Locate { key_id } => {
-                let located = Located { key_id: *key_id, replicas: op.replicas.clone(), hops };
+                let (hops, path) = lookup.map_or((0, Vec::new()), |l| (l.hops, l.path.clone()));
+                let located = Located { key_id: *key_id, replicas: op.replicas.clone(), hops, path };
                 self.ops.remove(&id);
                 out.finish(id, Ok(OpOutcome::Located(located)));
             }

@@ -91,8 +91,8 @@ impl<A: Address> Node<A> {
                         unreachable!("route_reply builds a Route");
                     };
                     let lookup = self.lookups.get_mut(&key).expect("present: fetched above");
+                    // A local step is not a hop, and not on the path.
                     let (done, _) = lookup.on_reply(node, as_owner, owner, predecessor, successors, closer);
-                    lookup.hops -= 1; // a local step is not a hop
                     if let Some(answer) = done {
                         self.finish_lookup(key, Ok(answer), now);
                         return;
@@ -148,6 +148,7 @@ impl<A: Address> Node<A> {
                     owner,
                     successors,
                     hops: lookup.hops,
+                    path: lookup.path,
                     timeouts: lookup.timeouts,
                     latency: now - lookup.started,
                 });

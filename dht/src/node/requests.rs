@@ -56,6 +56,7 @@ impl<A: Address> Node<A> {
                 let Some((_, node, as_owner)) = lookup.in_flight.take() else {
                     return;
                 };
+                lookup.count_hop(&node);
                 let (done, dropped) = lookup.on_reply(node, as_owner, owner, predecessor, successors, closer);
                 self.counters.dropped_protocol_violation += dropped as u64;
                 match done {

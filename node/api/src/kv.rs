@@ -62,6 +62,12 @@ pub struct Lookup {
     pub key_id: String,
     /// The first node at or after `key_id`; `null` only if the lookup found no replica at all.
     pub owner: Option<NodeInfo>,
+    /// The nodes that answered the lookup, hop by hop, in the order they answered: one per hop,
+    /// ending with the owner, which confirmed it owns the key. Empty when the answering node owns
+    /// the key (no hop). At most 64 entries (`hops` counts on past them); nodes that did not
+    /// answer are not on it.
+    #[serde(default)]
+    pub path: Vec<NodeInfo>,
     /// The owner and its successors that hold copies, owner first.
     pub replicas: Vec<NodeInfo>,
 }
@@ -92,13 +98,21 @@ mod tests {
     #[test]
     fn lookups_round_trip() {
         let node = r#"{"addr":"/ip4/127.0.0.1/tcp/4001","peer_id":"12D3KooWA","ring_id":"0a00000000000000000000000000000000000000"}"#;
+        let hop = r#"{"addr":"/ip4/127.0.0.1/tcp/4002","peer_id":"12D3KooWB","ring_id":"f000000000000000000000000000000000000000"}"#;
         let lookup: Lookup = round_trip(&format!(
-            r#"{{"hops":2,"key":"a/b c","key_id":"09a0000000000000000000000000000000000000","owner":{node},"replicas":[{node}]}}"#
+            r#"{{"hops":2,"key":"a/b c","key_id":"09a0000000000000000000000000000000000000","owner":{node},"path":[{hop},{node}],"replicas":[{node}]}}"#
         ));
         assert_eq!(lookup.owner.as_ref(), lookup.replicas.first());
+        assert_eq!(lookup.owner.as_ref(), lookup.path.last(), "the path ends at the owner");
         let ownerless: Lookup = round_trip(
-            r#"{"hops":0,"key":"k","key_id":"09a0000000000000000000000000000000000000","owner":null,"replicas":[]}"#,
+            r#"{"hops":0,"key":"k","key_id":"09a0000000000000000000000000000000000000","owner":null,"path":[],"replicas":[]}"#,
         );
         assert!(ownerless.owner.is_none());
+        // An answer from a node that predates the path.
+        let older: Lookup = serde_json::from_str(
+            r#"{"hops":1,"key":"k","key_id":"09a0000000000000000000000000000000000000","owner":null,"replicas":[]}"#,
+        )
+        .expect("parses without a path");
+        assert!(older.path.is_empty());
     }
 }

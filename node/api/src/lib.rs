@@ -44,7 +44,7 @@ pub use groups::{
 };
 pub use kv::{CURRENT_VERSION_HEADER, Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
 pub use path::encode_path_segment;
-pub use ring::{Finger, NodeInfo, Ring, Status};
+pub use ring::{Finger, NodeInfo, Ring, RingMember, Status};
 pub use ring_check::{NeighbourView, RingCheck, check_ring, check_statuses};
 
 #[cfg(feature = "client")]

@@ -64,7 +64,21 @@ pub struct Ring {
     /// Whether the walk came back to the answering node.
     pub complete: bool,
     /// The members, in ring order.
-    pub nodes: Vec<NodeInfo>,
+    pub nodes: Vec<RingMember>,
+}
+
+/// One member of a [`Ring`]: the node, then what it said of itself when the walk asked it. The
+/// node's fields come first, as they were before `keys` was added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMember {
+    /// The node.
+    #[serde(flatten)]
+    pub node: NodeInfo,
+    /// The live keys it stores, as it reported them to the walk (the answering node's own count
+    /// for the first member); `null` when it did not answer (the node an incomplete walk stopped
+    /// at) or predates the report.
+    #[serde(default)]
+    pub keys: Option<u64>,
 }
 
 #[cfg(test)]
@@ -107,8 +121,12 @@ mod tests {
 
     #[test]
     fn ring_round_trips() {
-        let ring: Ring = round_trip(&format!(r#"{{"complete":true,"nodes":[{A},{B}]}}"#));
+        let a = A.replace('}', r#","keys":12}"#);
+        let b = B.replace('}', r#","keys":null}"#);
+        let ring: Ring = round_trip(&format!(r#"{{"complete":true,"nodes":[{a},{b}]}}"#));
         assert_eq!(ring.nodes.len(), 2);
+        assert_eq!((ring.nodes[0].keys, ring.nodes[1].keys), (Some(12), None));
+        assert_eq!(ring.nodes[1].node.peer_id, "12D3KooWB");
     }
 
     #[test]
@@ -116,5 +134,6 @@ mod tests {
         let readme_order = format!(r#"{{"nodes":[{B}],"complete":false,"added_later":1}}"#);
         let ring: Ring = serde_json::from_str(&readme_order).expect("field order does not matter");
         assert!(!ring.complete);
+        assert_eq!(ring.nodes[0].keys, None, "a member without a count (an older node's walk)");
     }
 }

@@ -46,9 +46,19 @@ pub struct Status {
 #[derive(Clone, Debug)]
 pub struct RingWalk {
     /// Nodes in ring order, starting here.
-    pub nodes: Vec<NodeRef<PeerAddr>>,
+    pub nodes: Vec<WalkedNode>,
     /// Whether the walk came back to this node.
     pub complete: bool,
+}
+
+/// One node of a [`RingWalk`].
+#[derive(Clone, Debug)]
+pub struct WalkedNode {
+    /// The node.
+    pub node: NodeRef<PeerAddr>,
+    /// The live keys it stores, as it reported them with its neighbours (this node's own count
+    /// for the first); `None` when it did not answer or did not say.
+    pub keys: Option<u64>,
 }
 
 /// A request from the HTTP API.

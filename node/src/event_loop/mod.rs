@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::bootstrap::{Bootstrap, Step};
-pub use self::command::{Command, Expect, KvError, Located, RingWalk, Status, Written};
+pub use self::command::{Command, Expect, KvError, Located, RingWalk, Status, WalkedNode, Written};
 use self::kv::KvRoom;
 use self::multicast::GroupState;
 use self::walk::Walks;
@@ -280,7 +280,12 @@ impl EventLoop {
     }
 
     fn send_ring(&mut self, to: PeerAddr, message: dht::Message<PeerAddr>) {
-        let envelope = RingEnvelope { sender: self.me.clone(), message };
+        // Ring walks collect every member's key count from its neighbours answer (see `walk`):
+        // a few bytes more on an answer a neighbour asks for about once a stabilize interval.
+        let neighbours =
+            matches!(&message, dht::Message::Response { body: dht::Response::Neighbours { .. }, .. });
+        let stored_keys = neighbours.then(|| self.kv.storage().stats().keys);
+        let envelope = RingEnvelope { sender: self.me.clone(), message, stored_keys };
         match &envelope.message {
             dht::Message::Request { id, .. } => {
                 let id = *id;
@@ -471,7 +476,8 @@ impl EventLoop {
             Command::Metrics { reply } => drop(reply.send(self.metrics())),
             Command::Ring { reply } => {
                 let (me, first) = (self.core.me().clone(), self.core.successor().clone());
-                self.walks.start(me, first, reply, &mut self.swarm);
+                let keys = self.kv.storage().stats().keys;
+                self.walks.start(me, keys, first, reply, &mut self.swarm);
             }
             command @ (Command::Groups { .. }
             | Command::JoinGroup { .. }

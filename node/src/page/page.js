@@ -21,7 +21,11 @@
 //                                           incomplete walk
 //     data-self                             on this node
 //     data-role="owner|replica"             the shown key's owner and its other replicas
-//   #key-path li[data-hop][data-hop-peer]   the key's route, hop by hop
+//   #key-path li[data-hop][data-hop-peer]   the key's lookup path as /v1/lookup reports it: hop 0
+//                                           is this node, hop i the i-th node that answered; the
+//                                           last is the owner
+//   #nodes tr[data-keys]                    the live keys the node stores, as it reported them to
+//                                           the ring walk (absent when it did not say)
 //   #group-tree li[data-tree-node=PEER_ID]  one per node of the group's tree, nested under its
 //     data-tree-role="root|forwarder|member" parent, with data-depth and (but at the root)
 //     data-tree-parent=PEER_ID
@@ -44,7 +48,7 @@
   const CHART_SAMPLES = 120;
   /// Longest a request may take before the loop gives up on it and tries again.
   const REQUEST_TIMEOUT_MS = 10000;
-  /// Longest route drawn; Chord needs about log2(N), so this is never reached on a sane ring.
+  /// Longest path drawn; Chord needs about log2(N), so this is never reached on a sane ring.
   const MAX_ROUTE_HOPS = 64;
 
   const $ = (id) => document.getElementById(id);
@@ -70,6 +74,8 @@
 
   // ----- ids on the ring ---------------------------------------------------------------------
   const toId = (hex) => BigInt(`0x${hex}`);
+  /// A ring id as the API writes it: 40 lowercase hex digits.
+  const RING_ID = /^[0-9a-f]{40}$/;
   const ringDistance = (from, to) => (((to - from) % RING) + RING) % RING;
   /// Whether x lies in the open ring interval (a, b); (a, a) is the whole ring but a.
   function between(x, a, b) {
@@ -87,7 +93,7 @@
     status: null, // GET /v1/status of this node
     walk: null, // GET /v1/ring
     walkMs: 0,
-    members: [], // drawn nodes, in ring order: {peer, ringId, id, addr, state, share}
+    members: [], // drawn nodes, in ring order: {peer, ringId, id, addr, state, share, keys}
     byPeer: new Map(),
     remembered: null, // peer id -> {ring_id, addr, seen}
     key: params.get("key") || null,
@@ -206,6 +212,11 @@
     const now = Date.now();
     const inWalk = new Map();
     walk.nodes.forEach((n, i) => inWalk.set(n.peer_id, i));
+    // Each walked node's key count, as it reported it; anything but a count is "not reported".
+    const reported = new Map();
+    for (const n of walk.nodes) {
+      if (typeof n.keys === "number" && Number.isFinite(n.keys) && n.keys >= 0) reported.set(n.peer_id, n.keys);
+    }
     for (const n of walk.nodes) state.remembered[n.peer_id] = { ring_id: n.ring_id, addr: n.addr, seen: now };
     saveRemembered();
     // The walk stops at the node that did not answer it (or after the longest walk, rarely).
@@ -215,7 +226,8 @@
       if (peer === stoppedAt) nodeState = "unreachable";
       else if (inWalk.has(peer)) nodeState = "alive";
       else nodeState = walk.complete ? "dead" : "unverified";
-      return { peer, ringId: n.ring_id, id: toId(n.ring_id), addr: n.addr, state: nodeState, share: null };
+      const keys = reported.has(peer) ? reported.get(peer) : null;
+      return { peer, ringId: n.ring_id, id: toId(n.ring_id), addr: n.addr, state: nodeState, share: null, keys };
     });
     members.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     // Each live node owns the key space from the previous live node (exclusive) to itself.
@@ -263,70 +275,23 @@
     redraw();
   }
 
-  /// The route Chord's rules take from this node to the key over the ring as walked. A node whose
-  /// successor list spans the key sends the asker straight to the key's successor, which
-  /// confirms; any other node points at its closest finger before the key. This node's hop uses
-  /// its real successor list and fingers; later hops use what every node holds once maintenance
-  /// has converged (as many live successors as this node keeps; finger i = succ(n + 2^i)). The API reports a
-  /// lookup's hop count, not the nodes it asked, so the page draws the route the rules give.
+  /// The path the lookup really took, from `/v1/lookup`'s `path`: this node (hop 0, the asker),
+  /// then every node that answered it, in order, ending with the owner, which confirmed. Lookups
+  /// are iterative (this node asks each hop itself); the path is drawn as a chain in the order
+  /// the nodes answered. Entries that are not well-formed are skipped, and at most
+  /// MAX_ROUTE_HOPS are kept (the node lists at most 64).
   function updateRoute() {
     state.route = [];
     const s = state.status;
     const lookup = state.lookup;
     if (!s || !lookup || !lookup.owner) return;
-    const live = state.members.filter((m) => m.state === "alive");
-    if (live.length === 0) return;
-    const target = toId(lookup.key_id);
-    const owner = { peer: lookup.owner.peer_id, id: toId(lookup.owner.ring_id) };
-    const successorOf = (id) => {
-      let lo = 0;
-      let hi = live.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (live[mid].id < id) lo = mid + 1;
-        else hi = mid;
+    const route = [{ peer: s.peer_id, id: toId(s.ring_id) }];
+    const path = Array.isArray(lookup.path) ? lookup.path : [];
+    for (const n of path.slice(0, MAX_ROUTE_HOPS)) {
+      if (n && typeof n.peer_id === "string" && RING_ID.test(n.ring_id)) {
+        route.push({ peer: n.peer_id, id: toId(n.ring_id) });
       }
-      return live[lo % live.length];
-    };
-    /// Whether the key lies in (node, last of its successors].
-    const spans = (node, successors) => {
-      const last = successors[successors.length - 1];
-      return last !== undefined && (target === last.id || between(target, node.id, last.id));
-    };
-    const idealSuccessors = (node) => {
-      const list = [];
-      let next = successorOf((node.id + 1n) % RING);
-      while (list.length < s.successors.length && next.peer !== node.peer) {
-        list.push(next);
-        next = successorOf((next.id + 1n) % RING);
-      }
-      return list;
-    };
-    const asNode = (n) => ({ peer: n.peer_id, id: toId(n.ring_id) });
-    const me = { peer: s.peer_id, id: toId(s.ring_id) };
-    const route = [me];
-    let current = me;
-    for (let hop = 0; hop < MAX_ROUTE_HOPS && current.peer !== owner.peer; hop += 1) {
-      const mine = current === me;
-      const successors = mine ? s.successors.map(asNode) : idealSuccessors(current);
-      if (spans(current, successors)) break; // the owner is next
-      let next = null;
-      if (mine) {
-        // The closest to the key among this node's own routing entries.
-        for (const n of [...successors, ...s.fingers.map((f) => asNode(f.node))]) {
-          if (between(n.id, me.id, target) && (!next || between(n.id, next.id, target))) next = n;
-        }
-      } else {
-        for (let i = 159; i >= 0 && !next; i -= 1) {
-          const finger = successorOf((current.id + (1n << BigInt(i))) % RING);
-          if (between(finger.id, current.id, target)) next = finger;
-        }
-      }
-      if (!next) break;
-      current = next;
-      route.push(current);
     }
-    if (route[route.length - 1].peer !== owner.peer) route.push(owner);
     state.route = route;
   }
 
@@ -342,18 +307,33 @@
       return;
     }
     const replicas = lookup.replicas.map((r) => short(r.peer_id)).join(", ");
+    const hops = `${lookup.hops} hop${lookup.hops === 1 ? "" : "s"}`;
     $("key-summary").textContent =
       `SHA-1 ${lookup.key_id.slice(0, 12)}… · owner ${short(lookup.owner && lookup.owner.peer_id)} · ` +
-      `replicas ${replicas} · this node's lookup took ${lookup.hops} hop${lookup.hops === 1 ? "" : "s"}; ` +
-      `the route by Chord's rules:`;
+      `replicas ${replicas} · this node's lookup took ${hops}` +
+      `${lookup.hops === 0 ? " (it owns the key)" : "; the nodes that answered, in order:"}`;
+    const key = toId(lookup.key_id);
+    const me = state.route[0];
     const items = state.route.map((node, i) => {
       const li = document.createElement("li");
       li.dataset.hop = String(i);
       li.dataset.hopPeer = node.peer;
-      const role = i === 0 ? "this node" : node.peer === lookup.owner.peer_id ? "owner, confirms" : "closer node";
+      let role;
+      if (i === 0) role = "this node, asks";
+      else if (lookup.owner && node.peer === lookup.owner.peer_id) role = "owner, confirmed";
+      else if (between(node.id, me.id, key)) role = "answered with closer nodes";
+      else role = "answered: not the owner, pointed back";
       li.textContent = `${short(node.peer)} ${node.id.toString(16).padStart(40, "0").slice(0, 8)}… ${role}`;
       return li;
     });
+    // The node lists the first 64 hops; say so if a lookup ever took more.
+    const unlisted = lookup.hops - (state.route.length - 1);
+    if (unlisted > 0) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = `… ${unlisted} more hop${unlisted === 1 ? "" : "s"}, not listed`;
+      items.push(li);
+    }
     path.replaceChildren(...items);
   }
 
@@ -578,6 +558,13 @@
     if (treeNode) roles.push(`group ${treeNode.role}${treeNode.member && treeNode.role !== "member" ? "+member" : ""}`);
     return roles;
   }
+  /// A drawn node's stored keys: this node's from its status (asked every second), the others'
+  /// from what each reported to the latest ring walk; null when unknown.
+  function keysOf(m) {
+    const s = state.status;
+    if (s && m.peer === s.peer_id) return s.keys;
+    return m.keys;
+  }
   function keyRole(peer) {
     const lookup = state.lookup;
     if (!lookup || !lookup.owner) return null;
@@ -768,7 +755,7 @@
     const s = state.status;
     const members = state.members;
     const signature = members
-      .map((m) => `${m.peer}:${m.state}:${keyRole(m.peer) || ""}:${m.share}:${rolesOf(m.peer).join("/")}`)
+      .map((m) => `${m.peer}:${m.state}:${keyRole(m.peer) || ""}:${m.share}:${m.keys}:${rolesOf(m.peer).join("/")}`)
       .join(" ") + (s ? s.keys : "");
     $("node-count").textContent = members.length ? `(${members.length})` : "";
     if (signature === state.tableSignature) return;
@@ -782,7 +769,9 @@
       const role = keyRole(m.peer);
       if (role) tr.dataset.role = role;
       if (m.peer === state.picked) tr.className = "picked";
-      const keys = s && m.peer === s.peer_id ? String(s.keys) : "–";
+      const count = keysOf(m);
+      if (count != null) tr.dataset.keys = String(count);
+      const keys = count == null ? "–" : String(count);
       const share = m.share == null ? "–" : `${m.share.toFixed(1)} %`;
       const roles = rolesOf(m.peer);
       if (m.state !== "alive") roles.unshift(m.state);
@@ -830,8 +819,8 @@
       tip.hidden = true;
       return;
     }
-    const s = state.status;
-    const keys = s && m.peer === s.peer_id ? `${s.keys} keys stored` : "keys stored: not reported to this node";
+    const count = keysOf(m);
+    const keys = count == null ? "keys stored: not reported" : `${count} keys stored`;
     const roles = rolesOf(m.peer);
     tip.replaceChildren();
     const lines = [
