@@ -11,7 +11,10 @@
 #   readable_s  heal until every acknowledged key of both sides reads back with its acknowledged
 #               value through every node (quorum reads), and the key written on both sides reads
 #               as one and the same value through every node;
-#   lost        acknowledged keys that no node returns with their value when the wait ends.
+#   lost        acknowledged keys that no node returns with their value when the wait ends;
+#   strays_moved  copies the nodes held outside their key's merged replica set and moved home
+#               (overlay_kv_stray_records_total{stage="moved"}, summed; 0 when the merged ring
+#               left every key a replica holding it).
 # It fails (exit 1) unless the figures the issue asks for are met: one ring within 30 s of the heal,
 # every key readable through every node within 60 s, 0 lost. Everything is torn down on exit,
 # failure included; every wait is bounded. The last line is a one-line summary with the figures.
@@ -179,7 +182,20 @@ def whereis(acked_file, ips):
         print(f"{key}: {' '.join(copies)}; replicas {replicas}")
     return 0
 
+def strays(ips):
+    """Prints how many stray copies (held outside their replica set) the nodes moved home."""
+    moved = 0
+    for ip in ips:
+        code, body = http("GET", ip, "/metrics")
+        for line in body.decode(errors="replace").splitlines() if code == 200 else []:
+            if line.startswith('overlay_kv_stray_records_total{stage="moved"}'):
+                moved += int(float(line.split()[-1]))
+    print(moved)
+    return 0
+
 cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "strays":
+    sys.exit(strays(args))
 if cmd == "whereis":
     sys.exit(whereis(args[0], args[1:]))
 if cmd == "ring":
@@ -289,7 +305,8 @@ while ((SECONDS < read_until)); do
     sleep 1
 done
 keys=$((acked_a + acked_b + 1))
-summary="nodes=8 split=4+4 split_s=${split_s} split_rings_s=${split_rings_s} merge_s=${merge_s:-none} readable_s=${readable_s:-none} keys=${keys} lost=${lost} unreadable_reads=${wrong}"
+strays_moved=$(check strays "${all_ips[@]}")
+summary="nodes=8 split=4+4 split_s=${split_s} split_rings_s=${split_rings_s} merge_s=${merge_s:-none} readable_s=${readable_s:-none} keys=${keys} lost=${lost} unreadable_reads=${wrong} strays_moved=${strays_moved}"
 say "$summary"
 [[ -n "$merge_s" ]] || fail "no correct ring within ${watch_s} s of the heal"
 if [[ -z "$readable_s" ]]; then

@@ -7,8 +7,7 @@
 //!   on 3 replicas, and a 16-node ring.
 //! - `deploy/partition.sh` (issue 18): 8 nodes split 4 + 4 across two docker networks for 30 s with
 //!   writes on both sides, then healed: one correct ring within 30 s of the heal, every
-//!   acknowledged key readable through every node within 60 s, none lost (ignored for now: see
-//!   the test).
+//!   acknowledged key readable through every node within 60 s, none lost.
 //!
 //! The image is built once for both; the experiments run one at a time (they share the engine,
 //! the host's neighbour table and two cores). Each script bounds its own waits and tears its
@@ -101,14 +100,10 @@ fn seconds(figures: &HashMap<&str, &str>, name: &str, summary: &str) -> f64 {
         .unwrap_or_else(|| panic!("no figure {name} in the summary: {summary}"))
 }
 
-// Ignored in CI until the store hands over records held outside their new replica set: when the
-// merged ring puts three nodes of one side in a row (about half the random 4 + 4 layouts), the
-// keys they now own that the other side wrote are held only by nodes outside their replica set,
-// and owner-driven anti-entropy (`dht/src/kv/sync.rs`) never moves them (1 run of 7 here: 3 keys
-// unreadable through every node 120 s after the heal; `deploy/partition.sh` prints who holds
-// them). The ring itself merged within 4-16 s in every run. Run it with `-- --ignored`.
+// When the merged ring puts three nodes of one side in a row (about half the random 4 + 4 layouts),
+// the keys they now own that the other side wrote are held only outside their replica set; the
+// holders' stray sweeps (`dht/src/kv/stray.rs`) move them home (`strays_moved` in the summary).
 #[test]
-#[ignore = "keys held outside their new replica set after a merge are not handed over yet (see above)"]
 fn container_rings_split_by_a_partition_merge_back_without_losing_keys() {
     if let Some(reason) = skip_reason() {
         eprintln!("SKIPPED container_rings_split_by_a_partition_merge_back_without_losing_keys: {reason}");
