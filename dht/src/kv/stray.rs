@@ -10,8 +10,9 @@
 //! key's whole replica set acknowledged holding it.
 //!
 //! # A sweep
-//! Every [`KvConfig::stray_interval`] (sooner after the ring changed around this node), a sweep
-//! walks the part of the ring this node does *not* own, `(me, predecessor]`, one step at a time:
+//! Every [`KvConfig::stray_interval`] (2 s after the ring changed around this node; each sweep
+//! that finds nothing doubles the wait, up to [`MAX_BACKOFF`] times the interval, so a ring at
+//! rest pays a sweep every few minutes), a sweep walks the part of the ring this node does *not* own, `(me, predecessor]`, one step at a time:
 //! 1. list the next [`STRAY_PAGE`] entries (key and version) after the cursor;
 //! 2. look up the owner of the first one. Its successor `O` owns every key from that one up to
 //!    `O` (no node lies between), so one lookup settles a whole run of keys: in a ring at rest, a
@@ -52,6 +53,9 @@ pub const STRAY_PAGE: usize = 64;
 /// How soon a sweep follows a change of the ring around this node.
 const HURRY: Duration = Duration::from_secs(2);
 
+/// Most times the interval a quiet node waits between sweeps (after three quiet sweeps in a row).
+pub(super) const MAX_BACKOFF: u32 = 8;
+
 /// Longest a sweep may run before it is abandoned until the next interval.
 pub(super) const SWEEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -91,6 +95,8 @@ struct Sweep<A> {
     range: Remaining,
     step: Step<A>,
     deadline: Time,
+    /// Whether this sweep met a stray.
+    found: bool,
 }
 
 /// The sweeps of one node. See the module docs.
@@ -98,11 +104,13 @@ struct Sweep<A> {
 pub(super) struct StraySweep<A> {
     next_sweep: Time,
     sweep: Option<Sweep<A>>,
+    /// Sweeps in a row that found nothing since the ring last changed around this node.
+    quiet_sweeps: u32,
 }
 
 impl<A: Address> StraySweep<A> {
     pub(super) fn new() -> Self {
-        StraySweep { next_sweep: Time::ZERO, sweep: None }
+        StraySweep { next_sweep: Time::ZERO, sweep: None, quiet_sweeps: 0 }
     }
 
     /// When the next sweep is due (or the running one's deadline).
@@ -116,6 +124,7 @@ impl<A: Address> StraySweep<A> {
     /// Brings the next sweep forward: the ring changed, some copies here may have become strays.
     pub(super) fn hurry(&mut self, now: Time) {
         self.next_sweep = self.next_sweep.min(now + HURRY);
+        self.quiet_sweeps = 0;
     }
 
     /// Starts a sweep when one is due; abandons one past its deadline.
@@ -133,7 +142,8 @@ impl<A: Address> StraySweep<A> {
         if now < self.next_sweep {
             return;
         }
-        self.next_sweep = now + interval;
+        let backoff = (1u32 << self.quiet_sweeps.min(MAX_BACKOFF.ilog2())).min(MAX_BACKOFF);
+        self.next_sweep = now + interval * backoff;
         let me = out.me_id();
         let Some(predecessor) = ring.predecessor().filter(|_| ring.is_member()) else {
             return;
@@ -143,7 +153,7 @@ impl<A: Address> StraySweep<A> {
         }
         out.counters.stray_sweeps += 1;
         let range = Remaining { start: me, cursor: None, end: predecessor.id };
-        self.sweep = Some(Sweep { range, step: Step::Listing, deadline: now + SWEEP_TIMEOUT });
+        self.sweep = Some(Sweep { range, step: Step::Listing, deadline: now + SWEEP_TIMEOUT, found: false });
         list(range, out);
     }
 
@@ -157,7 +167,7 @@ impl<A: Address> StraySweep<A> {
             return;
         };
         let Some(first) = entries.first() else {
-            self.sweep = None;
+            self.finish();
             return;
         };
         let lookup = ring.lookup(Id::hash(&first.key), now);
@@ -210,6 +220,7 @@ impl<A: Address> StraySweep<A> {
             return true;
         }
         out.counters.stray_found += run.len() as u64;
+        sweep.found = true;
         tracing::debug!(records = run.len(), owner = %owner.short(), "stray records found; moving them");
         let keys = run.into_iter().map(|e| e.key).collect();
         sweep.step = Step::Reading { targets, next };
@@ -318,7 +329,14 @@ impl<A: Address> StraySweep<A> {
                 sweep.step = Step::Listing;
                 list(sweep.range, out);
             }
-            _ => self.sweep = None,
+            _ => self.finish(),
+        }
+    }
+
+    /// The sweep reached the end of the range: a quiet one lengthens the wait for the next.
+    fn finish(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            self.quiet_sweeps = if sweep.found { 0 } else { self.quiet_sweeps.saturating_add(1) };
         }
     }
 }

@@ -60,7 +60,7 @@ fn a_stray_copy_moves_to_its_whole_replica_set_and_only_then_goes() {
 }
 
 #[test]
-fn copies_a_node_replicates_stay_and_a_ring_at_rest_has_no_strays() {
+fn copies_a_node_replicates_stay_and_a_ring_at_rest_has_no_strays_and_sweeps_rarely() {
     let mut sim = ring(8, 12);
     let mut keys = Vec::new();
     for k in 0..40u32 {
@@ -83,6 +83,18 @@ fn copies_a_node_replicates_stay_and_a_ring_at_rest_has_no_strays() {
         sweeps += counters.stray_sweeps;
     }
     assert!(sweeps >= 2 * sim.node_count() as u64, "every node swept at least twice: {sweeps}");
+    // Quiet sweeps back off: over 12 minutes a sweep every 30 s would be 24; doubling waits
+    // (30, 60, 120, then 240 s) make about 6.
+    sim.run_until(sim.now() + (Duration::from_secs(12 * 60) - TWO_SWEEPS));
+    for node in 0..sim.node_count() {
+        let counters = sim.kv_coordinator(node).expect("enabled").counters().clone();
+        assert_eq!(counters.stray_found, 0, "node {node}: {counters:?}");
+        assert!(
+            (4..=8).contains(&counters.stray_sweeps),
+            "node {node} swept {} times",
+            counters.stray_sweeps
+        );
+    }
     for key in &keys {
         let key_id = Id::hash(key);
         for replica in sim.true_replicas(&key_id, 3) {
