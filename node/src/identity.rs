@@ -31,6 +31,11 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keypair> {
     file.write_all(&bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))?;
+    // The rename is durable only once the directory is: without this a crash could bring back a
+    // directory without the identity, and the node would come back as another peer.
+    fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("syncing {}", data_dir.display()))?;
     Ok(keypair)
 }
 

@@ -17,12 +17,14 @@
 //! magic u32 | lsn u64 | payload length u32 | crc32 u32 (of lsn, length and payload) | payload
 //! ```
 //!
-//! all little-endian. `lsn` (log sequence number) grows by one per entry and is never reused, so
-//! the log's live entries are the run of intact entries from offset 0 whose lsns are consecutive.
-//! A torn write at the end, zeros, or the leftovers of an earlier round (smaller lsns, or bytes
-//! that no longer start at an entry boundary) end the run. A checkpoint zeroes the first header, so
-//! a log reopened after a checkpoint replays nothing; and replaying a record that is already in the
-//! database is harmless anyway, since the store never lets an older version replace a newer one.
+//! all little-endian. `lsn` (log sequence number) grows by one per entry and is never reused, in
+//! this process or the next, so the log's live entries are the run of intact entries from offset 0
+//! whose lsns are consecutive. A torn write at the end, zeros, or the leftovers of an earlier round
+//! (smaller lsns, or bytes that no longer start at an entry boundary) end the run. A checkpoint
+//! writes a *checkpoint marker* over the first header (magic "OCKP", the next lsn, no payload): a
+//! log reopened after a checkpoint replays nothing and numbers on from the marker, so a leftover of
+//! an earlier round can never carry the lsn that follows a new entry. (Replaying a stale record
+//! would not replace a newer version, but it would bring back a copy the store had removed.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -33,7 +35,10 @@ use dht::store::Record;
 use tracing::{debug, info, warn};
 
 /// Marks the start of an entry ("OWAL").
-const MAGIC: u32 = 0x4f57_414c;
+pub(crate) const MAGIC: u32 = 0x4f57_414c;
+
+/// Marks a checkpoint at offset 0 ("OCKP"): nothing to replay; its lsn is the next one to use.
+pub(crate) const CHECKPOINT_MAGIC: u32 = 0x4f43_4b50;
 
 /// Bytes of an entry's header.
 pub(crate) const HEADER_BYTES: usize = 4 + 8 + 4 + 4;
@@ -137,12 +142,9 @@ impl Wal {
         if bytes.len() as u64 > self.capacity {
             return None;
         }
-        let lsn = self.next_lsn;
-        bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        bytes[4..12].copy_from_slice(&lsn.to_le_bytes());
-        bytes[12..16].copy_from_slice(&payload_len.to_le_bytes());
-        let crc = entry_crc(lsn, payload_len, &bytes[HEADER_BYTES..]);
-        bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+        debug_assert_eq!(payload_len as usize, bytes.len() - HEADER_BYTES);
+        let header = header(MAGIC, self.next_lsn, &bytes[HEADER_BYTES..]);
+        bytes[..HEADER_BYTES].copy_from_slice(&header);
         Some(Entry { bytes })
     }
 
@@ -173,15 +175,27 @@ impl Wal {
         self.file.sync_data()
     }
 
-    /// Starts the log over after the database has made everything in it durable: zeroes the first
-    /// header (so that a reopened log replays nothing) and appends from offset 0 again.
+    /// Starts the log over after the database has made everything in it durable: writes the
+    /// checkpoint marker over the first header (so that a reopened log replays nothing and numbers
+    /// on from here) and appends from offset 0 again.
     pub(crate) fn checkpointed(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&[0; HEADER_BYTES], 0)?;
+        self.file.write_all_at(&header(CHECKPOINT_MAGIC, self.next_lsn, &[]), 0)?;
         self.file.sync_data()?;
         debug!(path = %self.path.display(), bytes = self.tail, "write-ahead log checkpointed");
         self.tail = 0;
         Ok(())
     }
+}
+
+/// The header of an entry (or, with [`CHECKPOINT_MAGIC`] and no payload, of a checkpoint marker).
+fn header(magic: u32, lsn: u64, payload: &[u8]) -> [u8; HEADER_BYTES] {
+    let payload_len = u32::try_from(payload.len()).expect("the caller checked the payload's length");
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..4].copy_from_slice(&magic.to_le_bytes());
+    header[4..12].copy_from_slice(&lsn.to_le_bytes());
+    header[12..16].copy_from_slice(&payload_len.to_le_bytes());
+    header[16..20].copy_from_slice(&entry_crc(lsn, payload_len, payload).to_le_bytes());
+    header
 }
 
 /// The CRC-32 of an entry's lsn, length and payload.
@@ -197,6 +211,9 @@ fn entry_crc(lsn: u64, payload_len: u32, payload: &[u8]) -> u32 {
 /// by entry rather than the whole file, so that opening costs no more memory than one entry.
 fn read_entries(file: &File, len: u64) -> io::Result<(Replay, u64)> {
     let mut replay = Replay::default();
+    if let Some((CHECKPOINT_MAGIC, next_lsn, _)) = header_at(file, len, 0)? {
+        return Ok((replay, next_lsn.saturating_sub(1)));
+    }
     let mut offset = 0u64;
     let mut expected_lsn = None;
     let mut last_lsn = 0;
@@ -224,6 +241,13 @@ fn read_entries(file: &File, len: u64) -> io::Result<(Replay, u64)> {
 /// The entry at `offset` of `file` (`len` bytes long), if one intact entry starts there: its lsn
 /// and payload.
 fn entry_at(file: &File, len: u64, offset: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
+    let found = header_at(file, len, offset)?;
+    Ok(found.and_then(|(magic, lsn, payload)| (magic == MAGIC).then_some((lsn, payload))))
+}
+
+/// The intact header at `offset` of `file` (`len` bytes long) and its payload, whatever its
+/// magic: (magic, lsn, payload).
+fn header_at(file: &File, len: u64, offset: u64) -> io::Result<Option<(u32, u64, Vec<u8>)>> {
     let mut header = [0u8; HEADER_BYTES];
     if offset + HEADER_BYTES as u64 > len {
         return Ok(None);
@@ -236,12 +260,12 @@ fn entry_at(file: &File, len: u64, offset: u64) -> io::Result<Option<(u64, Vec<u
     let crc = u32::from_le_bytes([c0, c1, c2, c3]);
     let start = offset + HEADER_BYTES as u64;
     // The length is checked against the file before anything is allocated for it.
-    if magic != MAGIC || start + u64::from(payload_len) > len {
+    if !matches!(magic, MAGIC | CHECKPOINT_MAGIC) || start + u64::from(payload_len) > len {
         return Ok(None);
     }
     let mut payload = vec![0; payload_len as usize];
     file.read_exact_at(&mut payload, start)?;
-    Ok((entry_crc(lsn, payload_len, &payload) == crc).then_some((lsn, payload)))
+    Ok((entry_crc(lsn, payload_len, &payload) == crc).then_some((magic, lsn, payload)))
 }
 
 /// Creates `path` as `capacity` zero bytes, durably: written to a temporary file, synced, renamed
@@ -353,6 +377,26 @@ mod tests {
         drop(wal);
         // The second and third entries of round one still sit right after the new one, intact,
         // but their lsns (2, 3) do not follow the new entry's (4).
+        let (_, replay) = reopen(&path);
+        assert_eq!(keys(&replay), vec![(b"k".to_vec(), 7)]);
+    }
+
+    #[test]
+    fn lsns_keep_growing_across_a_checkpoint_and_a_restart() {
+        let (_dir, path, mut wal) = fresh_log();
+        // Round one: three entries of the same size, checkpointed, then the node stops cleanly.
+        for hlc in 1..=3 {
+            append(&mut wal, &[record("k", hlc)]);
+        }
+        wal.checkpointed().expect("checkpoint");
+        drop(wal);
+        // The next run replays nothing, writes one entry of the same size and crashes.
+        let (mut wal, replay) = reopen(&path);
+        assert_eq!(replay.entries, 0);
+        append(&mut wal, &[record("k", 7)]);
+        drop(wal);
+        // Round one's second entry still sits right after the new one, intact; had the numbering
+        // started again at 1 its lsn (2) would follow the new entry's and it would be replayed.
         let (_, replay) = reopen(&path);
         assert_eq!(keys(&replay), vec![(b"k".to_vec(), 7)]);
     }

@@ -472,7 +472,7 @@ fn acknowledged_puts_survive_an_abort() {
         .expect("child runs");
     assert!(!status.success(), "the child aborts after its puts");
     let log = std::fs::read(dir.path().join(WAL_FILE_NAME)).expect("log exists");
-    assert_ne!(log[..4], [0; 4], "the records are in the log, not checkpointed");
+    assert_eq!(log[..4], wal::MAGIC.to_le_bytes(), "the records are in the log, not checkpointed");
 
     let storage = open(&dir);
     assert_eq!(storage.get(b"crash0").expect("get").expect("present").value, b"newer");
@@ -484,7 +484,7 @@ fn acknowledged_puts_survive_an_abort() {
     assert_eq!(storage.stats(), stats(CRASH_PUTS - 1, storage.stats().bytes, 1, 0));
     // The replay was checkpointed at open: the log starts empty.
     let log = std::fs::read(dir.path().join(WAL_FILE_NAME)).expect("log exists");
-    assert_eq!(log[..4], [0; 4]);
+    assert_eq!(log[..4], wal::CHECKPOINT_MAGIC.to_le_bytes());
 }
 
 #[tokio::test]
