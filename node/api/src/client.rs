@@ -735,6 +735,41 @@ mod tests {
     }
 
     #[test]
+    fn a_token_goes_in_every_request_header_and_never_in_debug() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().expect("the client connects");
+            let mut reader = BufReader::new(&socket);
+            let mut head = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                head.push(line.trim_end().to_ascii_lowercase());
+                line.clear();
+            }
+            let body = r#"{"error":"the API token is not this node's"}"#;
+            let answer = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            (&socket).write_all(answer.as_bytes()).expect("the client reads");
+            head
+        });
+        let client = Client::new(&format!("127.0.0.1:{port}"), Duration::from_secs(5), 1)
+            .expect("a client")
+            .with_token(Some("s3cret"));
+        assert!(!format!("{client:?}").contains("s3cret"));
+        let refused = client.ring().expect_err("a 401");
+        assert!(
+            matches!(refused, ApiError::Unauthorized { ref message } if message == "the API token is not this node's"),
+            "{refused:?}"
+        );
+        let head = server.join().expect("the server thread");
+        assert!(head.contains(&"authorization: bearer s3cret".to_owned()), "{head:?}");
+    }
+
+    #[test]
     fn a_stream_yields_typed_events_and_can_be_closed_from_another_thread() {
         let (port, requested) = serve_stream(
             ": keep-alive\n\nevent: message\ndata: {\"body\":\"hi\",\"from\":\"a\",\"group\":\"a b\",\"seq\":3,\"ts\":1}\n\n",
