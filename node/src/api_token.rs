@@ -129,7 +129,7 @@ pub fn resolve(
     let path = data_dir.join(TOKEN_FILE_NAME);
     if path.exists() {
         warn_if_readable_by_others(&path);
-        let token = read_token_file(&path)?;
+        let token = read_token_file(&path).context("remove the file to have a new token generated")?;
         return Ok(Some((token, TokenSource::DataDir { path, created: false })));
     }
     let token = ApiToken::generate()?;
@@ -148,9 +148,7 @@ pub fn resolve(
 fn read_token_file(path: &Path) -> anyhow::Result<ApiToken> {
     let text =
         fs::read_to_string(path).with_context(|| format!("reading the API token {}", path.display()))?;
-    text.trim().parse().with_context(|| {
-        format!("{} does not hold a valid API token (remove it to have a new one generated)", path.display())
-    })
+    text.trim().parse().with_context(|| format!("{} does not hold a valid API token", path.display()))
 }
 
 #[cfg(unix)]
@@ -159,7 +157,8 @@ fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            warn!(path = %path.display(), mode = format!("{mode:o}"), "the API token file is readable by others; chmod 600 it");
+            let mode = format!("{mode:o}");
+            warn!(path = %path.display(), %mode, "the API token file is readable by others; chmod 600 it");
         }
     }
 }
@@ -204,7 +203,8 @@ pub fn log_requirement(http: SocketAddr, token: Option<&(ApiToken, TokenSource)>
     match token {
         None => info!(%http, "HTTP API on loopback without a token"),
         Some((_, source)) => {
-            info!(%http, source = ?source, "HTTP API needs a bearer token outside /, /page.js, /page.css, /metrics and /v1/status")
+            let open = overlay_api::auth::OPEN_PATHS.join(" ");
+            info!(%http, ?source, %open, "HTTP API needs a bearer token except on the open paths")
         }
     }
 }
@@ -238,7 +238,8 @@ impl IntoResponse for Refusal {
         let (challenge, error) = match self {
             Refusal::Missing => (
                 r#"Bearer realm="overlay""#,
-                "this node's API needs a bearer token (Authorization: Bearer TOKEN); the overlay CLI takes --api-token or OVERLAY_API_TOKEN",
+                "this node's API needs a bearer token (Authorization: Bearer TOKEN); \
+                 the overlay CLI takes --api-token or OVERLAY_API_TOKEN",
             ),
             Refusal::Malformed => (
                 r#"Bearer realm="overlay", error="invalid_request""#,

@@ -2,8 +2,9 @@
 //! HTTP API.
 //!
 //! [`run`] wires the pieces: identity and store from the data directory, the swarm, the event loop
-//! that owns the core, and the HTTP server, behind a bearer token when [`api_token`] says so. SIGINT/SIGTERM (the `shutdown` token) makes the node
-//! hand off its records, leave the ring, and return.
+//! that owns the core, and the HTTP server, behind a bearer token when [`api_token`] says so.
+//! SIGINT/SIGTERM (the `shutdown` token) makes the node hand off its records, leave the ring, and
+//! return.
 
 pub mod address;
 pub mod api_token;
