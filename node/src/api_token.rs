@@ -6,7 +6,8 @@
 //! the token in `<data_dir>/api-token`, generated on first start; that file (32 random bytes
 //! from the operating system, as 64 hex digits, mode 0600, written atomically, reused on every
 //! restart); and the middleware ([`require_token`]) that answers 401 to any request outside
-//! [`overlay_api::auth::OPEN_PATHS`] without the right `Authorization: Bearer` header.
+//! [`overlay_api::auth::OPEN_PATHS`] without the right `Authorization: Bearer` header, and
+//! counts those refusals ([`Refusals`], shown by `/metrics`).
 //!
 //! Invariants:
 //! - the token's value is never logged: [`ApiToken`]'s `Debug` is redacted (the effective
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use axum::Json;
@@ -35,6 +37,8 @@ use overlay_api::ErrorBody;
 use overlay_api::auth::{TOKEN_FILE_NAME, is_open};
 use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn};
+
+use crate::metrics::ApiRefusals;
 
 /// Random bytes in a generated token: 256 bits, beyond guessing at any request rate.
 const GENERATED_BYTES: usize = 32;
@@ -238,8 +242,7 @@ impl IntoResponse for Refusal {
         let (challenge, error) = match self {
             Refusal::Missing => (
                 r#"Bearer realm="overlay""#,
-                "this node's API needs a bearer token (Authorization: Bearer TOKEN); \
-                 the overlay CLI takes --api-token or OVERLAY_API_TOKEN",
+                "this node's API needs a bearer token (Authorization: Bearer TOKEN)",
             ),
             Refusal::Malformed => (
                 r#"Bearer realm="overlay", error="invalid_request""#,
@@ -254,18 +257,55 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Middleware: passes requests for open paths, and others only with the right bearer token.
-pub(crate) async fn require_token(
-    State(token): State<Arc<ApiToken>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Requests refused, counted by the middleware on whichever task serves them and read by the
+/// `/metrics` handler: plain atomic counters, no lock, and nothing for the event loop to do.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    missing: AtomicU64,
+    malformed: AtomicU64,
+    wrong: AtomicU64,
+}
+
+impl Refusals {
+    fn count(&self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::Missing => &self.missing,
+            Refusal::Malformed => &self.malformed,
+            Refusal::Wrong => &self.wrong,
+        };
+        // Relaxed: independent counters; a scrape needs no ordering with anything else.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ApiRefusals {
+        ApiRefusals {
+            missing: self.missing.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            wrong: self.wrong.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What [`require_token`] holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Guard {
+    /// The token to require.
+    pub(crate) token: Arc<ApiToken>,
+    /// Where refusals are counted.
+    pub(crate) refusals: Arc<Refusals>,
+}
+
+/// Middleware: passes requests for open paths, and others only with the right bearer token;
+/// refusals are counted and logged at debug (a client's mistake or a probe, not the node's).
+pub(crate) async fn require_token(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     if is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    match check(&token, request.headers()) {
+    match check(&guard.token, request.headers()) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
+            guard.refusals.count(refusal);
             debug!(method = %request.method(), ?refusal, "API request refused: no valid token");
             refusal.into_response()
         }
@@ -301,6 +341,15 @@ mod tests {
         assert_eq!(check(&token, &headers(Some("Basic czNjcmV0"))), Err(Refusal::Malformed));
         assert_eq!(check(&token, &headers(Some("s3cret-token"))), Err(Refusal::Malformed));
         assert_eq!(check(&token, &headers(Some("Bearer"))), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let refusals = Refusals::default();
+        for refusal in [Refusal::Wrong, Refusal::Missing, Refusal::Wrong] {
+            refusals.count(refusal);
+        }
+        assert_eq!(refusals.counts(), ApiRefusals { missing: 1, malformed: 0, wrong: 2 });
     }
 
     #[test]

@@ -55,12 +55,15 @@ pub struct ApiState {
     pub commands: mpsc::Sender<Command>,
     /// The address the API is served at, reported in status.
     pub http: String,
+    /// Requests refused for want of the token ([`api_token`]), for `/metrics`.
+    pub refusals: Arc<api_token::Refusals>,
 }
 
 /// The API's routes. Bodies larger than `max_value_bytes` are refused with 413 before they are
 /// read in full. With a `token`, every route but the open ones
 /// ([`overlay_api::auth::OPEN_PATHS`]) needs it as a bearer token ([`api_token`]).
 pub fn router(state: ApiState, max_value_bytes: usize, token: Option<ApiToken>) -> Router {
+    let refusals = state.refusals.clone();
     let routes = Router::new()
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/lookup/{key}", get(lookup))
@@ -81,7 +84,8 @@ pub fn router(state: ApiState, max_value_bytes: usize, token: Option<ApiToken>) 
     match token {
         // The outermost layer, so a refused request is answered before anything reads its body.
         Some(token) => {
-            routes.layer(middleware::from_fn_with_state(Arc::new(token), api_token::require_token))
+            let guard = api_token::Guard { token: Arc::new(token), refusals };
+            routes.layer(middleware::from_fn_with_state(guard, api_token::require_token))
         }
         None => routes,
     }
@@ -399,7 +403,8 @@ async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
 
 /// The loop copies its counters; the encoding happens here, off the loop.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
+    let mut snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
+    snapshot.api_refused = state.refusals.counts();
     let content_type = HeaderValue::from_static(metrics::CONTENT_TYPE);
     Ok(([(header::CONTENT_TYPE, content_type)], metrics::render(snapshot)).into_response())
 }

@@ -134,7 +134,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         shutdown.clone(),
     )?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
-    let state = http::ApiState { commands: commands_tx, http: http_addr };
+    let refusals = std::sync::Arc::new(api_token::Refusals::default());
+    let state = http::ApiState { commands: commands_tx, http: http_addr, refusals };
     let app = http::router(state, flags.max_value_bytes, api_token.map(|(token, _)| token));
     let http_stop = CancellationToken::new();
     let http_stopped = http_stop.clone();

@@ -4,7 +4,8 @@
 //! on 127.0.0.1) generates a token on first start, keeps it in `<data-dir>/api-token` with mode
 //! 0600, prints it once and refuses every request outside the open paths without it, whether it
 //! comes from the API client or the CLI; a restart reuses the file. A node on loopback that is
-//! given a token enforces it too, and writes no file. Neither ever logs the token.
+//! given a token enforces it too, counts what it refuses in `/metrics`, and writes no file.
+//! Neither ever logs the token.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,6 +150,14 @@ fn a_loopback_api_enforces_a_token_it_is_given() {
         Ok(anonymous.status()?.member.then_some(()))
     });
     assert_protected(&anonymous, "no token");
+    assert_protected(&Http::with_token(&addr, Some("wrong")), "a wrong token");
+    // Each protected request of each round was refused and counted (6 a round); the open ones not.
+    let refused = |reason: &str| {
+        anonymous
+            .metric(&format!("overlay_api_requests_refused_total{{reason=\"{reason}\"}}"))
+            .expect("the metric")
+    };
+    assert_eq!((refused("missing"), refused("wrong"), refused("malformed")), (6.0, 6.0, 0.0));
     let http = Http::with_token(&addr, Some(GIVEN));
     http.api().put("k", b"v", None).expect("a put with the token");
     assert_eq!(http.api().get("k", None).expect("a get").value, b"v");
