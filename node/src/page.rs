@@ -70,4 +70,14 @@ mod tests {
         assert!(INDEX_HTML.contains(r#"<script src="/page.js""#));
         assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/page.css""#));
     }
+
+    #[test]
+    fn the_script_knows_which_paths_need_no_token() {
+        let line = PAGE_JS.lines().find(|l| l.contains("const OPEN_PATHS")).expect("the script's list");
+        let quoted: Vec<String> = overlay_api::auth::OPEN_PATHS.iter().map(|p| format!("\"{p}\"")).collect();
+        assert_eq!(line.matches('"').count(), 2 * quoted.len(), "{line}");
+        for path in quoted {
+            assert!(line.contains(&path), "{path} missing from {line}");
+        }
+    }
 }
