@@ -75,16 +75,22 @@ since() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1
 
 export OVERLAY_HTTP_PORT
 OVERLAY_HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The nodes' API token (compose requires one; the API binds 0.0.0.0 in the containers): the
+# caller's, or a fresh one for this run.
+export OVERLAY_API_TOKEN
+OVERLAY_API_TOKEN=${OVERLAY_API_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
 
 [[ -n "${SKIP_BUILD:-}" ]] || deploy/build-image.sh
 
 # The checks, over the nodes' HTTP APIs at their container addresses (the host reaches both
 # bridge networks).
 cat >"$work/check.py" <<'PY'
-import json, sys, time, urllib.error, urllib.parse, urllib.request
+import json, os, sys, time, urllib.error, urllib.parse, urllib.request
+
+AUTH = {"Authorization": "Bearer " + os.environ["OVERLAY_API_TOKEN"]}
 
 def http(method, ip, path, body=None, timeout=5):
-    req = urllib.request.Request(f"http://{ip}:7001{path}", data=body, method=method)
+    req = urllib.request.Request(f"http://{ip}:7001{path}", data=body, method=method, headers=AUTH)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()

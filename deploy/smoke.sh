@@ -43,6 +43,10 @@ check_time() { ((SECONDS < deadline)) || fail "ran out of time"; }
 # The published API port: a free one, so a local node on 7001 does not collide.
 export OVERLAY_HTTP_PORT
 OVERLAY_HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The nodes' API token (compose requires one; the API binds 0.0.0.0 in the containers): the
+# caller's, or a fresh one for this run.
+export OVERLAY_API_TOKEN
+OVERLAY_API_TOKEN=${OVERLAY_API_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
 
 [[ -n "${SKIP_BUILD:-}" ]] || deploy/build-image.sh
 
@@ -127,11 +131,13 @@ check_all() {
     # Reads go straight to the containers' own addresses on the bridge network (the host reaches
     # them): the seed answers quorum reads and lookups, each replica its own copy (?local=true).
     python3 - "$ack_file" "${live[@]}" <<'PY'
-import json, sys, urllib.error, urllib.parse, urllib.request
+import json, os, sys, urllib.error, urllib.parse, urllib.request
+AUTH = {"Authorization": "Bearer " + os.environ["OVERLAY_API_TOKEN"]}
 acks, ips = sys.argv[1], sys.argv[2:]
 def get(ip, path):
     try:
-        with urllib.request.urlopen(f"http://{ip}:7001{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://{ip}:7001{path}", headers=AUTH)
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use libp2p::Multiaddr;
 
+use crate::api_token::ApiToken;
+
 /// A peer-to-peer overlay node: a Chord ring with replicated, persistent key/value storage.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "overlay-node", version, about)]
@@ -32,6 +34,19 @@ pub struct Flags {
     /// Address of the HTTP API.
     #[arg(long, env = "OVERLAY_HTTP", default_value = "127.0.0.1:7001")]
     pub http: SocketAddr,
+    /// Bearer token the HTTP API requires outside `/`, `/page.js`, `/page.css`, `/metrics` and
+    /// `/v1/status`. Without one, an API bound to loopback is open, and one bound to any other
+    /// address uses `<data-dir>/api-token`, generated (and printed once) on first start.
+    #[arg(long, env = overlay_api::auth::TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
+    pub api_token: Option<ApiToken>,
+    /// Read the API token from this file (a mounted secret) instead.
+    #[arg(
+        long,
+        env = overlay_api::auth::TOKEN_FILE_ENV,
+        value_name = "PATH",
+        conflicts_with = "api_token"
+    )]
+    pub api_token_file: Option<PathBuf>,
     /// Replicas of each key (n): the owner and n − 1 successors.
     #[arg(long, env = "OVERLAY_REPLICAS", default_value_t = NonZeroUsize::new(3).expect("3 > 0"))]
     pub replicas: NonZeroUsize,

@@ -4,9 +4,11 @@
 //! channel; errors are `{"error": "..."}` with a status that says what to do (413 too large, 404
 //! missing, 503 retry later). Every JSON document, and the rules for group names and sender
 //! labels, are `overlay_api`'s, shared with the CLI and the tests; this module only fills them in
-//! from the event loop's answers.
+//! from the event loop's answers. Who may ask is [`api_token`]'s concern: a layer in front of
+//! every route.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -17,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use dht::NodeRef;
 use dht::store::{Consistency, Record, Version};
 use futures::Stream;
@@ -32,6 +34,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::PeerAddr;
+use crate::api_token::{self, ApiToken};
 use crate::event_loop::{Command, Expect, KvError, Located, RingWalk, Status, Written};
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics;
@@ -52,12 +55,16 @@ pub struct ApiState {
     pub commands: mpsc::Sender<Command>,
     /// The address the API is served at, reported in status.
     pub http: String,
+    /// Requests refused for want of the token ([`api_token`]), for `/metrics`.
+    pub refusals: Arc<api_token::Refusals>,
 }
 
 /// The API's routes. Bodies larger than `max_value_bytes` are refused with 413 before they are
-/// read in full.
-pub fn router(state: ApiState, max_value_bytes: usize) -> Router {
-    Router::new()
+/// read in full. With a `token`, every route but the open ones
+/// ([`overlay_api::auth::OPEN_PATHS`]) needs it as a bearer token ([`api_token`]).
+pub fn router(state: ApiState, max_value_bytes: usize, token: Option<ApiToken>) -> Router {
+    let refusals = state.refusals.clone();
+    let routes = Router::new()
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/lookup/{key}", get(lookup))
         .route("/v1/status", get(status))
@@ -73,7 +80,15 @@ pub fn router(state: ApiState, max_value_bytes: usize) -> Router {
         .route("/page.css", get(page::style))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; the API is under /v1/".into()) })
         .layer(DefaultBodyLimit::max(max_value_bytes))
-        .with_state(state)
+        .with_state(state);
+    match token {
+        // The outermost layer, so a refused request is answered before anything reads its body.
+        Some(token) => {
+            let guard = api_token::Guard { token: Arc::new(token), refusals };
+            routes.layer(middleware::from_fn_with_state(guard, api_token::require_token))
+        }
+        None => routes,
+    }
 }
 
 struct ApiError(StatusCode, String);
@@ -388,7 +403,8 @@ async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
 
 /// The loop copies its counters; the encoding happens here, off the loop.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
+    let mut snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
+    snapshot.api_refused = state.refusals.counts();
     let content_type = HeaderValue::from_static(metrics::CONTENT_TYPE);
     Ok(([(header::CONTENT_TYPE, content_type)], metrics::render(snapshot)).into_response())
 }

@@ -2,10 +2,12 @@
 //! HTTP API.
 //!
 //! [`run`] wires the pieces: identity and store from the data directory, the swarm, the event loop
-//! that owns the core, and the HTTP server. SIGINT/SIGTERM (the `shutdown` token) makes the node
-//! hand off its records, leave the ring, and return.
+//! that owns the core, and the HTTP server, behind a bearer token when [`api_token`] says so.
+//! SIGINT/SIGTERM (the `shutdown` token) makes the node hand off its records, leave the ring, and
+//! return.
 
 pub mod address;
+pub mod api_token;
 pub mod config;
 pub mod event_loop;
 pub mod groups;
@@ -96,7 +98,15 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(flags.http)
         .await
         .with_context(|| format!("binding the HTTP API to {}", flags.http))?;
-    let http_addr = listener.local_addr()?.to_string();
+    let http_bound = listener.local_addr()?;
+    let http_addr = http_bound.to_string();
+    let api_token = api_token::resolve(
+        flags.api_token.as_ref(),
+        flags.api_token_file.as_deref(),
+        http_bound,
+        &flags.data_dir,
+    )?;
+    api_token::log_requirement(http_bound, api_token.as_ref());
     info!(peer = %swarm.local_peer_id(), p2p = %announce, http = %http_addr, "node up");
 
     let event_loop_peer = swarm.local_peer_id().to_string();
@@ -124,8 +134,9 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         shutdown.clone(),
     )?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
-    let state = http::ApiState { commands: commands_tx, http: http_addr };
-    let app = http::router(state, flags.max_value_bytes);
+    let refusals = std::sync::Arc::new(api_token::Refusals::default());
+    let state = http::ApiState { commands: commands_tx, http: http_addr, refusals };
+    let app = http::router(state, flags.max_value_bytes, api_token.map(|(token, _)| token));
     let http_stop = CancellationToken::new();
     let http_stopped = http_stop.clone();
     let server = tokio::spawn(async move {

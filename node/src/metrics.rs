@@ -8,7 +8,10 @@
 //!
 //! Invariants:
 //! - Nothing here is shared between tasks. The handler asks the loop for a [`Snapshot`] through
-//!   the command channel, like every other handler, and encodes it on its own task.
+//!   the command channel, like every other handler, and encodes it on its own task. The one
+//!   count the loop never sees, of API requests refused for want of the token, the handler adds
+//!   to the snapshot itself ([`ApiRefusals`], read from the HTTP layer's atomics), so that a flood
+//!   of unauthenticated requests costs the loop nothing.
 //! - Each counter keeps its source. The cores' counters ([`dht::Counters`], [`KvCounters`],
 //!   [`MulticastCounters`]) are copied as they are, and none is added to the driver's or to another
 //!   core's: where one metric gathers several sources, a `source` label keeps them apart
@@ -138,6 +141,17 @@ pub struct DriverCounters {
     pub rejected: Rejections,
 }
 
+/// HTTP API requests refused for want of the right bearer token, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiRefusals {
+    /// No `Authorization` header.
+    pub missing: u64,
+    /// An `Authorization` header that is not `Bearer TOKEN`.
+    pub malformed: u64,
+    /// A bearer token that is not this node's.
+    pub wrong: u64,
+}
+
 /// Everything `/metrics` shows, copied by the event loop at one instant.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -153,6 +167,8 @@ pub struct Snapshot {
     pub driver: DriverCounters,
     /// libp2p's series, already encoded (see [`SwarmMetrics`]).
     pub swarm: String,
+    /// Filled in by the HTTP handler, not the loop (zero from [`Snapshot::new`]).
+    pub api_refused: ApiRefusals,
 }
 
 impl Snapshot {
@@ -165,7 +181,8 @@ impl Snapshot {
         driver: DriverCounters,
         swarm: &SwarmMetrics,
     ) -> Self {
-        Snapshot { ring, kv, multicast, storage, driver, swarm: swarm.encode() }
+        let swarm = swarm.encode();
+        Snapshot { ring, kv, multicast, storage, driver, swarm, api_refused: ApiRefusals::default() }
     }
 }
 
@@ -185,7 +202,7 @@ pub fn render(mut snapshot: Snapshot) -> String {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
-        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _ } = self;
+        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _, api_refused } = self;
 
         // The driver's own view of lookups.
         counter(
@@ -240,6 +257,18 @@ impl Collector for Snapshot {
              (framing, envelopes, responses matching no libp2p request, failed handshakes) or the \
              ring, kv or multicast core.",
             &rejected,
+        )?;
+
+        family(
+            e,
+            "overlay_api_requests_refused",
+            "HTTP API requests refused (401) for want of the right bearer token, by reason: none \
+             given, an Authorization header that is not Bearer TOKEN, or a wrong token.",
+            &[
+                ([("reason", "missing")], api_refused.missing),
+                ([("reason", "malformed")], api_refused.malformed),
+                ([("reason", "wrong")], api_refused.wrong),
+            ],
         )?;
 
         // The ring core.
@@ -434,6 +463,7 @@ mod tests {
             storage: StorageStats::default(),
             driver: DriverCounters::default(),
             swarm: String::new(),
+            api_refused: ApiRefusals::default(),
         }
     }
 
@@ -459,6 +489,7 @@ mod tests {
         s.ring.dropped_invalid = 4;
         s.ring.dropped_wrong_sender = 1;
         s.kv.rejected_invalid = 7;
+        s.api_refused.wrong = 3;
         let text = render(s);
         for line in [
             "overlay_rejected_inputs_total{kind=\"malformed\",source=\"node\"} 2\n",
@@ -467,6 +498,7 @@ mod tests {
             "overlay_rejected_inputs_total{kind=\"invalid\",source=\"kv\"} 7\n",
             "overlay_rejected_inputs_total{kind=\"invalid\",source=\"multicast\"} 0\n",
             "overlay_ring_messages_dropped_total{reason=\"invalid\"} 4\n",
+            "overlay_api_requests_refused_total{reason=\"wrong\"} 3\n",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

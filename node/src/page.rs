@@ -12,6 +12,9 @@
 //! - The page adds no state to the node. Everything it shows comes from `GET /v1/status`,
 //!   `/v1/ring`, `/v1/lookup/{key}`, `/v1/groups/{g}/tree` and `/metrics`, each asked at most once
 //!   a second by one open page, never two of a kind at once (the page's cost is in the README).
+//! - The three files are served without the API token (they hold no data): when the node's API
+//!   needs one, the page asks for it once and sends it with each request (`page.js`, "the API
+//!   token").
 //!
 //! The DOM hooks the end-to-end test reads (`data-peer-id`, `data-ring-id`, `data-role`,
 //! `data-tree-node`, `data-state`, ...) are documented in the README's "Web page" section and at
@@ -66,5 +69,15 @@ mod tests {
         }
         assert!(INDEX_HTML.contains(r#"<script src="/page.js""#));
         assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/page.css""#));
+    }
+
+    #[test]
+    fn the_script_knows_which_paths_need_no_token() {
+        let line = PAGE_JS.lines().find(|l| l.contains("const OPEN_PATHS")).expect("the script's list");
+        let quoted: Vec<String> = overlay_api::auth::OPEN_PATHS.iter().map(|p| format!("\"{p}\"")).collect();
+        assert_eq!(line.matches('"').count(), 2 * quoted.len(), "{line}");
+        for path in quoted {
+            assert!(line.contains(&path), "{path} missing from {line}");
+        }
     }
 }

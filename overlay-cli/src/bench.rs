@@ -35,10 +35,11 @@ enum OpKind {
 pub(crate) fn run(global: &GlobalArgs, args: &BenchArgs, out: &mut impl Write) -> Result<()> {
     let targets = choose_targets(global);
     let concurrency = usize::try_from(args.concurrency).context("--concurrency is too large")?;
+    let token = global.api_token()?;
     let clients = targets
         .iter()
-        .map(|url| Client::new(url, REQUEST_TIMEOUT, concurrency))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|url| Ok(Client::new(url, REQUEST_TIMEOUT, concurrency)?.with_token(token.as_deref())))
+        .collect::<Result<Vec<_>>>()?;
     // Fail fast with the usual "cannot reach" message instead of N failed operations.
     for client in &clients {
         client.status().with_context(|| format!("checking {} before the benchmark", client.base_url()))?;

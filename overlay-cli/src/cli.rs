@@ -1,6 +1,6 @@
 //! The command line: every subcommand, flag, default and environment variable of `overlay`.
 //!
-//! Global flags (`--node`, `--consistency`, `--json`, `--dir`) are declared `global = true`, so
+//! Global flags (`--node`, `--api-token`, `--consistency`, `--json`, `--dir`) are declared `global = true`, so
 //! they are accepted before or after the subcommand (`overlay --json status` and
 //! `overlay status --json` mean the same).
 
@@ -37,6 +37,21 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "OVERLAY_NODE", value_name = "URL")]
     pub(crate) node: Option<String>,
 
+    /// Bearer token for a node whose API needs one (one bound to anything but loopback; its
+    /// first start prints it and keeps it in <data-dir>/api-token). Local clusters need none.
+    #[arg(long, global = true, env = overlay_api::auth::TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) api_token: Option<String>,
+
+    /// Read the API token from this file instead (e.g. a node's <data-dir>/api-token).
+    #[arg(
+        long,
+        global = true,
+        env = overlay_api::auth::TOKEN_FILE_ENV,
+        value_name = "PATH",
+        conflicts_with = "api_token"
+    )]
+    pub(crate) api_token_file: Option<PathBuf>,
+
     /// Consistency of reads and writes (default: the node's own default).
     #[arg(long, global = true, value_enum, value_name = "LEVEL")]
     pub(crate) consistency: Option<Consistency>,
@@ -48,6 +63,19 @@ pub(crate) struct GlobalArgs {
     /// Directory of the local cluster (cluster.json, node data and logs).
     #[arg(long, global = true, env = "OVERLAY_CLUSTER_DIR", value_name = "DIR", default_value = ".overlay")]
     pub(crate) dir: PathBuf,
+}
+
+impl GlobalArgs {
+    /// The API token to send, from --api-token or the file --api-token-file names.
+    pub(crate) fn api_token(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        if let Some(path) = &self.api_token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API token from {}", path.display()))?;
+            return Ok(Some(text.trim().to_owned()));
+        }
+        Ok(self.api_token.clone())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +305,18 @@ mod tests {
         let cli = parse(&["cluster", "up", "-n", "5", "--json"]).expect("valid command line");
         assert!(cli.global.json);
         assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Up(UpArgs { nodes: 5, .. }))));
+    }
+
+    #[test]
+    fn the_api_token_is_global_and_read_from_a_file_too() {
+        let cli = parse(&["status", "--api-token", "s3cret"]).expect("a token");
+        assert_eq!(cli.global.api_token().expect("no file").as_deref(), Some("s3cret"));
+        let dir = std::env::temp_dir().join(format!("overlay-cli-token-{}", std::process::id()));
+        std::fs::write(&dir, "from-file\n").expect("write");
+        let cli = parse(&["--api-token-file", dir.to_str().expect("UTF-8"), "ring"]).expect("a file");
+        assert_eq!(cli.global.api_token().expect("read").as_deref(), Some("from-file"));
+        let _ = std::fs::remove_file(&dir);
+        assert!(parse(&["ring", "--api-token", "a", "--api-token-file", "f"]).is_err());
     }
 
     #[test]

@@ -37,8 +37,10 @@ pub(crate) fn resolve_node_url(global: &GlobalArgs) -> String {
     cluster::first_answering_node(&global.dir).unwrap_or_else(|| DEFAULT_NODE_URL.to_owned())
 }
 
+/// A client of the node [`resolve_node_url`] picks, with the API token if one was given.
 pub(crate) fn client(global: &GlobalArgs) -> Result<Client> {
-    Ok(Client::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?)
+    let token = global.api_token()?;
+    Ok(Client::new(&resolve_node_url(global), REQUEST_TIMEOUT, 1)?.with_token(token.as_deref()))
 }
 
 pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> Result<()> {
@@ -338,6 +340,8 @@ mod tests {
     fn an_explicit_node_wins_over_the_cluster() {
         let global = GlobalArgs {
             node: Some("http://127.0.0.1:9".to_owned()),
+            api_token: None,
+            api_token_file: None,
             consistency: None,
             json: false,
             dir: "/nonexistent".into(),

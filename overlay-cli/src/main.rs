@@ -138,6 +138,14 @@ fn report_failure(cli: &Cli, error: &anyhow::Error) -> ExitCode {
     let (line, code) = match api_error {
         Some(ApiError::KeyNotFound { .. }) if talks_to_a_node => (message, EXIT_KEY_NOT_FOUND),
         Some(ApiError::Conflict { .. }) if talks_to_a_node => (message, EXIT_CONFLICT),
+        Some(ApiError::Unauthorized { .. }) if talks_to_a_node => (
+            format!(
+                "{message}; give the node's token with --api-token TOKEN, OVERLAY_API_TOKEN or \
+                 --api-token-file PATH (a node not on loopback printed it at its first start and \
+                 keeps it in its data directory's api-token)"
+            ),
+            EXIT_FAILURE,
+        ),
         Some(ApiError::Unreachable { url, .. }) if talks_to_a_node => {
             (format!("{message}; {}", how_to_start_a_node(cli, url)), EXIT_UNREACHABLE)
         }

@@ -25,9 +25,17 @@ pub(crate) const NODE_BINARY_NAME: &str = "overlay-node";
 
 /// Environment variables the node reads as defaults for the flags we pass or deliberately omit.
 /// They are cleared for children: an `OVERLAY_BOOTSTRAP` exported in the user's shell would
-/// otherwise make node 0 join some other ring instead of starting a new one.
-const NODE_FLAG_VARIABLES: [&str; 4] =
-    ["OVERLAY_LISTEN", "OVERLAY_HTTP", "OVERLAY_DATA_DIR", "OVERLAY_BOOTSTRAP"];
+/// otherwise make node 0 join some other ring instead of starting a new one, and an
+/// `OVERLAY_API_TOKEN` meant for a remote node would lock this CLI's own clients (which send no
+/// token to a local cluster) out of the nodes it starts on loopback.
+const NODE_FLAG_VARIABLES: [&str; 6] = [
+    "OVERLAY_LISTEN",
+    "OVERLAY_HTTP",
+    "OVERLAY_DATA_DIR",
+    "OVERLAY_BOOTSTRAP",
+    overlay_api::auth::TOKEN_ENV,
+    overlay_api::auth::TOKEN_FILE_ENV,
+];
 
 /// How often waits poll a process's state.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

@@ -60,8 +60,14 @@ const IDLE_CONNECTIONS: usize = 8;
 impl Http {
     /// A client of `host:port`.
     pub fn new(addr: &str) -> Self {
-        let client =
-            Client::new(addr, REQUEST_TIMEOUT, IDLE_CONNECTIONS).expect("a node's HTTP address is host:port");
+        Http::with_token(addr, None)
+    }
+
+    /// A client of `host:port` that sends `token` as its bearer token.
+    pub fn with_token(addr: &str, token: Option<&str>) -> Self {
+        let client = Client::new(addr, REQUEST_TIMEOUT, IDLE_CONNECTIONS)
+            .expect("a node's HTTP address is host:port")
+            .with_token(token);
         Http { base: client.base_url().to_owned(), client }
     }
 
@@ -157,6 +163,8 @@ pub struct Cluster {
     /// The nodes, in start order.
     pub nodes: Vec<NodeProcess>,
     extra_args: Vec<String>,
+    /// The `--http` address every node binds (`127.0.0.1:0` unless the test says otherwise).
+    http_bind: String,
     /// Flags for one node only, by index.
     node_args: BTreeMap<usize, Vec<String>>,
     binary: NodeBinary,
@@ -176,10 +184,24 @@ impl Cluster {
         extra_args: &[&str],
         node_args: &[(usize, &[&str])],
     ) -> Cluster {
+        Cluster::start_bound(binary, n, "127.0.0.1:0", extra_args, node_args)
+    }
+
+    /// [`Cluster::start_with`], with every node's HTTP API bound to `http_bind` (such as
+    /// `0.0.0.0:0`: all interfaces, a port chosen by the OS) instead of `127.0.0.1:0`. Clients
+    /// still reach the nodes on 127.0.0.1.
+    pub fn start_bound(
+        binary: NodeBinary,
+        n: usize,
+        http_bind: &str,
+        extra_args: &[&str],
+        node_args: &[(usize, &[&str])],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
+            http_bind: http_bind.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args
                 .iter()
@@ -204,11 +226,14 @@ impl Cluster {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let mut command = Command::new(self.binary);
         command
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", &self.http_bind, "--data-dir"])
             .arg(&data_dir)
             .args(&self.extra_args)
             .args(self.node_args.get(&i).into_iter().flatten())
             .env("RUST_LOG", "info,overlay_node=debug,dht=debug")
+            // A token in the developer's environment must not change what a test runs.
+            .env_remove(overlay_api::auth::TOKEN_ENV)
+            .env_remove(overlay_api::auth::TOKEN_FILE_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -219,10 +244,17 @@ impl Cluster {
         let info: Value = poll(&format!("node {i} writes node.json"), Duration::from_secs(20), || {
             Ok(std::fs::read(&node_file).ok().and_then(|b| serde_json::from_slice(&b).ok()))
         });
+        let bound: std::net::SocketAddr = info["http"].as_str().expect("http").parse().expect("host:port");
+        // A node bound to every interface is reached on loopback, as its own CLI would.
+        let http = if bound.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], bound.port())).to_string()
+        } else {
+            bound.to_string()
+        };
         let process = NodeProcess {
             child: Some(child),
             data_dir,
-            http: info["http"].as_str().expect("http").to_string(),
+            http,
             p2p: info["p2p"].as_str().expect("p2p").to_string(),
             peer_id: info["peer_id"].as_str().expect("peer_id").to_string(),
             log,

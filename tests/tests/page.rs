@@ -391,6 +391,40 @@ fn the_page_shows_the_ring_a_key_a_group_and_a_dead_node() {
     eprintln!("{} browser runs; the test took {:?}", browser.looks, test_started.elapsed());
 }
 
+/// A node whose API needs a token (one given on loopback, which it enforces): the page still loads
+/// and shows the node's status (open), asks for the token in its form (not `window.prompt`, which
+/// would block the page), and sends nothing else that needs the token until it has one: the one
+/// refused request that found out is the only error on the console.
+#[test]
+fn the_page_of_a_node_that_needs_a_token_asks_for_it() {
+    let cluster = Cluster::start(NODE, 1, &["--api-token", "page-test-token"]);
+    let api = cluster.http(0);
+    poll("the node is a member", RING_DEADLINE, || Ok(api.status()?.member.then_some(())));
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-token");
+    let mut browser = Browser::new(&artifacts);
+    let page = format!("{}{}", api.base, path::page(None, None));
+    poll("the page asks for the token", PAGE_DEADLINE, || {
+        let look = browser.look(&page)?;
+        let unexpected: Vec<&String> = look.console_errors.iter().filter(|l| !l.contains("401")).collect();
+        assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
+        assert!(look.console_errors.len() <= 1, "refused more than once: {:#?}", look.console_errors);
+        let body = body_of(&look.dom);
+        assert_eq!(body.get("data-js-errors").map(String::as_str), Some("0"), "the page's script failed");
+        let form = tags_with(&look.dom, "id")
+            .into_iter()
+            .find(|a| a.get("id").map(String::as_str) == Some("token-form"))
+            .expect("the token form");
+        let asking =
+            body.get("data-auth").map(String::as_str) == Some("needed") && !form.contains_key("hidden");
+        if !asking {
+            bail!("data-auth {:?}, form hidden: {}", body.get("data-auth"), form.contains_key("hidden"));
+        }
+        assert!(!look.dom.contains("connecting…"), "the status line shows the node: its status is open");
+        Ok(Some(()))
+    });
+    browser.screenshot(&page, "token-form.png");
+}
+
 #[test]
 fn the_dom_reader_finds_tags_and_attributes() {
     let dom = r#"<body data-page="ready" data-js-errors="0"><table><tr data-peer-id="A" data-ring-id="0a" data-state="alive" data-self=""><td>x</td></tr><tr data-peer-id="B" data-ring-id="f0" data-state="dead" data-role="owner"></tr></table></body>"#;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 pub use ureq::http::{Method, StatusCode};
 
+use crate::auth;
 use crate::consistency::Consistency;
 use crate::document::Document;
 use crate::groups::{
@@ -66,6 +67,13 @@ pub enum ApiError {
         /// The status.
         status: StatusCode,
         /// The node's reason, on one line.
+        message: String,
+    },
+    /// The node needs a bearer token (401) and got none, or a wrong one: give the right one
+    /// with [`Client::with_token`].
+    #[error("the node refused the request without the right API token: {message}")]
+    Unauthorized {
+        /// The node's reason.
         message: String,
     },
     /// The node answered something that does not follow the API contract.
@@ -143,11 +151,16 @@ pub struct Client {
     base_url: String,
     timeout: Duration,
     agent: ureq::Agent,
+    /// `Bearer <token>` when the node needs one; never printed (see `Debug`).
+    authorization: Option<String>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,7 +179,15 @@ impl Client {
             .max_idle_connections(idle_connections.max(1))
             .max_idle_connections_per_host(idle_connections.max(1))
             .build();
-        Ok(Client { base_url, timeout, agent: ureq::Agent::new_with_config(config) })
+        Ok(Client { base_url, timeout, agent: ureq::Agent::new_with_config(config), authorization: None })
+    }
+
+    /// This client, sending `token` as a bearer token with every request (`None`: no token).
+    /// A node whose API binds anything but loopback needs one for all but
+    /// [`auth::OPEN_PATHS`](crate::auth::OPEN_PATHS).
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.authorization = token.map(auth::bearer);
+        self
     }
 
     /// The normalised base URL, e.g. `http://127.0.0.1:7001`.
@@ -187,7 +208,8 @@ impl Client {
     }
 
     fn get_value(&self, key: &str, url: &str) -> Result<StoredValue, ApiError> {
-        let mut response = self.agent.get(url).call().map_err(|e| self.transport_error(url, e))?;
+        let mut response =
+            self.authorize(self.agent.get(url)).call().map_err(|e| self.transport_error(url, e))?;
         match response.status() {
             StatusCode::OK => {
                 let version =
@@ -210,8 +232,7 @@ impl Client {
         check_key(key)?;
         let url = self.url(&path::kv(key, consistency));
         let mut response = self
-            .agent
-            .put(&url)
+            .authorize(self.agent.put(&url))
             .header("content-type", "application/octet-stream")
             .send(value)
             .map_err(|e| self.transport_error(&url, e))?;
@@ -235,8 +256,7 @@ impl Client {
         check_key(key)?;
         let url = self.url(&path::kv_conditional(key, condition));
         let mut response = self
-            .agent
-            .put(&url)
+            .authorize(self.agent.put(&url))
             .header("content-type", "application/octet-stream")
             .send(value)
             .map_err(|e| self.transport_error(&url, e))?;
@@ -253,7 +273,8 @@ impl Client {
     pub fn delete_if(&self, key: &str, condition: &Condition) -> Result<(), ApiError> {
         check_key(key)?;
         let url = self.url(&path::kv_conditional(key, condition));
-        let mut response = self.agent.delete(&url).call().map_err(|e| self.transport_error(&url, e))?;
+        let mut response =
+            self.authorize(self.agent.delete(&url)).call().map_err(|e| self.transport_error(&url, e))?;
         match response.status() {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
             StatusCode::NOT_FOUND => Err(ApiError::KeyNotFound { key: key.to_owned() }),
@@ -265,7 +286,8 @@ impl Client {
     pub fn delete(&self, key: &str, consistency: Option<Consistency>) -> Result<(), ApiError> {
         check_key(key)?;
         let url = self.url(&path::kv(key, consistency));
-        let mut response = self.agent.delete(&url).call().map_err(|e| self.transport_error(&url, e))?;
+        let mut response =
+            self.authorize(self.agent.delete(&url)).call().map_err(|e| self.transport_error(&url, e))?;
         match response.status() {
             // 204 is the contract; 200 is accepted too because it means the same thing.
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
@@ -348,8 +370,8 @@ impl Client {
         // no other request; a stream holds its connection for its whole life, so it loses
         // nothing by not sharing the pool.
         let agent = ureq::Agent::new_with_config(self.agent.config().clone());
-        let mut response = agent
-            .get(&url)
+        let mut response = self
+            .authorize(agent.get(&url))
             .header("accept", "text/event-stream")
             .config()
             .timeout_global(limit)
@@ -372,16 +394,24 @@ impl Client {
     pub fn raw(&self, method: &Method, path_and_query: &str, body: &[u8]) -> Result<RawResponse, ApiError> {
         let url = self.url(path_and_query);
         let sent = match *method {
-            Method::GET => self.agent.get(&url).call(),
-            Method::DELETE => self.agent.delete(&url).call(),
-            Method::PUT => self.agent.put(&url).send(body),
-            Method::POST => self.agent.post(&url).send(body),
+            Method::GET => self.authorize(self.agent.get(&url)).call(),
+            Method::DELETE => self.authorize(self.agent.delete(&url)).call(),
+            Method::PUT => self.authorize(self.agent.put(&url)).send(body),
+            Method::POST => self.authorize(self.agent.post(&url)).send(body),
             _ => return Err(ApiError::InvalidRequest(format!("no raw {method} requests"))),
         };
         let mut response = sent.map_err(|e| self.transport_error(&url, e))?;
         let status = response.status().as_u16();
         let body = read_body(&url, &mut response)?;
         Ok(RawResponse { status, body })
+    }
+
+    /// Adds the `Authorization` header when this client has a token.
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
     }
 
     fn url(&self, path_and_query: &str) -> String {
@@ -395,8 +425,7 @@ impl Client {
         expected: &[StatusCode],
     ) -> Result<Document<T>, ApiError> {
         let mut response = self
-            .agent
-            .post(url)
+            .authorize(self.agent.post(url))
             .header("content-type", "text/plain; charset=utf-8")
             .send(body)
             .map_err(|e| self.transport_error(url, e))?;
@@ -408,7 +437,8 @@ impl Client {
     }
 
     fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<Document<T>, ApiError> {
-        let mut response = self.agent.get(url).call().map_err(|e| self.transport_error(url, e))?;
+        let mut response =
+            self.authorize(self.agent.get(url)).call().map_err(|e| self.transport_error(url, e))?;
         match response.status() {
             StatusCode::OK => {
                 let body = read_body(url, &mut response)?;
@@ -563,14 +593,23 @@ fn conditional_rejection(
         StatusCode::GATEWAY_TIMEOUT => {
             ApiError::OutcomeUnknown { key: key.to_owned(), message: error_message(status, &body) }
         }
-        status => ApiError::Rejected { status, message: error_message(status, &body) },
+        status => status_error(status, &body),
     }
 }
 
 fn rejection(url: &str, status: StatusCode, response: &mut ureq::http::Response<ureq::Body>) -> ApiError {
     // A body that cannot be read still leaves the status, which is the important part.
     let body = read_body(url, response).unwrap_or_default();
-    ApiError::Rejected { status, message: error_message(status, &body) }
+    status_error(status, &body)
+}
+
+/// An error status with its body: 401 is [`ApiError::Unauthorized`], the rest
+/// [`ApiError::Rejected`].
+fn status_error(status: StatusCode, body: &[u8]) -> ApiError {
+    match status {
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized { message: error_message(status, body) },
+        status => ApiError::Rejected { status, message: error_message(status, body) },
+    }
 }
 
 /// The node's `{"error": "..."}` text, else the body as text, else the status' reason phrase;
@@ -693,6 +732,41 @@ mod tests {
             let _ = reader.read_line(&mut line);
         });
         (port, requested)
+    }
+
+    #[test]
+    fn a_token_goes_in_every_request_header_and_never_in_debug() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().expect("the client connects");
+            let mut reader = BufReader::new(&socket);
+            let mut head = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                head.push(line.trim_end().to_ascii_lowercase());
+                line.clear();
+            }
+            let body = r#"{"error":"the API token is not this node's"}"#;
+            let answer = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            (&socket).write_all(answer.as_bytes()).expect("the client reads");
+            head
+        });
+        let client = Client::new(&format!("127.0.0.1:{port}"), Duration::from_secs(5), 1)
+            .expect("a client")
+            .with_token(Some("s3cret"));
+        assert!(!format!("{client:?}").contains("s3cret"));
+        let refused = client.ring().expect_err("a 401");
+        assert!(
+            matches!(refused, ApiError::Unauthorized { ref message } if message == "the API token is not this node's"),
+            "{refused:?}"
+        );
+        let head = server.join().expect("the server thread");
+        assert!(head.contains(&"authorization: bearer s3cret".to_owned()), "{head:?}");
     }
 
     #[test]

@@ -33,6 +33,9 @@
 //   body[data-ring-nodes], [data-ring-complete], [data-key-state], [data-group-state],
 //     [data-draw-ms] (the last redraw's time)
 //   body[data-js-errors], #js-errors        uncaught errors of this page, counted and listed
+//   body[data-auth="needed|refused|given"]  the API answered 401: the token form #token-form is
+//                                           shown (needed; refused: the token given was wrong)
+//                                           until a token is given
 
 "use strict";
 
@@ -107,6 +110,49 @@
     tableSignature: "",
   };
 
+  // ----- the API token -----------------------------------------------------------------------
+  // A node whose API is not on loopback answers 401 to everything but this page, /v1/status and
+  // /metrics. The page then asks for the token once, in a form (window.prompt would block the
+  // page's loops and hangs headless browsers), keeps it in sessionStorage (this tab only, gone
+  // when it closes; never in a URL, which history and access logs keep) and sends it as a bearer
+  // header with every request. Until a token is given, no request that needs one is sent.
+  const TOKEN_STORAGE = "overlay-page/api-token";
+  /// Paths the node serves without a token (overlay_api::auth::OPEN_PATHS).
+  const OPEN_PATHS = new Set(["/", "/page.js", "/page.css", "/metrics", "/v1/status"]);
+  let apiToken = "";
+  try {
+    apiToken = sessionStorage.getItem(TOKEN_STORAGE) || "";
+  } catch (_) {
+    // Storage disabled: the token lasts as long as the page.
+  }
+  let tokenNeeded = false;
+  function askForToken(refused) {
+    tokenNeeded = true;
+    body.dataset.auth = refused ? "refused" : "needed";
+    $("token-note").textContent = refused
+      ? "that token was refused; this node's API needs its token"
+      : "this node's API needs its token";
+    if ($("token-form").hidden) {
+      $("token-form").hidden = false;
+      $("token-input").focus();
+    }
+  }
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("token-input").value.trim();
+    if (!token) return;
+    apiToken = token;
+    try {
+      sessionStorage.setItem(TOKEN_STORAGE, token);
+    } catch (_) {
+      // Kept for this page only.
+    }
+    $("token-input").value = "";
+    $("token-form").hidden = true;
+    tokenNeeded = false;
+    body.dataset.auth = "given";
+  });
+
   // ----- requests ----------------------------------------------------------------------------
   class ApiFailure extends Error {
     constructor(status, message) {
@@ -115,11 +161,27 @@
     }
   }
   async function request(path, kind) {
+    const open = OPEN_PATHS.has(path.split("?")[0]);
+    if (!open && tokenNeeded && !apiToken) throw new ApiFailure(401, "waiting for the API token");
+    const sent = open ? "" : apiToken;
+    const headers = sent ? { Authorization: `Bearer ${sent}` } : {};
     let answer;
     try {
-      answer = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      answer = await fetch(path, { cache: "no-store", headers, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
     } catch (e) {
       throw new ApiFailure(0, `no answer (${e.name})`);
+    }
+    if (answer.status === 401 && !open) {
+      // Forget a refused token, unless another was given while this request was out.
+      if (sent && sent === apiToken) {
+        apiToken = "";
+        try {
+          sessionStorage.removeItem(TOKEN_STORAGE);
+        } catch (_) {
+          // Nothing kept.
+        }
+      }
+      if (!apiToken) askForToken(Boolean(sent));
     }
     if (kind === "text") {
       if (!answer.ok) throw new ApiFailure(answer.status, answer.statusText);
