@@ -46,7 +46,7 @@ fn writers_and_readers_through_skewed_clocks_and_a_restart_see_no_stale_value() 
     const KEYS_PER_WRITER: usize = 5;
     // 30 s in CI; the 60 s run is `CLOCK_SKEW_RUN_S=60 cargo test -p overlay-tests --test
     // clock_skew` (figures in BENCHMARKS.md).
-    let run_s = std::env::var("CLOCK_SKEW_run_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let run_s = std::env::var("CLOCK_SKEW_RUN_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let run = Duration::from_secs(run_s);
     let mut cluster = Cluster::start_with(NODE, 5, &[], &[(4, &["--clock-offset-ms", "-5000"])]);
     cluster.wait_for_correct_ring(Duration::from_secs(15));
