@@ -683,6 +683,9 @@ impl<A: Address> Coordinator<A> {
     /// versions too far ahead of it are refused ([`KvConfig::max_future_skew`]).
     pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, wall_ms: u64, now: Time) {
         self.out.counters.requests_in += 1;
+        if matches!(request, KvRequest::Store { .. } | KvRequest::Accept { .. }) {
+            self.sync.on_write(&self.config, now);
+        }
         let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
         self.serving.handle(from, id, request, config, clock, out, wall_ms, now);
     }
@@ -980,7 +983,7 @@ impl<A: Address> Coordinator<A> {
                 self.ops.on_read_reply(op, replica, Some(record), &mut self.clock, &mut self.out, now);
             }
             (Purpose::SyncDigest { start, end }, KvResponse::DigestDiff { buckets }) => {
-                self.sync.on_digest_diff(pending.to, start, end, buckets, &mut self.out, now);
+                self.sync.on_digest_diff(pending.to, start, end, buckets, &self.config, &mut self.out, now);
             }
             (Purpose::SyncEntries { page }, KvResponse::Entries { entries, truncated }) => {
                 self.sync.on_remote_entries(page, entries, truncated, &mut self.out);

@@ -2,7 +2,8 @@
 //!
 //! Owns two jobs:
 //! - [`AntiEntropy`]: every [`KvConfig::sync_interval`] (sooner after the ring changed around this
-//!   node) the node compares its own range `(predecessor, me]` with each of its next n − 1
+//!   node; each round in which every replica agreed doubles the wait, up to [`MAX_BACKOFF`] times
+//!   the interval, until a digest differs, a write arrives or the ring changes) the node compares its own range `(predecessor, me]` with each of its next n − 1
 //!   successors, which hold the other replicas of every key it owns. It sends its digest
 //!   ([`crate::store::digest`], 64 buckets); the peer answers which buckets differ; the node then
 //!   pages through the peer's entries of those buckets ([`crate::store::MAX_BATCH`] a page) beside
@@ -24,6 +25,9 @@ use super::{IoPurpose, KvConfig, Outbox, Purpose, StoreOp, StoreResult};
 
 /// How soon a round follows a change of the ring around this node.
 const HURRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Most times the interval the rounds of a node whose replicas keep agreeing are spaced.
+pub(super) const MAX_BACKOFF: u32 = 8;
 
 /// Records per hand-off page.
 const HANDOFF_PAGE: usize = 64;
@@ -47,12 +51,20 @@ pub(super) struct AntiEntropy<A> {
     next_round: Time,
     /// The range of the round whose local digest is being computed.
     digesting: Option<(Id, Id)>,
+    /// Rounds in a row in which no replica reported a difference (counted when a round starts, and
+    /// reset by a difference or a change of the ring).
+    quiet_rounds: u32,
     _peer: std::marker::PhantomData<A>,
 }
 
 impl<A: Address> AntiEntropy<A> {
     pub(super) fn new() -> Self {
-        AntiEntropy { next_round: Time::ZERO, digesting: None, _peer: std::marker::PhantomData }
+        AntiEntropy {
+            next_round: Time::ZERO,
+            digesting: None,
+            quiet_rounds: 0,
+            _peer: std::marker::PhantomData,
+        }
     }
 
     pub(super) fn next_round(&self) -> Option<Time> {
@@ -62,6 +74,14 @@ impl<A: Address> AntiEntropy<A> {
     /// Brings the next round forward: the range or the replicas changed.
     pub(super) fn hurry(&mut self, now: Time) {
         self.next_round = self.next_round.min(now + HURRY);
+        self.quiet_rounds = 0;
+    }
+
+    /// A write reached this node: its range is busy, so rounds come at the interval again (a write
+    /// that missed a replica is found by the next round, not one backed off for minutes).
+    pub(super) fn on_write(&mut self, config: &KvConfig, now: Time) {
+        self.quiet_rounds = 0;
+        self.next_round = self.next_round.min(now + config.sync_interval);
     }
 
     /// Starts a round when one is due: the local digest first.
@@ -76,7 +96,11 @@ impl<A: Address> AntiEntropy<A> {
         if now < self.next_round {
             return;
         }
-        self.next_round = now + config.sync_interval;
+        // Until a replica reports a difference, this round counts as quiet, and the next one waits
+        // longer; a difference brings the next round back to the interval.
+        let backoff = (1u32 << self.quiet_rounds.min(MAX_BACKOFF.ilog2())).min(MAX_BACKOFF);
+        self.next_round = now + config.sync_interval * backoff;
+        self.quiet_rounds = self.quiet_rounds.saturating_add(1);
         let Some(predecessor) = ring.predecessor().filter(|_| ring.is_member()) else {
             return;
         };
@@ -120,12 +144,17 @@ impl<A: Address> AntiEntropy<A> {
         start: Id,
         end: Id,
         buckets: Vec<u16>,
+        config: &KvConfig,
         out: &mut Outbox<A>,
         now: Time,
     ) {
         if buckets.is_empty() {
             return;
         }
+        // Replicas disagree: this round repairs it, and the next one comes at the interval, in
+        // case a push or pull of this one is lost.
+        self.quiet_rounds = 0;
+        self.next_round = self.next_round.min(now + config.sync_interval);
         request_page(Page { peer, start, end, buckets, after: None }, out, now);
     }
 
