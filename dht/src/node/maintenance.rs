@@ -1,7 +1,5 @@
 //! Ring maintenance after Zave's corrected Chord rules: becoming active, stabilize (following
-//! closer predecessors, then adopting a successor), rectify, predecessor checks (a ping only when
-//! the predecessor has been silent for one and a half stabilize intervals: its own stabilize asks
-//! this node every round, so in a ring at rest the check sends nothing), fixing fingers,
+//! closer predecessors, then adopting a successor), rectify, predecessor checks, fixing fingers,
 //! successor checks by lookup, rejoining when the successor list runs out, neighbours that leave,
 //! and the end of this node's own graceful leave.
 //!
@@ -59,7 +57,6 @@ impl<A: Address> Node<A> {
         self.fixing_finger = false;
         self.checking_predecessor = false;
         self.probing_predecessor = false;
-        self.predecessor_heard = None;
         self.rejoining = false;
         self.checking_successor = false;
         self.passive.clear();
@@ -99,15 +96,6 @@ impl<A: Address> Node<A> {
 
     pub(super) fn check_predecessor(&mut self, now: Time) {
         if self.checking_predecessor {
-            return;
-        }
-        // The predecessor's stabilize asks this node every stabilize interval: silence for one and
-        // a half of them is the first sign it died, so the ping goes then, not at the next tick.
-        let silence = self.config.stabilize_interval * 3 / 2;
-        if let Some(heard) = self.predecessor_heard
-            && now < heard + silence
-        {
-            self.next_check_predecessor = self.next_check_predecessor.min(heard + silence);
             return;
         }
         if let Some(predecessor) = self.predecessor.clone() {
@@ -338,8 +326,6 @@ impl<A: Address> Node<A> {
     pub(super) fn set_predecessor(&mut self, predecessor: Option<NodeRef<A>>) {
         if self.predecessor != predecessor {
             self.predecessor = predecessor;
-            // Whatever was heard was from the old one; the new one proves itself.
-            self.predecessor_heard = None;
             self.events.push_back(Event::PredecessorChanged { predecessor: self.predecessor.clone() });
         }
     }

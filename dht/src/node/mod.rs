@@ -244,9 +244,6 @@ pub struct Node<A: Address> {
     fixing_finger: bool,
     checking_predecessor: bool,
     probing_predecessor: bool,
-    /// When the predecessor last sent this node a request (its own stabilize asks this node every
-    /// round): proof of life that makes the predecessor check's ping unnecessary.
-    predecessor_heard: Option<Time>,
     /// Stabilize rounds still to run at the fast pace after a change of neighbours.
     fast_rounds: u8,
     /// Stabilize rounds run so far (wrapping).
@@ -304,7 +301,6 @@ impl<A: Address> Node<A> {
             fixing_finger: false,
             checking_predecessor: false,
             probing_predecessor: false,
-            predecessor_heard: None,
             rejoining: false,
             fast_rounds: 0,
             stabilize_rounds: 0,

@@ -15,9 +15,6 @@ use super::{Node, Phase};
 
 impl<A: Address> Node<A> {
     pub(super) fn answer(&mut self, from: &A, body: Request<A>, now: Time) -> Response<A> {
-        if self.predecessor.as_ref().is_some_and(|p| p.id == from.node_id()) {
-            self.predecessor_heard = Some(now);
-        }
         if let Request::Ping = body {
             // A node that is leaving or has left must not look alive to a liveness probe, or its
             // neighbours would keep it as their predecessor.
