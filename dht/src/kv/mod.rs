@@ -330,7 +330,7 @@ enum Purpose<A> {
     /// Leave hand-off push.
     Handoff,
     /// A stray record pushed to a member of its replica set.
-    StrayPush { key: Vec<u8> },
+    StrayPush { sweep: u64, key: Vec<u8> },
 }
 
 /// A request in flight.
@@ -371,11 +371,11 @@ enum IoPurpose<A> {
     /// A page of records to hand off.
     HandoffPage,
     /// A stray sweep's page of entries.
-    StrayEntries,
+    StrayEntries { sweep: u64 },
     /// A stray run's records, to push.
-    StrayRead,
+    StrayRead { sweep: u64 },
     /// Stray copies being dropped.
-    StrayRemove,
+    StrayRemove { sweep: u64 },
 }
 
 /// Outgoing queues and ids shared by the coordinator's parts.
@@ -859,9 +859,11 @@ impl<A: Address> Coordinator<A> {
                     }
                 }
             }
-            IoPurpose::StrayEntries => self.stray.on_entries(result, ring, now),
-            IoPurpose::StrayRead => self.stray.on_records(result, &self.config, &mut self.out, now),
-            IoPurpose::StrayRemove => self.stray.on_removed(result, &mut self.out),
+            IoPurpose::StrayEntries { sweep } => self.stray.on_entries(sweep, result, ring, now),
+            IoPurpose::StrayRead { sweep } => {
+                self.stray.on_records(sweep, result, &self.config, &mut self.out, now)
+            }
+            IoPurpose::StrayRemove { sweep } => self.stray.on_removed(sweep, result, &mut self.out),
             IoPurpose::HandoffPage => {
                 if let Some(handoff) = &mut self.handoff {
                     handoff.on_page(result, &mut self.out, now);
@@ -997,9 +999,9 @@ impl<A: Address> Coordinator<A> {
                         .store(IoPurpose::SyncPulled, |io| StoreOp::Persist { io, records: vec![record] });
                 }
             }
-            (Purpose::StrayPush { key }, KvResponse::Stored { .. }) => {
+            (Purpose::StrayPush { sweep, key }, KvResponse::Stored { .. }) => {
                 // Stored, or refused for holding the same or a newer version: held either way.
-                self.stray.on_pushed(&key, true, &mut self.out, now);
+                self.stray.on_pushed(sweep, &key, true, &mut self.out, now);
             }
             (Purpose::Handoff, KvResponse::Stored { .. }) => {
                 if let Some(handoff) = &mut self.handoff {
@@ -1047,7 +1049,7 @@ impl<A: Address> Coordinator<A> {
                 }
                 self.finish_handoff_if_done(now);
             }
-            Purpose::StrayPush { key } => self.stray.on_pushed(&key, false, &mut self.out, now),
+            Purpose::StrayPush { sweep, key } => self.stray.on_pushed(sweep, &key, false, &mut self.out, now),
             Purpose::Repair
             | Purpose::SyncPush
             | Purpose::SyncPull

@@ -92,6 +92,8 @@ pub(super) struct Push {
 /// A sweep in progress.
 #[derive(Debug)]
 struct Sweep<A> {
+    /// Distinguishes this sweep's store operations and pushes from those of one abandoned before.
+    id: u64,
     range: Remaining,
     step: Step<A>,
     deadline: Time,
@@ -106,11 +108,13 @@ pub(super) struct StraySweep<A> {
     sweep: Option<Sweep<A>>,
     /// Sweeps in a row that found nothing since the ring last changed around this node.
     quiet_sweeps: u32,
+    /// The id of the next sweep.
+    next_id: u64,
 }
 
 impl<A: Address> StraySweep<A> {
     pub(super) fn new() -> Self {
-        StraySweep { next_sweep: Time::ZERO, sweep: None, quiet_sweeps: 0 }
+        StraySweep { next_sweep: Time::ZERO, sweep: None, quiet_sweeps: 0, next_id: 0 }
     }
 
     /// When the next sweep is due (or the running one's deadline).
@@ -153,13 +157,16 @@ impl<A: Address> StraySweep<A> {
         }
         out.counters.stray_sweeps += 1;
         let range = Remaining { start: me, cursor: None, end: predecessor.id };
-        self.sweep = Some(Sweep { range, step: Step::Listing, deadline: now + SWEEP_TIMEOUT, found: false });
-        list(range, out);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sweep =
+            Some(Sweep { id, range, step: Step::Listing, deadline: now + SWEEP_TIMEOUT, found: false });
+        list(id, range, out);
     }
 
     /// A page of entries after the cursor: look up the first one's owner.
-    pub(super) fn on_entries(&mut self, result: StoreResult, ring: &mut Node<A>, now: Time) {
-        let Some(sweep) = self.sweep.as_mut().filter(|s| matches!(s.step, Step::Listing)) else {
+    pub(super) fn on_entries(&mut self, id: u64, result: StoreResult, ring: &mut Node<A>, now: Time) {
+        let Some(sweep) = self.current(id).filter(|s| matches!(s.step, Step::Listing)) else {
             return;
         };
         let StoreResult::Entries { entries, truncated } = result else {
@@ -224,19 +231,21 @@ impl<A: Address> StraySweep<A> {
         tracing::debug!(records = run.len(), owner = %owner.short(), "stray records found; moving them");
         let keys = run.into_iter().map(|e| e.key).collect();
         sweep.step = Step::Reading { targets, next };
-        out.store(IoPurpose::StrayRead, |io| StoreOp::Read { io, keys });
+        let sweep_id = sweep.id;
+        out.store(IoPurpose::StrayRead { sweep: sweep_id }, |io| StoreOp::Read { io, keys });
         true
     }
 
     /// The stray run's records: push each to every replica.
     pub(super) fn on_records(
         &mut self,
+        id: u64,
         result: StoreResult,
         config: &KvConfig,
         out: &mut Outbox<A>,
         now: Time,
     ) {
-        let Some(sweep) = self.sweep.as_mut() else {
+        let Some(sweep) = self.current(id) else {
             return;
         };
         let Step::Reading { targets, next } = &mut sweep.step else {
@@ -257,7 +266,7 @@ impl<A: Address> StraySweep<A> {
                 out.request(
                     target.addr.clone(),
                     KvRequest::Store { record: record.clone() },
-                    Purpose::StrayPush { key },
+                    Purpose::StrayPush { sweep: id, key },
                     now,
                 );
             }
@@ -272,8 +281,8 @@ impl<A: Address> StraySweep<A> {
 
     /// A push was answered (`held`: the replica holds the record's version or a newer one) or
     /// failed.
-    pub(super) fn on_pushed(&mut self, key: &[u8], held: bool, out: &mut Outbox<A>, now: Time) {
-        let Some(Sweep { step: Step::Pushing { pushes, in_flight, .. }, .. }) = self.sweep.as_mut() else {
+    pub(super) fn on_pushed(&mut self, id: u64, key: &[u8], held: bool, out: &mut Outbox<A>, now: Time) {
+        let Some(Sweep { step: Step::Pushing { pushes, in_flight, .. }, .. }) = self.current(id) else {
             return;
         };
         *in_flight = in_flight.saturating_sub(1);
@@ -303,12 +312,13 @@ impl<A: Address> StraySweep<A> {
             return;
         }
         sweep.step = Step::Removing { next };
-        out.store(IoPurpose::StrayRemove, |io| StoreOp::Remove { io, entries: done });
+        let sweep_id = sweep.id;
+        out.store(IoPurpose::StrayRemove { sweep: sweep_id }, |io| StoreOp::Remove { io, entries: done });
     }
 
     /// The copies are dropped: on to the next run.
-    pub(super) fn on_removed(&mut self, result: StoreResult, out: &mut Outbox<A>) {
-        let Some(Sweep { step: Step::Removing { next }, .. }) = self.sweep.as_ref() else {
+    pub(super) fn on_removed(&mut self, id: u64, result: StoreResult, out: &mut Outbox<A>) {
+        let Some(Sweep { step: Step::Removing { next }, .. }) = self.current(id) else {
             return;
         };
         let next = *next;
@@ -327,10 +337,15 @@ impl<A: Address> StraySweep<A> {
             Some(cursor) if cursor != sweep.range.end => {
                 sweep.range.cursor = Some(cursor);
                 sweep.step = Step::Listing;
-                list(sweep.range, out);
+                list(sweep.id, sweep.range, out);
             }
             _ => self.finish(),
         }
+    }
+
+    /// The sweep in progress, if it is sweep `id` (answers for an abandoned one are dropped).
+    fn current(&mut self, id: u64) -> Option<&mut Sweep<A>> {
+        self.sweep.as_mut().filter(|sweep| sweep.id == id)
     }
 
     /// The sweep reached the end of the range: a quiet one lengthens the wait for the next.
@@ -341,8 +356,8 @@ impl<A: Address> StraySweep<A> {
     }
 }
 
-fn list<A: Address>(range: Remaining, out: &mut Outbox<A>) {
-    out.store(IoPurpose::StrayEntries, |io| StoreOp::Entries {
+fn list<A: Address>(sweep: u64, range: Remaining, out: &mut Outbox<A>) {
+    out.store(IoPurpose::StrayEntries { sweep }, |io| StoreOp::Entries {
         io,
         start: range.start,
         end: range.end,
