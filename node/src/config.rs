@@ -2,7 +2,7 @@
 //! settings derived from them.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,6 +47,16 @@ pub struct Flags {
         conflicts_with = "api_token"
     )]
     pub api_token_file: Option<PathBuf>,
+    /// Time a client has to send a request's headers, in milliseconds; also how long a kept-alive
+    /// connection may sit idle between requests.
+    #[arg(long, env = "OVERLAY_HTTP_HEADER_TIMEOUT_MS", default_value_t = NonZeroU64::new(10_000).expect("> 0"))]
+    pub http_header_timeout_ms: NonZeroU64,
+    /// HTTP connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, env = "OVERLAY_HTTP_MAX_CONNECTIONS", default_value_t = NonZeroUsize::new(4096).expect("> 0"))]
+    pub http_max_connections: NonZeroUsize,
+    /// Group message streams (`GET /v1/groups/{group}/messages`) open at once; more get 503.
+    #[arg(long, env = "OVERLAY_MAX_LISTENERS", default_value_t = NonZeroUsize::new(256).expect("> 0"))]
+    pub max_listeners: NonZeroUsize,
     /// Replicas of each key (n): the owner and n − 1 successors.
     #[arg(long, env = "OVERLAY_REPLICAS", default_value_t = NonZeroUsize::new(3).expect("3 > 0"))]
     pub replicas: NonZeroUsize,
@@ -95,6 +105,17 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The HTTP server's limits from these flags.
+    pub fn serve_config(&self) -> crate::serve::ServeConfig {
+        // A semaphore holds at most MAX_PERMITS; a bound beyond that is no bound at all anyway.
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        crate::serve::ServeConfig {
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms.get()),
+            max_connections: self.http_max_connections.get().min(max),
+            max_listeners: self.max_listeners.get().min(max),
+        }
+    }
+
     /// The `dht` core's configuration from these flags.
     pub fn dht_config(&self) -> anyhow::Result<dht::Config> {
         let config = dht::Config::default()

@@ -5,7 +5,8 @@
 //! missing, 503 retry later). Every JSON document, and the rules for group names and sender
 //! labels, are `overlay_api`'s, shared with the CLI and the tests; this module only fills them in
 //! from the event loop's answers. Who may ask is [`api_token`]'s concern: a layer in front of
-//! every route.
+//! every route. How many connections and group listeners are served at once, and how long a
+//! client may take to send a request, is [`serve`]'s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use dht::NodeRef;
 use dht::store::{Consistency, Record, Version};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use overlay_api::groups::{ERROR_EVENT, GAP_EVENT, MESSAGE_EVENT};
 use overlay_api::{
     CURRENT_VERSION_HEADER, ConflictBody, ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage,
@@ -32,6 +33,7 @@ use overlay_api::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 use crate::address::PeerAddr;
 use crate::api_token::{self, ApiToken};
@@ -39,6 +41,7 @@ use crate::event_loop::{Command, Expect, KvError, Located, RingWalk, Status, Wri
 use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
 use crate::metrics;
 use crate::page;
+use crate::serve;
 
 // The API documents the protocol's limits; were they to drift apart, the node would refuse what
 // its documentation allows, or the reverse.
@@ -57,6 +60,8 @@ pub struct ApiState {
     pub http: String,
     /// Requests refused for want of the token ([`api_token`]), for `/metrics`.
     pub refusals: Arc<api_token::Refusals>,
+    /// The bounds on connections and event streams ([`serve`]), for `listen` and `/metrics`.
+    pub limits: Arc<serve::Limits>,
 }
 
 /// The API's routes. Bodies larger than `max_value_bytes` are refused with 413 before they are
@@ -405,6 +410,7 @@ async fn ring(State(state): State<ApiState>) -> Result<Json<Ring>, ApiError> {
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let mut snapshot = ask(&state, |reply| Command::Metrics { reply }).await?;
     snapshot.api_refused = state.refusals.counts();
+    snapshot.http = state.limits.load();
     let content_type = HeaderValue::from_static(metrics::CONTENT_TYPE);
     Ok(([(header::CONTENT_TYPE, content_type)], metrics::render(snapshot)).into_response())
 }
@@ -495,10 +501,23 @@ async fn listen(
                 .map_err(|_| GroupError::Invalid(format!("from must be a sequence number, not {text:?}")))?,
         ),
     };
+    // Taken before the loop is asked anything, so that refused listeners cost it nothing.
+    let Some(slot) = state.limits.listener_slot() else {
+        debug!(%group, max = state.limits.max_listeners(), "group listener refused: too many open");
+        let message = format!(
+            "{} group listeners are open, the most this node serves; try again later",
+            state.limits.max_listeners()
+        );
+        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, message));
+    };
     let name = group.clone();
     let subscription = ask(&state, |reply| Command::Subscribe { group, from, reply }).await??;
-    Ok(Sse::new(listener_stream(name, subscription))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+    // The stream owns the slot: hyper drops the stream when its client goes away, and that frees it.
+    let events = listener_stream(name, subscription).map(move |event| {
+        let _slot = &slot;
+        event
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }
 
 /// One server-sent event named `name` whose data is `document` as JSON.

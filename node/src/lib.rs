@@ -2,7 +2,8 @@
 //! HTTP API.
 //!
 //! [`run`] wires the pieces: identity and store from the data directory, the swarm, the event loop
-//! that owns the core, and the HTTP server, behind a bearer token when [`api_token`] says so.
+//! that owns the core, and the HTTP server ([`serve`]), behind a bearer token when [`api_token`]
+//! says so.
 //! SIGINT/SIGTERM (the `shutdown` token) makes the node hand off its records, leave the ring, and
 //! return.
 
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod metrics;
 pub mod network;
 mod page;
+pub mod serve;
 pub mod storage;
 mod wal;
 
@@ -135,13 +137,12 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     )?;
     write_node_file(&flags.data_dir, &event_loop_peer, &announce_for_file, &http_addr)?;
     let refusals = std::sync::Arc::new(api_token::Refusals::default());
-    let state = http::ApiState { commands: commands_tx, http: http_addr, refusals };
+    let serve_config = flags.serve_config();
+    let limits = std::sync::Arc::new(serve::Limits::new(&serve_config));
+    let state = http::ApiState { commands: commands_tx, http: http_addr, refusals, limits: limits.clone() };
     let app = http::router(state, flags.max_value_bytes, api_token.map(|(token, _)| token));
     let http_stop = CancellationToken::new();
-    let http_stopped = http_stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(http_stopped.cancelled_owned()).await
-    });
+    let server = tokio::spawn(serve::serve(listener, app, serve_config, limits, http_stop.clone()));
 
     let result = event_loop.run().await;
     http_stop.cancel();

@@ -152,6 +152,20 @@ pub struct ApiRefusals {
     pub wrong: u64,
 }
 
+/// The HTTP server's open connections and event streams and what its bounds refused
+/// ([`crate::serve::Limits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpLoad {
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections closed at accept because the bound was reached.
+    pub connections_refused: u64,
+    /// Server-sent event streams (group listeners) open now.
+    pub listeners_open: u64,
+    /// Event streams refused (503) because the bound was reached.
+    pub listeners_refused: u64,
+}
+
 /// Everything `/metrics` shows, copied by the event loop at one instant.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -169,6 +183,8 @@ pub struct Snapshot {
     pub swarm: String,
     /// Filled in by the HTTP handler, not the loop (zero from [`Snapshot::new`]).
     pub api_refused: ApiRefusals,
+    /// Filled in by the HTTP handler, not the loop (zero from [`Snapshot::new`]).
+    pub http: HttpLoad,
 }
 
 impl Snapshot {
@@ -182,7 +198,16 @@ impl Snapshot {
         swarm: &SwarmMetrics,
     ) -> Self {
         let swarm = swarm.encode();
-        Snapshot { ring, kv, multicast, storage, driver, swarm, api_refused: ApiRefusals::default() }
+        Snapshot {
+            ring,
+            kv,
+            multicast,
+            storage,
+            driver,
+            swarm,
+            api_refused: ApiRefusals::default(),
+            http: HttpLoad::default(),
+        }
     }
 }
 
@@ -202,7 +227,7 @@ pub fn render(mut snapshot: Snapshot) -> String {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
-        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _, api_refused } = self;
+        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _, api_refused, http } = self;
 
         // The driver's own view of lookups.
         counter(
@@ -269,6 +294,25 @@ impl Collector for Snapshot {
                 ([("reason", "malformed")], api_refused.malformed),
                 ([("reason", "wrong")], api_refused.wrong),
             ],
+        )?;
+        gauge(e, "overlay_http_connections_open", "HTTP API connections open.", http.connections_open)?;
+        counter(
+            e,
+            "overlay_http_connections_refused",
+            "HTTP API connections closed at once because --http-max-connections were open.",
+            http.connections_refused,
+        )?;
+        gauge(
+            e,
+            "overlay_http_listeners_open",
+            "Group message streams (server-sent events) open.",
+            http.listeners_open,
+        )?;
+        counter(
+            e,
+            "overlay_http_listeners_refused",
+            "Group message streams refused (503) because --max-listeners were open.",
+            http.listeners_refused,
         )?;
 
         // The ring core.
@@ -464,6 +508,7 @@ mod tests {
             driver: DriverCounters::default(),
             swarm: String::new(),
             api_refused: ApiRefusals::default(),
+            http: HttpLoad::default(),
         }
     }
 
