@@ -138,6 +138,7 @@ impl<A: Address> AntiEntropy<A> {
     }
 
     /// The peer named the buckets that differ: list its entries there, page by page.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_digest_diff(
         &mut self,
         peer: A,
