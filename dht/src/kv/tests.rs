@@ -2,25 +2,13 @@
 //! store at rest costs.
 
 use super::*;
-use crate::config::Config;
-use crate::sim::{NetworkModel, Simulation};
+use crate::sim::Simulation;
+use crate::sim::testing::{converged_ring, run_until_converged};
 
-/// A converged ring of `n` nodes with the store on.
+/// A converged ring of `n` nodes, successor lists included, with the store on.
 pub(super) fn ring(n: usize, seed: u64) -> Simulation {
-    let mut sim = Simulation::new(seed, Config::default(), NetworkModel::default());
-    let first = sim.add_node();
-    sim.create_ring(first);
-    for k in 1..n {
-        sim.run_until(Time::ZERO + Duration::from_millis(50) * k as u32);
-        let fresh = sim.add_node();
-        let bootstrap = sim.random_member().expect("the first node is a member");
-        sim.join(fresh, &[bootstrap]);
-    }
-    let deadline = sim.now() + Duration::from_secs(60);
-    while !(sim.member_count() == n && sim.ring_is_correct() && sim.successor_lists_are_correct()) {
-        assert!(sim.now() < deadline, "ring of {n} did not converge");
-        sim.run_until(sim.now() + Duration::from_millis(500));
-    }
+    let mut sim = converged_ring(n, seed);
+    run_until_converged(&mut sim, n, |sim| sim.ring_is_correct() && sim.successor_lists_are_correct());
     // The default simulated disk; no clock skew.
     sim.enable_kv(KvConfig::default(), Default::default(), 0);
     sim

@@ -22,6 +22,8 @@ pub mod multicast;
 mod network;
 pub mod partition;
 pub mod scenario;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
