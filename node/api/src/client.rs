@@ -231,18 +231,7 @@ impl Client {
     ) -> Result<(PutOutcome, Document<PutReceipt>), ApiError> {
         check_key(key)?;
         let url = self.url(&path::kv(key, consistency));
-        let mut response = self
-            .authorize(self.agent.put(&url))
-            .header("content-type", "application/octet-stream")
-            .send(value)
-            .map_err(|e| self.transport_error(&url, e))?;
-        let outcome = match response.status() {
-            StatusCode::CREATED => PutOutcome::Created,
-            StatusCode::OK => PutOutcome::Overwritten,
-            status => return Err(rejection(&url, status, &mut response)),
-        };
-        let body = read_body(&url, &mut response)?;
-        Ok((outcome, parse_document(&url, &body)?))
+        self.send_put(&url, value, |status, response| rejection(&url, status, response))
     }
 
     /// `PUT /v1/kv/{key}?if-version=V` (or `?if-absent=true`): writes `value` only if the key's
@@ -255,18 +244,29 @@ impl Client {
     ) -> Result<(PutOutcome, Document<PutReceipt>), ApiError> {
         check_key(key)?;
         let url = self.url(&path::kv_conditional(key, condition));
+        self.send_put(&url, value, |status, response| conditional_rejection(key, &url, status, response))
+    }
+
+    /// Sends `value` to `url` with `PUT` and reads the receipt; any status but 201 and 200 is
+    /// turned into an error by `reject`.
+    fn send_put(
+        &self,
+        url: &str,
+        value: &[u8],
+        reject: impl FnOnce(StatusCode, &mut ureq::http::Response<ureq::Body>) -> ApiError,
+    ) -> Result<(PutOutcome, Document<PutReceipt>), ApiError> {
         let mut response = self
-            .authorize(self.agent.put(&url))
+            .authorize(self.agent.put(url))
             .header("content-type", "application/octet-stream")
             .send(value)
-            .map_err(|e| self.transport_error(&url, e))?;
+            .map_err(|e| self.transport_error(url, e))?;
         let outcome = match response.status() {
             StatusCode::CREATED => PutOutcome::Created,
             StatusCode::OK => PutOutcome::Overwritten,
-            status => return Err(conditional_rejection(key, &url, status, &mut response)),
+            status => return Err(reject(status, &mut response)),
         };
-        let body = read_body(&url, &mut response)?;
-        Ok((outcome, parse_document(&url, &body)?))
+        let body = read_body(url, &mut response)?;
+        Ok((outcome, parse_document(url, &body)?))
     }
 
     /// `DELETE /v1/kv/{key}?if-version=V` (or `?if-absent=true`).
