@@ -69,6 +69,7 @@ pub mod message;
 pub mod multicast;
 pub mod node;
 mod passive;
+pub mod queue;
 mod ring;
 pub mod sim;
 pub mod store;

@@ -21,6 +21,7 @@ mod kv_store;
 pub mod multicast;
 mod network;
 pub mod partition;
+pub mod queue;
 pub mod scenario;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -73,6 +74,7 @@ enum What {
     StartLookup { key: Id },
     DeliverKv { to: u32, from: SimAddr, message: KvMessage },
     StoreDone { node: u32, io: IoId },
+    DeliverQueue { to: u32, from: SimAddr, message: crate::queue::QueueMessage<SimAddr> },
 }
 
 #[derive(Debug)]
@@ -107,6 +109,8 @@ struct SimNode {
     /// The node's store coordinator and its simulated disk, once [`Simulation::enable_kv`] was
     /// called.
     kv: Option<Box<kv_store::SimKv>>,
+    /// The node's queues, once [`Simulation::enable_queues`] was called.
+    queues: Option<Box<crate::queue::Queues<SimAddr>>>,
     alive: bool,
     /// The earliest wake-up already in the queue for this node.
     wake_at: Option<Time>,
@@ -178,6 +182,8 @@ pub struct Simulation {
     group_events: Vec<GroupRecord>,
     /// The store: settings, results and the global index of who holds what.
     kv: Option<kv_store::KvWorld>,
+    /// Queues: settings and what the nodes reported.
+    queues: Option<queue::QueueWorld>,
     /// During a partition, each node's part; messages between parts are lost.
     sides: Option<Vec<u8>>,
     trace: u64,
@@ -210,6 +216,7 @@ impl Simulation {
             multicast: None,
             group_events: Vec::new(),
             kv: None,
+            queues: None,
             sides: None,
             trace: 0xcbf2_9ce4_8422_2325,
         }
@@ -292,7 +299,8 @@ impl Simulation {
         let node = Node::new(addr, self.config.clone(), seed).expect("the scenario's config was validated");
         let multicast = self.multicast.clone().map(|config| Multicast::new(node.me().clone(), config));
         let kv = self.kv.as_ref().map(|world| self.new_sim_kv(&node, world, index));
-        self.nodes.push(SimNode { node, multicast, kv, alive: true, wake_at: None });
+        let queues = self.new_sim_queues(&node);
+        self.nodes.push(SimNode { node, multicast, kv, queues, alive: true, wake_at: None });
         self.member_pos.push(NOT_MEMBER);
         index
     }
@@ -438,6 +446,11 @@ impl Simulation {
                     {
                         kv.coordinator.handle_timeout(&mut sim_node.node, at);
                     }
+                    if let Some(queues) = sim_node.queues.as_mut()
+                        && queues.poll_timeout().is_some_and(|t| t <= at)
+                    {
+                        queues.handle_timeout(&mut sim_node.node, at);
+                    }
                     // Re-book the next wake-up even when this one found nothing due.
                     self.flush(index);
                 }
@@ -448,6 +461,7 @@ impl Simulation {
                 }
                 What::DeliverKv { to, from, message } => self.deliver_kv(to as usize, from, message),
                 What::StoreDone { node, io } => self.complete_store_op(node as usize, io),
+                What::DeliverQueue { to, from, message } => self.deliver_queue(to as usize, from, message),
             }
         }
         self.now = self.now.max(until);
@@ -474,10 +488,14 @@ impl Simulation {
         if self.nodes[index].kv.is_some() {
             self.flush_kv(index);
         }
+        if self.nodes[index].queues.is_some() {
+            self.flush_queues(index);
+        }
         let sim_node = &mut self.nodes[index];
         let multicast_at = sim_node.multicast.as_ref().and_then(Multicast::poll_timeout);
         let kv_at = sim_node.kv.as_ref().and_then(|kv| kv.coordinator.poll_timeout());
-        let next = [sim_node.node.poll_timeout(), multicast_at, kv_at].into_iter().flatten().min();
+        let queues_at = sim_node.queues.as_ref().and_then(|q| q.poll_timeout());
+        let next = [sim_node.node.poll_timeout(), multicast_at, kv_at, queues_at].into_iter().flatten().min();
         if let Some(at) = next
             && sim_node.wake_at.is_none_or(|w| at < w)
         {
@@ -595,6 +613,19 @@ impl Simulation {
 
     fn on_event(&mut self, index: usize, event: Event<SimAddr>) {
         let now = self.now;
+        if let SimNode { node, queues: Some(queues), .. } = &mut self.nodes[index] {
+            match &event {
+                Event::LookupFinished { id, result }
+                    if queues.handle_lookup_finished(*id, result, node, now) =>
+                {
+                    return;
+                }
+                Event::PredecessorChanged { .. } | Event::SuccessorsChanged { .. } => {
+                    queues.handle_ring_changed(node, now);
+                }
+                _ => {}
+            }
+        }
         if let SimNode { node, kv: Some(kv), .. } = &mut self.nodes[index] {
             match &event {
                 Event::LookupFinished { id, result }
