@@ -112,8 +112,11 @@ impl RoomMessage {
         signing::to_cbor(self)
     }
 
-    /// Decodes a message from CBOR (at most [`MAX_ENVELOPE_BYTES`]); does not verify it.
+    /// Decodes a message from CBOR, refusing more than [`MAX_ENVELOPE_BYTES`] before parsing,
+    /// and checks its shape (names, body size). Does not verify the signature.
     pub fn from_cbor(bytes: &[u8]) -> Result<RoomMessage, ChatError> {
-        signing::from_cbor(bytes, MAX_ENVELOPE_BYTES, "room message")
+        let message: RoomMessage = signing::from_cbor(bytes, MAX_ENVELOPE_BYTES, "room message")?;
+        message.check_fields()?;
+        Ok(message)
     }
 }
