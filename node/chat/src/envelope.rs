@@ -313,3 +313,33 @@ impl Envelope {
         Ok(envelope)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender who signs a ciphertext that was not sealed correctly: the signature holds, so
+    /// only the AEAD tag can tell, and opening says so rather than returning garbage.
+    #[test]
+    fn a_signed_but_broken_ciphertext_is_undecryptable() {
+        let alice = UserKeys::generate();
+        let bob = UserKeys::generate();
+        let mut envelope = Envelope::seal(&alice, "alice", "bob", &bob.public(), 1, 0, b"hi").expect("seals");
+        envelope.ciphertext[0] ^= 1;
+        envelope.signature = signing::sign(alice.signing_key(), &envelope.signed());
+        envelope.verify_sender().expect("the signature is good");
+        assert!(matches!(envelope.open(&bob), Err(ChatError::Undecryptable)));
+    }
+
+    /// The associated data binds the routing fields even for a sender who re-signs: moving a
+    /// ciphertext under another `seq` does not decrypt.
+    #[test]
+    fn the_routing_fields_are_bound_to_the_ciphertext() {
+        let alice = UserKeys::generate();
+        let bob = UserKeys::generate();
+        let mut envelope = Envelope::seal(&alice, "alice", "bob", &bob.public(), 1, 0, b"hi").expect("seals");
+        envelope.seq = 2;
+        envelope.signature = signing::sign(alice.signing_key(), &envelope.signed());
+        assert!(matches!(envelope.open(&bob), Err(ChatError::Undecryptable)));
+    }
+}
