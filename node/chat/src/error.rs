@@ -51,7 +51,9 @@ pub enum ChatError {
     #[error("malformed: {0}")]
     Malformed(String),
     /// A user or room name breaks the naming rule of [`crate::validate_name`].
-    #[error("invalid name {0:?}: 1 to 64 characters of a-z, 0-9, '_', '.' and '-'")]
+    #[error(
+        "invalid name {0:?}: 1 to 64 characters of a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
+    )]
     NameInvalid(String),
     /// Two records that must be about the same name are not.
     #[error("name mismatch: {expected:?} against {found:?}")]

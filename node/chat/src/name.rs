@@ -15,9 +15,12 @@ use crate::{ChatError, UserKeys, UserPublic, bytes, signing};
 pub const MAX_NAME_LEN: usize = 64;
 
 /// Checks a user or room name: 1 to [`MAX_NAME_LEN`] characters of `a-z`, `0-9`, `_`, `.` and
-/// `-`. Lower case only, so that two names that look the same are the same name.
+/// `-`, the first a letter or digit. Lower case only, so that two names that look the same are
+/// the same name; a letter or digit first, so that no name is a dot segment (`.`, `..`) that URL
+/// paths would collapse, a hidden file in the key directory, or a command-line flag (`-x`).
 pub fn validate_name(name: &str) -> Result<(), ChatError> {
-    let ok = (1..=MAX_NAME_LEN).contains(&name.len())
+    let ok = name.len() <= MAX_NAME_LEN
+        && matches!(name.as_bytes().first(), Some(b'a'..=b'z' | b'0'..=b'9'))
         && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
     if ok { Ok(()) } else { Err(ChatError::NameInvalid(name.to_owned())) }
 }

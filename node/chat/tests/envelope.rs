@@ -62,7 +62,8 @@ fn the_ciphertext_does_not_contain_the_body() {
 fn every_field_is_covered_by_the_signature() {
     let (_alice, bob, envelope) = sealed(b"tamper with me");
     let other = UserKeys::generate().public();
-    let tamperings: Vec<(&str, Box<dyn Fn(&mut Envelope)>)> = vec![
+    type Tampering = (&'static str, Box<dyn Fn(&mut Envelope)>);
+    let tamperings: Vec<Tampering> = vec![
         ("id", Box::new(|e| e.id[0] ^= 1)),
         ("from", Box::new(|e| e.from = "alicf".into())),
         ("from_key.sign", Box::new(move |e| e.from_key.sign = other.sign)),
@@ -93,7 +94,8 @@ fn a_forged_sender_is_refused() {
     let alice = UserKeys::generate();
     let bob = UserKeys::generate();
     let mallory = UserKeys::generate();
-    let mut forged = Envelope::seal(&mallory, "alice", "bob", &bob.public(), 1, NOW, b"pay mallory").expect("seals");
+    let mut forged =
+        Envelope::seal(&mallory, "alice", "bob", &bob.public(), 1, NOW, b"pay mallory").expect("seals");
     forged.from_key = alice.public();
     assert!(matches!(forged.verify_sender(), Err(ChatError::BadSignature)));
     assert!(matches!(forged.open(&bob), Err(ChatError::BadSignature)));
@@ -109,11 +111,20 @@ fn sealing_refuses_bad_input() {
         Err(ChatError::TooLarge { .. })
     ));
     Envelope::seal(&alice, "alice", "bob", &bob, 1, NOW, &too_big[1..]).expect("exactly the cap");
-    assert!(matches!(Envelope::seal(&alice, "Alice", "bob", &bob, 1, NOW, b"x"), Err(ChatError::NameInvalid(_))));
-    assert!(matches!(Envelope::seal(&alice, "alice", "", &bob, 1, NOW, b"x"), Err(ChatError::NameInvalid(_))));
+    assert!(matches!(
+        Envelope::seal(&alice, "Alice", "bob", &bob, 1, NOW, b"x"),
+        Err(ChatError::NameInvalid(_))
+    ));
+    assert!(matches!(
+        Envelope::seal(&alice, "alice", "", &bob, 1, NOW, b"x"),
+        Err(ChatError::NameInvalid(_))
+    ));
     // The identity point: every shared secret with it is zero.
     let low_order = UserPublic { sign: bob.sign, seal: [0; 32] };
-    assert!(matches!(Envelope::seal(&alice, "alice", "bob", &low_order, 1, NOW, b"x"), Err(ChatError::Malformed(_))));
+    assert!(matches!(
+        Envelope::seal(&alice, "alice", "bob", &low_order, 1, NOW, b"x"),
+        Err(ChatError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -136,8 +147,9 @@ fn from_cbor_refuses_oversized_and_malformed_input() {
     // The largest body fits the cap with its worst-case fields.
     let alice = UserKeys::generate();
     let long = "n".repeat(64);
-    let biggest = Envelope::seal(&alice, &long, &long, &alice.public(), u64::MAX, u64::MAX, &[0xff; MAX_BODY_BYTES])
-        .expect("seals");
+    let biggest =
+        Envelope::seal(&alice, &long, &long, &alice.public(), u64::MAX, u64::MAX, &[0xff; MAX_BODY_BYTES])
+            .expect("seals");
     Envelope::from_cbor(&biggest.to_cbor()).expect("the largest envelope decodes");
 }
 
@@ -159,7 +171,7 @@ fn json_carries_binary_fields_as_base64url() {
 }
 
 fn name() -> impl Strategy<Value = String> {
-    "[a-z0-9_.-]{1,64}"
+    "[a-z0-9][a-z0-9_.-]{0,63}"
 }
 
 proptest! {

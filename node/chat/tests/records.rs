@@ -17,10 +17,13 @@ fn other_public() -> UserPublic {
     UserKeys::generate().public()
 }
 
+/// A named change to one field of a record.
+type Tampering<'a, T> = (&'a str, Box<dyn Fn(&mut T)>);
+
 /// Applies each tampering to a copy of `good` and asserts that `verify` refuses every one.
 fn assert_all_refused<T: Clone>(
     good: &T,
-    tamperings: Vec<(&str, Box<dyn Fn(&mut T)>)>,
+    tamperings: Vec<Tampering<'_, T>>,
     verify: impl Fn(&T) -> Result<(), ChatError>,
 ) {
     verify(good).expect("the untampered record verifies");
@@ -33,10 +36,12 @@ fn assert_all_refused<T: Clone>(
 
 #[test]
 fn names_follow_the_rule() {
-    for ok in ["a", "alice", "bob_2", "x.y-z", &"n".repeat(64)] {
+    for ok in ["a", "7", "alice", "bob_2", "x.y-z", "a.", &"n".repeat(64)] {
         assert!(validate_name(ok).is_ok(), "{ok:?}");
     }
-    for bad in ["", "Alice", "al ice", "al/ice", "élise", "a\0", &"n".repeat(65)] {
+    for bad in
+        ["", "Alice", "al ice", "al/ice", "élise", "a\0", ".", "..", ".alice", "-rf", "_x", &"n".repeat(65)]
+    {
         assert!(matches!(validate_name(bad), Err(ChatError::NameInvalid(_))), "{bad:?}");
     }
 }
@@ -118,7 +123,10 @@ fn only_the_owner_updates_a_name_until_it_is_released() {
     NameRecord::verify_successor(&rotated, &released).expect("the owner releases");
     NameRecord::verify_successor(&released, &stolen).expect("a released name is free to claim");
     let stale_claim = NameRecord::sign(&mallory, "alice", 4, false, NOW).expect("valid");
-    assert!(matches!(NameRecord::verify_successor(&released, &stale_claim), Err(ChatError::StaleVersion { .. })));
+    assert!(matches!(
+        NameRecord::verify_successor(&released, &stale_claim),
+        Err(ChatError::StaleVersion { .. })
+    ));
 }
 
 #[test]
@@ -179,9 +187,10 @@ fn login() -> Login {
     let owner = UserKeys::generate();
     let name_record = NameRecord::sign(&owner, "alice", 1, false, NOW).expect("valid");
     let node = node_key(1);
-    let grant = Grant::sign(&owner, "alice", node.verifying_key().to_bytes(), NOW, NOW + HOUR).expect("valid");
-    let presence =
-        PresenceRecord::sign(&node, grant, "/ip4/127.0.0.1/tcp/4001", true, NOW + HOUR / 2, 1).expect("valid");
+    let grant =
+        Grant::sign(&owner, "alice", node.verifying_key().to_bytes(), NOW, NOW + HOUR).expect("valid");
+    let presence = PresenceRecord::sign(&node, grant, "/ip4/127.0.0.1/tcp/4001", true, NOW + HOUR / 2, 1)
+        .expect("valid");
     Login { owner, name_record, node, presence }
 }
 
@@ -217,7 +226,8 @@ fn presence_needs_the_owners_grant_to_the_signing_node() {
 
     // A grant signed by someone else than the name's owner.
     let mallory = UserKeys::generate();
-    let stolen = Grant::sign(&mallory, "alice", node.verifying_key().to_bytes(), NOW, NOW + HOUR).expect("valid");
+    let stolen =
+        Grant::sign(&mallory, "alice", node.verifying_key().to_bytes(), NOW, NOW + HOUR).expect("valid");
     let forged = PresenceRecord::sign(&node, stolen, "addr", true, NOW + HOUR, 1).expect("signs");
     assert!(matches!(forged.verify(&name_record, NOW), Err(ChatError::NotOwner)));
 
@@ -241,7 +251,8 @@ fn presence_needs_the_owners_grant_to_the_signing_node() {
     let bobs = NameRecord::sign(&owner, "bob", 1, false, NOW).expect("valid");
     assert!(matches!(presence.verify(&bobs, NOW), Err(ChatError::NameMismatch { .. })));
 
-    let renewed = PresenceRecord::sign(&node, presence.grant.clone(), "addr", false, NOW + HOUR, 2).expect("valid");
+    let renewed =
+        PresenceRecord::sign(&node, presence.grant.clone(), "addr", false, NOW + HOUR, 2).expect("valid");
     assert!(renewed.supersedes(&presence) && !presence.supersedes(&renewed));
 }
 

@@ -30,11 +30,20 @@ fn a_replayed_envelope_is_refused() {
 #[test]
 fn messages_outside_the_window_are_refused() {
     let mut guard = guard(10, 10);
-    assert!(matches!(guard.check_and_record(&[1; 32], &id(1), NOW - WINDOW - 1, NOW), Err(ChatError::Expired)));
-    assert!(matches!(guard.check_and_record(&[1; 32], &id(2), NOW + WINDOW + 1, NOW), Err(ChatError::NotYetValid)));
+    assert!(matches!(
+        guard.check_and_record(&[1; 32], &id(1), NOW - WINDOW - 1, NOW),
+        Err(ChatError::Expired)
+    ));
+    assert!(matches!(
+        guard.check_and_record(&[1; 32], &id(2), NOW + WINDOW + 1, NOW),
+        Err(ChatError::NotYetValid)
+    ));
     guard.check_and_record(&[1; 32], &id(3), NOW - WINDOW, NOW).expect("at the window's edge");
     // Once it has left the window it is refused for that reason, whether remembered or not.
-    assert!(matches!(guard.check_and_record(&[1; 32], &id(3), NOW - WINDOW, NOW + 1), Err(ChatError::Expired)));
+    assert!(matches!(
+        guard.check_and_record(&[1; 32], &id(3), NOW - WINDOW, NOW + 1),
+        Err(ChatError::Expired)
+    ));
     assert_eq!(guard.check_and_record(&[0; 32], &id(0), 0, 0).map_err(|e| e.to_string()), Ok(()));
 }
 
@@ -48,7 +57,10 @@ fn forgotten_ids_are_refused_by_the_senders_floor() {
     assert_eq!(guard.ids(), 3);
     // ids 0 and 1 were forgotten; their replays still fail.
     for n in 0..5u8 {
-        assert!(matches!(guard.check_and_record(&alice, &id(n), NOW + u64::from(n), NOW), Err(ChatError::Replayed)));
+        assert!(matches!(
+            guard.check_and_record(&alice, &id(n), NOW + u64::from(n), NOW),
+            Err(ChatError::Replayed)
+        ));
     }
     // An unseen message older than what is remembered cannot be told from a replay.
     assert!(matches!(guard.check_and_record(&alice, &id(50), NOW, NOW), Err(ChatError::Replayed)));
