@@ -31,8 +31,10 @@
 //!
 //! # Format
 //! CBOR ([`Envelope::to_cbor`], at most [`MAX_ENVELOPE_BYTES`]): a map with the fields below,
-//! binary fields as byte strings. JSON (serde_json, for the HTTP API): an object with the same
-//! fields, binary fields as base64url strings without padding, about 4/3 the size.
+//! binary fields as byte strings. JSON ([`Envelope::to_json`], at most
+//! [`MAX_ENVELOPE_JSON_BYTES`]; also plain serde_json, for the HTTP API): an object with the same
+//! fields, binary fields as base64url strings without padding, about 4/3 the size. Unknown fields
+//! are ignored in both.
 //!
 //! | field        | type                      | meaning |
 //! |--------------|---------------------------|---------|
@@ -57,6 +59,7 @@ use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::{ChatError, UserKeys, UserPublic, bytes, signing, validate_name};
 
@@ -66,6 +69,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The largest CBOR-encoded envelope: the body, its tag and generous room for the other fields
 /// (two names of at most 64 bytes, five keys, the signature and the map's field names).
 pub const MAX_ENVELOPE_BYTES: usize = MAX_BODY_BYTES + 4096;
+
+/// The largest JSON-encoded envelope: base64 makes the binary fields 4/3 as long, and JSON adds
+/// field names and quotes.
+pub const MAX_ENVELOPE_JSON_BYTES: usize = MAX_ENVELOPE_BYTES * 4 / 3 + 4096;
 
 /// The Poly1305 tag appended to every ciphertext.
 const TAG_BYTES: usize = 16;
@@ -213,11 +220,11 @@ impl Envelope {
     }
 
     fn cipher(shared: &[u8; 32], ephemeral: &[u8; 32], recipient_seal: &[u8; 32]) -> XChaCha20Poly1305 {
-        let mut key = [0u8; 32];
+        let mut key = Zeroizing::new([0u8; 32]);
         Hkdf::<Sha256>::new(None, shared)
-            .expand_multi_info(&[Self::KEY_DOMAIN, ephemeral, recipient_seal], &mut key)
+            .expand_multi_info(&[Self::KEY_DOMAIN, ephemeral, recipient_seal], key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        XChaCha20Poly1305::new(Key::from_slice(&key))
+        XChaCha20Poly1305::new(Key::from_slice(key.as_ref()))
     }
 
     fn header(&self) -> Header<'_> {
@@ -298,6 +305,27 @@ impl Envelope {
             ts_ms: self.ts_ms,
             body,
         })
+    }
+
+    /// Encodes the envelope as JSON (binary fields as base64url).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an Envelope always encodes as JSON")
+    }
+
+    /// Decodes an envelope from JSON, refusing more than [`MAX_ENVELOPE_JSON_BYTES`] before
+    /// parsing, and checks its shape ([`Envelope::check_fields`]). Does not verify the signature.
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, ChatError> {
+        if bytes.len() > MAX_ENVELOPE_JSON_BYTES {
+            return Err(ChatError::TooLarge {
+                what: "envelope (JSON)",
+                len: bytes.len(),
+                max: MAX_ENVELOPE_JSON_BYTES,
+            });
+        }
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| ChatError::Malformed(format!("envelope: {e}")))?;
+        envelope.check_fields()?;
+        Ok(envelope)
     }
 
     /// Encodes the envelope as CBOR.

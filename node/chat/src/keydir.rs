@@ -22,6 +22,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{ChatError, UserKeys, UserPublic, bytes, validate_name};
 
@@ -33,6 +34,7 @@ const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 const SUFFIX: &str = ".key";
 
+/// The file's content. Not `Debug`: it holds secrets.
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
     version: u32,
@@ -42,6 +44,13 @@ struct KeyFile {
     #[serde(with = "bytes::fixed")]
     seal: [u8; 32],
     public: String,
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        self.sign.zeroize();
+        self.seal.zeroize();
+    }
 }
 
 /// A directory of users' secret keys; see the module docs.
@@ -100,7 +109,8 @@ impl KeyDir {
         if metadata.len() > MAX_KEY_FILE_BYTES {
             return Err(corrupt(format!("{} bytes, more than a key file holds", metadata.len())));
         }
-        let mut text = String::new();
+        // Sized up front (the read is capped) so that no reallocation leaves secrets behind.
+        let mut text = Zeroizing::new(String::with_capacity(MAX_KEY_FILE_BYTES as usize + 1));
         file.take(MAX_KEY_FILE_BYTES).read_to_string(&mut text).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => corrupt("not UTF-8".into()),
             _ => ChatError::Io { path: path.clone(), source: e },
@@ -156,14 +166,16 @@ impl KeyDir {
             seal,
             public: keys.public().to_string(),
         };
-        let mut text = serde_json::to_string_pretty(&stored).expect("a KeyFile always encodes as JSON");
-        text.push('\n');
+        // Sized up front so that no reallocation leaves a copy of the secrets behind.
+        let mut text = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES as usize));
+        serde_json::to_writer_pretty(&mut *text, &stored).expect("a KeyFile always encodes as JSON");
+        text.push(b'\n');
 
         let path = self.file(name);
         let tmp = self.path.join(format!(".{name}{SUFFIX}.tmp-{:016x}", rand::random::<u64>()));
         let written = (|| {
             let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            file.write_all(text.as_bytes())?;
+            file.write_all(&text)?;
             file.sync_all()
         })();
         if let Err(e) = written {

@@ -44,7 +44,7 @@ pub mod replay;
 pub mod room;
 mod signing;
 
-pub use envelope::{Envelope, MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, Plain};
+pub use envelope::{Envelope, MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, MAX_ENVELOPE_JSON_BYTES, Plain};
 pub use error::ChatError;
 pub use grant::{Grant, MAX_CLOCK_SKEW_MS, MAX_GRANT_LIFETIME_MS, MAX_NODE_ADDR_BYTES, PresenceRecord};
 pub use keydir::KeyDir;

@@ -1,6 +1,8 @@
 //! Sealed direct messages: who can open them, what tampering is caught, and the encodings.
 
-use overlay_chat::{ChatError, Envelope, MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, UserKeys, UserPublic};
+use overlay_chat::{
+    ChatError, Envelope, MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, MAX_ENVELOPE_JSON_BYTES, UserKeys, UserPublic,
+};
 use proptest::prelude::*;
 
 const NOW: u64 = 1_800_000_000_000;
@@ -151,6 +153,7 @@ fn from_cbor_refuses_oversized_and_malformed_input() {
         Envelope::seal(&alice, &long, &long, &alice.public(), u64::MAX, u64::MAX, &[0xff; MAX_BODY_BYTES])
             .expect("seals");
     Envelope::from_cbor(&biggest.to_cbor()).expect("the largest envelope decodes");
+    Envelope::from_json(biggest.to_json().as_bytes()).expect("and decodes from JSON");
 }
 
 #[test]
@@ -164,6 +167,16 @@ fn json_carries_binary_fields_as_base64url() {
     assert!(ciphertext.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{ciphertext}");
     let back: Envelope = serde_json::from_value(json).expect("decodes");
     assert_eq!(back.open(&bob).expect("opens").body, b"over http");
+
+    let text = envelope.to_json();
+    assert_eq!(Envelope::from_json(text.as_bytes()).expect("decodes"), envelope);
+    let oversized = vec![b' '; MAX_ENVELOPE_JSON_BYTES + 1];
+    assert!(matches!(Envelope::from_json(&oversized), Err(ChatError::TooLarge { .. })));
+    assert!(matches!(Envelope::from_json(b"{\"id\": 1}"), Err(ChatError::Malformed(_))));
+    let mut bad_name = serde_json::to_value(&envelope).expect("encodes");
+    bad_name["to"] = serde_json::Value::String("Bob".into());
+    let bad_name = serde_json::to_vec(&bad_name).expect("encodes");
+    assert!(matches!(Envelope::from_json(&bad_name), Err(ChatError::NameInvalid(_))));
 
     let mut wrong_length = serde_json::to_value(&envelope).expect("encodes");
     wrong_length["nonce"] = serde_json::Value::String("AAAA".into());
