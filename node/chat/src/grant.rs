@@ -11,8 +11,8 @@
 //! Invariants kept by `verify`:
 //! - a grant lasts at most [`MAX_GRANT_LIFETIME_MS`], so a grant leaked by a node stops working
 //!   within a day; it is refused once `now >= expires_ms`;
-//! - a grant or presence issued more than [`MAX_CLOCK_SKEW_MS`] in the future is refused, so a
-//!   clock running ahead cannot mint records that outlive their stated lifetime;
+//! - a grant is not valid before its `issued_ms`, less [`MAX_CLOCK_SKEW_MS`] for clocks that
+//!   disagree: a grant made out for later cannot be used early;
 //! - a presence is valid only while its grant is.
 
 use ed25519_dalek::SigningKey;

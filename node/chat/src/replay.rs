@@ -2,7 +2,8 @@
 //! replays.
 //!
 //! Pure and deterministic: it reads no clock (every call takes `now_ms`) and iterates only
-//! ordered maps.
+//! ordered maps. A `now_ms` earlier than one already seen is taken as the latest one seen: the
+//! guard forgets what has left the window, so its clock must not run back.
 //!
 //! A message is `(sender's signing key, id, ts_ms)`. The guard admits it only when `ts_ms` lies
 //! within `window_ms` of `now_ms`, the id is not remembered for that sender, and `ts_ms` is newer
@@ -63,6 +64,8 @@ pub struct ReplayGuard {
     /// (newest ts_ms, sender) for every sender, to forget the least recent.
     by_newest: BTreeSet<(u64, [u8; 32])>,
     floor: Option<u64>,
+    /// The latest `now_ms` seen.
+    now_ms: u64,
 }
 
 impl ReplayGuard {
@@ -73,7 +76,7 @@ impl ReplayGuard {
             ids_per_sender: config.ids_per_sender.max(1),
             window_ms: config.window_ms,
         };
-        ReplayGuard { config, senders: BTreeMap::new(), by_newest: BTreeSet::new(), floor: None }
+        ReplayGuard { config, senders: BTreeMap::new(), by_newest: BTreeSet::new(), floor: None, now_ms: 0 }
     }
 
     /// The bounds in force.
@@ -101,6 +104,8 @@ impl ReplayGuard {
         ts_ms: u64,
         now_ms: u64,
     ) -> Result<(), ChatError> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
         let oldest_allowed = now_ms.saturating_sub(self.config.window_ms);
         if ts_ms < oldest_allowed {
             return Err(ChatError::Expired);
