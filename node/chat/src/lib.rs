@@ -30,8 +30,21 @@
 //!
 //! # What the caller must still check
 //! A signature proves which keys signed, not that the keys own the name a record claims: check
-//! `from_key.sign` (or a grant's `user`) against the name's current [`NameRecord`]. And check
-//! freshness: [`ReplayGuard`] for messages, `now_ms` for grants and presences.
+//! an envelope's or room message's `from_key` against the current [`NameRecord`] of `from`, and
+//! a sender should seal only to the `owner` of the recipient's verified name record (so that
+//! `to_key` is the key of `to`). [`PresenceRecord::verify`] does this check itself, against the
+//! name record it is given. Check freshness too: [`ReplayGuard`] for messages, `now_ms` for
+//! grants and presences.
+//!
+//! # Typical use
+//! - CLI: [`KeyDir::load_or_create`]; publish [`NameRecord::sign`]; log in by handing a node
+//!   [`Grant::sign`]; send with [`Envelope::seal`] and [`RoomMessage::sign`]; read with
+//!   [`Envelope::open`] and [`RoomMessage::verify`].
+//! - Node: accept a name update only if [`NameRecord::verify`] (first claim) or
+//!   [`NameRecord::verify_successor`] passes; on login, [`Grant::verify`] with its own key, then
+//!   [`PresenceRecord::sign`] with its libp2p ed25519 key (converted to
+//!   [`ed25519_dalek::SigningKey`]) and renew; route an envelope after
+//!   [`Envelope::verify_sender`] and [`ReplayGuard::check_envelope`].
 
 mod bytes;
 pub mod envelope;
@@ -44,6 +57,9 @@ pub mod replay;
 pub mod room;
 mod signing;
 
+/// The ed25519 implementation the records use, so that callers convert their keys (the node's
+/// libp2p identity) with the very same version.
+pub use ed25519_dalek;
 pub use envelope::{Envelope, MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, MAX_ENVELOPE_JSON_BYTES, Plain};
 pub use error::ChatError;
 pub use grant::{Grant, MAX_CLOCK_SKEW_MS, MAX_GRANT_LIFETIME_MS, MAX_NODE_ADDR_BYTES, PresenceRecord};
