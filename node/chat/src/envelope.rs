@@ -20,8 +20,8 @@
 //! 5. `signature` = the sender's ed25519 signature over the CBOR encoding of the map
 //!    `{domain: "overlay/chat/dm/v1", id, from, from_key, to, to_key, seq, ts_ms, ephemeral,
 //!    nonce, ciphertext}`. Signing the ciphertext (not only the plaintext) lets nodes check the
-//!    sender without the recipient's key, and stops anyone re-sealing a message under the
-//!    sender's name.
+//!    sender without the recipient's key, and ties the signature to this recipient: Bob cannot
+//!    re-seal what Alice signed for him and pass it to Carol as Alice's message to her.
 //!
 //! Opening checks the signature first, then that the envelope is addressed to the opener's keys
 //! ([`ChatError::WrongRecipient`] otherwise), then decrypts. A signature proves which *keys* sent
@@ -51,7 +51,9 @@
 //! | `signature`  | 64 bytes                  | ed25519 by `from_key.sign`, see Sealing step 5 |
 //!
 //! The body's length shows through the ciphertext's (no padding), and so do the names, keys and
-//! times: nodes need them to route, order and expire messages.
+//! times: nodes need them to route, order and expire messages. There is no forward secrecy
+//! against the recipient's sealing key: whoever learns it can open every message sealed to it,
+//! past ones included; rotating it (a new name record) limits what one leak opens.
 
 use chacha20poly1305::aead::{Aead as _, Payload};
 use chacha20poly1305::{Key, KeyInit as _, XChaCha20Poly1305, XNonce};
