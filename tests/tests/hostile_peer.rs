@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use dht::store::{KvRequest, KvResponse};
 use dht::{Message, Request, RequestId};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
 use overlay_node::address::PeerAddr;
 use overlay_node::network::{GROUP_PROTOCOL, KV_PROTOCOL, KvCodec, RING_PROTOCOL, RingCodec, RingEnvelope};
-use overlay_tests::{Cluster, poll};
+use overlay_tests::{Cluster, RawCodec, poll};
 
 const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
 
@@ -29,50 +29,6 @@ const PER_PEER_CONNECTIONS: &str = "2";
 const FLOOD: usize = 1_000;
 const EXTRA_DIALS: usize = 6;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Sends whatever bytes it is given.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.take(1 << 20).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        self.read_request(p, io).await
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()> {
-        self.write_request(p, io, res).await
-    }
-}
 
 #[derive(NetworkBehaviour)]
 struct Flood {

@@ -272,14 +272,7 @@ impl<A: Address> Queues<A> {
                 Some(false) => {
                     role.uncommitted.insert(key, true);
                     let Some(message) = held.state.get(&key).cloned() else { return };
-                    self.start_commit(
-                        queue,
-                        CommitKind::Put { key },
-                        ReplicaChange::Put(message),
-                        Some((from, req)),
-                        ring,
-                        now,
-                    );
+                    self.commit_put(queue, message, Some((from, req)), ring, now);
                 }
             }
             return;
@@ -309,14 +302,20 @@ impl<A: Address> Queues<A> {
         held.state.insert(message.clone());
         role.uncommitted.insert(key, true);
         self.persists.push_back(QueuePersist::Put { queue: queue.clone(), message: message.clone() });
-        self.start_commit(
-            queue,
-            CommitKind::Put { key },
-            ReplicaChange::Put(message),
-            Some((from, req)),
-            ring,
-            now,
-        );
+        self.commit_put(queue, message, Some((from, req)), ring, now);
+    }
+
+    /// Sends a stamped message to the replicas; it is committed once enough hold it.
+    fn commit_put(
+        &mut self,
+        queue: &QueueName,
+        message: StoredMessage,
+        reply_to: Option<(A, u64)>,
+        ring: &Node<A>,
+        now: Time,
+    ) {
+        let key = (message.seq, message.id);
+        self.start_commit(queue, CommitKind::Put { key }, ReplicaChange::Put(message), reply_to, ring, now);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -793,15 +792,8 @@ impl<A: Address> Queues<A> {
             for (to, answer) in answers {
                 self.send(to, answer);
             }
-            for (key, message) in recommit {
-                self.start_commit(
-                    &queue,
-                    CommitKind::Put { key },
-                    ReplicaChange::Put(message),
-                    None,
-                    ring,
-                    now,
-                );
+            for (_, message) in recommit {
+                self.commit_put(&queue, message, None, ring, now);
             }
             self.serve_waiters(&queue, now);
             if start_sync {
