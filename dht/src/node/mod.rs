@@ -49,6 +49,7 @@ mod routing;
 mod serve;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -185,6 +186,12 @@ enum Purpose<A> {
     CheckPredecessor {
         predecessor: NodeRef<A>,
     },
+    /// Asking finger `index` (`finger`) for its predecessor: it is still the right finger iff the
+    /// finger's start lies between that predecessor and it. Looked up only if not.
+    CheckFinger {
+        index: usize,
+        finger: NodeRef<A>,
+    },
     /// Pinging the predecessor because `candidate` notified us; `candidate` replaces it if dead.
     RectifyProbe {
         predecessor: NodeRef<A>,
@@ -250,6 +257,15 @@ pub struct Node<A: Address> {
     stabilize_rounds: u32,
     /// A lookup of this node's own successor is running.
     checking_successor: bool,
+    /// The stabilize period in force outside fast rounds: `stabilize_interval`, doubling after each
+    /// round up to `Config::stabilize_backoff_max` while nothing changes (see `unsettle`).
+    stabilize_period: Duration,
+    /// The finger-refresh period in force: `fix_fingers_interval`, doubling after each finger
+    /// that checks out, up to `Config::fix_fingers_backoff_max`.
+    finger_period: Duration,
+    /// When the predecessor last sent this node anything (its stabilize rounds ask us for our
+    /// neighbours): proof of life that makes the predecessor check's own ping unnecessary.
+    heard_from_predecessor: Time,
     /// Ranges (predecessor, owner] recently vouched for by their owners.
     range_cache: RangeCache<A>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
@@ -280,6 +296,7 @@ impl<A: Address> Node<A> {
     pub fn new(addr: A, config: Config, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
         let passive = PassiveList::new(config.passive_peers);
+        let (stabilize_period, finger_period) = (config.stabilize_interval, config.fix_fingers_interval);
         Ok(Node {
             me: NodeRef::new(addr),
             config,
@@ -305,6 +322,9 @@ impl<A: Address> Node<A> {
             fast_rounds: 0,
             stabilize_rounds: 0,
             checking_successor: false,
+            stabilize_period,
+            finger_period,
+            heard_from_predecessor: Time::ZERO,
             range_cache: RangeCache::new(),
             announced: false,
             passive,
@@ -483,7 +503,7 @@ impl<A: Address> Node<A> {
         match message {
             Message::Request { id, body } => {
                 let body = self.answer(&from, body, now);
-                self.transmit(from, Message::Response { id, body });
+                self.transmit(from.clone(), Message::Response { id, body });
             }
             Message::Response { id, body } => {
                 match self.pending.get(&id) {
@@ -508,6 +528,10 @@ impl<A: Address> Node<A> {
                 self.request_deadlines.remove(&(pending.deadline, id));
                 self.on_response(pending.to, pending.purpose, body, now);
             }
+        }
+        // Checked after handling, so that a notifier just adopted as predecessor counts as heard.
+        if self.predecessor.as_ref().is_some_and(|p| p.addr == from) {
+            self.heard_from_predecessor = now;
         }
     }
 
@@ -561,7 +585,11 @@ impl<A: Address> Node<A> {
                         self.fast_rounds -= 1;
                         self.config.stabilize_interval / FAST_STABILIZE_DIVISOR
                     } else {
-                        self.config.stabilize_interval
+                        // A round that finds a change calls `unsettle`, which resets the period;
+                        // so the period only grows across rounds that found nothing new.
+                        let period = self.stabilize_period;
+                        self.stabilize_period = (period * 2).min(self.config.stabilize_backoff_max());
+                        period
                     };
                     self.next_stabilize = now + period;
                     self.stabilize(now);
@@ -571,7 +599,7 @@ impl<A: Address> Node<A> {
                     self.check_predecessor(now);
                 }
                 if now >= self.next_fix_fingers {
-                    self.next_fix_fingers = now + self.config.fix_fingers_interval;
+                    self.next_fix_fingers = now + self.finger_period;
                     self.fix_next_finger(now);
                 }
                 if !self.passive.is_empty() && now >= self.next_probe {
