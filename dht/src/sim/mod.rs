@@ -649,49 +649,6 @@ impl Simulation {
         }
     }
 
-    /// DEBUG
-    pub fn debug_wrong(&self) {
-        let ids: Vec<(&Id, &u32)> = self.members.iter().collect();
-        let n = ids.len();
-        for (k, &(_, &index)) in ids.iter().enumerate() {
-            let node = &self.nodes[index as usize].node;
-            let (succ_id, _) = ids[(k + 1) % n];
-            let (pred_id, _) = ids[(k + n - 1) % n];
-            let s_ok = node.successor().id == *succ_id;
-            let p_ok = node.predecessor().is_some_and(|p| p.id == *pred_id);
-            if !s_ok || !p_ok {
-                let succs: Vec<String> = node
-                    .successors()
-                    .iter()
-                    .map(|n| {
-                        format!(
-                            "{}{}",
-                            n.id.short(),
-                            if self.members.contains_key(&n.id) { "" } else { "(dead)" }
-                        )
-                    })
-                    .collect();
-                let pred = node.predecessor().map(|p| {
-                    format!(
-                        "{}{}",
-                        p.id.short(),
-                        if self.members.contains_key(&p.id) { "" } else { "(dead)" }
-                    )
-                });
-                eprintln!(
-                    "t={:?} node {} succ_ok={} pred_ok={} pred={:?} true_pred={} succs={:?}",
-                    self.now,
-                    node.me().id.short(),
-                    s_ok,
-                    p_ok,
-                    pred,
-                    pred_id.short(),
-                    succs
-                );
-            }
-        }
-    }
-
     /// Whether every member's successor and predecessor are the true ones.
     pub fn ring_is_correct(&self) -> bool {
         let ids: Vec<(&Id, &u32)> = self.members.iter().collect();

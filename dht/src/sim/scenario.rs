@@ -218,7 +218,6 @@ pub fn run(params: &Params) -> Report {
             // more finely than by whole seconds. Reading the state changes nothing in the run.
             while repair_sim_s.is_none() && sim.now() < second_end {
                 sim.run_until((sim.now() + REPAIR_STEP).min(second_end));
-                sim.debug_wrong();
                 if sim.ring_is_correct() {
                     repair_sim_s = Some((sim.now() - phase_start).as_secs_f64());
                 }
