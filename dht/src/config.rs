@@ -17,9 +17,7 @@ pub struct Config {
     /// How often a node starts one finger-refresh lookup. A full round touches only the ~log2 N
     /// distinct fingers. Default 1 s.
     pub fix_fingers_interval: Duration,
-    /// How often a node pings its predecessor. Default 2 s. The ping is skipped while the
-    /// predecessor itself keeps contacting this node (its stabilize rounds): that traffic already
-    /// proves it alive.
+    /// How often a node pings its predecessor. Default 2 s.
     pub check_predecessor_interval: Duration,
     /// Longest stabilize period of a node whose neighbourhood stays unchanged. The period starts at
     /// `stabilize_interval` and doubles after each round up to this bound; any sign of change (a

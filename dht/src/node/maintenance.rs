@@ -10,9 +10,11 @@
 //! that timed out, a lookup that failed, a new predecessor or successor, a changed successor list,
 //! a notify from a node other than the predecessor, a neighbour leaving, a join). Work that other
 //! traffic already does is not repeated: a finger is checked with one request (its predecessor)
-//! and looked up only when the check fails; the predecessor is pinged only when it has sent us
-//! nothing lately (its own stabilize rounds reach us); a successor that already lists us as its
-//! predecessor is not notified again.
+//! and looked up only when the check fails, and a successor that already lists us as its
+//! predecessor is not notified again. The predecessor is still pinged every
+//! `check_predecessor_interval`: skipping the ping while the predecessor's own stabilize rounds
+//! reach us saved a message per node per second but made a partitioned store less available on
+//! some seeds (BENCHMARKS.md, issue 17), because a silent predecessor was then dropped later.
 //!
 //! Invariants kept here:
 //! - a successor is adopted only once it has answered, and the list is rebuilt by
@@ -67,7 +69,6 @@ impl<A: Address> Node<A> {
         self.next_fix_fingers = now + jitter(&mut self.rng, self.config.fix_fingers_interval);
         self.stabilize_period = self.config.stabilize_interval;
         self.finger_period = self.config.fix_fingers_interval;
-        self.heard_from_predecessor = now;
     }
 
     /// Something changed nearby: maintenance goes back to its base pace, and a backed-off round
@@ -150,16 +151,6 @@ impl<A: Address> Node<A> {
 
     pub(super) fn check_predecessor(&mut self, now: Time) {
         if self.checking_predecessor {
-            return;
-        }
-        // The predecessor's own stabilize rounds reach us at least once per its longest period:
-        // while they do, it is alive and a ping would tell nothing new. The check is then put off
-        // to the moment the predecessor has been silent for that period plus one request's time,
-        // so a dead predecessor is pinged about as soon as with a fixed check period.
-        let quiet = self.config.stabilize_backoff_max() + self.config.rpc_timeout;
-        let silent_from = self.heard_from_predecessor + quiet;
-        if self.predecessor.is_some() && now < silent_from {
-            self.next_check_predecessor = silent_from;
             return;
         }
         if let Some(predecessor) = self.predecessor.clone() {
@@ -455,8 +446,6 @@ impl<A: Address> Node<A> {
         if self.predecessor != predecessor {
             self.predecessor = predecessor;
             self.events.push_back(Event::PredecessorChanged { predecessor: self.predecessor.clone() });
-            // A new predecessor proved itself alive just now (it notified us, or answered).
-            self.heard_from_predecessor = now;
             self.unsettle(now);
         }
     }

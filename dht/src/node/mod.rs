@@ -263,9 +263,6 @@ pub struct Node<A: Address> {
     /// The finger-refresh period in force: `fix_fingers_interval`, doubling after each finger
     /// that checks out, up to `Config::fix_fingers_backoff_max`.
     finger_period: Duration,
-    /// When the predecessor last sent this node anything (its stabilize rounds ask us for our
-    /// neighbours): proof of life that makes the predecessor check's own ping unnecessary.
-    heard_from_predecessor: Time,
     /// Ranges (predecessor, owner] recently vouched for by their owners.
     range_cache: RangeCache<A>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
@@ -324,7 +321,6 @@ impl<A: Address> Node<A> {
             checking_successor: false,
             stabilize_period,
             finger_period,
-            heard_from_predecessor: Time::ZERO,
             range_cache: RangeCache::new(),
             announced: false,
             passive,
@@ -503,7 +499,7 @@ impl<A: Address> Node<A> {
         match message {
             Message::Request { id, body } => {
                 let body = self.answer(&from, body, now);
-                self.transmit(from.clone(), Message::Response { id, body });
+                self.transmit(from, Message::Response { id, body });
             }
             Message::Response { id, body } => {
                 match self.pending.get(&id) {
@@ -528,10 +524,6 @@ impl<A: Address> Node<A> {
                 self.request_deadlines.remove(&(pending.deadline, id));
                 self.on_response(pending.to, pending.purpose, body, now);
             }
-        }
-        // Checked after handling, so that a notifier just adopted as predecessor counts as heard.
-        if self.predecessor.as_ref().is_some_and(|p| p.addr == from) {
-            self.heard_from_predecessor = now;
         }
     }
 
