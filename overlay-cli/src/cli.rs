@@ -477,12 +477,12 @@ mod tests {
 
     #[test]
     fn queue_subcommands_parse_and_bound_their_waits() {
-        let cli = parse(&["overlay", "queue", "get", "jobs", "--wait", "2.5"]).expect("parses");
+        let cli = parse(&["queue", "get", "jobs", "--wait", "2.5"]).expect("parses");
         let Command::Queue(QueueCommand::Get(get)) = cli.command else { panic!("queue get expected") };
         assert_eq!((get.queue.as_str(), get.wait, get.lease), ("jobs", 2.5, 30.0));
-        assert!(parse(&["overlay", "queue", "get", "jobs", "--wait", "301"]).is_err());
-        assert!(parse(&["overlay", "queue", "poll", "jobs", "--lease", "0"]).is_err());
-        let cli = parse(&["overlay", "queue", "put", "jobs", "-", "--json"]).expect("parses");
+        assert!(parse(&["queue", "get", "jobs", "--wait", "301"]).is_err());
+        assert!(parse(&["queue", "poll", "jobs", "--lease", "0"]).is_err());
+        let cli = parse(&["queue", "put", "jobs", "-", "--json"]).expect("parses");
         assert!(
             matches!(cli.command, Command::Queue(QueueCommand::Put { ref message, .. }) if message == "-")
         );
