@@ -110,6 +110,8 @@ pub(crate) enum Command {
     /// Multicast groups: join, leave, send to, listen to and inspect them.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Chat: users, logins, direct messages sealed end to end, rooms.
+    Chat(crate::chat::ChatArgs),
     /// Run overlay-node processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),

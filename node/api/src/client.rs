@@ -365,7 +365,18 @@ impl Client {
         limit: Option<Duration>,
     ) -> Result<GroupStream, ApiError> {
         check_group(group)?;
-        let url = self.url(&path::group_listen(group, from));
+        self.event_stream(&path::group_listen(group, from), limit)
+    }
+
+    /// Opens any event stream of the API (`GET path_and_query`, appended to the base URL as
+    /// given), read with [`GroupStream::next_raw_event`]; time-outs as for
+    /// [`Client::group_messages`].
+    pub fn event_stream(
+        &self,
+        path_and_query: &str,
+        limit: Option<Duration>,
+    ) -> Result<GroupStream, ApiError> {
+        let url = self.url(path_and_query);
         // An agent of its own, so that closing the stream (which shuts its agent down) touches
         // no other request; a stream holds its connection for its whole life, so it loses
         // nothing by not sharing the pool.
@@ -489,6 +500,17 @@ impl GroupStream {
             if let Some(event) = GroupEvent::from_sse(event) {
                 return Ok(Some(event));
             }
+        }
+    }
+
+    /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
+    pub fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
+        match self.events.next_event() {
+            Ok(event) => Ok(event),
+            Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(ApiError::TimedOut { url: self.url.clone(), after: self.limit.unwrap_or_default() })
+            }
+            Err(e) => Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
         }
     }
 

@@ -6,13 +6,15 @@
 //! - [`kv`]: the store coordinator ([`dht::kv`]) and the store operations it asks for;
 //! - [`bootstrap`]: getting into a ring, and back into one after being cut off;
 //! - [`walk`]: ring walks for `/v1/ring`;
-//! - [`multicast`]: multicast groups, their listeners and tree walks ([`GroupState`]).
+//! - [`multicast`]: multicast groups, their listeners and tree walks ([`GroupState`]);
+//! - [`chat`]: direct chat messages between nodes (`crate::chat` holds the chat state).
 //!
 //! The loop feeds the ring core ([`dht::Node`]) what the network delivers and the clock says,
 //! sends what it asks, hands its events to the rooms that wait for them, and leaves the ring
 //! gracefully when the shutdown token fires: hand-off first, then the core's leave.
 
 mod bootstrap;
+mod chat;
 mod command;
 mod kv;
 mod multicast;
@@ -63,6 +65,8 @@ pub struct LoopConfig {
     pub clock_offset_ms: i64,
     /// The record store existed before this start (a restart, not a new node).
     pub resumed_store: bool,
+    /// The node's chat state, which answers other nodes' chat deliveries.
+    pub chat: Option<std::sync::Arc<crate::chat::Chat>>,
 }
 
 /// How far a graceful leave has come.
@@ -88,6 +92,7 @@ pub struct EventLoop {
     groups: GroupState,
     bootstrap: Bootstrap,
     walks: Walks,
+    chat: chat::ChatRoom,
     /// What the driver counts itself (the kv room keeps its own rejections).
     counters: DriverCounters,
     /// libp2p's metrics of the swarm, recorded from its events.
@@ -141,6 +146,7 @@ impl EventLoop {
             groups,
             bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
             walks: Walks::default(),
+            chat: chat::ChatRoom { chat: config.chat, ..Default::default() },
             counters: DriverCounters::default(),
             swarm_metrics,
             started: now,
@@ -319,6 +325,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => self.chat.on_event(event, &mut self.swarm),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. }
@@ -446,6 +453,7 @@ impl EventLoop {
                 Command::Publish { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::Subscribe { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::GroupTree { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::ChatSend { reply, .. } => drop(reply.send(Err("shutting down".into()))),
             }
             return;
         }
@@ -485,6 +493,7 @@ impl EventLoop {
             | Command::Publish { .. }
             | Command::Subscribe { .. }
             | Command::GroupTree { .. }) => self.on_group_command(command),
+            command @ Command::ChatSend { .. } => self.chat.on_command(command, &mut self.swarm),
         }
     }
 

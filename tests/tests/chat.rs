@@ -1,0 +1,327 @@
+//! Chat end to end: real node processes on 127.0.0.1 and the real `overlay` CLI, each user with
+//! a key directory of their own.
+//!
+//! Covers names (first come, first served), login and presence, direct messages delivered once
+//! and in order to a listener at another node, that no node stores a DM's plaintext, and the
+//! refusals: forged signatures, replays, grants for another node, unknown users, oversized and
+//! garbage input.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use overlay_api::chat::{ChatNode, Presence};
+use overlay_chat::{Envelope, Grant, KeyDir, NameRecord};
+use overlay_tests::{Cluster, Http, poll};
+use serde_json::Value;
+
+const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
+const CLI: &str = env!("CARGO_BIN_EXE_overlay-cli-e2e");
+
+const UP_DEADLINE: Duration = Duration::from_secs(60);
+/// The target for a presence change to be seen.
+const PRESENCE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// One user's client: a key directory of its own.
+struct User {
+    name: &'static str,
+    keys: tempfile::TempDir,
+}
+
+impl User {
+    fn new(name: &'static str) -> User {
+        User { name, keys: tempfile::tempdir().expect("a key directory") }
+    }
+
+    fn command(&self, node: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(CLI);
+        command
+            .args(["--node", node, "chat", "--keys"])
+            .arg(self.keys.path().join("keys"))
+            .args(args)
+            .env_remove("OVERLAY_NODE")
+            .env_remove("OVERLAY_KEYS")
+            .env("OVERLAY_CLUSTER_DIR", "/nonexistent-overlay-cluster")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, node: &str, args: &[&str]) -> Output {
+        self.command(node, args).output().expect("the CLI runs")
+    }
+
+    /// Runs and expects success; its stdout.
+    fn ok(&self, node: &str, args: &[&str]) -> String {
+        let output = self.run(node, args);
+        assert!(output.status.success(), "overlay chat {args:?} failed: {}", text(&output.stderr));
+        text(&output.stdout)
+    }
+
+    fn keydir(&self) -> KeyDir {
+        KeyDir::open(self.keys.path().join("keys")).expect("the key directory")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running `chat listen --json`, its lines read on a thread.
+struct Listener {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Listener {
+    fn start(user: &User, node: &str) -> Listener {
+        let mut child = user
+            .command(node, &["--json", "listen", "--as", user.name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the listener starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Listener { child, lines }
+    }
+
+    /// The next `n` lines, within `timeout`.
+    fn take(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(_) => panic!("only {} of {n} lines within {timeout:?}: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Whether another line arrives within `wait` (for "exactly once").
+    fn quiet_for(&self, wait: Duration) -> Option<Value> {
+        self.lines.recv_timeout(wait).ok()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn presence(http: &Http, name: &str) -> Presence {
+    let answer = http.get(&format!("/v1/chat/presence/{name}")).expect("an answer");
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    answer.parse().expect("a presence document")
+}
+
+fn started(n: usize) -> Cluster {
+    let cluster = Cluster::start(NODE, n, &[]);
+    cluster.wait_for_correct_ring(UP_DEADLINE);
+    cluster
+}
+
+#[test]
+fn a_name_is_first_come_first_served() {
+    let cluster = started(3);
+    let (a, b) = (cluster.nodes[0].http.clone(), cluster.nodes[1].http.clone());
+    let alice = User::new("alice");
+    let out = alice.ok(&a, &["register", "alice"]);
+    assert!(out.contains("registered alice"), "{out}");
+    // Again, from the same keys: nothing to do.
+    assert!(alice.ok(&b, &["register", "alice"]).contains("already registered"));
+
+    let mallory = User::new("alice");
+    let refused = mallory.run(&b, &["register", "alice"]);
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("taken"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // Straight to the node, bypassing the CLI's check: 409, nothing written.
+    let keys = mallory.keydir().load("alice").expect("mallory's keys");
+    let forged = NameRecord::sign(&keys, "alice", 1, false, 1).expect("signed");
+    let http = Http::new(&b);
+    let answer = http.post("/v1/chat/names/alice", &serde_json::to_vec(&forged).unwrap()).expect("an answer");
+    assert_eq!(answer.status, 409, "{}", text(&answer.body));
+    // A higher version from another key is not an update either.
+    let forged = NameRecord::sign(&keys, "alice", 7, false, 1).expect("signed");
+    let answer = http.post("/v1/chat/names/alice", &serde_json::to_vec(&forged).unwrap()).expect("an answer");
+    assert_eq!(answer.status, 409, "{}", text(&answer.body));
+    let stored: NameRecord =
+        Http::new(&cluster.nodes[2].http).get("/v1/chat/names/alice").unwrap().parse().expect("a record");
+    assert_eq!(stored.owner, alice.keydir().load("alice").unwrap().public());
+
+    // Bad input: an invalid name, a record that does not parse, one whose signature is broken.
+    assert_eq!(http.post("/v1/chat/names/Alice", b"{}").unwrap().status, 400);
+    assert_eq!(http.post("/v1/chat/names/carol", b"\x00garbage").unwrap().status, 400);
+    let mut broken = NameRecord::sign(&keys, "carol", 1, false, 1).expect("signed");
+    broken.signature[0] ^= 1;
+    let answer = http.post("/v1/chat/names/carol", &serde_json::to_vec(&broken).unwrap()).unwrap();
+    assert_eq!(answer.status, 403, "{}", text(&answer.body));
+    assert_eq!(http.get("/v1/chat/names/carol").unwrap().status, 404);
+}
+
+#[test]
+fn presence_follows_login_and_logout_and_a_dm_arrives_once_in_order() {
+    let cluster = started(3);
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    let (alice, bob) = (User::new("alice"), User::new("bob"));
+    alice.ok(&nodes[0], &["register", "alice"]);
+    bob.ok(&nodes[0], &["register", "bob"]);
+    let observer = Http::new(&nodes[1]);
+    let seen = presence(&observer, "bob");
+    assert!(!seen.online && seen.last_seen_ms.is_none(), "{seen:?}");
+    assert!(bob.ok(&nodes[1], &["who", "bob"]).contains("never seen"));
+
+    let listener = Listener::start(&bob, &nodes[2]);
+    let started = Instant::now();
+    poll("bob shows online at node 2", Duration::from_secs(20), || {
+        Ok(presence(&observer, "bob").online.then_some(()))
+    });
+    let at = presence(&observer, "bob");
+    assert_eq!(at.peer_id.as_deref(), Some(cluster.nodes[2].peer_id.as_str()), "{at:?}");
+    eprintln!("bob online after {:?} (listener start and login included)", started.elapsed());
+    assert!(alice.ok(&nodes[0], &["who", "bob"]).contains(&cluster.nodes[2].peer_id));
+
+    // The listener may still be opening its stream: the first DM is delivered once it is.
+    poll("a first DM is delivered", Duration::from_secs(20), || {
+        let output = alice.run(&nodes[0], &["send", "bob", "hello bob", "--as", "alice"]);
+        Ok(text(&output.stdout).contains("delivered").then_some(()))
+    });
+    for i in 1..=5 {
+        let out = alice.ok(&nodes[0], &["send", "bob", &format!("message {i}"), "--as", "alice"]);
+        assert_eq!(out.trim(), "delivered");
+    }
+    let lines = listener.take(6, Duration::from_secs(20));
+    assert_eq!(lines[0]["body"], "hello bob");
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        assert_eq!(line["kind"], "dm");
+        assert_eq!(line["from"], "alice");
+        assert_eq!(line["body"], format!("message {i}"));
+        assert!(line["seq"].as_u64() > lines[i - 1]["seq"].as_u64(), "in order: {lines:?}");
+    }
+    let ids: std::collections::BTreeSet<_> = lines.iter().map(|l| l["id"].to_string()).collect();
+    assert_eq!(ids.len(), 6, "each once: {lines:?}");
+    assert!(listener.quiet_for(Duration::from_millis(500)).is_none(), "nothing more");
+
+    // No node keeps the plaintext of a DM, in its store or anywhere else in its data directory.
+    for node in &cluster.nodes {
+        for entry in walk(&node.data_dir) {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            assert!(
+                !bytes.windows(b"message 3".len()).any(|w| w == b"message 3"),
+                "{} holds a DM's plaintext",
+                entry.display()
+            );
+        }
+    }
+
+    // Logout: offline within the target.
+    drop(listener);
+    let out = bob.ok(&nodes[2], &["logout", "bob"]);
+    assert!(out.contains("logged out"), "{out}");
+    let since = Instant::now();
+    poll("bob shows offline", PRESENCE_DEADLINE, || Ok((!presence(&observer, "bob").online).then_some(())));
+    eprintln!("bob offline after {:?}", since.elapsed());
+    assert!(alice.ok(&nodes[0], &["who", "bob"]).contains("last seen"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn hostile_and_bad_input_is_refused_with_clear_errors() {
+    let cluster = started(2);
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    let (alice, bob) = (User::new("alice"), User::new("bob"));
+    alice.ok(&nodes[0], &["register", "alice"]);
+    bob.ok(&nodes[0], &["register", "bob"]);
+    let http = Http::new(&nodes[0]);
+    let alice_keys = alice.keydir().load("alice").unwrap();
+    let bob_keys = bob.keydir().load("bob").unwrap();
+    let now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    // Unknown user: the CLI says so and exits non-zero; the node answers 404.
+    let output = alice.run(&nodes[0], &["send", "nobody", "hi", "--as", "alice"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("unknown user"), "{}", text(&output.stderr));
+    let to_nobody =
+        Envelope::seal(&alice_keys, "alice", "nobody", &bob_keys.public(), 1, now(), b"hi").unwrap();
+    assert_eq!(http.post("/v1/chat/dm", to_nobody.to_json().as_bytes()).unwrap().status, 404);
+
+    // Garbage and oversized envelopes.
+    assert_eq!(http.post("/v1/chat/dm", b"not json at all").unwrap().status, 400);
+    assert_eq!(http.post("/v1/chat/dm", b"{\"id\":1}").unwrap().status, 400);
+    let huge = vec![b'x'; overlay_chat::MAX_ENVELOPE_JSON_BYTES + 10];
+    assert_eq!(http.post("/v1/chat/dm", &huge).unwrap().status, 413);
+    let output = alice
+        .run(&nodes[0], &["send", "bob", &"x".repeat(overlay_chat::MAX_BODY_BYTES + 1), "--as", "alice"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("over the cap"), "{}", text(&output.stderr));
+
+    // A forged signature; a sender key that is not the sender name's.
+    let mut forged =
+        Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
+    forged.ciphertext[0] ^= 1;
+    assert_eq!(http.post("/v1/chat/dm", forged.to_json().as_bytes()).unwrap().status, 403);
+    let impostor = Envelope::seal(&bob_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
+    assert_eq!(http.post("/v1/chat/dm", impostor.to_json().as_bytes()).unwrap().status, 403);
+
+    // A replay: the same envelope twice is refused the second time, whatever became of the first.
+    let once = Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
+    let first = http.post("/v1/chat/dm", once.to_json().as_bytes()).unwrap();
+    assert_ne!(first.status, 409, "{}", text(&first.body));
+    let again = http.post("/v1/chat/dm", once.to_json().as_bytes()).unwrap();
+    assert_eq!(again.status, 409, "{}", text(&again.body));
+
+    // A grant for another node; a grant not signed by the name's owner; a reused grant.
+    let node1: ChatNode = Http::new(&nodes[1]).get("/v1/chat/node").unwrap().parse().unwrap();
+    let node0: ChatNode = http.get("/v1/chat/node").unwrap().parse().unwrap();
+    let key_of = |node: &ChatNode| -> [u8; 32] {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&node.ed25519).unwrap().try_into().unwrap()
+    };
+    let elsewhere = Grant::sign(&bob_keys, "bob", key_of(&node1), now(), now() + 60_000).unwrap();
+    let answer = http.post("/v1/chat/login", &serde_json::to_vec(&elsewhere).unwrap()).unwrap();
+    assert_eq!(answer.status, 403, "{}", text(&answer.body));
+    assert!(text(&answer.body).contains("another node"));
+    let not_owner = Grant::sign(&alice_keys, "bob", key_of(&node0), now(), now() + 60_000).unwrap();
+    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&not_owner).unwrap()).unwrap().status, 403);
+    let grant = Grant::sign(&bob_keys, "bob", key_of(&node0), now(), now() + 60_000).unwrap();
+    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&grant).unwrap()).unwrap().status, 200);
+    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&grant).unwrap()).unwrap().status, 409);
+    assert_eq!(http.post("/v1/chat/login", b"garbage").unwrap().status, 400);
+
+    // Listening or logging out without the session: refused.
+    assert_eq!(http.get("/v1/chat/listen?name=bob&session=00").unwrap().status, 403);
+    let logout = serde_json::json!({"name": "bob", "session": "00"});
+    assert_eq!(http.post("/v1/chat/logout", logout.to_string().as_bytes()).unwrap().status, 403);
+    assert_eq!(http.get("/v1/chat/presence/nobody").unwrap().status, 404);
+    // The node is still up and well.
+    assert!(http.status().unwrap().member);
+}
