@@ -1,4 +1,5 @@
-//! The node's HTTP/JSON API: keys, lookups, status, the ring, multicast groups, and metrics.
+//! The node's HTTP/JSON API: keys, lookups, status, the ring, multicast groups, queues ([`queues`]),
+//! and metrics.
 //!
 //! Handlers only translate between HTTP and [`Command`]s sent to the event loop over a bounded
 //! channel; errors are `{"error": "..."}` with a status that says what to do (413 too large, 404
@@ -43,6 +44,8 @@ use crate::metrics;
 use crate::page;
 use crate::serve;
 
+mod queues;
+
 // The API documents the protocol's limits; were they to drift apart, the node would refuse what
 // its documentation allows, or the reverse.
 const _: () = {
@@ -82,6 +85,10 @@ pub fn router(state: ApiState, max_value_bytes: usize, token: Option<ApiToken>) 
         .route("/v1/groups/{group}/messages", post(send_message).get(listen))
         .route("/v1/groups/{group}/tree", get(group_tree))
         .merge(crate::chat::http::routes())
+        .route("/v1/queues/{queue}", get(queues::stat))
+        .route("/v1/queues/{queue}/messages", post(queues::put).get(queues::listen))
+        .route("/v1/queues/{queue}/take", post(queues::take))
+        .route("/v1/queues/{queue}/ack", post(queues::ack))
         .route("/metrics", get(metrics))
         .route("/", get(page::index))
         .route("/page.js", get(page::script))

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod metrics;
 pub mod network;
 mod page;
+pub mod queue_store;
 pub mod serve;
 pub mod storage;
 mod wal;
@@ -51,6 +52,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     let resumed_store = Storage::exists_in(&flags.data_dir);
     let storage = Storage::open_with(&flags.data_dir, Duration::from_millis(flags.fsync_interval_ms))
         .context("opening the record store")?;
+    let queue_store = queue_store::QueueStore::open(&flags.data_dir).context("opening the queue store")?;
 
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
@@ -135,6 +137,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         announce,
         dht_config,
         storage,
+        queue_store,
         loop_config,
         SwarmMetrics::new(libp2p_registry),
         commands_rx,

@@ -185,6 +185,26 @@ pub struct Snapshot {
     pub api_refused: ApiRefusals,
     /// Filled in by the HTTP handler, not the loop (zero from [`Snapshot::new`]).
     pub http: HttpLoad,
+    /// The queues' counters and the queue store's figures (zero from [`Snapshot::new`]; the
+    /// loop fills them in).
+    pub queues: QueueMetrics,
+}
+
+/// What `/metrics` shows of the queues.
+#[derive(Clone, Debug, Default)]
+pub struct QueueMetrics {
+    /// The queue core's counters.
+    pub counters: dht::queue::QueueCounters,
+    /// Queues held (ordered or replicated) here.
+    pub held: u64,
+    /// Queue listeners (notify streams) attached.
+    pub listeners: u64,
+    /// Changes made durable in the queue store, and the transactions that did it.
+    pub persisted: u64,
+    /// Transactions of the queue store.
+    pub commits: u64,
+    /// Rows of the queue store that did not decode at start.
+    pub corrupt_rows: u64,
 }
 
 impl Snapshot {
@@ -206,6 +226,7 @@ impl Snapshot {
             driver,
             swarm,
             api_refused: ApiRefusals::default(),
+            queues: QueueMetrics::default(),
             http: HttpLoad::default(),
         }
     }
@@ -227,7 +248,7 @@ pub fn render(mut snapshot: Snapshot) -> String {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
-        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _, api_refused, http } = self;
+        let Snapshot { ring, kv, multicast: mc, storage, driver, swarm: _, api_refused, http, queues } = self;
 
         // The driver's own view of lookups.
         counter(
@@ -467,6 +488,42 @@ impl Collector for Snapshot {
                 ([("event", "duplicate_publish")], mc.duplicate_publishes),
             ],
         )?;
+
+        // The queues.
+        let q = &queues.counters;
+        family(
+            e,
+            "overlay_queue_events",
+            "What the queue core did, by event.",
+            &[
+                ([("event", "put")], q.puts),
+                ([("event", "lease")], q.leases),
+                ([("event", "lease_expired")], q.lease_expiries),
+                ([("event", "ack")], q.acks),
+                ([("event", "takeover")], q.takeovers),
+                ([("event", "takeover_unsynced")], q.takeovers_unsynced),
+                ([("event", "merged")], q.merged),
+                ([("event", "replicated")], q.replicated),
+                ([("event", "replica_expired")], q.replicas_expired),
+                ([("event", "refusal")], q.refusals),
+            ],
+        )?;
+        counter(
+            e,
+            "overlay_queue_messages_dropped",
+            "Queue messages from peers dropped as malformed or unexpected.",
+            q.dropped,
+        )?;
+        gauge(e, "overlay_queues_held", "Queues this node orders or replicates.", queues.held)?;
+        gauge(e, "overlay_queue_listeners", "Queue notify streams attached.", queues.listeners)?;
+        counter(e, "overlay_queue_changes_persisted", "Queue changes made durable.", queues.persisted)?;
+        counter(e, "overlay_queue_store_commits", "Queue store transactions (each synced).", queues.commits)?;
+        counter(
+            e,
+            "overlay_queue_store_corrupt_rows",
+            "Queue store rows skipped at start.",
+            queues.corrupt_rows,
+        )?;
         Ok(())
     }
 }
@@ -508,6 +565,7 @@ mod tests {
             driver: DriverCounters::default(),
             swarm: String::new(),
             api_refused: ApiRefusals::default(),
+            queues: QueueMetrics::default(),
             http: HttpLoad::default(),
         }
     }

@@ -1,11 +1,12 @@
-//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's three
-//! request/response protocols (four with chat)) and the size-capped CBOR codec they share.
+//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's
+//! request/response protocols) and the size-capped CBOR codec they share.
 //!
 //! `/overlay/ring/1` carries the `dht` core's messages in a [`RingEnvelope`] that adds the
 //! sender's announced address (its `PeerId` comes authenticated from Noise). `/overlay/kv/1`
-//! carries the storage protocol. `/overlay/group/1` carries the multicast core's one-way messages. `/overlay/chat/1` carries a sealed direct message to the node
-//! where its recipient is logged in, answered delivered / not here / refused
-//! (answered with an empty acknowledgement) and the driver's tree queries. Every frame is read with a hard cap before it is parsed; what
+//! carries the storage protocol. `/overlay/group/1` carries the multicast core's one-way messages
+//! (answered with an empty acknowledgement) and the driver's tree queries; `/overlay/queue/1` the
+//! queue core's one-way messages the same way; `/overlay/chat/1` a sealed direct
+//! message to the node where its recipient is logged in (answered delivered / not here / refused). Every frame is read with a hard cap before it is parsed; what
 //! does not decode is an I/O error of kind `InvalidData`, which libp2p reports as an inbound or
 //! outbound failure and the event loop counts.
 
@@ -29,6 +30,10 @@ pub const RING_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/ring/1")
 pub const KV_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/kv/1");
 /// Protocol name of the multicast messages.
 pub const GROUP_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/group/1");
+/// Protocol name of the queue messages.
+pub const QUEUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/queue/1");
+/// Cap on one queue frame.
+pub const MAX_QUEUE_FRAME: usize = dht::queue::MAX_QUEUE_FRAME_BYTES;
 /// Cap on one multicast frame.
 pub const MAX_GROUP_FRAME: usize = dht::multicast::MAX_GROUP_FRAME_BYTES;
 /// Protocol name of chat delivery (a sealed direct message to the recipient's node).
@@ -79,6 +84,25 @@ pub enum GroupReply {
     /// The answer to [`GroupRequest::Describe`]; `None` when the node has no state for the group.
     Described(Option<TreeNodeInfo>),
     /// The request was refused (malformed, or the sender's address names another peer).
+    Refused,
+}
+
+/// A request on the queue protocol: one of the queue core's one-way messages (answered with an
+/// empty acknowledgement; the core matches its own answers by request id).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueRequest {
+    /// The sender's announced address (its `PeerId` is checked against the connection's).
+    pub sender: PeerAddr,
+    /// The core's message.
+    pub message: Box<dht::queue::QueueMessage<PeerAddr>>,
+}
+
+/// The answer on the queue protocol.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub enum QueueReply {
+    /// The message was received (whatever the core makes of it).
+    Ack,
+    /// The request was refused (the sender's address names another peer).
     Refused,
 }
 
@@ -247,6 +271,8 @@ pub type KvCodec = CborCodec<KvRequest, KvResponse>;
 pub type GroupCodec = CborCodec<GroupRequest, GroupReply>;
 /// Codec of the chat protocol.
 pub type ChatCodec = CborCodec<ChatRequest, ChatReply>;
+/// Codec of the queue protocol.
+pub type QueueCodec = CborCodec<QueueRequest, QueueReply>;
 
 /// Everything the node's swarm runs.
 #[derive(NetworkBehaviour)]
@@ -264,6 +290,8 @@ pub struct Behaviour {
     pub group: request_response::Behaviour<GroupCodec>,
     /// Direct chat messages to the recipient's node.
     pub chat: request_response::Behaviour<ChatCodec>,
+    /// Queue messages.
+    pub queue: request_response::Behaviour<QueueCodec>,
 }
 
 impl Behaviour {
@@ -297,6 +325,11 @@ impl Behaviour {
             chat: request_response::Behaviour::with_codec(
                 ChatCodec::new(MAX_CHAT_FRAME),
                 [(CHAT_PROTOCOL, request_response::ProtocolSupport::Full)],
+                config.clone(),
+            ),
+            queue: request_response::Behaviour::with_codec(
+                QueueCodec::new(MAX_QUEUE_FRAME),
+                [(QUEUE_PROTOCOL, request_response::ProtocolSupport::Full)],
                 config,
             ),
         }

@@ -112,6 +112,9 @@ pub(crate) enum Command {
     Group(GroupCommand),
     /// Chat: users, logins, direct messages sealed end to end, rooms.
     Chat(crate::chat::ChatArgs),
+    /// Durable queues: put, get (take and acknowledge), poll, listen and stat.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Run overlay-node processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -190,6 +193,76 @@ pub(crate) struct GroupListenArgs {
     /// reaches), then go on live. Default: only messages sent from now on.
     #[arg(long, value_name = "SEQ")]
     pub(crate) from: Option<u64>,
+}
+
+/// `overlay queue ...`. A queue is ordered by the successor of SHA-1("queue/" + name), which
+/// replicates every message to its successors before acknowledging it. Queue names are 1 to 200
+/// bytes of UTF-8 without control characters.
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Append a message; prints its sequence number once the queue's replicas hold it.
+    Put {
+        /// The queue.
+        queue: String,
+        /// The message (at most 64 KiB); `-` reads it from stdin.
+        message: String,
+    },
+    /// Take the first message, waiting for one up to --wait seconds; print it, then acknowledge
+    /// it. Exit code 1 when nothing arrived in time.
+    Get(QueueGetArgs),
+    /// Take the first message if there is one, print it and acknowledge it; exit code 1 at once
+    /// when the queue is empty.
+    Poll(QueuePollArgs),
+    /// Print every message as it is put, without taking it, until interrupted.
+    Listen {
+        /// The queue.
+        queue: String,
+        /// Show the messages still in the queue from this sequence number first.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+    },
+    /// Show the queue's length, leases, consumers, listeners and ordering node.
+    Stat {
+        /// The queue.
+        queue: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueGetArgs {
+    /// The queue.
+    pub(crate) queue: String,
+    /// Longest wait for a message, in seconds (at most 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_wait)]
+    pub(crate) wait: f64,
+    /// How long the message stays reserved for this consumer before it is handed out again, in
+    /// seconds (it is acknowledged as soon as it is printed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_lease)]
+    pub(crate) lease: f64,
+}
+
+/// `queue poll`: `queue get` with no wait.
+#[derive(Debug, Args)]
+pub(crate) struct QueuePollArgs {
+    /// The queue.
+    pub(crate) queue: String,
+    /// How long the message stays reserved for this consumer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_lease)]
+    pub(crate) lease: f64,
+}
+
+fn parse_wait(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=300.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a number of seconds from 0 to 300")),
+    }
+}
+
+fn parse_lease(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 300.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a number of seconds above 0 and at most 300")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,6 +475,20 @@ mod tests {
         assert_eq!(listen.from, None);
         assert!(parse(&["group", "listen", "chat", "--from", "x"]).is_err());
         assert!(parse(&["group", "listen", "chat", "--from", "-1"]).is_err());
+    }
+
+    #[test]
+    fn queue_subcommands_parse_and_bound_their_waits() {
+        let cli = parse(&["overlay", "queue", "get", "jobs", "--wait", "2.5"]).expect("parses");
+        let Command::Queue(QueueCommand::Get(get)) = cli.command else { panic!("queue get expected") };
+        assert_eq!((get.queue.as_str(), get.wait, get.lease), ("jobs", 2.5, 30.0));
+        assert!(parse(&["overlay", "queue", "get", "jobs", "--wait", "301"]).is_err());
+        assert!(parse(&["overlay", "queue", "poll", "jobs", "--lease", "0"]).is_err());
+        let cli = parse(&["overlay", "queue", "put", "jobs", "-", "--json"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Queue(QueueCommand::Put { ref message, .. }) if message == "-")
+        );
+        assert!(cli.global.json);
     }
 
     #[test]

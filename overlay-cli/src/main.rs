@@ -10,6 +10,7 @@ mod demo;
 mod group;
 mod output;
 mod process;
+mod queue;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use overlay_api::ApiError;
 
 use crate::cli::{Cli, ClusterCommand, Command};
 
-/// The key does not exist (get, delete).
+/// The key does not exist (get, delete); nothing arrived in a queue (queue get, poll).
 const EXIT_KEY_NOT_FOUND: u8 = 1;
 /// The node could not be reached.
 const EXIT_UNREACHABLE: u8 = 2;
@@ -61,6 +62,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Ring => commands::ring(global, out),
         Command::Group(command) => group::run(global, command, out),
         Command::Chat(args) => chat::run(global, args, out),
+        Command::Queue(command) => queue::run(global, command, out),
         Command::Cluster(command) => run_cluster(global, command, out),
         Command::Demo(args) => demo::run(global, args, out),
         Command::Bench(args) => bench::run(global, args, out),
@@ -135,8 +137,13 @@ fn report_failure(cli: &Cli, error: &anyhow::Error) -> ExitCode {
             | Command::Ring
             | Command::Group(_)
             | Command::Chat(_)
+            | Command::Queue(_)
             | Command::Bench(_)
     );
+    if error.chain().any(|cause| cause.is::<queue::NothingArrived>()) {
+        let _ = writeln!(io::stderr(), "overlay: {message}");
+        return ExitCode::from(EXIT_KEY_NOT_FOUND);
+    }
     let api_error = error.chain().find_map(|cause| cause.downcast_ref::<ApiError>());
     let (line, code) = match api_error {
         Some(ApiError::KeyNotFound { .. }) if talks_to_a_node => (message, EXIT_KEY_NOT_FOUND),

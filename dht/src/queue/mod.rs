@@ -214,6 +214,9 @@ pub enum QueueError {
     /// Too many operations are running on this node.
     #[error("too many queue operations in flight")]
     Overloaded,
+    /// The node is leaving the ring.
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 /// What the queues report to the driver.

@@ -24,6 +24,7 @@ use crate::groups::{
 };
 use crate::kv::{Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
 use crate::path;
+use crate::queues::{QueueAck, QueueAckReceipt, QueueItem, QueuePutReceipt, QueueStat, check_queue_name};
 use crate::ring::{Ring, Status};
 use crate::sse::{EventReader, StreamError};
 
@@ -399,6 +400,95 @@ impl Client {
         Ok(GroupStream { url, limit, events, agent })
     }
 
+    /// `POST /v1/queues/{q}/messages` with `body`: appends it once the queue's replicas hold it.
+    pub fn queue_put(&self, queue: &str, body: &[u8]) -> Result<Document<QueuePutReceipt>, ApiError> {
+        check_queue(queue)?;
+        self.post_json(&self.url(&path::queue_messages(queue, None)), body, &[StatusCode::OK])
+    }
+
+    /// `POST /v1/queues/{q}/take?wait=..&lease=..`: the first message, leased to this caller, or
+    /// `None` when nothing came within `wait`.
+    pub fn queue_take(
+        &self,
+        queue: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Option<Document<QueueItem>>, ApiError> {
+        check_queue(queue)?;
+        let url = self.url(&path::queue_take(queue, wait.as_secs_f64(), lease.as_secs_f64()));
+        let mut response = self
+            .authorize(self.agent.post(&url))
+            .config()
+            .timeout_global(Some(wait + self.timeout))
+            .build()
+            .send(&b""[..])
+            .map_err(|e| self.transport_error(&url, e))?;
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => {
+                let body = read_body(&url, &mut response)?;
+                parse_document(&url, &body).map(Some)
+            }
+            status => Err(rejection(&url, status, &mut response)),
+        }
+    }
+
+    /// `POST /v1/queues/{q}/ack`: removes a message a take returned.
+    pub fn queue_ack(&self, queue: &str, item: &QueueItem) -> Result<Document<QueueAckReceipt>, ApiError> {
+        check_queue(queue)?;
+        let Some(lease) = item.lease else {
+            return Err(ApiError::InvalidRequest(
+                "only a taken message (with a lease) can be acknowledged".into(),
+            ));
+        };
+        let body = QueueAck { id: item.id.clone(), lease, seq: item.seq };
+        let body = serde_json::to_vec(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let url = self.url(&path::queue_ack(queue));
+        let mut response = self
+            .authorize(self.agent.post(&url))
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.transport_error(&url, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(rejection(&url, response.status(), &mut response));
+        }
+        let body = read_body(&url, &mut response)?;
+        parse_document(&url, &body)
+    }
+
+    /// `GET /v1/queues/{q}`.
+    pub fn queue_stat(&self, queue: &str) -> Result<Document<QueueStat>, ApiError> {
+        check_queue(queue)?;
+        self.get_json(&self.url(&path::queue_stat(queue)))
+    }
+
+    /// Opens `GET /v1/queues/{q}/messages[?from=SEQ]`: every message put, as it is put, without
+    /// taking it. Time-outs as for [`Client::group_messages`].
+    pub fn queue_messages(
+        &self,
+        queue: &str,
+        from: Option<u64>,
+        limit: Option<Duration>,
+    ) -> Result<QueueStream, ApiError> {
+        check_queue(queue)?;
+        let url = self.url(&path::queue_messages(queue, from));
+        let agent = ureq::Agent::new_with_config(self.agent.config().clone());
+        let mut response = self
+            .authorize(agent.get(&url))
+            .header("accept", "text/event-stream")
+            .config()
+            .timeout_global(limit)
+            .timeout_recv_response(Some(self.timeout))
+            .build()
+            .call()
+            .map_err(|e| self.transport_error(&url, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(rejection(&url, response.status(), &mut response));
+        }
+        let events = EventReader::new(response.into_body().into_reader());
+        Ok(QueueStream { url, limit, events, agent })
+    }
+
     /// Sends `method` to `path_and_query` (appended to the base URL as given, not encoded) and
     /// returns whatever came back. GET and DELETE send no body. For tests that must send what
     /// the typed methods refuse to build; everything else should use those.
@@ -539,6 +629,52 @@ impl StreamCloser {
     pub fn close(&self) {
         self.agent.clone().shutdown();
     }
+}
+
+/// An open `GET /v1/queues/{q}/messages` stream; dropping it (or [`QueueStream::closer`])
+/// closes the connection and ends the subscription.
+pub struct QueueStream {
+    url: String,
+    limit: Option<Duration>,
+    events: EventReader<ureq::BodyReader<'static>>,
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for QueueStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueStream").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl QueueStream {
+    /// The next message put; `Ok(None)` when the node ended the stream.
+    pub fn next_item(&mut self) -> Result<Option<Document<QueueItem>>, ApiError> {
+        loop {
+            let event = match self.events.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(None),
+                Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(ApiError::TimedOut {
+                        url: self.url.clone(),
+                        after: self.limit.unwrap_or_default(),
+                    });
+                }
+                Err(e) => return Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
+            };
+            if event.event == crate::groups::MESSAGE_EVENT {
+                return parse_document(&self.url, event.data.as_bytes()).map(Some);
+            }
+        }
+    }
+
+    /// A handle that closes this stream from another thread.
+    pub fn closer(&self) -> StreamCloser {
+        StreamCloser { agent: self.agent.clone() }
+    }
+}
+
+fn check_queue(queue: &str) -> Result<(), ApiError> {
+    check_queue_name(queue).map_err(|e| ApiError::InvalidRequest(format!("invalid queue name: {e}")))
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {

@@ -3,7 +3,7 @@
 //!
 //! Owns:
 //! - the JSON documents of every `/v1/...` endpoint, as serde types ([`ring`], [`kv`],
-//!   [`groups`]) and the error body [`ErrorBody`];
+//!   [`groups`], [`queues`]) and the error body [`ErrorBody`];
 //! - the consistency levels a request may ask for ([`Consistency`]);
 //! - the documents of the chat endpoints ([`chat`]);
 //! - the bearer token's names and the paths that never need it ([`auth`]);
@@ -32,6 +32,7 @@ pub mod document;
 pub mod groups;
 pub mod kv;
 pub mod path;
+pub mod queues;
 pub mod ring;
 pub mod ring_check;
 pub mod sse;
@@ -48,12 +49,17 @@ pub use groups::{
 };
 pub use kv::{CURRENT_VERSION_HEADER, Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
 pub use path::encode_path_segment;
+pub use queues::{
+    InvalidQueueName, MAX_QUEUE_MESSAGE_BYTES, MAX_QUEUE_NAME_BYTES, QueueAck, QueueAckReceipt, QueueItem,
+    QueuePutReceipt, QueueStat, check_queue_name,
+};
 pub use ring::{Finger, NodeInfo, Ring, RingMember, Status};
 pub use ring_check::{NeighbourView, RingCheck, check_ring, check_statuses};
 
 #[cfg(feature = "client")]
 pub use client::{
-    ApiError, Client, GroupStream, Method, PutOutcome, RawResponse, StatusCode, StoredValue, StreamCloser,
+    ApiError, Client, GroupStream, Method, PutOutcome, QueueStream, RawResponse, StatusCode, StoredValue,
+    StreamCloser,
 };
 
 use serde::{Deserialize, Serialize};

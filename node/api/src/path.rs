@@ -109,6 +109,34 @@ pub fn group_tree(group: &str) -> String {
     group_path(group, "/tree")
 }
 
+fn queue_path(queue: &str, rest: &str) -> String {
+    format!("/v1/queues/{}{rest}", encode_path_segment(queue))
+}
+
+/// `POST /v1/queues/{q}/messages` (put) and `GET` (notify stream from `from`).
+pub fn queue_messages(queue: &str, from: Option<u64>) -> String {
+    let mut path = queue_path(queue, "/messages");
+    if let Some(from) = from {
+        path.push_str(&format!("?from={from}"));
+    }
+    path
+}
+
+/// `POST /v1/queues/{q}/take?wait=..&lease=..`.
+pub fn queue_take(queue: &str, wait_seconds: f64, lease_seconds: f64) -> String {
+    queue_path(queue, &format!("/take?wait={wait_seconds}&lease={lease_seconds}"))
+}
+
+/// `POST /v1/queues/{q}/ack`.
+pub fn queue_ack(queue: &str) -> String {
+    queue_path(queue, "/ack")
+}
+
+/// `GET /v1/queues/{q}`.
+pub fn queue_stat(queue: &str) -> String {
+    queue_path(queue, "")
+}
+
 fn group_path(group: &str, rest: &str) -> String {
     format!("/v1/groups/{}{rest}", encode_path_segment(group))
 }

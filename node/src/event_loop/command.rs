@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use dht::NodeRef;
+use dht::queue::{AckOutcome, Leased, MsgId, QueueError, QueueName, StoredMessage};
 use dht::store::{Consistency, Record};
 use libp2p::Multiaddr;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::address::PeerAddr;
 use crate::groups::{GroupError, GroupView, Subscription, TreeView};
@@ -118,5 +119,39 @@ pub enum Command {
         addr: Multiaddr,
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<crate::network::ChatReply, String>>,
+    },
+    /// Append to a queue; answered with the sequence number and put id once `W` holders have it.
+    QueuePut {
+        queue: QueueName,
+        body: Vec<u8>,
+        /// Who puts (a user or this node), for quotas.
+        sender: String,
+        /// Most messages of this sender the queue may hold.
+        quota: Option<u32>,
+        reply: oneshot::Sender<Result<(u64, MsgId), QueueError>>,
+    },
+    /// Lease the first message of a queue, waiting up to `wait` for one.
+    QueueTake {
+        queue: QueueName,
+        consumer: String,
+        wait: Duration,
+        lease: Duration,
+        reply: oneshot::Sender<Result<Option<Leased>, QueueError>>,
+    },
+    /// Acknowledge (remove) a taken message.
+    QueueAck {
+        queue: QueueName,
+        seq: u64,
+        id: MsgId,
+        lease: u64,
+        reply: oneshot::Sender<Result<AckOutcome, QueueError>>,
+    },
+    /// A queue's figures and its ordering node.
+    QueueStat { queue: QueueName, reply: oneshot::Sender<Result<super::queues::QueueStat, QueueError>> },
+    /// Be told of every message put in a queue (and those present from `from_seq`).
+    QueueListen {
+        queue: QueueName,
+        from_seq: u64,
+        reply: oneshot::Sender<Result<mpsc::Receiver<StoredMessage>, QueueError>>,
     },
 }

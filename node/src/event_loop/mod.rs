@@ -8,6 +8,7 @@
 //! - [`walk`]: ring walks for `/v1/ring`;
 //! - [`multicast`]: multicast groups, their listeners and tree walks ([`GroupState`]);
 //! - [`chat`]: direct chat messages between nodes (`crate::chat` holds the chat state).
+//! - [`queues`]: durable queues, their store, waiting requests and listeners ([`QueueRoom`]).
 //!
 //! The loop feeds the ring core ([`dht::Node`]) what the network delivers and the clock says,
 //! sends what it asks, hands its events to the rooms that wait for them, and leaves the ring
@@ -18,6 +19,7 @@ mod chat;
 mod command;
 mod kv;
 mod multicast;
+mod queues;
 mod walk;
 
 use std::collections::HashMap;
@@ -37,12 +39,14 @@ use self::bootstrap::{Bootstrap, Step};
 pub use self::command::{Command, Expect, KvError, Located, RingWalk, Status, WalkedNode, Written};
 use self::kv::KvRoom;
 use self::multicast::GroupState;
+use self::queues::QueueRoom;
 use self::walk::Walks;
 use crate::address::PeerAddr;
 use crate::groups::GroupError;
 use crate::metrics::{DriverCounters, Snapshot, SwarmMetrics};
 use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::Storage;
+use dht::queue::QueueError;
 
 /// Settings of the loop.
 #[derive(Clone, Debug)]
@@ -90,6 +94,8 @@ pub struct EventLoop {
     kv: KvRoom,
     /// Multicast groups: the core's trees and the API's listeners.
     groups: GroupState,
+    /// Durable queues: the core, its store, and the API's waiting requests and listeners.
+    queues: QueueRoom,
     bootstrap: Bootstrap,
     walks: Walks,
     chat: chat::ChatRoom,
@@ -117,6 +123,7 @@ impl EventLoop {
         announce: Multiaddr,
         dht_config: dht::Config,
         storage: Storage,
+        queue_store: crate::queue_store::QueueStore,
         config: LoopConfig,
         swarm_metrics: SwarmMetrics,
         commands: mpsc::Receiver<Command>,
@@ -138,12 +145,20 @@ impl EventLoop {
         // The loop's clock starts at zero now (see `EventLoop::now`).
         let coordinator = if config.resumed_store { coordinator.resumed(Time::ZERO) } else { coordinator };
         let groups = GroupState::new(core.me().clone());
+        let queue_config = dht::queue::QueueConfig {
+            replicas: config.replicas,
+            write_quorum: config.replicas / 2 + 1,
+            request_timeout: config.request_timeout.max(Duration::from_secs(2)),
+            ..dht::queue::QueueConfig::default()
+        };
+        let queues = QueueRoom::new(dht::queue::Queues::new(core.me().clone(), queue_config), queue_store)?;
         let now = Instant::now();
         Ok(EventLoop {
             swarm,
             kv: KvRoom::new(coordinator, storage),
             core,
             groups,
+            queues,
             bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
             walks: Walks::default(),
             chat: chat::ChatRoom { chat: config.chat, ..Default::default() },
@@ -183,10 +198,15 @@ impl EventLoop {
             if self.leave == LeaveState::Done {
                 return Ok(());
             }
-            let next = [self.core.poll_timeout(), self.groups.core.poll_timeout(), self.kv.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.core.poll_timeout(),
+                self.groups.core.poll_timeout(),
+                self.kv.poll_timeout(),
+                self.queues.core.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wake = next
                 .map(|t| self.started + t.since_epoch())
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -203,6 +223,7 @@ impl EventLoop {
                     self.core.handle_timeout(now);
                     self.groups.core.handle_timeout(&self.core, now);
                     self.kv.on_timeout(&mut self.core, now);
+                    self.queues.core.handle_timeout(&mut self.core, now);
                 }
                 _ = housekeeping.tick() => self.housekeeping()?,
                 () = self.shutdown.cancelled(), if !shutting_down => self.begin_leave(),
@@ -222,6 +243,7 @@ impl EventLoop {
                     info!(ring_id = %self.core.me().id, successor = %successor.id.short(), "joined the ring");
                     self.bootstrap.on_joined();
                     self.kv.on_ring_changed(now);
+                    self.queues.core.handle_ring_changed(&mut self.core, now);
                 }
                 Event::JoinFailed { error } if self.bootstrap.is_rejoining() => {
                     // Stay up as a ring of one and try again later.
@@ -236,8 +258,12 @@ impl EventLoop {
                 Event::PredecessorChanged { predecessor } => {
                     debug!(predecessor = ?predecessor.map(|p| p.id.short().to_string()), "predecessor changed");
                     self.kv.on_ring_changed(now);
+                    self.queues.core.handle_ring_changed(&mut self.core, now);
                 }
-                Event::SuccessorsChanged { .. } => self.kv.on_ring_changed(now),
+                Event::SuccessorsChanged { .. } => {
+                    self.kv.on_ring_changed(now);
+                    self.queues.core.handle_ring_changed(&mut self.core, now);
+                }
                 Event::Left => {
                     info!("left the ring");
                     self.leave = LeaveState::Done;
@@ -247,6 +273,7 @@ impl EventLoop {
         }
         self.kv.flush(&mut self.swarm);
         self.drive_multicast();
+        self.drive_queues()?;
         if self.leave == LeaveState::HandingOff && self.kv.handed_off() {
             let now = self.now();
             self.core.leave(now);
@@ -267,6 +294,9 @@ impl EventLoop {
             Err(_) => self.counters.lookups_failed += 1,
         }
         if self.kv.on_lookup_finished(id, &result, &mut self.core, now) {
+            return;
+        }
+        if self.queues.core.handle_lookup_finished(id, &result, &mut self.core, now) {
             return;
         }
         self.on_walk_lookup(id, &result);
@@ -326,6 +356,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => self.chat.on_event(event, &mut self.swarm),
+            SwarmEvent::Behaviour(BehaviourEvent::Queue(event)) => self.on_queue_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. }
@@ -454,6 +485,11 @@ impl EventLoop {
                 Command::Subscribe { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::GroupTree { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::ChatSend { reply, .. } => drop(reply.send(Err("shutting down".into()))),
+                Command::QueuePut { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
+                Command::QueueTake { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
+                Command::QueueAck { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
+                Command::QueueStat { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
+                Command::QueueListen { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
             }
             return;
         }
@@ -494,6 +530,17 @@ impl EventLoop {
             | Command::Subscribe { .. }
             | Command::GroupTree { .. }) => self.on_group_command(command),
             command @ Command::ChatSend { .. } => self.chat.on_command(command, &mut self.swarm),
+            Command::QueuePut { queue, body, sender, quota, reply } => {
+                self.queue_put(queue, body, sender, quota, reply)
+            }
+            Command::QueueTake { queue, consumer, wait, lease, reply } => {
+                self.queue_take(queue, consumer, wait, lease, reply)
+            }
+            Command::QueueAck { queue, seq, id, lease, reply } => {
+                self.queue_ack(queue, seq, id, lease, reply)
+            }
+            Command::QueueStat { queue, reply } => self.queue_stat(queue, reply),
+            Command::QueueListen { queue, from_seq, reply } => self.queue_listen(queue, from_seq, reply),
         }
     }
 
@@ -516,6 +563,7 @@ impl EventLoop {
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         self.sync_group_memberships();
+        self.prune_queue_listeners();
         let alone =
             self.core.is_member() && self.core.successors().is_empty() && self.core.predecessor().is_none();
         match self.bootstrap.tick(&mut self.swarm, alone, now) {
@@ -546,14 +594,16 @@ impl EventLoop {
         let mut driver = self.counters.clone();
         // Both are the driver's (the loop's protocols and the kv room's): one source.
         driver.rejected = driver.rejected + self.kv.rejected();
-        Snapshot::new(
+        let mut snapshot = Snapshot::new(
             self.core.counters().clone(),
             self.kv.counters().clone(),
             self.groups.core.counters().clone(),
             self.kv.storage().stats(),
             driver,
             &self.swarm_metrics,
-        )
+        );
+        snapshot.queues = self.queue_metrics();
+        snapshot
     }
 
     fn status(&self) -> Status {
