@@ -8,6 +8,11 @@
 //! sent to each recipient (DMs from one sender are ordered by it), the rooms joined, and the ids
 //! of recently printed DMs (each is printed once, even when the mailbox hands it out again).
 //!
+//! `listen` opens the live feed of DMs first, then drains the mailbox (take, print, acknowledge:
+//! a DM whose acknowledgement is lost comes again and is recognised by its id), then prints the
+//! feed; DMs from one sender come in the order of their sequence numbers as long as the sender
+//! sends one after the other.
+//!
 //! Room `R` is multicast group `room/R`; its messages are signed [`RoomMessage`]s in JSON, and
 //! `listen` prints only those whose signature verifies under the key of the name they claim.
 
@@ -20,7 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use overlay_api::chat::{ChatNode, DM_EVENT, DmReceipt, LoginAnswer, LogoutRequest, Presence};
+use overlay_api::chat::{
+    ChatNode, DM_EVENT, DmReceipt, LoginAnswer, LogoutRequest, MailboxAck, MailboxItem, MailboxTake, Presence,
+};
 use overlay_api::{ApiError, Client, GroupEvent, Method, StatusCode};
 use overlay_chat::{Envelope, Grant, KeyDir, NameRecord, RoomMessage, UserKeys};
 use serde::{Deserialize, Serialize};
@@ -213,7 +220,11 @@ pub(crate) fn run(global: &GlobalArgs, args: &ChatArgs, out: &mut impl Write) ->
 
 /// Sends a request and turns any answer but 2xx into the node's error.
 fn call(client: &Client, method: &Method, path: &str, body: &[u8]) -> Result<Vec<u8>> {
-    let response = client.raw(method, path, body)?;
+    call_answer(client.raw(method, path, body)?)
+}
+
+/// A raw answer's body if it is 2xx, else the node's error.
+fn call_answer(response: overlay_api::RawResponse) -> Result<Vec<u8>> {
     if (200..300).contains(&response.status) {
         return Ok(response.body);
     }
@@ -480,16 +491,18 @@ fn listen(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Res
     let keys = load_keys(cx, name)?;
     let (node, _) = chat_node(&cx.client)?;
     let state = load_state(&cx.keydir, name)?;
-    let session = match state.sessions.get(&node.peer_id) {
+    let mut session = match state.sessions.get(&node.peer_id) {
         Some(s) if s.expires_ms > now_ms() + 60_000 => s.session.clone(),
         _ => login(cx, name)?.session,
     };
+    // The live feed first, so that nothing sent while the mailbox drains goes past this
+    // listener into the mailbox and stays there.
     let mut stream =
         match cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None) {
             Ok(stream) => stream,
             Err(ApiError::Rejected { status, .. }) if status == StatusCode::FORBIDDEN => {
                 // The node forgot the session (it restarted): log in afresh.
-                let session = login(cx, name)?.session;
+                session = login(cx, name)?.session;
                 cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None)?
             }
             Err(e) => return Err(e.into()),
@@ -510,6 +523,7 @@ fn listen(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Res
     if !json {
         eprintln!("listening as {name} at node {} (Ctrl-C to stop)", node.peer_id);
     }
+    drain_mailbox(cx, name, &session, &keys, &mut senders, json, &printer)?;
     while let Some(event) = stream.next_raw_event()? {
         if event.event == overlay_api::groups::ERROR_EVENT {
             bail!("the node ended the stream: {}", event.data);
@@ -527,6 +541,43 @@ fn listen(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Res
         handle_dm(cx, name, &keys, &mut senders, &envelope, json, &printer)?;
     }
     bail!("the node ended the stream")
+}
+
+/// Prints what waits in the mailbox, oldest first, acknowledging each once it is printed (or
+/// dropped as unreadable), until the mailbox is empty.
+fn drain_mailbox(
+    cx: &Cx,
+    name: &str,
+    session: &str,
+    keys: &UserKeys,
+    senders: &mut Senders,
+    json: bool,
+    printer: &Printer,
+) -> Result<()> {
+    let take = MailboxTake { name: name.to_owned(), session: session.to_owned(), wait_ms: 0 };
+    let take = serde_json::to_vec(&take)?;
+    loop {
+        let response = cx.client.raw(&Method::POST, "/v1/chat/mailbox/take", &take)?;
+        if response.status == 204 {
+            return Ok(());
+        }
+        let body = call_answer(response)?;
+        let item: MailboxItem = serde_json::from_slice(&body).context("reading a mailbox message")?;
+        match serde_json::from_value::<Envelope>(item.envelope) {
+            Ok(envelope) => {
+                handle_dm(cx, name, keys, senders, &envelope, json, printer)?;
+            }
+            Err(e) => eprintln!("overlay: dropped an unreadable mailbox message: {e}"),
+        }
+        let ack = MailboxAck {
+            id: item.id,
+            lease: item.lease,
+            name: name.to_owned(),
+            seq: item.seq,
+            session: session.to_owned(),
+        };
+        call(&cx.client, &Method::POST, "/v1/chat/mailbox/ack", &serde_json::to_vec(&ack)?)?;
+    }
 }
 
 /// Opens, checks and prints one DM, once.

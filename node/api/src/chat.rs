@@ -16,6 +16,10 @@
 //! - `POST /v1/chat/logout`: body [`LogoutRequest`]; the node publishes "offline".
 //! - `GET /v1/chat/presence/{name}`: [`Presence`], verified by the node against the name record.
 //! - `POST /v1/chat/dm`: body an `Envelope`; answers [`DmReceipt`] (`delivered` or `queued`).
+//! - `POST /v1/chat/mailbox/take` ([`MailboxTake`] → [`MailboxItem`] or 204) and
+//!   `POST /v1/chat/mailbox/ack` ([`MailboxAck`]): the owner's client drains the mailbox (queue
+//!   `mailbox/NAME`) through its node, which checks the session; 429 when a sender's quota of
+//!   1,000 waiting DMs in one mailbox is used up.
 //! - `GET /v1/chat/listen?name=NAME&session=TOKEN`: an event stream of [`DM_EVENT`] events whose
 //!   data is an `Envelope` in JSON, sealed: the client opens it.
 
@@ -94,4 +98,44 @@ pub struct DmReceipt {
     pub outcome: String,
     /// The recipient.
     pub to: String,
+}
+
+/// `POST /v1/chat/mailbox/take`'s body: lease the first DM waiting in the user's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxTake {
+    /// The mailbox's owner, logged in at this node.
+    pub name: String,
+    /// The login's session token.
+    pub session: String,
+    /// How long to wait for a message, in milliseconds (0: a poll).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// `POST /v1/chat/mailbox/take`'s answer (200; 204 when the mailbox is empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailboxItem {
+    /// The sealed DM, an `Envelope` in JSON.
+    pub envelope: serde_json::Value,
+    /// The queue's put id (32 hex digits), for the acknowledgement.
+    pub id: String,
+    /// The lease token, for the acknowledgement.
+    pub lease: u64,
+    /// The message's place in the mailbox.
+    pub seq: u64,
+}
+
+/// `POST /v1/chat/mailbox/ack`'s body: remove a DM once it has been shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxAck {
+    /// From the [`MailboxItem`].
+    pub id: String,
+    /// From the [`MailboxItem`].
+    pub lease: u64,
+    /// The mailbox's owner.
+    pub name: String,
+    /// From the [`MailboxItem`].
+    pub seq: u64,
+    /// The login's session token.
+    pub session: String,
 }

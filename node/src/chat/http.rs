@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use futures::Stream;
 use overlay_api::ErrorBody;
-use overlay_api::chat::{ChatNode, DM_EVENT, LogoutRequest};
+use overlay_api::chat::{ChatNode, DM_EVENT, LogoutRequest, MailboxAck, MailboxTake};
 use overlay_chat::{Envelope, Grant, MAX_ENVELOPE_JSON_BYTES, NameRecord};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -46,6 +46,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/chat/presence/{name}", get(presence))
         .route("/v1/chat/dm", post(dm))
         .route("/v1/chat/listen", get(listen))
+        .route("/v1/chat/mailbox/take", post(mailbox_take))
+        .route("/v1/chat/mailbox/ack", post(mailbox_ack))
 }
 
 fn body_of(body: Result<Bytes, BytesRejection>, max: usize, what: &str) -> Result<Bytes, Refused> {
@@ -125,6 +127,32 @@ async fn dm(State(state): State<ApiState>, body: Result<Bytes, BytesRejection>) 
     let envelope = Envelope::from_json(&body).map_err(|e| super::refusal("envelope", &e))?;
     let receipt = chat(&state).send_dm(envelope).await?;
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+/// Longest a mailbox take may wait.
+const MAX_TAKE_WAIT: Duration = Duration::from_secs(60);
+
+async fn mailbox_take(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refused> {
+    let body = body_of(body, MAX_RECORD_JSON_BYTES, "the take request")?;
+    let request: MailboxTake = json_of(&body, "take request")?;
+    let wait = Duration::from_millis(request.wait_ms).min(MAX_TAKE_WAIT);
+    Ok(match chat(&state).mailbox_take(&request.name, &request.session, wait).await? {
+        Some(item) => Json(item).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+async fn mailbox_ack(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refused> {
+    let body = body_of(body, MAX_RECORD_JSON_BYTES, "the acknowledgement")?;
+    let ack: MailboxAck = json_of(&body, "acknowledgement")?;
+    let outcome = chat(&state).mailbox_ack(&ack.name, &ack.session, ack.seq, &ack.id, ack.lease).await?;
+    Ok(Json(serde_json::json!({ "outcome": outcome })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,12 @@
 //! - `user/NAME`: the CBOR [`NameRecord`]; written only by compare-and-set (if absent for a first
 //!   claim, if-version of the record read linearizably for an update), after the record and, for
 //!   an update, [`NameRecord::verify_successor`] against the stored one passed;
-//! - `presence/NAME`: the CBOR [`PresenceRecord`] of the node the user last logged in at.
+//! - `presence/NAME`: the CBOR [`PresenceRecord`] of the node the user last logged in at;
+//! - queue `mailbox/NAME`: the CBOR [`Envelope`]s that could not be handed to a listener of
+//!   NAME, put with the sender's name as the queue's `sender` and a quota of
+//!   [`MAILBOX_QUOTA`] per sender; only a client holding a session of NAME takes from it
+//!   through this module (take, show, then acknowledge, so a crash of the client between take
+//!   and show hands the DM out again after the lease).
 //!
 //! Invariants:
 //! - nothing is stored that did not verify: a forged, replayed, oversized or malformed envelope,
@@ -38,10 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
+use dht::queue::{AckOutcome, MsgId, QueueError, QueueName, Refusal};
 use dht::store::{Consistency, Record};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use overlay_api::chat::{DmReceipt, LoginAnswer, NameReceipt, Presence};
+use overlay_api::chat::{DmReceipt, LoginAnswer, MailboxItem, NameReceipt, Presence};
 use overlay_chat::ed25519_dalek::SigningKey;
 use overlay_chat::{ChatError, Envelope, Grant, NameRecord, PresenceRecord, ReplayConfig, ReplayGuard};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -54,6 +60,10 @@ use crate::network::ChatReply;
 pub const PRESENCE_LEASE: Duration = Duration::from_secs(90);
 /// How often a logged-in user's presence is renewed.
 pub const RENEW_EVERY: Duration = Duration::from_secs(30);
+/// Most DMs one sender may have waiting in one mailbox.
+pub const MAILBOX_QUOTA: u32 = 1000;
+/// How long a DM taken from a mailbox stays leased to the client that took it.
+const MAILBOX_LEASE: Duration = Duration::from_secs(30);
 /// Envelopes waiting for a slow listener before it is cut off.
 const LISTENER_BUFFER: usize = 1024;
 /// Longest a chat handler waits for the event loop.
@@ -138,6 +148,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The queue of `name`'s mailbox.
+fn mailbox(name: &str) -> Result<QueueName, Refused> {
+    QueueName::new(format!("mailbox/{name}")).map_err(|e| Refused(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn queue_refusal(error: &QueueError) -> Refused {
+    let status = match error {
+        QueueError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        QueueError::Refused(Refusal::Full | Refusal::OverQuota) => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Refused(status, format!("the mailbox: {error}"))
+}
+
 fn user_key(name: &str) -> Vec<u8> {
     format!("user/{name}").into_bytes()
 }
@@ -198,6 +222,22 @@ impl Chat {
         let unavailable = || Refused(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".into());
         self.commands.send(make(reply)).await.map_err(|_| unavailable())?;
         match tokio::time::timeout(ASK_TIMEOUT, answer).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(unavailable()),
+            Err(_) => Err(Refused(StatusCode::GATEWAY_TIMEOUT, "the node did not answer in time".into())),
+        }
+    }
+
+    /// [`Chat::ask`] for an operation that may wait `wait` before it answers.
+    async fn ask_for<T>(
+        &self,
+        wait: Duration,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Refused> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || Refused(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".into());
+        self.commands.send(make(reply)).await.map_err(|_| unavailable())?;
+        match tokio::time::timeout(wait + ASK_TIMEOUT, answer).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(unavailable()),
             Err(_) => Err(Refused(StatusCode::GATEWAY_TIMEOUT, "the node did not answer in time".into())),
@@ -488,13 +528,75 @@ impl Chat {
         if self.try_direct(&envelope, &recipient).await {
             return Ok(receipt("delivered"));
         }
-        Err(Refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{:?} is not listening and mailboxes are not available yet; nothing was stored",
-                envelope.to
-            ),
-        ))
+        let (queue, body, sender) = (mailbox(&envelope.to)?, envelope.to_cbor(), envelope.from.clone());
+        let quota = Some(MAILBOX_QUOTA);
+        let put = self.ask(|reply| Command::QueuePut { queue, body, sender, quota, reply }).await?;
+        match put {
+            Ok((seq, _)) => {
+                debug!(to = envelope.to, seq, "DM queued in the mailbox");
+                Ok(receipt("queued"))
+            }
+            Err(QueueError::Refused(Refusal::OverQuota)) => Err(Refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{:?}'s mailbox already holds {MAILBOX_QUOTA} messages from {:?}; nothing was stored",
+                    envelope.to, envelope.from
+                ),
+            )),
+            Err(error) => Err(queue_refusal(&error)),
+        }
+    }
+
+    /// Leases the first DM of `name`'s mailbox, for the client holding its session.
+    pub async fn mailbox_take(
+        &self,
+        name: &str,
+        token: &str,
+        wait: Duration,
+    ) -> Result<Option<MailboxItem>, Refused> {
+        self.check_session(name, token)?;
+        let (queue, consumer, lease) = (mailbox(name)?, name.to_owned(), MAILBOX_LEASE);
+        let taken = self
+            .ask_for(wait, |reply| Command::QueueTake { queue, consumer, wait, lease, reply })
+            .await?
+            .map_err(|e| queue_refusal(&e))?;
+        let Some(leased) = taken else { return Ok(None) };
+        let envelope = Envelope::from_cbor(&leased.message.body).map_err(|e| {
+            Refused(StatusCode::INTERNAL_SERVER_ERROR, format!("a mailbox message does not decode: {e}"))
+        })?;
+        let envelope = serde_json::to_value(&envelope)
+            .map_err(|e| Refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(Some(MailboxItem {
+            envelope,
+            id: format!("{:032x}", leased.message.id.0),
+            lease: leased.lease,
+            seq: leased.message.seq,
+        }))
+    }
+
+    /// Removes a DM the client took from `name`'s mailbox and showed.
+    pub async fn mailbox_ack(
+        &self,
+        name: &str,
+        token: &str,
+        seq: u64,
+        id: &str,
+        lease: u64,
+    ) -> Result<&'static str, Refused> {
+        self.check_session(name, token)?;
+        let id = u128::from_str_radix(id, 16)
+            .map(MsgId)
+            .map_err(|_| Refused(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id")))?;
+        let queue = mailbox(name)?;
+        let outcome = self
+            .ask(|reply| Command::QueueAck { queue, seq, id, lease, reply })
+            .await?
+            .map_err(|e| queue_refusal(&e))?;
+        Ok(match outcome {
+            AckOutcome::Removed => "removed",
+            AckOutcome::Gone => "gone",
+            AckOutcome::LeasedToAnother => "leased_to_another",
+        })
     }
 
     /// Hands the envelope to the recipient's node if their presence says they are online;
