@@ -456,18 +456,26 @@ struct Line<'a> {
 type Printer = Arc<Mutex<Box<dyn Write + Send>>>;
 
 fn print_line(printer: &Printer, json: bool, line: &Line<'_>) -> Result<()> {
-    let text = if json {
+    print_text(printer, &line_text(json, line)?)
+}
+
+/// The main thread holds stdout's lock (`main`), so only it prints: other threads hand it text.
+fn print_text(printer: &Printer, text: &str) -> Result<()> {
+    let mut out = printer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn line_text(json: bool, line: &Line<'_>) -> Result<String> {
+    Ok(if json {
         serde_json::to_string(line)?
     } else {
         match line.room {
             Some(room) => format!("[{}] #{room} {}: {}", clock(line.ts), line.from, line.body),
             None => format!("[{}] {}: {}", clock(line.ts), line.from, line.body),
         }
-    };
-    let mut out = printer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    writeln!(out, "{text}")?;
-    out.flush()?;
-    Ok(())
+    })
 }
 
 /// Name records of senders, fetched once per run.
@@ -497,50 +505,115 @@ fn listen(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Res
     };
     // The live feed first, so that nothing sent while the mailbox drains goes past this
     // listener into the mailbox and stays there.
-    let mut stream =
-        match cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None) {
-            Ok(stream) => stream,
-            Err(ApiError::Rejected { status, .. }) if status == StatusCode::FORBIDDEN => {
-                // The node forgot the session (it restarted): log in afresh.
-                session = login(cx, name)?.session;
-                cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None)?
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let stream = match cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None)
+    {
+        Ok(stream) => stream,
+        Err(ApiError::Rejected { status, .. }) if status == StatusCode::FORBIDDEN => {
+            // The node forgot the session (it restarted): log in afresh.
+            session = login(cx, name)?.session;
+            cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), None)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     out.flush()?;
     let printer: Printer = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     let json = global.json;
-    for room in &state.rooms {
-        let client = cx.client.clone();
-        let (room, printer) = (room.clone(), printer.clone());
-        std::thread::spawn(move || {
-            if let Err(e) = listen_room(&client, &room, json, &printer) {
-                eprintln!("overlay: room {room}: {e:#}");
-            }
-        });
-    }
     let mut senders = Senders { client: cx.client.clone(), known: HashMap::new() };
     if !json {
         eprintln!("listening as {name} at node {} (Ctrl-C to stop)", node.peer_id);
     }
     drain_mailbox(cx, name, &session, &keys, &mut senders, json, &printer)?;
-    while let Some(event) = stream.next_raw_event()? {
+    // Then the live feed, and the mailbox again as DMs land in it: one that found no listener
+    // (sent while this one was attaching, or while its node was unreachable) waits there.
+    let (tx, incoming) = std::sync::mpsc::channel();
+    for room in &state.rooms {
+        let (client, room, tx) = (cx.client.clone(), room.clone(), tx.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = listen_room(&client, &room, json, &tx) {
+                eprintln!("overlay: room {room}: {e:#}");
+            }
+        });
+    }
+    let feed = tx.clone();
+    std::thread::spawn(move || read_feed(stream, &feed));
+    let (client, mailbox_name, mailbox_session) = (cx.client.clone(), name.to_owned(), session.clone());
+    std::thread::spawn(move || watch_mailbox(&client, &mailbox_name, &mailbox_session, &tx));
+    for item in incoming {
+        match item {
+            Incoming::Dm(envelope) => {
+                handle_dm(cx, name, &keys, &mut senders, &envelope, json, &printer)?;
+            }
+            Incoming::Mailbox(item) => {
+                show_and_ack(cx, name, &session, &keys, &mut senders, json, &printer, item)?
+            }
+            Incoming::Print(text) => print_text(&printer, &text)?,
+            Incoming::Ended(error) => return Err(error),
+        }
+    }
+    bail!("the node ended the stream")
+}
+
+/// What the listening threads hand the printing one.
+enum Incoming {
+    Dm(Envelope),
+    Mailbox(MailboxItem),
+    /// A line ready to print (a room message).
+    Print(String),
+    Ended(anyhow::Error),
+}
+
+/// Reads the live feed of DMs until it ends.
+fn read_feed(mut stream: overlay_api::GroupStream, tx: &std::sync::mpsc::Sender<Incoming>) {
+    let ended = loop {
+        let event = match stream.next_raw_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => break anyhow!("the node ended the stream"),
+            Err(e) => break e.into(),
+        };
         if event.event == overlay_api::groups::ERROR_EVENT {
-            bail!("the node ended the stream: {}", event.data);
+            break anyhow!("the node ended the stream: {}", event.data);
         }
         if event.event != DM_EVENT {
             continue;
         }
-        let envelope = match Envelope::from_json(event.data.as_bytes()) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                eprintln!("overlay: dropped an unreadable message: {e}");
-                continue;
+        match Envelope::from_json(event.data.as_bytes()) {
+            Ok(envelope) => {
+                if tx.send(Incoming::Dm(envelope)).is_err() {
+                    return;
+                }
             }
+            Err(e) => eprintln!("overlay: dropped an unreadable message: {e}"),
+        }
+    };
+    let _ = tx.send(Incoming::Ended(ended));
+}
+
+/// Takes from the mailbox as DMs land in it (a blocking take of up to 20 s at a time).
+fn watch_mailbox(client: &Client, name: &str, session: &str, tx: &std::sync::mpsc::Sender<Incoming>) {
+    let take = MailboxTake { name: name.to_owned(), session: session.to_owned(), wait_ms: 20_000 };
+    let Ok(take) = serde_json::to_vec(&take) else { return };
+    loop {
+        let item = match client.raw(&Method::POST, "/v1/chat/mailbox/take", &take) {
+            Ok(response) if response.status == 204 => continue,
+            Ok(response) => {
+                call_answer(response).and_then(|body| Ok(serde_json::from_slice::<MailboxItem>(&body)?))
+            }
+            Err(e) => Err(e.into()),
         };
-        handle_dm(cx, name, &keys, &mut senders, &envelope, json, &printer)?;
+        match item {
+            Ok(item) => {
+                if tx.send(Incoming::Mailbox(item)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if status_of(&e) == Some(StatusCode::FORBIDDEN) => {
+                let _ = tx.send(Incoming::Ended(e.context("the mailbox")));
+                return;
+            }
+            // The node is busy or a mailbox node is failing over: try again shortly.
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
     }
-    bail!("the node ended the stream")
 }
 
 /// Prints what waits in the mailbox, oldest first, acknowledging each once it is printed (or
@@ -563,21 +636,38 @@ fn drain_mailbox(
         }
         let body = call_answer(response)?;
         let item: MailboxItem = serde_json::from_slice(&body).context("reading a mailbox message")?;
-        match serde_json::from_value::<Envelope>(item.envelope) {
-            Ok(envelope) => {
-                handle_dm(cx, name, keys, senders, &envelope, json, printer)?;
-            }
-            Err(e) => eprintln!("overlay: dropped an unreadable mailbox message: {e}"),
-        }
-        let ack = MailboxAck {
-            id: item.id,
-            lease: item.lease,
-            name: name.to_owned(),
-            seq: item.seq,
-            session: session.to_owned(),
-        };
-        call(&cx.client, &Method::POST, "/v1/chat/mailbox/ack", &serde_json::to_vec(&ack)?)?;
+        show_and_ack(cx, name, session, keys, senders, json, printer, item)?;
     }
+}
+
+/// Shows a DM taken from the mailbox (once: it may have been shown live already), then
+/// acknowledges it so that it is removed.
+#[allow(clippy::too_many_arguments)]
+fn show_and_ack(
+    cx: &Cx,
+    name: &str,
+    session: &str,
+    keys: &UserKeys,
+    senders: &mut Senders,
+    json: bool,
+    printer: &Printer,
+    item: MailboxItem,
+) -> Result<()> {
+    match serde_json::from_value::<Envelope>(item.envelope) {
+        Ok(envelope) => {
+            handle_dm(cx, name, keys, senders, &envelope, json, printer)?;
+        }
+        Err(e) => eprintln!("overlay: dropped an unreadable mailbox message: {e}"),
+    }
+    let ack = MailboxAck {
+        id: item.id,
+        lease: item.lease,
+        name: name.to_owned(),
+        seq: item.seq,
+        session: session.to_owned(),
+    };
+    call(&cx.client, &Method::POST, "/v1/chat/mailbox/ack", &serde_json::to_vec(&ack)?)?;
+    Ok(())
 }
 
 /// Opens, checks and prints one DM, once.
@@ -624,13 +714,22 @@ fn handle_dm(
     Ok(true)
 }
 
-fn listen_room(client: &Client, room: &str, json: bool, printer: &Printer) -> Result<()> {
+fn listen_room(
+    client: &Client,
+    room: &str,
+    json: bool,
+    tx: &std::sync::mpsc::Sender<Incoming>,
+) -> Result<()> {
     let mut stream = client.group_messages(&room_group(room), None, None)?;
     let mut senders = Senders { client: client.clone(), known: HashMap::new() };
     while let Some(event) = stream.next_event()? {
         let GroupEvent::Message(message) = event else { continue };
-        let Ok(signed) = serde_json::from_str::<RoomMessage>(&message.parsed.body) else { continue };
+        let Ok(signed) = serde_json::from_str::<RoomMessage>(&message.parsed.body) else {
+            eprintln!("overlay: room {room}: dropped a message that is not a signed room message");
+            continue;
+        };
         if signed.room != room || signed.verify().is_err() || !senders.owns(&signed.from, &signed.from_key) {
+            eprintln!("overlay: room {room}: dropped a message not signed by {:?}'s key", signed.from);
             continue;
         }
         let line = Line {
@@ -642,7 +741,9 @@ fn listen_room(client: &Client, room: &str, json: bool, printer: &Printer) -> Re
             room: Some(room),
             seq: Some(message.parsed.seq),
         };
-        print_line(printer, json, &line)?;
+        if tx.send(Incoming::Print(line_text(json, &line)?)).is_err() {
+            return Ok(());
+        }
     }
     bail!("the node ended the room's stream")
 }

@@ -402,3 +402,41 @@ fn dms_to_an_offline_user_survive_a_crash_and_arrive_once_in_order() {
         }
     }
 }
+
+#[test]
+fn room_messages_are_signed_and_forgeries_are_not_shown() {
+    let cluster = started(3);
+    let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.http.clone()).collect();
+    let (alice, bob) = (User::new("alice"), User::new("bob"));
+    alice.ok(&nodes[0], &["register", "alice"]);
+    bob.ok(&nodes[0], &["register", "bob"]);
+    assert!(bob.ok(&nodes[1], &["join", "lobby", "--as", "bob"]).contains("joined"));
+    let listener = Listener::start(&bob, &nodes[1]);
+
+    // The listener's node joins the room's group as it starts listening: say until it hears.
+    let first = poll("bob hears the room", Duration::from_secs(30), || {
+        alice.ok(&nodes[0], &["say", "lobby", "is anyone here", "--as", "alice"]);
+        Ok(listener.quiet_for(Duration::from_millis(300)))
+    });
+    assert_eq!(first["kind"], "room");
+    assert_eq!(first["room"], "lobby");
+    assert_eq!(first["from"], "alice");
+    assert!(first["seq"].as_u64().is_some());
+    while listener.quiet_for(Duration::from_millis(300)).is_some() {}
+
+    // A message claiming to be alice's, signed by bob's key, and one whose body was altered
+    // after signing: neither is shown; the genuine one after them is.
+    let group = overlay_api::encode_path_segment("room/lobby");
+    let bob_keys = bob.keydir().load("bob").unwrap();
+    let impostor = overlay_chat::RoomMessage::sign(&bob_keys, "alice", "lobby", 1, b"forged").unwrap();
+    let http = Http::new(&nodes[0]);
+    let path = format!("/v1/groups/{group}/messages?from=alice");
+    assert_eq!(http.post(&path, serde_json::to_string(&impostor).unwrap().as_bytes()).unwrap().status, 201);
+    let alice_keys = alice.keydir().load("alice").unwrap();
+    let mut altered = overlay_chat::RoomMessage::sign(&alice_keys, "alice", "lobby", 1, b"original").unwrap();
+    altered.body = b"altered".to_vec();
+    assert_eq!(http.post(&path, serde_json::to_string(&altered).unwrap().as_bytes()).unwrap().status, 201);
+    alice.ok(&nodes[0], &["say", "lobby", "the real one", "--as", "alice"]);
+    let next = listener.take(1, Duration::from_secs(20));
+    assert_eq!(next[0]["body"], "the real one", "{next:?}");
+}
