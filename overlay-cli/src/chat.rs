@@ -555,7 +555,7 @@ fn listen(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Res
 
 /// What the listening threads hand the printing one.
 enum Incoming {
-    Dm(Envelope),
+    Dm(Box<Envelope>),
     Mailbox(MailboxItem),
     /// A line ready to print (a room message).
     Print(String),
@@ -578,7 +578,7 @@ fn read_feed(mut stream: overlay_api::GroupStream, tx: &std::sync::mpsc::Sender<
         }
         match Envelope::from_json(event.data.as_bytes()) {
             Ok(envelope) => {
-                if tx.send(Incoming::Dm(envelope)).is_err() {
+                if tx.send(Incoming::Dm(Box::new(envelope))).is_err() {
                     return;
                 }
             }

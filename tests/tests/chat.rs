@@ -156,24 +156,33 @@ fn a_name_is_first_come_first_served() {
     let keys = mallory.keydir().load("alice").expect("mallory's keys");
     let forged = NameRecord::sign(&keys, "alice", 1, false, 1).expect("signed");
     let http = Http::new(&b);
-    let answer = http.post("/v1/chat/names/alice", &serde_json::to_vec(&forged).unwrap()).expect("an answer");
+    let answer = http
+        .post("/v1/chat/names/alice", &serde_json::to_vec(&forged).expect("test step"))
+        .expect("an answer");
     assert_eq!(answer.status, 409, "{}", text(&answer.body));
     // A higher version from another key is not an update either.
     let forged = NameRecord::sign(&keys, "alice", 7, false, 1).expect("signed");
-    let answer = http.post("/v1/chat/names/alice", &serde_json::to_vec(&forged).unwrap()).expect("an answer");
+    let answer = http
+        .post("/v1/chat/names/alice", &serde_json::to_vec(&forged).expect("test step"))
+        .expect("an answer");
     assert_eq!(answer.status, 409, "{}", text(&answer.body));
-    let stored: NameRecord =
-        Http::new(&cluster.nodes[2].http).get("/v1/chat/names/alice").unwrap().parse().expect("a record");
-    assert_eq!(stored.owner, alice.keydir().load("alice").unwrap().public());
+    let stored: NameRecord = Http::new(&cluster.nodes[2].http)
+        .get("/v1/chat/names/alice")
+        .expect("test step")
+        .parse()
+        .expect("a record");
+    assert_eq!(stored.owner, alice.keydir().load("alice").expect("test step").public());
 
     // Bad input: an invalid name, a record that does not parse, one whose signature is broken.
-    assert_eq!(http.post("/v1/chat/names/Alice", b"{}").unwrap().status, 400);
-    assert_eq!(http.post("/v1/chat/names/carol", b"\x00garbage").unwrap().status, 400);
+    assert_eq!(http.post("/v1/chat/names/Alice", b"{}").expect("test step").status, 400);
+    assert_eq!(http.post("/v1/chat/names/carol", b"\x00garbage").expect("test step").status, 400);
     let mut broken = NameRecord::sign(&keys, "carol", 1, false, 1).expect("signed");
     broken.signature[0] ^= 1;
-    let answer = http.post("/v1/chat/names/carol", &serde_json::to_vec(&broken).unwrap()).unwrap();
+    let answer = http
+        .post("/v1/chat/names/carol", &serde_json::to_vec(&broken).expect("test step"))
+        .expect("test step");
     assert_eq!(answer.status, 403, "{}", text(&answer.body));
-    assert_eq!(http.get("/v1/chat/names/carol").unwrap().status, 404);
+    assert_eq!(http.get("/v1/chat/names/carol").expect("test step").status, 404);
 }
 
 #[test]
@@ -262,24 +271,26 @@ fn hostile_and_bad_input_is_refused_with_clear_errors() {
     alice.ok(&nodes[0], &["register", "alice"]);
     bob.ok(&nodes[0], &["register", "bob"]);
     let http = Http::new(&nodes[0]);
-    let alice_keys = alice.keydir().load("alice").unwrap();
-    let bob_keys = bob.keydir().load("bob").unwrap();
-    let now =
-        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let alice_keys = alice.keydir().load("alice").expect("test step");
+    let bob_keys = bob.keydir().load("bob").expect("test step");
+    let now = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("test step").as_millis()
+            as u64
+    };
 
     // Unknown user: the CLI says so and exits non-zero; the node answers 404.
     let output = alice.run(&nodes[0], &["send", "nobody", "hi", "--as", "alice"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("unknown user"), "{}", text(&output.stderr));
-    let to_nobody =
-        Envelope::seal(&alice_keys, "alice", "nobody", &bob_keys.public(), 1, now(), b"hi").unwrap();
-    assert_eq!(http.post("/v1/chat/dm", to_nobody.to_json().as_bytes()).unwrap().status, 404);
+    let to_nobody = Envelope::seal(&alice_keys, "alice", "nobody", &bob_keys.public(), 1, now(), b"hi")
+        .expect("test step");
+    assert_eq!(http.post("/v1/chat/dm", to_nobody.to_json().as_bytes()).expect("test step").status, 404);
 
     // Garbage and oversized envelopes.
-    assert_eq!(http.post("/v1/chat/dm", b"not json at all").unwrap().status, 400);
-    assert_eq!(http.post("/v1/chat/dm", b"{\"id\":1}").unwrap().status, 400);
+    assert_eq!(http.post("/v1/chat/dm", b"not json at all").expect("test step").status, 400);
+    assert_eq!(http.post("/v1/chat/dm", b"{\"id\":1}").expect("test step").status, 400);
     let huge = vec![b'x'; overlay_chat::MAX_ENVELOPE_JSON_BYTES + 10];
-    assert_eq!(http.post("/v1/chat/dm", &huge).unwrap().status, 413);
+    assert_eq!(http.post("/v1/chat/dm", &huge).expect("test step").status, 413);
     let output = alice
         .run(&nodes[0], &["send", "bob", &"x".repeat(overlay_chat::MAX_BODY_BYTES + 1), "--as", "alice"]);
     assert!(!output.status.success());
@@ -287,44 +298,68 @@ fn hostile_and_bad_input_is_refused_with_clear_errors() {
 
     // A forged signature; a sender key that is not the sender name's.
     let mut forged =
-        Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
+        Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").expect("test step");
     forged.ciphertext[0] ^= 1;
-    assert_eq!(http.post("/v1/chat/dm", forged.to_json().as_bytes()).unwrap().status, 403);
-    let impostor = Envelope::seal(&bob_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
-    assert_eq!(http.post("/v1/chat/dm", impostor.to_json().as_bytes()).unwrap().status, 403);
+    assert_eq!(http.post("/v1/chat/dm", forged.to_json().as_bytes()).expect("test step").status, 403);
+    let impostor =
+        Envelope::seal(&bob_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").expect("test step");
+    assert_eq!(http.post("/v1/chat/dm", impostor.to_json().as_bytes()).expect("test step").status, 403);
 
     // A replay: the same envelope twice is refused the second time, whatever became of the first.
-    let once = Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").unwrap();
-    let first = http.post("/v1/chat/dm", once.to_json().as_bytes()).unwrap();
+    let once =
+        Envelope::seal(&alice_keys, "alice", "bob", &bob_keys.public(), 1, now(), b"hi").expect("test step");
+    let first = http.post("/v1/chat/dm", once.to_json().as_bytes()).expect("test step");
     assert_ne!(first.status, 409, "{}", text(&first.body));
-    let again = http.post("/v1/chat/dm", once.to_json().as_bytes()).unwrap();
+    let again = http.post("/v1/chat/dm", once.to_json().as_bytes()).expect("test step");
     assert_eq!(again.status, 409, "{}", text(&again.body));
 
     // A grant for another node; a grant not signed by the name's owner; a reused grant.
-    let node1: ChatNode = Http::new(&nodes[1]).get("/v1/chat/node").unwrap().parse().unwrap();
-    let node0: ChatNode = http.get("/v1/chat/node").unwrap().parse().unwrap();
+    let node1: ChatNode =
+        Http::new(&nodes[1]).get("/v1/chat/node").expect("test step").parse().expect("test step");
+    let node0: ChatNode = http.get("/v1/chat/node").expect("test step").parse().expect("test step");
     let key_of = |node: &ChatNode| -> [u8; 32] {
         use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&node.ed25519).unwrap().try_into().unwrap()
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&node.ed25519)
+            .expect("test step")
+            .try_into()
+            .expect("test step")
     };
-    let elsewhere = Grant::sign(&bob_keys, "bob", key_of(&node1), now(), now() + 60_000).unwrap();
-    let answer = http.post("/v1/chat/login", &serde_json::to_vec(&elsewhere).unwrap()).unwrap();
+    let elsewhere = Grant::sign(&bob_keys, "bob", key_of(&node1), now(), now() + 60_000).expect("test step");
+    let answer =
+        http.post("/v1/chat/login", &serde_json::to_vec(&elsewhere).expect("test step")).expect("test step");
     assert_eq!(answer.status, 403, "{}", text(&answer.body));
     assert!(text(&answer.body).contains("another node"));
-    let not_owner = Grant::sign(&alice_keys, "bob", key_of(&node0), now(), now() + 60_000).unwrap();
-    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&not_owner).unwrap()).unwrap().status, 403);
-    let grant = Grant::sign(&bob_keys, "bob", key_of(&node0), now(), now() + 60_000).unwrap();
-    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&grant).unwrap()).unwrap().status, 200);
-    assert_eq!(http.post("/v1/chat/login", &serde_json::to_vec(&grant).unwrap()).unwrap().status, 409);
-    assert_eq!(http.post("/v1/chat/login", b"garbage").unwrap().status, 400);
+    let not_owner =
+        Grant::sign(&alice_keys, "bob", key_of(&node0), now(), now() + 60_000).expect("test step");
+    assert_eq!(
+        http.post("/v1/chat/login", &serde_json::to_vec(&not_owner).expect("test step"))
+            .expect("test step")
+            .status,
+        403
+    );
+    let grant = Grant::sign(&bob_keys, "bob", key_of(&node0), now(), now() + 60_000).expect("test step");
+    assert_eq!(
+        http.post("/v1/chat/login", &serde_json::to_vec(&grant).expect("test step"))
+            .expect("test step")
+            .status,
+        200
+    );
+    assert_eq!(
+        http.post("/v1/chat/login", &serde_json::to_vec(&grant).expect("test step"))
+            .expect("test step")
+            .status,
+        409
+    );
+    assert_eq!(http.post("/v1/chat/login", b"garbage").expect("test step").status, 400);
 
     // Listening or logging out without the session: refused.
-    assert_eq!(http.get("/v1/chat/listen?name=bob&session=00").unwrap().status, 403);
+    assert_eq!(http.get("/v1/chat/listen?name=bob&session=00").expect("test step").status, 403);
     let logout = serde_json::json!({"name": "bob", "session": "00"});
-    assert_eq!(http.post("/v1/chat/logout", logout.to_string().as_bytes()).unwrap().status, 403);
-    assert_eq!(http.get("/v1/chat/presence/nobody").unwrap().status, 404);
+    assert_eq!(http.post("/v1/chat/logout", logout.to_string().as_bytes()).expect("test step").status, 403);
+    assert_eq!(http.get("/v1/chat/presence/nobody").expect("test step").status, 404);
     // The node is still up and well.
-    assert!(http.status().unwrap().member);
+    assert!(http.status().expect("test step").member);
 }
 
 /// How many DMs the offline test sends: 200 by default, `CHAT_OFFLINE_DMS=1000` for the
@@ -427,15 +462,27 @@ fn room_messages_are_signed_and_forgeries_are_not_shown() {
     // A message claiming to be alice's, signed by bob's key, and one whose body was altered
     // after signing: neither is shown; the genuine one after them is.
     let group = overlay_api::encode_path_segment("room/lobby");
-    let bob_keys = bob.keydir().load("bob").unwrap();
-    let impostor = overlay_chat::RoomMessage::sign(&bob_keys, "alice", "lobby", 1, b"forged").unwrap();
+    let bob_keys = bob.keydir().load("bob").expect("test step");
+    let impostor =
+        overlay_chat::RoomMessage::sign(&bob_keys, "alice", "lobby", 1, b"forged").expect("test step");
     let http = Http::new(&nodes[0]);
     let path = format!("/v1/groups/{group}/messages?from=alice");
-    assert_eq!(http.post(&path, serde_json::to_string(&impostor).unwrap().as_bytes()).unwrap().status, 201);
-    let alice_keys = alice.keydir().load("alice").unwrap();
-    let mut altered = overlay_chat::RoomMessage::sign(&alice_keys, "alice", "lobby", 1, b"original").unwrap();
+    assert_eq!(
+        http.post(&path, serde_json::to_string(&impostor).expect("test step").as_bytes())
+            .expect("test step")
+            .status,
+        201
+    );
+    let alice_keys = alice.keydir().load("alice").expect("test step");
+    let mut altered =
+        overlay_chat::RoomMessage::sign(&alice_keys, "alice", "lobby", 1, b"original").expect("test step");
     altered.body = b"altered".to_vec();
-    assert_eq!(http.post(&path, serde_json::to_string(&altered).unwrap().as_bytes()).unwrap().status, 201);
+    assert_eq!(
+        http.post(&path, serde_json::to_string(&altered).expect("test step").as_bytes())
+            .expect("test step")
+            .status,
+        201
+    );
     alice.ok(&nodes[0], &["say", "lobby", "the real one", "--as", "alice"]);
     let next = listener.take(1, Duration::from_secs(20));
     assert_eq!(next[0]["body"], "the real one", "{next:?}");

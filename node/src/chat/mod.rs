@@ -440,10 +440,8 @@ impl Chat {
                     until_ms: Some(presence.until_ms),
                 })
             }
-            Ok(()) => Ok(offline(last_seen)),
-            Err(ChatError::Expired) => {
-                Ok(offline(Some(presence.until_ms.min(last_seen.unwrap_or(u64::MAX)))))
-            }
+            // Logged out, or its node stopped renewing (gone): last seen at the last write.
+            Ok(()) | Err(ChatError::Expired) => Ok(offline(last_seen)),
             Err(error) => {
                 warn!(name, %error, "a presence record does not verify");
                 Ok(offline(last_seen))
