@@ -747,3 +747,29 @@ fn listen_room(
     }
     bail!("the node ended the room's stream")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::ChatCommand;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("overlay").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn chat_subcommands_parse_with_the_key_directory_anywhere_after_chat() {
+        let cli = parse(&["chat", "--keys", "/k", "send", "bob", "hi", "--as", "alice"]).expect("parses");
+        let Command::Chat(chat) = cli.command else { panic!("chat expected") };
+        assert_eq!(chat.keys.as_deref(), Some(std::path::Path::new("/k")));
+        assert!(
+            matches!(chat.command, ChatCommand::Send { ref to, ref message, ref as_name } if to == "bob" && message == "hi" && as_name == "alice")
+        );
+        let cli = parse(&["chat", "listen", "--as", "bob", "--json", "--keys", "/k"]).expect("parses");
+        assert!(cli.global.json);
+        assert!(parse(&["chat", "send", "bob", "hi"]).is_err(), "--as is required");
+        assert!(parse(&["chat", "listen"]).is_err(), "--as is required");
+    }
+}
