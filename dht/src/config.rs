@@ -19,6 +19,26 @@ pub struct Config {
     pub fix_fingers_interval: Duration,
     /// How often a node pings its predecessor. Default 2 s.
     pub check_predecessor_interval: Duration,
+    /// Longest stabilize period of a node whose neighbourhood stays unchanged. The period starts at
+    /// `stabilize_interval` and doubles after each round up to this bound; any sign of change (a
+    /// failed request, a new predecessor or successor, a changed successor list, a notify from a
+    /// new node, a join) brings it back to `stabilize_interval` at once. It bounds how long a
+    /// crashed successor goes unnoticed at rest, so it trades idle messages against repair time.
+    /// A value at or below `stabilize_interval` means no back-off. Default 1 s, no back-off:
+    /// the multicast layer's repair (`dht/tests/multicast.rs`) still counts on the ring noticing
+    /// changes within one base period, and with 2 s (and 16 s for fingers) the simulated store
+    /// lost acknowledged writes across a partition on 2 of 16 seeds, cause not found: backing off
+    /// is opt-in until both are understood. 2 s cuts a ring at rest from 6 to 2.7 messages per
+    /// node per second (BENCHMARKS.md, issue 17). At most [`MAX_BACKOFF_INTERVAL`].
+    pub max_stabilize_interval: Duration,
+    /// Longest finger-refresh period of a node whose fingers keep checking out. A finger is
+    /// checked with one request (is its start still between the finger's predecessor and the
+    /// finger?) and looked up only when that check fails; each passing check doubles the period,
+    /// from `fix_fingers_interval` up to this bound, and a failing one or any change of neighbours
+    /// resets it. A value at or below `fix_fingers_interval` means no back-off. Default 1 s, no
+    /// back-off, for the same reason as `max_stabilize_interval`; 16 s pairs with a 2 s
+    /// `max_stabilize_interval`. At most [`MAX_BACKOFF_INTERVAL`].
+    pub max_fix_fingers_interval: Duration,
     /// How long to wait for a reply to one transmission of a request. Default 300 ms.
     pub rpc_timeout: Duration,
     /// How many times a request is sent (same id, every `rpc_timeout`) before the peer is treated
@@ -65,6 +85,8 @@ impl Default for Config {
             stabilize_interval: Duration::from_secs(1),
             fix_fingers_interval: Duration::from_secs(1),
             check_predecessor_interval: Duration::from_secs(2),
+            max_stabilize_interval: Duration::from_secs(1),
+            max_fix_fingers_interval: Duration::from_secs(1),
             rpc_timeout: Duration::from_millis(300),
             request_attempts: 3,
             max_lookup_hops: 32,
@@ -112,6 +134,16 @@ pub enum ConfigError {
     /// A lookup must be allowed at least one step.
     #[error("max_lookup_hops must be at least 1")]
     NoHops,
+    /// A back-off bound beyond [`MAX_BACKOFF_INTERVAL`] would leave failures unnoticed for minutes.
+    #[error("{name} may be at most {max:?}, got {got:?}")]
+    BackoffTooLong {
+        /// Which setting.
+        name: &'static str,
+        /// The configured bound.
+        got: Duration,
+        /// The largest accepted bound.
+        max: Duration,
+    },
     /// The passive list is bounded so that one alarm costs a bounded burst of probes.
     #[error("passive_peers may be at most {max}, got {got}")]
     TooManyPassivePeers {
@@ -124,6 +156,9 @@ pub enum ConfigError {
 
 /// Upper bound on the successor list (and so on lists in messages).
 pub const MAX_SUCCESSORS: usize = 64;
+
+/// Upper bound on [`Config::max_stabilize_interval`] and [`Config::max_fix_fingers_interval`].
+pub const MAX_BACKOFF_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Upper bound on [`Config::passive_peers`].
 pub const MAX_PASSIVE_PEERS: usize = 256;
@@ -148,6 +183,26 @@ impl Config {
     pub fn with_check_predecessor_interval(mut self, d: Duration) -> Self {
         self.check_predecessor_interval = d;
         self
+    }
+    /// Sets the longest stabilize period at rest (see [`Config::max_stabilize_interval`]).
+    pub fn with_max_stabilize_interval(mut self, d: Duration) -> Self {
+        self.max_stabilize_interval = d;
+        self
+    }
+    /// Sets the longest finger-refresh period at rest (see [`Config::max_fix_fingers_interval`]).
+    pub fn with_max_fix_fingers_interval(mut self, d: Duration) -> Self {
+        self.max_fix_fingers_interval = d;
+        self
+    }
+    /// The stabilize period at rest in force: [`Config::max_stabilize_interval`], but never below
+    /// [`Config::stabilize_interval`].
+    pub fn stabilize_backoff_max(&self) -> Duration {
+        self.max_stabilize_interval.max(self.stabilize_interval)
+    }
+    /// The finger-refresh period at rest in force: [`Config::max_fix_fingers_interval`], but never
+    /// below [`Config::fix_fingers_interval`].
+    pub fn fix_fingers_backoff_max(&self) -> Duration {
+        self.max_fix_fingers_interval.max(self.fix_fingers_interval)
     }
     /// Sets the per-transmission timeout.
     pub fn with_rpc_timeout(mut self, d: Duration) -> Self {
@@ -213,6 +268,8 @@ impl Config {
             ("stabilize_interval", self.stabilize_interval),
             ("fix_fingers_interval", self.fix_fingers_interval),
             ("check_predecessor_interval", self.check_predecessor_interval),
+            ("max_stabilize_interval", self.max_stabilize_interval),
+            ("max_fix_fingers_interval", self.max_fix_fingers_interval),
             ("rpc_timeout", self.rpc_timeout),
             ("lookup_timeout", self.lookup_timeout),
             ("join_timeout", self.join_timeout),
@@ -222,6 +279,14 @@ impl Config {
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for (name, got) in [
+            ("max_stabilize_interval", self.max_stabilize_interval),
+            ("max_fix_fingers_interval", self.max_fix_fingers_interval),
+        ] {
+            if got > MAX_BACKOFF_INTERVAL {
+                return Err(ConfigError::BackoffTooLong { name, got, max: MAX_BACKOFF_INTERVAL });
             }
         }
         if self.request_attempts == 0 || self.request_attempts > 10 {
@@ -268,5 +333,22 @@ mod tests {
             Err(ConfigError::RpcTimeoutTooLong { .. })
         ));
         assert_eq!(Config::default().with_max_lookup_hops(0).validate(), Err(ConfigError::NoHops));
+        assert_eq!(
+            Config::default().with_max_stabilize_interval(Duration::ZERO).validate(),
+            Err(ConfigError::ZeroDuration("max_stabilize_interval"))
+        );
+        assert!(matches!(
+            Config::default().with_max_fix_fingers_interval(Duration::from_secs(3600)).validate(),
+            Err(ConfigError::BackoffTooLong { name: "max_fix_fingers_interval", .. })
+        ));
+    }
+
+    #[test]
+    fn a_back_off_bound_below_the_base_period_means_no_back_off() {
+        let config = Config::default()
+            .with_stabilize_interval(Duration::from_secs(5))
+            .with_max_stabilize_interval(Duration::from_secs(2));
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.stabilize_backoff_max(), Duration::from_secs(5));
     }
 }

@@ -80,7 +80,6 @@ impl<A: Address> PassiveList<A> {
     }
 
     /// Whether `addr` is listed.
-    #[cfg(test)]
     pub(crate) fn contains(&self, addr: &A) -> bool {
         self.entries.iter().any(|e| &e.node.addr == addr)
     }

@@ -10,6 +10,7 @@ use clap::Parser;
 use libp2p::Multiaddr;
 
 use crate::api_token::ApiToken;
+use crate::limits::PeerLimits;
 
 /// A peer-to-peer overlay node: a Chord ring with replicated, persistent key/value storage.
 #[derive(Clone, Debug, Parser)]
@@ -57,6 +58,29 @@ pub struct Flags {
     /// Group message streams (`GET /v1/groups/{group}/messages`) open at once; more get 503.
     #[arg(long, env = "OVERLAY_MAX_LISTENERS", default_value_t = NonZeroUsize::new(256).expect("> 0"))]
     pub max_listeners: NonZeroUsize,
+    /// Established p2p connections in all; more are refused (see `limits::PeerLimits`).
+    #[arg(long, env = "OVERLAY_MAX_CONNECTIONS", default_value_t = PeerLimits::default().max_connections)]
+    pub max_connections: u32,
+    /// Established p2p connections with one peer.
+    #[arg(long, env = "OVERLAY_MAX_CONNECTIONS_PER_PEER", default_value_t = PeerLimits::default().max_connections_per_peer)]
+    pub max_connections_per_peer: u32,
+    /// Incoming p2p connections still in their handshake.
+    #[arg(long, env = "OVERLAY_MAX_PENDING_INCOMING", default_value_t = PeerLimits::default().max_pending_incoming)]
+    pub max_pending_incoming: u32,
+    /// Outgoing p2p connections still being dialed.
+    #[arg(long, env = "OVERLAY_MAX_PENDING_OUTGOING", default_value_t = PeerLimits::default().max_pending_outgoing)]
+    pub max_pending_outgoing: u32,
+    /// Requests per second one peer may send on each overlay protocol (ring, kv, group); more
+    /// are refused and counted.
+    #[arg(long, env = "OVERLAY_PEER_REQUEST_RATE", default_value_t = PeerLimits::default().request_rate)]
+    pub peer_request_rate: u32,
+    /// Requests one peer may send on each protocol at once after a quiet spell.
+    #[arg(long, env = "OVERLAY_PEER_REQUEST_BURST", default_value_t = PeerLimits::default().request_burst)]
+    pub peer_request_burst: u32,
+    /// Bytes of messages a multicast group's root (and each backup) keeps in the group's history
+    /// for members to fetch; the oldest go first.
+    #[arg(long, env = "OVERLAY_GROUP_HISTORY_BYTES", default_value_t = NonZeroUsize::new(dht::multicast::MulticastConfig::default().history_bytes).expect("> 0"))]
+    pub group_history_bytes: NonZeroUsize,
     /// Replicas of each key (n): the owner and n − 1 successors.
     #[arg(long, env = "OVERLAY_REPLICAS", default_value_t = NonZeroUsize::new(3).expect("3 > 0"))]
     pub replicas: NonZeroUsize,
@@ -113,6 +137,18 @@ impl Flags {
             header_timeout: Duration::from_millis(self.http_header_timeout_ms.get()),
             max_connections: self.http_max_connections.get().min(max),
             max_listeners: self.max_listeners.get().min(max),
+        }
+    }
+
+    /// What one peer may hold and send, from these flags.
+    pub fn peer_limits(&self) -> PeerLimits {
+        PeerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_pending_incoming: self.max_pending_incoming,
+            max_pending_outgoing: self.max_pending_outgoing,
+            request_rate: self.peer_request_rate,
+            request_burst: self.peer_request_burst,
         }
     }
 

@@ -122,6 +122,7 @@ impl From<KvError> for ApiError {
             KvError::NoQuorum { .. }
             | KvError::Contended { .. }
             | KvError::Lookup(_)
+            | KvError::Busy
             | KvError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // Handlers of conditional writes answer a conflict themselves (`conflict`); this is

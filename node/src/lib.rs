@@ -15,6 +15,7 @@ pub mod event_loop;
 pub mod groups;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod network;
 mod page;
@@ -56,6 +57,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
 
     let rpc_timeout = Duration::from_millis(flags.rpc_timeout_ms);
     let max_kv_frame = flags.max_value_bytes + dht::store::MAX_KEY_BYTES + 4096;
+    let peer_limits = flags.peer_limits();
     let (dns_config, dns_opts) = dns_resolver_settings()?;
     let mut libp2p_registry = prometheus_client::registry::Registry::default();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -63,7 +65,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_dns_config(dns_config, dns_opts)
         .with_bandwidth_metrics(&mut libp2p_registry)
-        .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame))?
+        .with_behaviour(|key| Behaviour::new(key, rpc_timeout, max_kv_frame, &peer_limits))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(120))
                 // Send each request together with its protocol proposal instead of waiting a
@@ -131,6 +133,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         bootstrap: flags.bootstrap.clone(),
         resumed_store,
         chat: Some(chat.clone()),
+        peer_limits,
+        group_history_bytes: flags.group_history_bytes,
     };
     let event_loop = EventLoop::new(
         swarm,

@@ -3,7 +3,8 @@
 //! `prometheus-client`, the library libp2p's own metrics use).
 //!
 //! Owns: [`DriverCounters`] (plain integers only the loop writes: the lookups it asked for and
-//! their hops, the inputs the driver itself rejected), [`SwarmMetrics`] (libp2p's own metrics of
+//! their hops, the inputs the driver itself rejected, what the peer limits of [`crate::limits`]
+//! refused), [`SwarmMetrics`] (libp2p's own metrics of
 //! the swarm, identify, ping and the transport's bytes), [`Snapshot`] and [`render`].
 //!
 //! Invariants:
@@ -33,6 +34,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::limits::{Protocol, Refusal, Refusals};
 use crate::storage::StorageStats;
 
 /// libp2p's metrics of this node's swarm: connections (incoming, established, closed, with their
@@ -139,6 +141,21 @@ pub struct DriverCounters {
     /// Inputs the driver rejected before any core saw them (framing, envelopes, libp2p
     /// responses matching nothing, failed handshakes), over all protocols.
     pub rejected: Rejections,
+    /// Connections the connection limits refused ([`crate::limits::PeerLimits`]).
+    pub connections_denied: ConnectionsDenied,
+    /// Peers' requests refused by their rate limit or a full storage queue.
+    pub peer_refused: Refusals,
+    /// Clients' writes refused (503) because the storage queue was nearly full.
+    pub client_writes_busy: u64,
+}
+
+/// Connections refused by the connection limits, by direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionsDenied {
+    /// Connections a peer opened to this node.
+    pub inbound: u64,
+    /// Dials of this node.
+    pub outbound: u64,
 }
 
 /// HTTP API requests refused for want of the right bearer token, by reason.
@@ -303,6 +320,43 @@ impl Collector for Snapshot {
              (framing, envelopes, responses matching no libp2p request, failed handshakes) or the \
              ring, kv or multicast core.",
             &rejected,
+        )?;
+
+        family(
+            e,
+            "overlay_connections_denied",
+            "p2p connections refused because a connection limit was reached (--max-connections, \
+             --max-connections-per-peer, --max-pending-incoming, --max-pending-outgoing), by \
+             direction.",
+            &[
+                ([("direction", "inbound")], driver.connections_denied.inbound),
+                ([("direction", "outbound")], driver.connections_denied.outbound),
+            ],
+        )?;
+        let mut refused = Vec::new();
+        for protocol in Protocol::ALL {
+            for reason in Refusal::ALL {
+                refused.push((
+                    [("protocol", protocol.label()), ("reason", reason.label())],
+                    driver.peer_refused.get(protocol, reason),
+                ));
+            }
+        }
+        family(
+            e,
+            "overlay_peer_requests_refused",
+            "Peers' requests refused before any core saw them, by protocol (ring, kv, group) and \
+             reason: rate (past --peer-request-rate and --peer-request-burst) or busy (the storage \
+             queue was full).",
+            &refused,
+        )?;
+
+        counter(
+            e,
+            "overlay_client_writes_refused_busy",
+            "Clients' writes (puts, deletes, compare-and-sets) refused with 503 before they \
+             started because the storage queue was nearly full.",
+            driver.client_writes_busy,
         )?;
 
         family(
@@ -486,6 +540,7 @@ impl Collector for Snapshot {
                 ([("event", "takeover")], mc.takeovers),
                 ([("event", "fresh_root")], mc.fresh_roots),
                 ([("event", "duplicate_publish")], mc.duplicate_publishes),
+                ([("event", "history_evicted_for_bytes")], mc.history_evicted_for_bytes),
             ],
         )?;
 
@@ -602,6 +657,30 @@ mod tests {
             "overlay_rejected_inputs_total{kind=\"invalid\",source=\"multicast\"} 0\n",
             "overlay_ring_messages_dropped_total{reason=\"invalid\"} 4\n",
             "overlay_api_requests_refused_total{reason=\"wrong\"} 3\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn peer_limits_refusals_have_a_series_each() {
+        let mut s = snapshot();
+        s.driver.connections_denied.inbound = 2;
+        s.driver.peer_refused.count(Protocol::Kv, Refusal::Rate);
+        s.driver.peer_refused.count(Protocol::Kv, Refusal::Busy);
+        s.driver.peer_refused.count(Protocol::Ring, Refusal::Rate);
+        s.driver.client_writes_busy = 5;
+        s.multicast.history_evicted_for_bytes = 6;
+        let text = render(s);
+        for line in [
+            "overlay_connections_denied_total{direction=\"inbound\"} 2\n",
+            "overlay_connections_denied_total{direction=\"outbound\"} 0\n",
+            "overlay_peer_requests_refused_total{protocol=\"kv\",reason=\"rate\"} 1\n",
+            "overlay_peer_requests_refused_total{protocol=\"kv\",reason=\"busy\"} 1\n",
+            "overlay_peer_requests_refused_total{protocol=\"ring\",reason=\"rate\"} 1\n",
+            "overlay_peer_requests_refused_total{protocol=\"group\",reason=\"rate\"} 0\n",
+            "overlay_client_writes_refused_busy_total 5\n",
+            "overlay_group_events_total{event=\"history_evicted_for_bytes\"} 6\n",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

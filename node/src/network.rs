@@ -1,5 +1,5 @@
-//! The libp2p side of a node: the composed behaviour (identify, ping, and the overlay's
-//! request/response protocols) and the size-capped CBOR codec they share.
+//! The libp2p side of a node: the composed behaviour (connection limits, identify, ping, and the
+//! overlay's request/response protocols) and the size-capped CBOR codec they share.
 //!
 //! `/overlay/ring/1` carries the `dht` core's messages in a [`RingEnvelope`] that adds the
 //! sender's announced address (its `PeerId` comes authenticated from Noise). `/overlay/kv/1`
@@ -18,11 +18,12 @@ use std::time::Duration;
 use dht::store::{KvRequest, KvResponse};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, identify, identity, ping, request_response};
+use libp2p::{StreamProtocol, connection_limits, identify, identity, ping, request_response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::address::PeerAddr;
+use crate::limits::PeerLimits;
 
 /// Protocol name of the ring maintenance and lookup messages.
 pub const RING_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/ring/1");
@@ -278,6 +279,9 @@ pub type QueueCodec = CborCodec<QueueRequest, QueueReply>;
 #[derive(NetworkBehaviour)]
 #[allow(missing_debug_implementations)] // the derived event enum and inner behaviours are not all Debug
 pub struct Behaviour {
+    /// Refuses connections past the limits of [`PeerLimits`] (first, so that a refused
+    /// connection reaches no other behaviour).
+    pub limits: connection_limits::Behaviour,
     /// Exchanges agent and addresses with every peer.
     pub identify: identify::Behaviour,
     /// Keeps connections alive and measures round trips.
@@ -296,12 +300,19 @@ pub struct Behaviour {
 
 impl Behaviour {
     /// The behaviour for a node with `key`. `request_timeout` bounds every request/response
-    /// exchange; `max_kv_frame` caps storage frames (a record plus framing).
-    pub fn new(key: &identity::Keypair, request_timeout: Duration, max_kv_frame: usize) -> Self {
+    /// exchange; `max_kv_frame` caps storage frames (a record plus framing); `limits` bounds
+    /// connections.
+    pub fn new(
+        key: &identity::Keypair,
+        request_timeout: Duration,
+        max_kv_frame: usize,
+        limits: &PeerLimits,
+    ) -> Self {
         let config = request_response::Config::default()
             .with_request_timeout(request_timeout)
             .with_max_concurrent_streams(1024);
         Behaviour {
+            limits: connection_limits::Behaviour::new(limits.connection_limits()),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/overlay/1.0.0".to_string(),
                 key.public(),

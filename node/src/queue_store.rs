@@ -7,8 +7,9 @@
 //!   numbered it in);
 //! - `queue_messages`: `queue id ++ put id (16 bytes, big-endian)` → CBOR
 //!   [`StoredMessage`];
-//! - `queue_removed`: `queue id ++ put id` → the removal's order (a counter), so the core can
-//!   forget the oldest removals first after a restart, as it did before.
+//! - `queue_removed`: `queue id ++ put id` → (the removal's order, a counter, so the core can
+//!   forget the oldest removals first after a restart, as it did before; the lease that removed
+//!   it, so a repeated acknowledgement is answered the same way).
 //!
 //! The event loop applies every batch of [`QueuePersist`] changes the core emitted in one write
 //! transaction committed with fsync, *before* it sends any message the core drained after them:
@@ -22,14 +23,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use dht::id::ID_BYTES;
-use dht::queue::{MsgId, QueueName, QueuePersist, QueueSnapshot, StoredMessage};
+use dht::queue::{MsgId, QueueName, QueuePersist, QueueSnapshot, Removal, StoredMessage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue_meta");
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("queue_messages");
-const REMOVED: TableDefinition<&[u8], u64> = TableDefinition::new("queue_removed");
+const REMOVED: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("queue_removed");
 
 /// Name of the database file inside the data directory.
 const FILE_NAME: &str = "queues.redb";
@@ -89,8 +90,8 @@ impl QueueStore {
             let table = read.open_table(REMOVED)?;
             let mut max = 0;
             for row in table.iter()? {
-                let (_, order) = row?;
-                max = max.max(order.value());
+                let (_, value) = row?;
+                max = max.max(value.value().0);
             }
             max + 1
         };
@@ -127,14 +128,15 @@ impl QueueStore {
                     Err(_) => self.corrupt_rows += 1,
                 }
             }
-            let mut removals: BTreeMap<u64, MsgId> = BTreeMap::new();
+            let mut removals: BTreeMap<u64, Removal> = BTreeMap::new();
             for row in removed.range(start.as_slice()..=end.as_slice())? {
-                let (key, order) = row?;
+                let (key, value) = row?;
                 let Ok(id) = <[u8; 16]>::try_from(&key.value()[ID_BYTES..]) else {
                     self.corrupt_rows += 1;
                     continue;
                 };
-                removals.insert(order.value(), MsgId(u128::from_be_bytes(id)));
+                let (order, lease) = value.value();
+                removals.insert(order, Removal { id: MsgId(u128::from_be_bytes(id)), lease });
             }
             snapshot.removed = removals.into_values().collect();
             out.push((name, snapshot));
@@ -163,11 +165,11 @@ impl QueueStore {
                         messages
                             .insert(row_key(queue, message.id).as_slice(), encode(message)?.as_slice())?;
                     }
-                    QueuePersist::Remove { queue, id } => {
+                    QueuePersist::Remove { queue, removal } => {
                         ensure_meta(&mut meta, queue)?;
-                        let key = row_key(queue, *id);
+                        let key = row_key(queue, removal.id);
                         messages.remove(key.as_slice())?;
-                        removed.insert(key.as_slice(), self.next_order)?;
+                        removed.insert(key.as_slice(), (self.next_order, removal.lease))?;
                         self.next_order += 1;
                     }
                     QueuePersist::ForgetRemoval { queue, id } => {
@@ -222,8 +224,8 @@ mod tests {
                     QueuePersist::Put { queue: q.clone(), message: message(1 << 40 | 1, 10) },
                     QueuePersist::Put { queue: q.clone(), message: message(1 << 40 | 2, 11) },
                     QueuePersist::Put { queue: other.clone(), message: message(1 << 40 | 1, 12) },
-                    QueuePersist::Remove { queue: q.clone(), id: MsgId(10) },
-                    QueuePersist::Remove { queue: q.clone(), id: MsgId(99) },
+                    QueuePersist::Remove { queue: q.clone(), removal: Removal { id: MsgId(10), lease: 5 } },
+                    QueuePersist::Remove { queue: q.clone(), removal: Removal { id: MsgId(99), lease: 6 } },
                     QueuePersist::Epoch { queue: q.clone(), epoch: 3 },
                     QueuePersist::Drop { queue: other },
                 ])
@@ -237,6 +239,6 @@ mod tests {
         assert_eq!(name, &q);
         assert_eq!(snapshot.epoch, 3);
         assert_eq!(snapshot.messages, vec![message(1 << 40 | 2, 11)]);
-        assert_eq!(snapshot.removed, vec![MsgId(99)]);
+        assert_eq!(snapshot.removed, vec![Removal { id: MsgId(99), lease: 6 }]);
     }
 }

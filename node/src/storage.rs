@@ -80,6 +80,10 @@ pub enum StorageError {
     /// is replaced by the next write of the key: fetch it from another replica and put it.
     #[error("stored record for a key failed its checksum")]
     Corrupt,
+    /// The writer's queue is full: nothing was queued or written. Retry later; the queue drains
+    /// as fast as the disk syncs.
+    #[error("the storage queue is full")]
+    Busy,
     /// The writer thread is gone (it only stops when the store is dropped, or on a bug). Writes
     /// cannot succeed any more; reads still work.
     #[error("storage writer has stopped")]
@@ -266,6 +270,12 @@ impl Storage {
         })
     }
 
+    /// Jobs the writer's queue can take now without waiting (0: full). A write asked for when
+    /// it is 0 waits in [`Storage::put_many`], or is refused by [`Storage::try_put_many`].
+    pub fn write_queue_free(&self) -> usize {
+        self.inner.jobs.capacity()
+    }
+
     /// The record stored for `key`, tombstones included.
     ///
     /// Verifies the record's checksum: a corrupt row gives [`StorageError::Corrupt`] (and counts in
@@ -316,6 +326,32 @@ impl Storage {
         let outcomes = answer.await.map_err(|_| StorageError::Closed)??;
         debug_assert_eq!(outcomes.len(), expected, "one outcome per record");
         Ok(outcomes)
+    }
+
+    /// Like [`Storage::put_many`], but never waits for room in the writer's queue: when it is
+    /// full the answer is [`StorageError::Busy`] at once and nothing is written. Otherwise the
+    /// records are queued before this returns, and the future answers their outcomes.
+    pub fn try_put_many(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<impl Future<Output = Result<Vec<PutOutcome>, StorageError>> + Send + 'static, StorageError>
+    {
+        if let Some(bad) = records.iter().find(|record| !record.is_intact()) {
+            debug!(key_id = %bad.key_id().short(), "refused to store a record failing its checksum");
+            return Err(StorageError::Corrupt);
+        }
+        let (reply, answer) = oneshot::channel();
+        let queued = if records.is_empty() {
+            drop(reply.send(Ok(Vec::new())));
+            Ok(())
+        } else {
+            self.inner.jobs.try_send(Work::Put(Job { records, reply }))
+        };
+        match queued {
+            Ok(()) => Ok(async move { answer.await.map_err(|_| StorageError::Closed)? }),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(StorageError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StorageError::Closed),
+        }
     }
 
     /// Drops the stored record of each entry's key if it is at exactly the entry's version (a
@@ -693,6 +729,7 @@ fn run_writer(
                     let reply = match &err {
                         StorageError::Db(message) => StorageError::Db(message.clone()),
                         StorageError::Corrupt => StorageError::Corrupt,
+                        StorageError::Busy => StorageError::Busy,
                         StorageError::Closed => StorageError::Closed,
                     };
                     let _ = job.reply.send(Err(reply));

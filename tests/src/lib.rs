@@ -539,3 +539,51 @@ fn read_events(mut stream: GroupStream, sender: &mpsc::SyncSender<StreamItem>) {
     };
     let _ = sender.send(StreamItem::Ended(reason));
 }
+
+/// A libp2p request/response codec that sends whatever bytes it is given and reads whatever
+/// comes back (at most 4 MiB): a hostile peer's, for tests that send what the node's own codecs
+/// would never encode.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &libp2p::StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        use futures::AsyncReadExt;
+        let mut buf = Vec::new();
+        io.take(4 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        protocol: &libp2p::StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        self.read_request(protocol, io).await
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &libp2p::StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> std::io::Result<()> {
+        use futures::AsyncWriteExt;
+        io.write_all(&request).await?;
+        io.close().await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        protocol: &libp2p::StreamProtocol,
+        io: &mut T,
+        response: Vec<u8>,
+    ) -> std::io::Result<()> {
+        self.write_request(protocol, io, response).await
+    }
+}

@@ -8,68 +8,16 @@ use std::time::Duration;
 
 use dht::store::{KvRequest, Record, Version};
 use dht::{Id, Message, NodeRef, Request, RequestId};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
 use overlay_node::address::PeerAddr;
 use overlay_node::network::{KV_PROTOCOL, RING_PROTOCOL, RingEnvelope};
-use overlay_tests::{Cluster, poll};
+use overlay_tests::{Cluster, RawCodec, poll};
 
 const NODE: &str = env!("CARGO_BIN_EXE_overlay-node-e2e");
-
-/// Sends whatever bytes it is given: the hostile peer's codec.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    io.take(4 << 20).read_to_end(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_all<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> std::io::Result<()> {
-    io.write_all(&bytes).await?;
-    io.close().await
-}
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        read_all(io).await
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        read_all(io).await
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()> {
-        write_all(io, req).await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()> {
-        write_all(io, res).await
-    }
-}
 
 #[derive(NetworkBehaviour)]
 struct Hostile {

@@ -84,6 +84,14 @@ struct Args {
     /// Finger-refresh period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     fix_fingers_ms: u64,
+    /// Longest stabilize period while a node's neighbourhood stays unchanged, in milliseconds
+    /// [default: the core's `Config::max_stabilize_interval`].
+    #[arg(long)]
+    max_stabilize_ms: Option<u64>,
+    /// Longest finger-refresh period while fingers keep checking out, in milliseconds
+    /// [default: the core's `Config::max_fix_fingers_interval`].
+    #[arg(long)]
+    max_fix_fingers_ms: Option<u64>,
     /// Peers declared dead that each node remembers and probes (0 turns partition healing off).
     #[arg(long, default_value_t = 32)]
     passive_peers: usize,
@@ -156,6 +164,13 @@ struct Args {
 /// The ring core's settings from the flags every scenario shares, validated.
 fn ring_config(args: &Args, base: dht::Config) -> Result<dht::Config, String> {
     let successors = NonZeroUsize::new(args.successors).ok_or("--successors must be at least 2")?;
+    let mut base = base;
+    if let Some(ms) = args.max_stabilize_ms {
+        base = base.with_max_stabilize_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.max_fix_fingers_ms {
+        base = base.with_max_fix_fingers_interval(Duration::from_millis(ms));
+    }
     let config = base
         .with_successors(successors)
         .with_stabilize_interval(Duration::from_millis(args.stabilize_ms))

@@ -204,6 +204,10 @@ pub enum KvError {
     /// The local store failed.
     #[error("local storage failed: {0}")]
     Storage(String),
+    /// The node refused the operation before starting it because it is overloaded (its storage
+    /// queue is nearly full); nothing was written. Retry later.
+    #[error("the node is busy: its storage queue is full; retry later")]
+    Busy,
     /// The node is leaving the ring.
     #[error("the node is shutting down")]
     ShuttingDown,

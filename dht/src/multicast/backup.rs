@@ -4,7 +4,7 @@
 //! root's place after a crash and continue the numbering.
 //!
 //! Owns the copies by `mid`. Invariants: at most `max_groups` copies, each holding at most
-//! `history_messages` messages; a copy not refreshed for `backup_ttl` is dropped; a copy is
+//! `history_messages` messages (and `history_bytes`); a copy not refreshed for `backup_ttl` is dropped; a copy is
 //! turned into a root (and removed) only when this node owns `mid` and has not just handed the
 //! role away.
 
@@ -71,8 +71,8 @@ impl<A: Address> Backups<A> {
     }
 
     /// Takes in state pushed by `group`'s root: the head, and `messages` not held yet, keeping the
-    /// newest `history_messages`. Refused (false) when this would be one copy more than
-    /// `max_groups`.
+    /// newest `history_messages` within `history_bytes`. Refused (`None`) when this would be one
+    /// copy more than `max_groups`; else how many messages went for the byte budget.
     pub(super) fn store(
         &mut self,
         mid: Id,
@@ -81,9 +81,9 @@ impl<A: Address> Backups<A> {
         messages: Vec<Stamped<A>>,
         now: Time,
         config: &MulticastConfig,
-    ) -> bool {
+    ) -> Option<u64> {
         if !self.copies.contains_key(&mid) && self.copies.len() >= config.max_groups {
-            return false;
+            return None;
         }
         let copy = self.copies.entry(mid).or_insert_with(|| Replica {
             name: group.clone(),
@@ -96,8 +96,7 @@ impl<A: Address> Backups<A> {
         for m in messages {
             copy.history.insert_copy(m, now);
         }
-        copy.history.keep_newest(config.history_messages);
-        true
+        Some(copy.history.keep_newest(config.history_messages, config.history_bytes))
     }
 
     /// Drops copies whose root has been silent for `ttl`.

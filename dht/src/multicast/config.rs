@@ -16,6 +16,11 @@ pub struct MulticastConfig {
     /// Most stamped messages a root (and each backup) keeps per group for members to fetch.
     /// Default 1024.
     pub history_messages: usize,
+    /// Most bytes of messages ([`super::Stamped::approx_size`]) a root (and each backup) keeps
+    /// per group; the oldest go first. Without it a group's history could hold
+    /// `history_messages` bodies of the largest size, 64 MiB. Default 4 MiB: the whole
+    /// `history_messages` of bodies up to 4 KiB, and 63 of the largest.
+    pub history_bytes: usize,
     /// Oldest a kept message may be. Default 10 min.
     pub history_age: Duration,
     /// Largest body [`super::Multicast::publish`] accepts; at most [`MAX_BODY_BYTES`]. Default 64 KiB.
@@ -69,6 +74,7 @@ impl Default for MulticastConfig {
         MulticastConfig {
             max_children: 32,
             history_messages: 1024,
+            history_bytes: 4 << 20,
             history_age: Duration::from_secs(600),
             max_body_bytes: MAX_BODY_BYTES,
             max_frame_bytes: MAX_GROUP_FRAME_BYTES,
@@ -128,6 +134,11 @@ impl MulticastConfig {
         self.history_age = age;
         self
     }
+    /// Sets the byte budget of each group's history.
+    pub fn with_history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = bytes;
+        self
+    }
     /// Sets the refresh period and the parent/child timeouts.
     pub fn with_refresh(
         mut self,
@@ -151,6 +162,7 @@ impl MulticastConfig {
         for (name, n) in [
             ("max_children", self.max_children),
             ("history_messages", self.history_messages),
+            ("history_bytes", self.history_bytes),
             ("backups", self.backups),
             ("max_out_of_order", self.max_out_of_order),
             ("max_groups", self.max_groups),

@@ -63,4 +63,7 @@ pub struct MulticastCounters {
     pub fresh_roots: u64,
     /// Publishes recognised as retries of one already stamped.
     pub duplicate_publishes: u64,
+    /// History messages (at roots and backups) dropped, oldest first, because the group's history
+    /// held more than `history_bytes` (and neither its count nor its age bound was reached).
+    pub history_evicted_for_bytes: u64,
 }

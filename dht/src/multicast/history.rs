@@ -1,12 +1,15 @@
 //! The bounded history of a group: the stamped messages a root keeps so that members can fill
 //! gaps and ask for what they missed, and the copy of it a backup holds.
 //!
-//! Owns the messages by number, the time each was stamped (or copied), and an index from
-//! (publishing node, publish id) to number, by which a root recognises a retried publish.
+//! Owns the messages by number, the time each was stamped (or copied), an index from
+//! (publishing node, publish id) to number, by which a root recognises a retried publish, and the
+//! sum of the messages' sizes ([`Stamped::approx_size`]), which the byte budget bounds.
 //!
 //! Invariants: every message is filed under its own number; the index names only numbers held
-//! here (trimming drops both together); trimming at the root never drops a message that has not
-//! been released down the tree; a page of history fits the frame budget it is asked for.
+//! here (trimming drops both together); `bytes` is the sum of the held messages' sizes; trimming
+//! drops the oldest first and at the root never drops a message that has not been released down
+//! the tree (so a root may exceed its budgets by what it has not released yet); a page of history
+//! fits the frame budget it is asked for.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,21 +24,28 @@ pub(super) struct History<A> {
     messages: BTreeMap<u64, (Stamped<A>, Time)>,
     /// (origin, publish id) → number.
     by_origin: BTreeMap<(A, u64), u64>,
+    /// Sum of the held messages' [`Stamped::approx_size`].
+    bytes: usize,
 }
 
 impl<A: Address> History<A> {
     pub(super) fn new() -> Self {
-        History { messages: BTreeMap::new(), by_origin: BTreeMap::new() }
+        History { messages: BTreeMap::new(), by_origin: BTreeMap::new(), bytes: 0 }
     }
 
     /// A history of `messages`, all dated `now` (a batch received from another node).
     pub(super) fn from_batch(messages: Vec<Stamped<A>>, now: Time) -> Self {
         let mut history = History::new();
         for m in messages {
-            history.by_origin.insert((m.origin.clone(), m.publish_id), m.seq);
-            history.messages.insert(m.seq, (m, now));
+            history.insert_copy(m, now);
         }
         history
+    }
+
+    /// The sum of the held messages' sizes ([`Stamped::approx_size`]).
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The highest number held.
@@ -56,7 +66,10 @@ impl<A: Address> History<A> {
     /// Files a message the root just stamped.
     pub(super) fn stamp(&mut self, message: Stamped<A>, now: Time) {
         self.by_origin.insert((message.origin.clone(), message.publish_id), message.seq);
-        self.messages.insert(message.seq, (message, now));
+        self.bytes += message.approx_size();
+        if let Some((old, _)) = self.messages.insert(message.seq, (message, now)) {
+            self.bytes -= old.approx_size();
+        }
     }
 
     /// Takes in a copy (a backup's, or a hand-off): numbers already held keep their message, but
@@ -64,7 +77,10 @@ impl<A: Address> History<A> {
     pub(super) fn merge(&mut self, copy: History<A>) {
         for (seq, entry) in copy.messages {
             self.by_origin.insert((entry.0.origin.clone(), entry.0.publish_id), seq);
-            self.messages.entry(seq).or_insert(entry);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.messages.entry(seq) {
+                self.bytes += entry.0.approx_size();
+                slot.insert(entry);
+            }
         }
     }
 
@@ -72,32 +88,61 @@ impl<A: Address> History<A> {
     pub(super) fn insert_copy(&mut self, message: Stamped<A>, now: Time) {
         if let std::collections::btree_map::Entry::Vacant(slot) = self.messages.entry(message.seq) {
             self.by_origin.insert((message.origin.clone(), message.publish_id), message.seq);
+            self.bytes += message.approx_size();
             slot.insert((message, now));
         }
     }
 
-    /// The root's trim: drops the oldest messages while more than `max` are held or they are older
-    /// than `age`, but never one above `released` (it has not been sent down yet).
-    pub(super) fn trim(&mut self, released: u64, max: usize, age: Duration, now: Time) {
+    /// The root's trim: drops the oldest messages while more than `max` are held, they hold more
+    /// than `max_bytes`, or they are older than `age`, but never one above `released` (it has not
+    /// been sent down yet). Returns how many went for the byte budget alone.
+    pub(super) fn trim(
+        &mut self,
+        released: u64,
+        max: usize,
+        max_bytes: usize,
+        age: Duration,
+        now: Time,
+    ) -> u64 {
+        let mut for_bytes = 0;
         while let Some((&seq, (_, at))) = self.messages.first_key_value() {
             let too_many = self.messages.len() > max;
+            let too_big = self.bytes > max_bytes;
             let too_old = now.saturating_since(*at) > age;
-            if seq > released || !(too_many || too_old) {
+            if seq > released || !(too_many || too_big || too_old) {
                 break;
             }
-            let (m, _) = self.messages.remove(&seq).expect("first key present");
-            self.by_origin.remove(&(m.origin, m.publish_id));
+            if too_big && !too_many && !too_old {
+                for_bytes += 1;
+            }
+            self.remove_first();
         }
+        for_bytes
     }
 
-    /// A backup's trim: keeps the newest `max` messages.
-    pub(super) fn keep_newest(&mut self, max: usize) {
-        while self.messages.len() > max {
-            let Some((_, (m, _))) = self.messages.pop_first() else { break };
-            if self.by_origin.get(&(m.origin.clone(), m.publish_id)) == Some(&m.seq) {
-                self.by_origin.remove(&(m.origin, m.publish_id));
+    /// A backup's trim: keeps the newest messages, at most `max` of them and `max_bytes` in all.
+    /// Returns how many went for the byte budget alone.
+    pub(super) fn keep_newest(&mut self, max: usize, max_bytes: usize) -> u64 {
+        let mut for_bytes = 0;
+        while self.messages.len() > max || self.bytes > max_bytes {
+            if self.messages.len() <= max {
+                for_bytes += 1;
+            }
+            if !self.remove_first() {
+                break;
             }
         }
+        for_bytes
+    }
+
+    /// Drops the oldest message; false when none is held.
+    fn remove_first(&mut self) -> bool {
+        let Some((_, (m, _))) = self.messages.pop_first() else { return false };
+        self.bytes -= m.approx_size();
+        if self.by_origin.get(&(m.origin.clone(), m.publish_id)) == Some(&m.seq) {
+            self.by_origin.remove(&(m.origin, m.publish_id));
+        }
+        true
     }
 
     /// Every message held, in order.
@@ -127,5 +172,68 @@ impl<A: Address> History<A> {
             }
         }
         (page, covered_to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimAddr;
+
+    const AGE: Duration = Duration::from_secs(600);
+
+    fn message(seq: u64, body: usize) -> Stamped<SimAddr> {
+        Stamped { seq, from: "u".into(), body: vec![0; body], ts_ms: 0, origin: SimAddr(1), publish_id: seq }
+    }
+
+    fn seqs(history: &History<SimAddr>) -> Vec<u64> {
+        history.messages().iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_first_and_counts_them() {
+        let (mut history, now) = (History::new(), Time::ZERO);
+        for seq in 1..=10 {
+            history.stamp(message(seq, 1000), now);
+        }
+        let size = message(1, 1000).approx_size();
+        assert_eq!(history.bytes(), 10 * size);
+
+        // Room for four: the six oldest go, each counted as evicted for bytes.
+        assert_eq!(history.trim(10, 1024, 4 * size, AGE, now), 6);
+        assert_eq!(seqs(&history), [7, 8, 9, 10]);
+        assert_eq!(history.bytes(), 4 * size);
+        assert_eq!(history.seq_of(&SimAddr(1), 6), None, "the index forgets what was evicted");
+        assert_eq!(history.seq_of(&SimAddr(1), 7), Some(7));
+
+        // A message above `released` stays even alone over the budget: it was not sent down yet.
+        history.stamp(message(11, 10 * 1000), now);
+        assert_eq!(history.trim(10, 1024, 4 * size, AGE, now), 4);
+        assert_eq!(seqs(&history), [11]);
+        assert_eq!(history.bytes(), message(11, 10 * 1000).approx_size());
+
+        // A drop the count bound asked for is not counted as one for bytes.
+        let mut history = History::new();
+        for seq in 1..=5 {
+            history.stamp(message(seq, 10), now);
+        }
+        assert_eq!(history.trim(5, 2, usize::MAX, AGE, now), 0);
+        assert_eq!(seqs(&history), [4, 5]);
+    }
+
+    #[test]
+    fn a_backup_copy_keeps_the_newest_within_the_budget() {
+        let now = Time::ZERO;
+        let mut copy = History::from_batch((1..=10).map(|seq| message(seq, 1000)).collect(), now);
+        let size = message(1, 1000).approx_size();
+        // Copies merged in are counted once, whatever arrives twice.
+        copy.merge(History::from_batch((8..=12).map(|seq| message(seq, 1000)).collect(), now));
+        assert_eq!(copy.bytes(), 12 * size);
+        assert_eq!(copy.keep_newest(1024, 3 * size), 9);
+        assert_eq!(seqs(&copy), [10, 11, 12]);
+        assert_eq!(copy.bytes(), 3 * size);
+        // Count first: two by count, none by bytes.
+        assert_eq!(copy.keep_newest(1, usize::MAX), 0);
+        assert_eq!(seqs(&copy), [12]);
     }
 }

@@ -377,11 +377,12 @@ impl<A: Address> Multicast<A> {
     }
 
     pub(super) fn trim_root_history(&mut self, mid: Id, now: Time) {
-        let (max, age) = (self.config.history_messages, self.config.history_age);
+        let (max, max_bytes, age) =
+            (self.config.history_messages, self.config.history_bytes, self.config.history_age);
         let Some(root) = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut()) else {
             return;
         };
-        root.history.trim(root.released, max, age, now);
+        self.counters.history_evicted_for_bytes += root.history.trim(root.released, max, max_bytes, age, now);
     }
 
     pub(super) fn tick_root(&mut self, mid: Id, ring: &Node<A>, now: Time) {
@@ -564,9 +565,12 @@ impl<A: Address> Multicast<A> {
             }
             return;
         }
-        if !self.backups.store(mid, &group, head, messages, now, &self.config) {
-            self.counters.dropped_overload += 1;
-            return;
+        match self.backups.store(mid, &group, head, messages, now, &self.config) {
+            Some(for_bytes) => self.counters.history_evicted_for_bytes += for_bytes,
+            None => {
+                self.counters.dropped_overload += 1;
+                return;
+            }
         }
         if let Some((first, last)) = range
             && !handoff

@@ -140,7 +140,11 @@ impl<A: Address> Node<A> {
                 self.counters.lookups_succeeded += 1;
                 self.counters.lookup_hops += u64::from(lookup.hops);
             }
-            Err(_) => self.counters.lookups_failed += 1,
+            Err(_) => {
+                self.counters.lookups_failed += 1;
+                // Lookups that cannot finish point at failures the tables do not show yet.
+                self.unsettle(now);
+            }
         }
         match lookup.purpose {
             LookupPurpose::User(id) => {
@@ -173,7 +177,7 @@ impl<A: Address> Node<A> {
                     if closer {
                         // The owner of me + 1 has just answered, with its list: adopt it.
                         debug!(node = %self.me.id.short(), successor = %owner.id.short(), "lookup found a closer successor");
-                        self.adopt_successor(owner, &list, now);
+                        self.adopt_successor(owner, &list, false, now);
                     }
                 }
             }
@@ -185,10 +189,10 @@ impl<A: Address> Node<A> {
             LookupPurpose::Rejoin => {
                 self.rejoining = false;
                 match result {
-                    Ok((successor, list, _)) => self.adopt_successor(successor, &list, now),
+                    Ok((successor, list, _)) => self.adopt_successor(successor, &list, false, now),
                     Err(error) => {
                         debug!(node = %self.me.id.short(), %error, "rejoin failed: alone until notified");
-                        self.set_predecessor(None);
+                        self.set_predecessor(None, now);
                     }
                 }
             }
@@ -203,7 +207,7 @@ impl<A: Address> Node<A> {
             Ok((successor, list, _)) => {
                 debug!(node = %self.me.id.short(), successor = %successor.id.short(), "joined: successor found");
                 self.activate(now);
-                self.adopt_successor(successor, &list, now);
+                self.adopt_successor(successor, &list, false, now);
             }
             Err(error) => {
                 let backoff =

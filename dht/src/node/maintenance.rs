@@ -3,6 +3,19 @@
 //! successor checks by lookup, rejoining when the successor list runs out, neighbours that leave,
 //! and the end of this node's own graceful leave.
 //!
+//! Maintenance adapts to change (issue 17). While the neighbourhood stays the same, the stabilize
+//! period doubles after each round up to `Config::stabilize_backoff_max`, and the finger-refresh
+//! period doubles after each finger that checks out, up to `Config::fix_fingers_backoff_max`;
+//! `unsettle` brings both back to their configured base at the first sign of change (a request
+//! that timed out, a lookup that failed, a new predecessor or successor, a changed successor list,
+//! a notify from a node other than the predecessor, a neighbour leaving, a join). Work that other
+//! traffic already does is not repeated: a finger is checked with one request (its predecessor)
+//! and looked up only when the check fails, and a successor that already lists us as its
+//! predecessor is not notified again. The predecessor is still pinged every
+//! `check_predecessor_interval`: skipping the ping while the predecessor's own stabilize rounds
+//! reach us saved a message per node per second but made a partitioned store less available on
+//! some seeds (BENCHMARKS.md, issue 17), because a silent predecessor was then dropped later.
+//!
 //! Invariants kept here:
 //! - a successor is adopted only once it has answered, and the list is rebuilt by
 //!   `merge_successors` (clockwise from this node, without it, at most `r` entries);
@@ -14,7 +27,10 @@
 //!   `checking_successor` flags);
 //! - changes of predecessor and successor list made through `set_predecessor`, `forget` and
 //!   `adopt_successor` are reported as events (`reset_routing`, on join and leave, clears them
-//!   without events).
+//!   without events), and each of them calls `unsettle`;
+//! - the stabilize period stays within [`Config::stabilize_interval`,
+//!   `Config::stabilize_backoff_max`], so a crashed successor is noticed within that bound plus
+//!   one request's attempts, at rest as under churn.
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +48,11 @@ use super::{Event, FAST_STABILIZE_DIVISOR, FAST_STABILIZE_ROUNDS, Node, Phase, P
 /// In steady state, every this many stabilize rounds the successor is also checked by a lookup.
 const SUCCESSOR_CHECK_EVERY: u32 = 4;
 
+/// At rest (stabilize period backed off to its bound), every this many stabilize rounds: the
+/// check guards against interleaved chains that concurrent joins or merges leave behind, which
+/// do not arise in a ring where nothing changes.
+const CALM_SUCCESSOR_CHECK_EVERY: u32 = 16;
+
 /// Most predecessors one stabilize round follows towards the true successor.
 const MAX_STABILIZE_CHASE: u8 = 32;
 
@@ -46,6 +67,26 @@ impl<A: Address> Node<A> {
         self.next_stabilize = now + jitter(&mut self.rng, self.config.stabilize_interval);
         self.next_check_predecessor = now + jitter(&mut self.rng, self.config.check_predecessor_interval);
         self.next_fix_fingers = now + jitter(&mut self.rng, self.config.fix_fingers_interval);
+        self.stabilize_period = self.config.stabilize_interval;
+        self.finger_period = self.config.fix_fingers_interval;
+    }
+
+    /// Something changed nearby: maintenance goes back to its base pace, and a backed-off round
+    /// still far away is brought forward to one base period from now.
+    pub(super) fn unsettle(&mut self, now: Time) {
+        self.stabilize_period = self.config.stabilize_interval;
+        self.finger_period = self.config.fix_fingers_interval;
+        if !self.is_member() {
+            return;
+        }
+        self.next_stabilize = self.next_stabilize.min(now + self.config.stabilize_interval);
+        self.next_fix_fingers = self.next_fix_fingers.min(now + self.config.fix_fingers_interval);
+    }
+
+    /// Whether the stabilize period has backed off to its bound: nothing has changed nearby for
+    /// a while.
+    fn is_calm(&self) -> bool {
+        self.stabilize_period >= self.config.stabilize_backoff_max()
     }
 
     pub(super) fn reset_routing(&mut self) {
@@ -65,11 +106,25 @@ impl<A: Address> Node<A> {
     }
 
     pub(super) fn stabilize(&mut self, now: Time) {
+        self.stabilize_with(now, self.config.request_attempts);
+    }
+
+    /// The successor did not answer any attempt: fall back to the next entry of the list. The
+    /// next entries are asked once each rather than `request_attempts` times: after a crash of
+    /// several consecutive nodes, the list is walked at one `rpc_timeout` per dead entry instead of
+    /// all attempts' worth. Skipping a live entry whose answer was lost costs little: the entry
+    /// adopted instead names it as its predecessor, and stabilize chases it in the same round.
+    pub(super) fn stabilize_after_timeout(&mut self, now: Time) {
+        self.stabilize_with(now, 1);
+    }
+
+    fn stabilize_with(&mut self, now: Time, attempts: u32) {
         if self.stabilizing || self.rejoining {
             return;
         }
         self.stabilize_rounds = self.stabilize_rounds.wrapping_add(1);
-        let check_due = self.fast_rounds > 0 || self.stabilize_rounds.is_multiple_of(SUCCESSOR_CHECK_EVERY);
+        let every = if self.is_calm() { CALM_SUCCESSOR_CHECK_EVERY } else { SUCCESSOR_CHECK_EVERY };
+        let check_due = self.fast_rounds > 0 || self.stabilize_rounds.is_multiple_of(every);
         if check_due && !self.checking_successor && !self.successors.is_empty() {
             // Stabilize only ever hears of nodes through the successor's predecessor. Nodes that
             // joined concurrently can form chains interleaved with the ring, each link consistent
@@ -91,7 +146,7 @@ impl<A: Address> Node<A> {
             _ => unreachable!("only the two purposes above are built here"),
         };
         self.stabilizing = true;
-        self.send_request(&to, Request::GetNeighbours, purpose, now);
+        self.send_request_attempts(&to, Request::GetNeighbours, purpose, attempts, now);
     }
 
     pub(super) fn check_predecessor(&mut self, now: Time) {
@@ -127,8 +182,43 @@ impl<A: Address> Node<A> {
             i = next;
         }
         self.fixing_finger = true;
-        let target = self.me.id.finger_start(i);
-        self.start_lookup(target, LookupPurpose::FixFinger(i), now);
+        match self.fingers.get(i).cloned() {
+            // A known finger is checked with one request; a lookup only if the check fails.
+            Some(finger) if finger.addr != self.me.addr => {
+                let to = finger.addr.clone();
+                self.send_request(
+                    &to,
+                    Request::GetNeighbours,
+                    Purpose::CheckFinger { index: i, finger },
+                    now,
+                );
+            }
+            _ => {
+                let target = self.me.id.finger_start(i);
+                self.start_lookup(target, LookupPurpose::FixFinger(i), now);
+            }
+        }
+    }
+
+    /// Finger `index` (`finger`) answered with its predecessor. It is still succ(start) iff start
+    /// lies in (predecessor, finger]: then keep it and let the refresh slow down; otherwise a node
+    /// joined or left there, so look the finger up and refresh at the base pace again.
+    pub(super) fn on_finger_checked(
+        &mut self,
+        index: usize,
+        finger: NodeRef<A>,
+        predecessor: Option<NodeRef<A>>,
+        now: Time,
+    ) {
+        let start = self.me.id.finger_start(index);
+        if predecessor.is_some_and(|p| start.in_open_closed(&p.id, &finger.id)) {
+            self.fixing_finger = false;
+            self.fingers.settle(&self.me.id, index, Some(finger));
+            self.finger_period = (self.finger_period * 2).min(self.config.fix_fingers_backoff_max());
+        } else {
+            self.finger_period = self.config.fix_fingers_interval;
+            self.start_lookup(start, LookupPurpose::FixFinger(index), now);
+        }
     }
 
     /// Zave's rectify: adopt `candidate` as predecessor if there is none, or it lies between the
@@ -137,6 +227,9 @@ impl<A: Address> Node<A> {
         match self.predecessor.clone() {
             Some(p) if p.addr == candidate.addr => {}
             Some(p) if !candidate.id.in_open(&p.id, &self.me.id) => {
+                // A node that believes it precedes us, but is not our predecessor: ours may have
+                // died, or the ring is reshaping nearby.
+                self.unsettle(now);
                 if !self.probing_predecessor {
                     self.probing_predecessor = true;
                     let to = p.addr.clone();
@@ -150,7 +243,7 @@ impl<A: Address> Node<A> {
             }
             _ => {
                 trace!(node = %self.me.id.short(), predecessor = %candidate.id.short(), "rectify");
-                self.set_predecessor(Some(candidate));
+                self.set_predecessor(Some(candidate), now);
                 self.hurry_stabilize(now);
                 if self.successors.is_empty() {
                     // A ring of one learns its successor from its first notifier: stabilize now.
@@ -162,10 +255,11 @@ impl<A: Address> Node<A> {
 
     pub(super) fn on_neighbour_leaving(&mut self, from: &A, leaver_successors: &[NodeRef<A>], now: Time) {
         let was_successor = self.successors.first().is_some_and(|s| &s.addr == from);
-        self.forget(from);
+        self.unsettle(now);
+        self.forget(from, now);
         if self.predecessor.as_ref().is_some_and(|p| &p.addr == from) {
             // The leaver's predecessor will notify us once it learns we follow it.
-            self.set_predecessor(None);
+            self.set_predecessor(None, now);
         }
         if was_successor {
             if self.successors.is_empty() {
@@ -258,6 +352,7 @@ impl<A: Address> Node<A> {
         if !self.successors.is_empty() && !node.id.in_open_closed(&self.me.id, &current) {
             return;
         }
+        let predecessor_is_me = predecessor.as_ref().is_some_and(|p| p.addr == self.me.addr);
         match predecessor {
             Some(p)
                 if chased < MAX_STABILIZE_CHASE
@@ -266,7 +361,13 @@ impl<A: Address> Node<A> {
             {
                 self.stabilizing = true;
                 let to = p.addr.clone();
-                self.send_request(
+                // A node we have just declared dead is asked once, not `request_attempts` times:
+                // the successor that named it has not noticed yet, and after a crash of several
+                // neighbours every round would otherwise spend a whole time-out on it again. Were
+                // it alive after all (a lost answer, a healed partition), its probes from the
+                // passive list and the next rounds bring it back.
+                let attempts = if self.passive.contains(&to) { 1 } else { self.config.request_attempts };
+                self.send_request_attempts(
                     &to,
                     Request::GetNeighbours,
                     Purpose::StabilizeCandidate {
@@ -274,16 +375,26 @@ impl<A: Address> Node<A> {
                         fallback: Some((node, successors)),
                         chased: chased + 1,
                     },
+                    attempts,
                     now,
                 );
             }
-            _ => self.adopt_successor(node, &successors, now),
+            _ => {
+                let knows_me = predecessor_is_me;
+                self.adopt_successor(node, &successors, knows_me, now)
+            }
         }
     }
 
     /// Makes `head` (which has just answered) the successor, with `tail` (its list) behind it,
-    /// and notifies it.
-    pub(super) fn adopt_successor(&mut self, head: NodeRef<A>, tail: &[NodeRef<A>], now: Time) {
+    /// and notifies it, unless it answered that we are its predecessor already (`knows_me`).
+    pub(super) fn adopt_successor(
+        &mut self,
+        head: NodeRef<A>,
+        tail: &[NodeRef<A>],
+        knows_me: bool,
+        now: Time,
+    ) {
         if !self.is_member() {
             return;
         }
@@ -304,10 +415,17 @@ impl<A: Address> Node<A> {
         for node in &list {
             self.passive.remove(&node.addr);
         }
-        if list != self.successors {
+        let changed = list != self.successors;
+        if changed {
             trace!(node = %self.me.id.short(), successor = %head.id.short(), "successor list updated");
             self.successors = list;
             self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
+            self.unsettle(now);
+        }
+        // The notify would only confirm what the successor already believes; its Ack matters
+        // only before we are announced.
+        if knows_me && self.announced && !changed {
+            return;
         }
         let to = head.addr.clone();
         self.send_request(&to, Request::Notify, Purpose::Notify, now);
@@ -316,6 +434,7 @@ impl<A: Address> Node<A> {
     /// Neighbours just changed, so more changes are likely nearby (nodes joining or failing
     /// together): run the next few stabilize rounds at a faster pace.
     pub(super) fn hurry_stabilize(&mut self, now: Time) {
+        self.unsettle(now);
         self.fast_rounds = FAST_STABILIZE_ROUNDS;
         let soon = now + self.config.stabilize_interval / FAST_STABILIZE_DIVISOR;
         if soon < self.next_stabilize {
@@ -323,19 +442,21 @@ impl<A: Address> Node<A> {
         }
     }
 
-    pub(super) fn set_predecessor(&mut self, predecessor: Option<NodeRef<A>>) {
+    pub(super) fn set_predecessor(&mut self, predecessor: Option<NodeRef<A>>, now: Time) {
         if self.predecessor != predecessor {
             self.predecessor = predecessor;
             self.events.push_back(Event::PredecessorChanged { predecessor: self.predecessor.clone() });
+            self.unsettle(now);
         }
     }
 
     /// Drops a node believed dead (or gone) from the successor list and fingers.
-    pub(super) fn forget(&mut self, addr: &A) {
+    pub(super) fn forget(&mut self, addr: &A, now: Time) {
         let before = self.successors.len();
         self.successors.retain(|n| &n.addr != addr);
         if self.successors.len() != before {
             self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
+            self.unsettle(now);
         }
         self.fingers.forget(addr);
         self.forget_cached(addr);

@@ -49,6 +49,7 @@ mod routing;
 mod serve;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -185,6 +186,12 @@ enum Purpose<A> {
     CheckPredecessor {
         predecessor: NodeRef<A>,
     },
+    /// Asking finger `index` (`finger`) for its predecessor: it is still the right finger iff the
+    /// finger's start lies between that predecessor and it. Looked up only if not.
+    CheckFinger {
+        index: usize,
+        finger: NodeRef<A>,
+    },
     /// Pinging the predecessor because `candidate` notified us; `candidate` replaces it if dead.
     RectifyProbe {
         predecessor: NodeRef<A>,
@@ -250,6 +257,12 @@ pub struct Node<A: Address> {
     stabilize_rounds: u32,
     /// A lookup of this node's own successor is running.
     checking_successor: bool,
+    /// The stabilize period in force outside fast rounds: `stabilize_interval`, doubling after each
+    /// round up to `Config::stabilize_backoff_max` while nothing changes (see `unsettle`).
+    stabilize_period: Duration,
+    /// The finger-refresh period in force: `fix_fingers_interval`, doubling after each finger
+    /// that checks out, up to `Config::fix_fingers_backoff_max`.
+    finger_period: Duration,
     /// Ranges (predecessor, owner] recently vouched for by their owners.
     range_cache: RangeCache<A>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
@@ -280,6 +293,7 @@ impl<A: Address> Node<A> {
     pub fn new(addr: A, config: Config, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
         let passive = PassiveList::new(config.passive_peers);
+        let (stabilize_period, finger_period) = (config.stabilize_interval, config.fix_fingers_interval);
         Ok(Node {
             me: NodeRef::new(addr),
             config,
@@ -305,6 +319,8 @@ impl<A: Address> Node<A> {
             fast_rounds: 0,
             stabilize_rounds: 0,
             checking_successor: false,
+            stabilize_period,
+            finger_period,
             range_cache: RangeCache::new(),
             announced: false,
             passive,
@@ -561,7 +577,11 @@ impl<A: Address> Node<A> {
                         self.fast_rounds -= 1;
                         self.config.stabilize_interval / FAST_STABILIZE_DIVISOR
                     } else {
-                        self.config.stabilize_interval
+                        // A round that finds a change calls `unsettle`, which resets the period;
+                        // so the period only grows across rounds that found nothing new.
+                        let period = self.stabilize_period;
+                        self.stabilize_period = (period * 2).min(self.config.stabilize_backoff_max());
+                        period
                     };
                     self.next_stabilize = now + period;
                     self.stabilize(now);
@@ -571,7 +591,7 @@ impl<A: Address> Node<A> {
                     self.check_predecessor(now);
                 }
                 if now >= self.next_fix_fingers {
-                    self.next_fix_fingers = now + self.config.fix_fingers_interval;
+                    self.next_fix_fingers = now + self.finger_period;
                     self.fix_next_finger(now);
                 }
                 if !self.passive.is_empty() && now >= self.next_probe {

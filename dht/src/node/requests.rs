@@ -43,6 +43,9 @@ impl<A: Address> Node<A> {
                 }
             }
             (Purpose::CheckPredecessor { .. }, Response::Ack) => self.checking_predecessor = false,
+            (Purpose::CheckFinger { index, finger }, Response::Neighbours { predecessor, .. }) => {
+                self.on_finger_checked(index, finger, predecessor, now);
+            }
             (Purpose::RectifyProbe { .. }, Response::Ack) => self.probing_predecessor = false,
             (Purpose::Leaving, Response::Ack) => self.on_leave_acknowledged(),
             (Purpose::Probe { node }, Response::Neighbours { predecessor, successors }) => {
@@ -73,18 +76,25 @@ impl<A: Address> Node<A> {
     }
 
     pub(super) fn on_request_failed(&mut self, to: A, purpose: Purpose<A>, timed_out: bool, now: Time) {
+        // A peer that stopped answering is the first sign of a failure nearby; a probe of a peer
+        // already declared dead that still does not answer is no news.
+        if timed_out && !matches!(purpose, Purpose::Probe { .. }) {
+            self.unsettle(now);
+        }
         match purpose {
             Purpose::Stabilize { successor } => {
                 self.stabilizing = false;
                 debug!(node = %self.me.id.short(), successor = %successor.id.short(), "successor unreachable, dropping it");
-                self.forget(&successor.addr);
+                self.forget(&successor.addr, now);
                 if timed_out {
                     self.remember_dead(successor.clone(), now);
                 }
                 if self.successors.is_empty() {
                     self.rejoin(now);
-                } else {
+                } else if timed_out {
                     // Fall back to the next live successor at once rather than a period later.
+                    self.stabilize_after_timeout(now);
+                } else {
                     self.stabilize(now);
                 }
             }
@@ -97,10 +107,10 @@ impl<A: Address> Node<A> {
                 if self.predecessor.as_ref().is_some_and(|p| p.addr == candidate.addr)
                     && self.successors.is_empty()
                 {
-                    self.set_predecessor(None);
+                    self.set_predecessor(None, now);
                 }
                 if let Some((successor, list)) = fallback {
-                    self.adopt_successor(successor, &list, now);
+                    self.adopt_successor(successor, &list, false, now);
                 }
             }
             Purpose::Notify => {}
@@ -108,7 +118,7 @@ impl<A: Address> Node<A> {
                 self.checking_predecessor = false;
                 if self.predecessor.as_ref().is_some_and(|p| p.addr == predecessor.addr) {
                     debug!(node = %self.me.id.short(), predecessor = %predecessor.id.short(), "predecessor unreachable");
-                    self.set_predecessor(None);
+                    self.set_predecessor(None, now);
                 }
                 self.fingers.forget(&predecessor.addr);
                 if timed_out {
@@ -117,12 +127,25 @@ impl<A: Address> Node<A> {
             }
             Purpose::RectifyProbe { predecessor, candidate } => {
                 self.probing_predecessor = false;
-                if self.predecessor.as_ref().is_some_and(|p| p.addr == predecessor.addr) {
-                    self.set_predecessor(Some(candidate));
+                // The predecessor check may have dropped the dead predecessor while this probe was
+                // in flight; the notifier is then just as welcome (rectify adopts a notifier when
+                // there is no predecessor).
+                if self.predecessor.as_ref().is_none_or(|p| p.addr == predecessor.addr) {
+                    self.set_predecessor(Some(candidate), now);
                 }
                 if timed_out {
                     self.remember_dead(predecessor, now);
                 }
+            }
+            Purpose::CheckFinger { index, finger } => {
+                if timed_out {
+                    self.fingers.forget(&finger.addr);
+                    self.forget_cached(&finger.addr);
+                    self.remember_dead(finger, now);
+                }
+                // Find the finger's replacement now rather than a (backed-off) period later.
+                let target = self.me.id.finger_start(index);
+                self.start_lookup(target, crate::lookup::Purpose::FixFinger(index), now);
             }
             Purpose::Lookup { key } => {
                 if timed_out {
@@ -158,10 +181,22 @@ impl<A: Address> Node<A> {
         purpose: Purpose<A>,
         now: Time,
     ) -> RequestId {
+        self.send_request_attempts(to, body, purpose, self.config.request_attempts, now)
+    }
+
+    /// Like `send_request`, but sent at most `attempts` times (at least once).
+    pub(super) fn send_request_attempts(
+        &mut self,
+        to: &A,
+        body: Request<A>,
+        purpose: Purpose<A>,
+        attempts: u32,
+        now: Time,
+    ) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         let deadline = now + self.config.rpc_timeout;
-        let attempts_left = self.config.request_attempts.saturating_sub(1);
+        let attempts_left = attempts.clamp(1, self.config.request_attempts.max(1)) - 1;
         self.pending
             .insert(id, Pending { to: to.clone(), deadline, purpose, body: body.clone(), attempts_left });
         self.request_deadlines.insert((deadline, id));

@@ -82,7 +82,7 @@ use self::client::{ClientOp, ClientSub};
 use self::owner::Commit;
 pub use self::wire::{
     AckOutcome, InvalidQueueMessage, InvalidQueueName, MAX_QUEUE_BODY_BYTES, MAX_QUEUE_FRAME_BYTES, MsgId,
-    QueueMessage, QueueName, QueueStats, Refusal, StoredMessage,
+    QueueMessage, QueueName, QueueStats, Refusal, Removal, StoredMessage,
 };
 
 /// Most removals a holder may send in one state page (and so remember).
@@ -249,12 +249,13 @@ pub enum QueuePersist {
         /// The message.
         message: StoredMessage,
     },
-    /// Remove message `id` of `queue` (wherever it is stored) and remember that it was removed.
+    /// Remove a message of `queue` (wherever it is stored) and remember that it was removed,
+    /// and by which lease.
     Remove {
         /// The queue.
         queue: QueueName,
-        /// The message.
-        id: MsgId,
+        /// The message and the lease.
+        removal: Removal,
     },
     /// Forget a removal (the queue remembers at most `max_removed`).
     ForgetRemoval {
@@ -285,7 +286,7 @@ pub struct QueueSnapshot {
     /// Messages present.
     pub messages: Vec<StoredMessage>,
     /// Removals remembered, oldest first.
-    pub removed: Vec<MsgId>,
+    pub removed: Vec<Removal>,
 }
 
 /// Counters, monotonic.
@@ -420,8 +421,8 @@ impl<A: Address> Queues<A> {
         let held = self.held.entry(queue).or_insert_with(|| replica::Held::new(now));
         held.state.epoch = held.state.epoch.max(snapshot.epoch);
         held.used_epoch = held.used_epoch.max(snapshot.epoch);
-        for id in snapshot.removed {
-            held.state.remove(id, self.config.max_removed);
+        for removal in snapshot.removed {
+            held.state.remove(removal, self.config.max_removed);
         }
         for message in snapshot.messages {
             held.state.insert(message);

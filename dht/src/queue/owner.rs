@@ -17,8 +17,8 @@ use tracing::debug;
 use super::replica::Held;
 use super::state::{Applied, Key, seq_of};
 use super::wire::{
-    AckOutcome, MAX_PAGE, MsgId, QueueDigest, QueueMessage, QueueName, QueueStats, Refusal, ReplicaChange,
-    StoredMessage,
+    AckOutcome, MAX_PAGE, MsgId, QueueDigest, QueueMessage, QueueName, QueueStats, Refusal, Removal,
+    ReplicaChange, StoredMessage,
 };
 use super::{Pending, Purpose, QueuePersist, Queues};
 use crate::address::Address;
@@ -272,14 +272,7 @@ impl<A: Address> Queues<A> {
                 Some(false) => {
                     role.uncommitted.insert(key, true);
                     let Some(message) = held.state.get(&key).cloned() else { return };
-                    self.start_commit(
-                        queue,
-                        CommitKind::Put { key },
-                        ReplicaChange::Put(message),
-                        Some((from, req)),
-                        ring,
-                        now,
-                    );
+                    self.commit_put(queue, message, Some((from, req)), ring, now);
                 }
             }
             return;
@@ -309,14 +302,20 @@ impl<A: Address> Queues<A> {
         held.state.insert(message.clone());
         role.uncommitted.insert(key, true);
         self.persists.push_back(QueuePersist::Put { queue: queue.clone(), message: message.clone() });
-        self.start_commit(
-            queue,
-            CommitKind::Put { key },
-            ReplicaChange::Put(message),
-            Some((from, req)),
-            ring,
-            now,
-        );
+        self.commit_put(queue, message, Some((from, req)), ring, now);
+    }
+
+    /// Sends a stamped message to the replicas; it is committed once enough hold it.
+    fn commit_put(
+        &mut self,
+        queue: &QueueName,
+        message: StoredMessage,
+        reply_to: Option<(A, u64)>,
+        ring: &Node<A>,
+        now: Time,
+    ) {
+        let key = (message.seq, message.id);
+        self.start_commit(queue, CommitKind::Put { key }, ReplicaChange::Put(message), reply_to, ring, now);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -397,7 +396,13 @@ impl<A: Address> Queues<A> {
         let Some(held) = self.held.get_mut(queue) else { return };
         let Some(role) = held.owner.as_mut() else { return };
         let Some(key) = held.state.key_of(&id) else {
-            self.send(from, QueueMessage::AckDone { req, result: Ok(AckOutcome::Gone) });
+            // Removed already: by this very lease (the consumer repeating an acknowledgement
+            // whose answer it lost) or by another.
+            let outcome = match held.state.removed_by(&id) {
+                Some(by) if by == lease && lease != 0 => AckOutcome::Removed,
+                _ => AckOutcome::Gone,
+            };
+            self.send(from, QueueMessage::AckDone { req, result: Ok(outcome) });
             return;
         };
         let _ = seq;
@@ -410,15 +415,28 @@ impl<A: Address> Queues<A> {
         }
         role.leases.remove(&key);
         role.uncommitted.remove(&key);
-        let forgotten = held.state.remove(id, max_removed);
-        self.persist_removal(queue, id, forgotten);
-        self.start_commit(queue, CommitKind::Remove, ReplicaChange::Remove(id), Some((from, req)), ring, now);
+        let removal = Removal { id, lease };
+        let forgotten = held.state.remove(removal, max_removed);
+        self.persist_removal(queue, removal, forgotten);
+        self.start_commit(
+            queue,
+            CommitKind::Remove,
+            ReplicaChange::Remove(removal),
+            Some((from, req)),
+            ring,
+            now,
+        );
     }
 
     /// Persists a removal and the removals it made the queue forget.
-    pub(super) fn persist_removal(&mut self, queue: &QueueName, id: MsgId, outcome: (Applied, Vec<MsgId>)) {
+    pub(super) fn persist_removal(
+        &mut self,
+        queue: &QueueName,
+        removal: Removal,
+        outcome: (Applied, Vec<MsgId>),
+    ) {
         if outcome.0 == Applied::Changed {
-            self.persists.push_back(QueuePersist::Remove { queue: queue.clone(), id });
+            self.persists.push_back(QueuePersist::Remove { queue: queue.clone(), removal });
         }
         for old in outcome.1 {
             self.persists.push_back(QueuePersist::ForgetRemoval { queue: queue.clone(), id: old });
@@ -689,7 +707,7 @@ impl<A: Address> Queues<A> {
         queue: &QueueName,
         epoch: u64,
         messages: Vec<StoredMessage>,
-        removed: Vec<MsgId>,
+        removed: Vec<Removal>,
     ) {
         let max_removed = self.config.max_removed;
         let mut changed = false;
@@ -698,13 +716,13 @@ impl<A: Address> Queues<A> {
         {
             let Some(held) = self.held.get_mut(queue) else { return };
             held.state.epoch = held.state.epoch.max(epoch);
-            for id in removed {
-                let outcome = held.state.remove(id, max_removed);
+            for removal in removed {
+                let outcome = held.state.remove(removal, max_removed);
                 if let Some(role) = held.owner.as_mut() {
-                    role.forget(id);
+                    role.forget(removal.id);
                 }
                 changed |= outcome.0 == Applied::Changed;
-                removals.push((id, outcome));
+                removals.push((removal, outcome));
             }
             for message in messages {
                 if held.state.insert(message.clone()) == Applied::Changed {
@@ -713,11 +731,11 @@ impl<A: Address> Queues<A> {
                 }
             }
         }
-        for (id, outcome) in removals {
+        for (removal, outcome) in removals {
             if outcome.0 == Applied::Changed {
                 self.counters.merged += 1;
             }
-            self.persist_removal(queue, id, outcome);
+            self.persist_removal(queue, removal, outcome);
         }
         for message in puts {
             self.counters.merged += 1;
@@ -774,15 +792,8 @@ impl<A: Address> Queues<A> {
             for (to, answer) in answers {
                 self.send(to, answer);
             }
-            for (key, message) in recommit {
-                self.start_commit(
-                    &queue,
-                    CommitKind::Put { key },
-                    ReplicaChange::Put(message),
-                    None,
-                    ring,
-                    now,
-                );
+            for (_, message) in recommit {
+                self.commit_put(&queue, message, None, ring, now);
             }
             self.serve_waiters(&queue, now);
             if start_sync {
@@ -819,7 +830,7 @@ impl<A: Address> Queues<A> {
                     role.sync.differed = true;
                     let seen = role.sync.seen.entry(from.clone()).or_default();
                     seen.extend(messages.iter().map(|m| m.id));
-                    seen.extend(removed.iter().copied());
+                    seen.extend(removed.iter().map(|r| r.id));
                 }
                 self.merge(&queue, epoch, messages, removed);
                 self.serve_waiters(&queue, now);
@@ -853,12 +864,8 @@ impl<A: Address> Queues<A> {
         let Some(role) = held.owner.as_mut() else { return };
         let seen = role.sync.seen.remove(&to).unwrap_or_default();
         let epoch = role.epoch;
-        let mut changes: Vec<ReplicaChange> = held
-            .state
-            .removed_ids()
-            .filter(|id| !seen.contains(id))
-            .map(|id| ReplicaChange::Remove(*id))
-            .collect();
+        let mut changes: Vec<ReplicaChange> =
+            held.state.removals().filter(|r| !seen.contains(&r.id)).map(ReplicaChange::Remove).collect();
         changes.extend(
             held.state
                 .iter()

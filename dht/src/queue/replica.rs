@@ -62,17 +62,17 @@ impl<A: Address> Queues<A> {
                         persists.push(QueuePersist::Put { queue: queue.clone(), message });
                     }
                 }
-                ReplicaChange::Remove(id) => {
+                ReplicaChange::Remove(removal) => {
                     if let Some(role) = held.owner.as_mut() {
-                        role.forget(id);
+                        role.forget(removal.id);
                     }
-                    removals.push((id, held.state.remove(id, max_removed)));
+                    removals.push((removal, held.state.remove(removal, max_removed)));
                 }
             }
         }
         self.persists.extend(persists);
-        for (id, outcome) in removals {
-            self.persist_removal(&queue, id, outcome);
+        for (removal, outcome) in removals {
+            self.persist_removal(&queue, removal, outcome);
         }
         self.send(from, QueueMessage::Replicated { req });
     }
@@ -162,6 +162,6 @@ fn state_page<A>(req: u64, held: &Held<A>, after: Option<Key>) -> QueueMessage<A
         messages.push(message);
     }
     let more = messages.last().is_some_and(|last| !held.state.page(Some((last.seq, last.id)), 1).is_empty());
-    let removed = if after.is_none() { held.state.removed_ids().copied().collect() } else { Vec::new() };
+    let removed = if after.is_none() { held.state.removals().collect() } else { Vec::new() };
     QueueMessage::State { req, epoch: held.state.epoch, messages, removed, more, known: true }
 }

@@ -11,9 +11,9 @@
 //! that missed a removal for that long may bring the message back, which costs a second delivery,
 //! never a loss); sizes are tracked exactly for the caps in [`super::QueueConfig`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::wire::{MsgId, QueueDigest, StoredMessage};
+use super::wire::{MsgId, QueueDigest, Removal, StoredMessage};
 
 /// Bits of a sequence number that count within an epoch; the epoch is above them.
 pub(super) const EPOCH_SHIFT: u32 = 40;
@@ -40,7 +40,8 @@ pub(super) struct QueueState {
     ids: HashMap<MsgId, Key>,
     /// Ids of removed messages (every copy of a put is removed with it), and in removal order
     /// for forgetting the oldest.
-    removed: HashSet<MsgId>,
+    /// With the lease that removed each (0: not known).
+    removed: HashMap<MsgId, u64>,
     removed_order: VecDeque<MsgId>,
     /// Bytes of the bodies present.
     bytes: usize,
@@ -77,7 +78,12 @@ impl QueueState {
     }
 
     pub(super) fn is_removed(&self, id: &MsgId) -> bool {
-        self.removed.contains(id)
+        self.removed.contains_key(id)
+    }
+
+    /// The lease whose acknowledgement removed `id`, if it was removed (0: not known).
+    pub(super) fn removed_by(&self, id: &MsgId) -> Option<u64> {
+        self.removed.get(id).copied()
     }
 
     /// Present messages in queue order.
@@ -96,9 +102,11 @@ impl QueueState {
         range.take(limit).map(|(_, m)| m.clone()).collect()
     }
 
-    /// Ids of removed messages, oldest removal first.
-    pub(super) fn removed_ids(&self) -> impl Iterator<Item = &MsgId> {
-        self.removed_order.iter()
+    /// Removals remembered, oldest first.
+    pub(super) fn removals(&self) -> impl Iterator<Item = Removal> + '_ {
+        self.removed_order
+            .iter()
+            .map(|id| Removal { id: *id, lease: self.removed.get(id).copied().unwrap_or(0) })
     }
 
     /// Adds `message` unless it was removed or its id is already present (then under the lower
@@ -106,7 +114,7 @@ impl QueueState {
     pub(super) fn insert(&mut self, message: StoredMessage) -> Applied {
         let key = (message.seq, message.id);
         self.epoch = self.epoch.max(epoch_of(message.seq));
-        if self.removed.contains(&message.id) || self.messages.contains_key(&key) {
+        if self.removed.contains_key(&message.id) || self.messages.contains_key(&key) {
             return Applied::Unchanged;
         }
         if let Some(existing) = self.ids.get(&message.id).copied() {
@@ -127,9 +135,18 @@ impl QueueState {
     /// Removes message `id` for good, wherever it sits (remembered so a merge cannot bring it
     /// back).
     /// Returns the removals forgotten to make room.
-    pub(super) fn remove(&mut self, id: MsgId, max_removed: usize) -> (Applied, Vec<MsgId>) {
-        if !self.removed.insert(id) {
-            return (Applied::Unchanged, Vec::new());
+    pub(super) fn remove(&mut self, removal: Removal, max_removed: usize) -> (Applied, Vec<MsgId>) {
+        let id = removal.id;
+        match self.removed.get_mut(&id) {
+            Some(known) => {
+                if *known == 0 {
+                    *known = removal.lease;
+                }
+                return (Applied::Unchanged, Vec::new());
+            }
+            None => {
+                self.removed.insert(id, removal.lease);
+            }
         }
         if let Some(key) = self.ids.get(&id).copied() {
             self.drop_message(&key);
@@ -172,7 +189,7 @@ impl QueueState {
         for key in self.messages.keys() {
             hash ^= mix(key, 1);
         }
-        for id in &self.removed {
+        for id in self.removed.keys() {
             hash ^= mix(&(0, *id), 2);
         }
         QueueDigest { messages: self.messages.len() as u64, removed: self.removed.len() as u64, hash }
@@ -195,6 +212,10 @@ fn mix(key: &Key, kind: u8) -> u64 {
 mod tests {
     use super::*;
 
+    fn removal(id: u128) -> Removal {
+        Removal { id: MsgId(id), lease: 1 }
+    }
+
     fn message(seq: u64, id: u128) -> StoredMessage {
         StoredMessage { seq, id: MsgId(id), sender: "s".into(), body: vec![1, 2, 3], put_ms: 0 }
     }
@@ -203,7 +224,7 @@ mod tests {
     fn a_removed_message_never_comes_back() {
         let mut state = QueueState::default();
         assert_eq!(state.insert(message(1, 10)), Applied::Changed);
-        assert_eq!(state.remove(MsgId(10), 100).0, Applied::Changed);
+        assert_eq!(state.remove(removal(10), 100).0, Applied::Changed);
         assert_eq!(state.insert(message(1, 10)), Applied::Unchanged);
         assert_eq!(state.len(), 0);
         assert_eq!(state.bytes(), 0);
@@ -236,7 +257,7 @@ mod tests {
             if put {
                 forward.insert(message(seq, id));
             } else {
-                forward.remove(MsgId(id), 100);
+                forward.remove(removal(id), 100);
             }
         }
         let mut backward = QueueState::default();
@@ -244,7 +265,7 @@ mod tests {
             if put {
                 backward.insert(message(seq, id));
             } else {
-                backward.remove(MsgId(id), 100);
+                backward.remove(removal(id), 100);
             }
         }
         assert_eq!(forward.digest(), backward.digest());
@@ -256,12 +277,12 @@ mod tests {
     fn removals_are_forgotten_oldest_first_beyond_the_cap() {
         let mut state = QueueState::default();
         for id in 0..5u128 {
-            let (_, forgotten) = state.remove(MsgId(id), 3);
+            let (_, forgotten) = state.remove(removal(id), 3);
             assert_eq!(forgotten.len(), usize::from(id >= 3));
         }
         assert!(!state.is_removed(&MsgId(0)));
         assert!(!state.is_removed(&MsgId(1)));
         assert!(state.is_removed(&MsgId(4)));
-        assert_eq!(state.removed_ids().count(), 3);
+        assert_eq!(state.removals().count(), 3);
     }
 }

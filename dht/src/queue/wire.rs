@@ -184,13 +184,23 @@ pub struct QueueStats {
     pub last_seq: u64,
 }
 
+/// A message taken and acknowledged: which, and by which lease (0 when not known), so that an
+/// acknowledgement repeated by the consumer that removed it is answered the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The message.
+    pub id: MsgId,
+    /// The lease token of the acknowledgement that removed it.
+    pub lease: u64,
+}
+
 /// One change a replica applies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaChange {
     /// A message was put.
     Put(StoredMessage),
     /// A message was taken and acknowledged.
-    Remove(MsgId),
+    Remove(Removal),
 }
 
 /// A queue protocol message.
@@ -346,8 +356,8 @@ pub enum QueueMessage<A> {
         epoch: u64,
         /// Messages, in order.
         messages: Vec<StoredMessage>,
-        /// Removed ids (first page only).
-        removed: Vec<MsgId>,
+        /// Removals (first page only).
+        removed: Vec<Removal>,
         /// More pages follow (ask again after the last message).
         more: bool,
         /// Whether the holder has any state for the queue at all.

@@ -366,7 +366,9 @@ impl Client {
         limit: Option<Duration>,
     ) -> Result<GroupStream, ApiError> {
         check_group(group)?;
-        self.event_stream(&path::group_listen(group, from), limit)
+        let url = self.url(&path::group_listen(group, from));
+        let (events, agent) = self.open_stream(&url, limit)?;
+        Ok(GroupStream { url, limit, events, agent })
     }
 
     /// Opens any event stream of the API (`GET path_and_query`, appended to the base URL as
@@ -378,26 +380,35 @@ impl Client {
         limit: Option<Duration>,
     ) -> Result<GroupStream, ApiError> {
         let url = self.url(path_and_query);
+        let (events, agent) = self.open_stream(&url, limit)?;
+        Ok(GroupStream { url, limit, events, agent })
+    }
+
+    /// Opens an event stream at `url`: its events, and the agent that holds its connection.
+    fn open_stream(
+        &self,
+        url: &str,
+        limit: Option<Duration>,
+    ) -> Result<(EventReader<ureq::BodyReader<'static>>, ureq::Agent), ApiError> {
         // An agent of its own, so that closing the stream (which shuts its agent down) touches
         // no other request; a stream holds its connection for its whole life, so it loses
         // nothing by not sharing the pool.
         let agent = ureq::Agent::new_with_config(self.agent.config().clone());
         let mut response = self
-            .authorize(agent.get(&url))
+            .authorize(agent.get(url))
             .header("accept", "text/event-stream")
             .config()
             .timeout_global(limit)
             .timeout_recv_response(Some(self.timeout))
             .build()
             .call()
-            .map_err(|e| self.transport_error(&url, e))?;
+            .map_err(|e| self.transport_error(url, e))?;
         if response.status() != StatusCode::OK {
-            return Err(rejection(&url, response.status(), &mut response));
+            return Err(rejection(url, response.status(), &mut response));
         }
         // Unlimited on purpose: a stream runs for as long as the caller listens; the event
         // reader bounds what it buffers.
-        let events = EventReader::new(response.into_body().into_reader());
-        Ok(GroupStream { url, limit, events, agent })
+        Ok((EventReader::new(response.into_body().into_reader()), agent))
     }
 
     /// `POST /v1/queues/{q}/messages` with `body`: appends it once the queue's replicas hold it.
@@ -472,20 +483,7 @@ impl Client {
     ) -> Result<QueueStream, ApiError> {
         check_queue(queue)?;
         let url = self.url(&path::queue_messages(queue, from));
-        let agent = ureq::Agent::new_with_config(self.agent.config().clone());
-        let mut response = self
-            .authorize(agent.get(&url))
-            .header("accept", "text/event-stream")
-            .config()
-            .timeout_global(limit)
-            .timeout_recv_response(Some(self.timeout))
-            .build()
-            .call()
-            .map_err(|e| self.transport_error(&url, e))?;
-        if response.status() != StatusCode::OK {
-            return Err(rejection(&url, response.status(), &mut response));
-        }
-        let events = EventReader::new(response.into_body().into_reader());
+        let (events, agent) = self.open_stream(&url, limit)?;
         Ok(QueueStream { url, limit, events, agent })
     }
 

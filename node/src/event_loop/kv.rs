@@ -328,8 +328,16 @@ impl KvRoom {
         let done = self.done_tx.clone();
         match op {
             StoreOp::Persist { records, .. } => {
+                // Queued now or refused now: a full queue fails the operation (a peer's Store is
+                // answered Refused, a client's replica counts as failed) before anything is
+                // acknowledged, instead of a task per write waiting for room.
+                let queued = storage.try_put_many(records);
                 tokio::spawn(async move {
-                    let result = match storage.put_many(records).await {
+                    let written = match queued {
+                        Ok(written) => written.await,
+                        Err(error) => Err(error),
+                    };
+                    let result = match written {
                         Ok(outcomes) => StoreResult::Persisted(
                             outcomes
                                 .into_iter()

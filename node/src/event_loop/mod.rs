@@ -10,10 +10,13 @@
 //! - [`chat`]: direct chat messages between nodes (`crate::chat` holds the chat state).
 //! - [`queues`]: durable queues, their store, waiting requests and listeners ([`QueueRoom`]).
 //!
+//! Peers' requests pass [`admit`] first: per-peer rate limits and the storage queue's bound.
+//!
 //! The loop feeds the ring core ([`dht::Node`]) what the network delivers and the clock says,
 //! sends what it asks, hands its events to the rooms that wait for them, and leaves the ring
 //! gracefully when the shutdown token fires: hand-off first, then the core's leave.
 
+mod admit;
 mod bootstrap;
 mod chat;
 mod command;
@@ -43,6 +46,7 @@ use self::queues::QueueRoom;
 use self::walk::Walks;
 use crate::address::PeerAddr;
 use crate::groups::GroupError;
+use crate::limits::{PeerLimits, RATE_LIMITER_PEERS, RateLimiter};
 use crate::metrics::{DriverCounters, Snapshot, SwarmMetrics};
 use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::Storage;
@@ -71,6 +75,10 @@ pub struct LoopConfig {
     pub resumed_store: bool,
     /// The node's chat state, which answers other nodes' chat deliveries.
     pub chat: Option<std::sync::Arc<crate::chat::Chat>>,
+    /// What one peer may send (its request rates; its connections are bounded in the swarm).
+    pub peer_limits: PeerLimits,
+    /// Byte budget of each multicast group's history.
+    pub group_history_bytes: std::num::NonZeroUsize,
 }
 
 /// How far a graceful leave has come.
@@ -103,6 +111,8 @@ pub struct EventLoop {
     counters: DriverCounters,
     /// libp2p's metrics of the swarm, recorded from its events.
     swarm_metrics: SwarmMetrics,
+    /// Peers' request rates ([`admit`]).
+    limiter: RateLimiter,
     started: Instant,
     me: PeerAddr,
     commands: mpsc::Receiver<Command>,
@@ -144,7 +154,7 @@ impl EventLoop {
         let coordinator = Coordinator::new(core.me().clone(), kv_config);
         // The loop's clock starts at zero now (see `EventLoop::now`).
         let coordinator = if config.resumed_store { coordinator.resumed(Time::ZERO) } else { coordinator };
-        let groups = GroupState::new(core.me().clone());
+        let groups = GroupState::new(core.me().clone(), config.group_history_bytes.get());
         let queue_config = dht::queue::QueueConfig {
             replicas: config.replicas,
             write_quorum: config.replicas / 2 + 1,
@@ -164,6 +174,11 @@ impl EventLoop {
             chat: chat::ChatRoom { chat: config.chat, ..Default::default() },
             counters: DriverCounters::default(),
             swarm_metrics,
+            limiter: RateLimiter::new(
+                config.peer_limits.request_rate,
+                config.peer_limits.request_burst,
+                RATE_LIMITER_PEERS,
+            ),
             started: now,
             me,
             commands,
@@ -347,16 +362,29 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.swarm_metrics.record(&event);
         match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => self.on_ring_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ring(event)) => {
+                if let Some(event) = self.admit_ring(event) {
+                    self.on_ring_event(event);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kv(event)) => {
+                let Some(event) = self.admit_kv(event) else { return };
                 let (now, wall) = (self.now(), self.wall_ms());
                 if let Some(peer) = self.kv.on_swarm_event(event, &mut self.core, wall, now) {
                     self.drop_dead_connection(peer, &request_response::OutboundFailure::Timeout);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => self.on_group_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Group(event)) => {
+                if let Some(event) = self.admit_group(event) {
+                    self.on_group_event(event);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => self.chat.on_event(event, &mut self.swarm),
-            SwarmEvent::Behaviour(BehaviourEvent::Queue(event)) => self.on_queue_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Queue(event)) => {
+                if let Some(event) = self.admit_queue(event) {
+                    self.on_queue_event(event);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.swarm_metrics.record(&event),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. }
@@ -385,7 +413,18 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 self.bootstrap.on_dial_failed(connection_id);
+                if matches!(error, libp2p::swarm::DialError::Denied { .. }) {
+                    self.counters.connections_denied.outbound += 1;
+                }
                 debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: error @ libp2p::swarm::ListenError::Denied { .. },
+                ..
+            } => {
+                // A connection limit was reached: counted apart from broken handshakes.
+                self.counters.connections_denied.inbound += 1;
+                debug!(%error, "incoming connection denied");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 // Random bytes at the port, failed handshakes: counted, never fatal.
@@ -490,6 +529,17 @@ impl EventLoop {
                 Command::QueueAck { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
                 Command::QueueStat { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
                 Command::QueueListen { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
+            }
+            return;
+        }
+        if matches!(command, Command::Put { .. } | Command::Delete { .. } | Command::CompareAndSet { .. })
+            && let Err(busy) = self.admit_client_write()
+        {
+            if let Command::Put { reply, .. }
+            | Command::Delete { reply, .. }
+            | Command::CompareAndSet { reply, .. } = command
+            {
+                drop(reply.send(Err(busy)));
             }
             return;
         }

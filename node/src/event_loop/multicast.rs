@@ -101,11 +101,14 @@ pub(super) struct GroupState {
 }
 
 impl GroupState {
-    pub(super) fn new(me: NodeRef<PeerAddr>) -> Self {
+    /// State for a node `me` keeping at most `history_bytes` of each group's history.
+    pub(super) fn new(me: NodeRef<PeerAddr>, history_bytes: usize) -> Self {
         GroupState {
             core: Multicast::new(me, {
-                let config = mc::MulticastConfig::default();
-                config.validate().expect("the default multicast configuration is valid");
+                let config = mc::MulticastConfig::default().with_history_bytes(history_bytes);
+                config.validate().expect(
+                    "the default multicast configuration is valid, and Flags keep the byte budget above 0",
+                );
                 config
             }),
             local: BTreeMap::new(),

@@ -150,9 +150,16 @@ pub(super) async fn take(
 pub(super) async fn ack(
     State(state): State<ApiState>,
     Segment(queue): Segment,
-    Json(body): Json<QueueAck>,
+    body: Bytes,
 ) -> Result<Json<QueueAckReceipt>, ApiError> {
     let name = queue_name(queue)?;
+    // Read as JSON whatever the content type says: `curl -d` sends a form type.
+    let body: QueueAck = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("an acknowledgement is {{\"id\", \"lease\", \"seq\"}} as JSON: {e}"),
+        )
+    })?;
     let id = parse_id(&body.id)?;
     let (seq, lease) = (body.seq, body.lease);
     let outcome = ask(&state, |reply| Command::QueueAck { queue: name, seq, id, lease, reply }).await??;

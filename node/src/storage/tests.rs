@@ -550,3 +550,37 @@ async fn remove_exact_drops_only_the_versions_named_and_keeps_the_counts() {
     assert_eq!(storage.get(b"a").expect("get"), None);
     assert_eq!(storage.stats(), stats(1, 5, 0, 0));
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once_and_loses_nothing_it_took() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(&dir);
+    // An open write transaction stalls the writer at its first group (redb allows one writer at
+    // a time), so the queue fills up behind it.
+    let stall = storage.inner.db.begin_write().expect("begin write");
+    let mut taken = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..2 * WRITE_QUEUE_JOBS + GROUP_COMMIT_RECORDS {
+        let key = format!("k{i}").into_bytes();
+        match storage.try_put_many(vec![live(&key, b"v", 1)]) {
+            Ok(written) => taken.push((key, written)),
+            Err(StorageError::Busy) => refused.push(key),
+            Err(other) => panic!("only Busy is expected, got {other}"),
+        }
+    }
+    assert!(!refused.is_empty(), "the queue is bounded");
+    assert!(taken.len() <= WRITE_QUEUE_JOBS + GROUP_COMMIT_RECORDS, "{} taken", taken.len());
+    assert_eq!(storage.write_queue_free(), 0);
+    drop(stall);
+
+    // Every write the queue took is done and readable; none it refused was written.
+    for (key, written) in taken {
+        let outcomes = written.await.expect("a taken write is done");
+        assert!(outcomes[0].applied);
+        assert!(storage.get(&key).expect("get").is_some());
+    }
+    for key in refused {
+        assert!(storage.get(&key).expect("get").is_none());
+    }
+    assert!(storage.write_queue_free() > 0);
+}
