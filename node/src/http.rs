@@ -65,6 +65,8 @@ pub struct ApiState {
     pub refusals: Arc<api_token::Refusals>,
     /// The bounds on connections and event streams ([`serve`]), for `listen` and `/metrics`.
     pub limits: Arc<serve::Limits>,
+    /// The node's chat state (`crate::chat`), for the `/v1/chat` routes.
+    pub chat: Arc<crate::chat::Chat>,
 }
 
 /// The API's routes. Bodies larger than `max_value_bytes` are refused with 413 before they are
@@ -82,6 +84,7 @@ pub fn router(state: ApiState, max_value_bytes: usize, token: Option<ApiToken>) 
         .route("/v1/groups/{group}/leave", post(leave_group))
         .route("/v1/groups/{group}/messages", post(send_message).get(listen))
         .route("/v1/groups/{group}/tree", get(group_tree))
+        .merge(crate::chat::http::routes())
         .route("/v1/queues/{queue}", get(queues::stat))
         .route("/v1/queues/{queue}/messages", post(queues::put).get(queues::listen))
         .route("/v1/queues/{queue}/take", post(queues::take))

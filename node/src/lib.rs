@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod api_token;
+pub mod chat;
 pub mod config;
 pub mod event_loop;
 pub mod groups;
@@ -47,6 +48,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     std::fs::create_dir_all(&flags.data_dir)
         .with_context(|| format!("creating the data directory {}", flags.data_dir.display()))?;
     let keypair = identity::load_or_create(&flags.data_dir)?;
+    let chat_keypair = keypair.clone();
     // A node restarting on its old store may have made compare-and-set promises it forgot.
     let resumed_store = Storage::exists_in(&flags.data_dir);
     let storage = Storage::open_with(&flags.data_dir, Duration::from_millis(flags.fsync_interval_ms))
@@ -100,6 +102,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         None => listen_addr,
     };
     let (commands_tx, commands_rx) = mpsc::channel(1024);
+    let chat = chat::Chat::new(&chat_keypair, &announce, commands_tx.clone())?;
+    tokio::spawn(chat.clone().renew_forever());
 
     let listener = tokio::net::TcpListener::bind(flags.http)
         .await
@@ -128,6 +132,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         join_timeout: Duration::from_secs(flags.join_timeout_s),
         bootstrap: flags.bootstrap.clone(),
         resumed_store,
+        chat: Some(chat.clone()),
         peer_limits,
         group_history_bytes: flags.group_history_bytes,
     };
@@ -146,7 +151,8 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
     let refusals = std::sync::Arc::new(api_token::Refusals::default());
     let serve_config = flags.serve_config();
     let limits = std::sync::Arc::new(serve::Limits::new(&serve_config));
-    let state = http::ApiState { commands: commands_tx, http: http_addr, refusals, limits: limits.clone() };
+    let state =
+        http::ApiState { commands: commands_tx, http: http_addr, refusals, limits: limits.clone(), chat };
     let app = http::router(state, flags.max_value_bytes, api_token.map(|(token, _)| token));
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(serve::serve(listener, app, serve_config, limits, http_stop.clone()));

@@ -1,11 +1,12 @@
 //! The libp2p side of a node: the composed behaviour (connection limits, identify, ping, and the
-//! overlay's three request/response protocols) and the size-capped CBOR codec they share.
+//! overlay's request/response protocols) and the size-capped CBOR codec they share.
 //!
 //! `/overlay/ring/1` carries the `dht` core's messages in a [`RingEnvelope`] that adds the
 //! sender's announced address (its `PeerId` comes authenticated from Noise). `/overlay/kv/1`
 //! carries the storage protocol. `/overlay/group/1` carries the multicast core's one-way messages
 //! (answered with an empty acknowledgement) and the driver's tree queries; `/overlay/queue/1` the
-//! queue core's one-way messages the same way. Every frame is read with a hard cap before it is parsed; what
+//! queue core's one-way messages the same way; `/overlay/chat/1` a sealed direct
+//! message to the node where its recipient is logged in (answered delivered / not here / refused). Every frame is read with a hard cap before it is parsed; what
 //! does not decode is an I/O error of kind `InvalidData`, which libp2p reports as an inbound or
 //! outbound failure and the event loop counts.
 
@@ -36,6 +37,10 @@ pub const QUEUE_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/queue/1
 pub const MAX_QUEUE_FRAME: usize = dht::queue::MAX_QUEUE_FRAME_BYTES;
 /// Cap on one multicast frame.
 pub const MAX_GROUP_FRAME: usize = dht::multicast::MAX_GROUP_FRAME_BYTES;
+/// Protocol name of chat delivery (a sealed direct message to the recipient's node).
+pub const CHAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/overlay/chat/1");
+/// Cap on one chat frame: the largest envelope (its CBOR form) and framing.
+pub const MAX_CHAT_FRAME: usize = overlay_chat::MAX_ENVELOPE_BYTES + 1024;
 /// Cap on one ring frame.
 pub const MAX_RING_FRAME: usize = dht::message::MAX_MESSAGE_BYTES;
 
@@ -113,6 +118,41 @@ pub struct TreeNodeInfo {
     pub parent: Option<dht::NodeRef<PeerAddr>>,
     /// The children (at most the core's fan-out bound).
     pub children: Vec<dht::NodeRef<PeerAddr>>,
+}
+
+/// A request on the chat protocol: the sealed envelope, CBOR-encoded by `overlay_chat`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// `Envelope::to_cbor`.
+    #[serde(with = "serde_bytes_vec")]
+    pub envelope: Vec<u8>,
+}
+
+/// The answer on the chat protocol (see `crate::chat`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatReply {
+    /// A live listener of the recipient at this node has it.
+    Delivered,
+    /// The recipient is not logged in here, or nobody listens: queue it.
+    NotHere,
+    /// Refused (bad signature, replay, malformed); the reason, for logs.
+    Refused(String),
+}
+
+/// Bytes as a CBOR byte string rather than an array of numbers.
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        ciborium::value::Value::deserialize(d).and_then(|v| match v {
+            ciborium::value::Value::Bytes(b) => Ok(b),
+            _ => Err(serde::de::Error::custom("expected a byte string")),
+        })
+    }
 }
 
 /// A request/response codec that writes one CBOR value per stream and refuses to read more than
@@ -230,6 +270,8 @@ pub type RingCodec = CborCodec<RingEnvelope, RingEnvelope>;
 pub type KvCodec = CborCodec<KvRequest, KvResponse>;
 /// Codec of the group protocol.
 pub type GroupCodec = CborCodec<GroupRequest, GroupReply>;
+/// Codec of the chat protocol.
+pub type ChatCodec = CborCodec<ChatRequest, ChatReply>;
 /// Codec of the queue protocol.
 pub type QueueCodec = CborCodec<QueueRequest, QueueReply>;
 
@@ -250,6 +292,8 @@ pub struct Behaviour {
     pub kv: request_response::Behaviour<KvCodec>,
     /// Multicast messages and tree queries.
     pub group: request_response::Behaviour<GroupCodec>,
+    /// Direct chat messages to the recipient's node.
+    pub chat: request_response::Behaviour<ChatCodec>,
     /// Queue messages.
     pub queue: request_response::Behaviour<QueueCodec>,
 }
@@ -287,6 +331,11 @@ impl Behaviour {
             group: request_response::Behaviour::with_codec(
                 GroupCodec::new(MAX_GROUP_FRAME),
                 [(GROUP_PROTOCOL, request_response::ProtocolSupport::Full)],
+                config.clone(),
+            ),
+            chat: request_response::Behaviour::with_codec(
+                ChatCodec::new(MAX_CHAT_FRAME),
+                [(CHAT_PROTOCOL, request_response::ProtocolSupport::Full)],
                 config.clone(),
             ),
             queue: request_response::Behaviour::with_codec(

@@ -110,6 +110,8 @@ pub(crate) enum Command {
     /// Multicast groups: join, leave, send to, listen to and inspect them.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Chat: users, logins, direct messages sealed end to end, rooms.
+    Chat(crate::chat::ChatArgs),
     /// Durable queues: put, get (take and acknowledge), poll, listen and stat.
     #[command(subcommand)]
     Queue(QueueCommand),

@@ -2,6 +2,7 @@
 //! line on stderr and an exit code. Everything else lives in the modules below.
 
 mod bench;
+mod chat;
 mod cli;
 mod cluster;
 mod commands;
@@ -60,6 +61,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Status => commands::status(global, out),
         Command::Ring => commands::ring(global, out),
         Command::Group(command) => group::run(global, command, out),
+        Command::Chat(args) => chat::run(global, args, out),
         Command::Queue(command) => queue::run(global, command, out),
         Command::Cluster(command) => run_cluster(global, command, out),
         Command::Demo(args) => demo::run(global, args, out),
@@ -134,6 +136,7 @@ fn report_failure(cli: &Cli, error: &anyhow::Error) -> ExitCode {
             | Command::Status
             | Command::Ring
             | Command::Group(_)
+            | Command::Chat(_)
             | Command::Queue(_)
             | Command::Bench(_)
     );

@@ -371,6 +371,19 @@ impl Client {
         Ok(GroupStream { url, limit, events, agent })
     }
 
+    /// Opens any event stream of the API (`GET path_and_query`, appended to the base URL as
+    /// given), read with [`GroupStream::next_raw_event`]; time-outs as for
+    /// [`Client::group_messages`].
+    pub fn event_stream(
+        &self,
+        path_and_query: &str,
+        limit: Option<Duration>,
+    ) -> Result<GroupStream, ApiError> {
+        let url = self.url(path_and_query);
+        let (events, agent) = self.open_stream(&url, limit)?;
+        Ok(GroupStream { url, limit, events, agent })
+    }
+
     /// Opens an event stream at `url`: its events, and the agent that holds its connection.
     fn open_stream(
         &self,
@@ -575,6 +588,17 @@ impl GroupStream {
             if let Some(event) = GroupEvent::from_sse(event) {
                 return Ok(Some(event));
             }
+        }
+    }
+
+    /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
+    pub fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
+        match self.events.next_event() {
+            Ok(event) => Ok(event),
+            Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(ApiError::TimedOut { url: self.url.clone(), after: self.limit.unwrap_or_default() })
+            }
+            Err(e) => Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
         }
     }
 

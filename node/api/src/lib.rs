@@ -5,6 +5,7 @@
 //! - the JSON documents of every `/v1/...` endpoint, as serde types ([`ring`], [`kv`],
 //!   [`groups`], [`queues`]) and the error body [`ErrorBody`];
 //! - the consistency levels a request may ask for ([`Consistency`]);
+//! - the documents of the chat endpoints ([`chat`]);
 //! - the bearer token's names and the paths that never need it ([`auth`]);
 //! - the rules for group names and sender labels ([`check_group_name`],
 //!   [`check_sender_label`]), which the node enforces and the CLI checks before it asks;
@@ -25,6 +26,7 @@
 //! ignored when reading, so a newer node's additions do not break an older client.
 
 pub mod auth;
+pub mod chat;
 pub mod consistency;
 pub mod document;
 pub mod groups;

@@ -112,6 +112,14 @@ pub enum Command {
     Subscribe { group: String, from: Option<u64>, reply: oneshot::Sender<Result<Subscription, GroupError>> },
     /// Walk a group's tree from its root.
     GroupTree { group: String, reply: oneshot::Sender<Result<TreeView, GroupError>> },
+    /// Hand a sealed DM (`Envelope::to_cbor`) to the node `peer` at `addr` over
+    /// `/overlay/chat/1`; answered with its reply, or why none came.
+    ChatSend {
+        peer: libp2p::PeerId,
+        addr: Multiaddr,
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<crate::network::ChatReply, String>>,
+    },
     /// Append to a queue; answered with the sequence number and put id once `W` holders have it.
     QueuePut {
         queue: QueueName,

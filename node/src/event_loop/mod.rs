@@ -7,6 +7,7 @@
 //! - [`bootstrap`]: getting into a ring, and back into one after being cut off;
 //! - [`walk`]: ring walks for `/v1/ring`;
 //! - [`multicast`]: multicast groups, their listeners and tree walks ([`GroupState`]);
+//! - [`chat`]: direct chat messages between nodes (`crate::chat` holds the chat state).
 //! - [`queues`]: durable queues, their store, waiting requests and listeners ([`QueueRoom`]).
 //!
 //! Peers' requests pass [`admit`] first: per-peer rate limits and the storage queue's bound.
@@ -17,6 +18,7 @@
 
 mod admit;
 mod bootstrap;
+mod chat;
 mod command;
 mod kv;
 mod multicast;
@@ -71,6 +73,8 @@ pub struct LoopConfig {
     pub clock_offset_ms: i64,
     /// The record store existed before this start (a restart, not a new node).
     pub resumed_store: bool,
+    /// The node's chat state, which answers other nodes' chat deliveries.
+    pub chat: Option<std::sync::Arc<crate::chat::Chat>>,
     /// What one peer may send (its request rates; its connections are bounded in the swarm).
     pub peer_limits: PeerLimits,
     /// Byte budget of each multicast group's history.
@@ -102,6 +106,7 @@ pub struct EventLoop {
     queues: QueueRoom,
     bootstrap: Bootstrap,
     walks: Walks,
+    chat: chat::ChatRoom,
     /// What the driver counts itself (the kv room keeps its own rejections).
     counters: DriverCounters,
     /// libp2p's metrics of the swarm, recorded from its events.
@@ -166,6 +171,7 @@ impl EventLoop {
             queues,
             bootstrap: Bootstrap::new(config.bootstrap, config.join_timeout, now),
             walks: Walks::default(),
+            chat: chat::ChatRoom { chat: config.chat, ..Default::default() },
             counters: DriverCounters::default(),
             swarm_metrics,
             limiter: RateLimiter::new(
@@ -373,6 +379,7 @@ impl EventLoop {
                     self.on_group_event(event);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => self.chat.on_event(event, &mut self.swarm),
             SwarmEvent::Behaviour(BehaviourEvent::Queue(event)) => {
                 if let Some(event) = self.admit_queue(event) {
                     self.on_queue_event(event);
@@ -516,6 +523,7 @@ impl EventLoop {
                 Command::Publish { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::Subscribe { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
                 Command::GroupTree { reply, .. } => drop(reply.send(Err(GroupError::ShuttingDown))),
+                Command::ChatSend { reply, .. } => drop(reply.send(Err("shutting down".into()))),
                 Command::QueuePut { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
                 Command::QueueTake { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
                 Command::QueueAck { reply, .. } => drop(reply.send(Err(QueueError::ShuttingDown))),
@@ -571,6 +579,7 @@ impl EventLoop {
             | Command::Publish { .. }
             | Command::Subscribe { .. }
             | Command::GroupTree { .. }) => self.on_group_command(command),
+            command @ Command::ChatSend { .. } => self.chat.on_command(command, &mut self.swarm),
             Command::QueuePut { queue, body, sender, quota, reply } => {
                 self.queue_put(queue, body, sender, quota, reply)
             }
