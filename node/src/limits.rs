@@ -32,11 +32,14 @@ pub enum Protocol {
     Group,
     /// `/overlay/queue/1`.
     Queue,
+    /// `/overlay/chat/1`.
+    Chat,
 }
 
 impl Protocol {
     /// Every protocol, in the order of their counters.
-    pub const ALL: [Protocol; 4] = [Protocol::Ring, Protocol::Kv, Protocol::Group, Protocol::Queue];
+    pub const ALL: [Protocol; 5] =
+        [Protocol::Ring, Protocol::Kv, Protocol::Group, Protocol::Queue, Protocol::Chat];
 
     /// The label value in metrics.
     pub fn label(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Protocol {
             Protocol::Kv => "kv",
             Protocol::Group => "group",
             Protocol::Queue => "queue",
+            Protocol::Chat => "chat",
         }
     }
 
@@ -82,7 +86,7 @@ impl Refusal {
 /// Peers' requests refused, by protocol and reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
-    counts: [[u64; 2]; 4],
+    counts: [[u64; 2]; 5],
 }
 
 impl Refusals {
@@ -172,7 +176,7 @@ pub struct RateLimiter {
 
 #[derive(Debug)]
 struct Peer {
-    buckets: [Option<Bucket>; 4],
+    buckets: [Option<Bucket>; 5],
     seen: Instant,
 }
 
@@ -193,7 +197,7 @@ impl RateLimiter {
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
             self.forget_least_recent();
         }
-        let entry = self.peers.entry(peer).or_insert(Peer { buckets: [None; 4], seen: now });
+        let entry = self.peers.entry(peer).or_insert(Peer { buckets: [None; 5], seen: now });
         entry.seen = entry.seen.max(now);
         let bucket = entry.buckets[protocol.index()].get_or_insert(Bucket { tokens: self.burst, at: now });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();

@@ -124,7 +124,7 @@ pub struct TreeNodeInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// `Envelope::to_cbor`.
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "dht::bytes")]
     pub envelope: Vec<u8>,
 }
 
@@ -137,22 +137,6 @@ pub enum ChatReply {
     NotHere,
     /// Refused (bad signature, replay, malformed); the reason, for logs.
     Refused(String),
-}
-
-/// Bytes as a CBOR byte string rather than an array of numbers.
-mod serde_bytes_vec {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        ciborium::value::Value::deserialize(d).and_then(|v| match v {
-            ciborium::value::Value::Bytes(b) => Ok(b),
-            _ => Err(serde::de::Error::custom("expected a byte string")),
-        })
-    }
 }
 
 /// A request/response codec that writes one CBOR value per stream and refuses to read more than

@@ -211,6 +211,9 @@ fn bad_queue_input_is_refused_and_nothing_is_stored() {
     assert!((400..500).contains(&garbage), "garbage acknowledgement: {garbage}");
     let bad_id = http.post("/v1/queues/q/ack", br#"{"id":"zz","lease":1,"seq":1}"#).expect("answer").status;
     assert_eq!(bad_id, 400);
+    // Mailboxes are reached only through the chat endpoints (owner's session, signed senders).
+    assert_eq!(http.post("/v1/queues/mailbox%2Fbob/take", b"").expect("answer").status, 403);
+    assert_eq!(http.post("/v1/queues/mailbox%2Fbob/messages", b"x").expect("answer").status, 403);
     // An acknowledgement of a message that never existed changes nothing.
     let unknown = http
         .post("/v1/queues/q/ack", format!(r#"{{"id":"{}","lease":1,"seq":1}}"#, "0".repeat(32)).as_bytes())

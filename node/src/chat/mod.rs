@@ -148,9 +148,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Queue names of mailboxes start with this; the generic queue endpoints refuse them.
+pub const MAILBOX_PREFIX: &str = "mailbox/";
+
 /// The queue of `name`'s mailbox.
 fn mailbox(name: &str) -> Result<QueueName, Refused> {
-    QueueName::new(format!("mailbox/{name}")).map_err(|e| Refused(StatusCode::BAD_REQUEST, e.to_string()))
+    QueueName::new(format!("{MAILBOX_PREFIX}{name}"))
+        .map_err(|e| Refused(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn queue_refusal(error: &QueueError) -> Refused {

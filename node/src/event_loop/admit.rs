@@ -23,7 +23,9 @@ use tracing::debug;
 
 use super::{EventLoop, KvError};
 use crate::limits::{Protocol, Refusal};
-use crate::network::{GroupReply, GroupRequest, QueueReply, QueueRequest, RingEnvelope};
+use crate::network::{
+    ChatReply, ChatRequest, GroupReply, GroupRequest, QueueReply, QueueRequest, RingEnvelope,
+};
 
 /// Jobs kept free in the storage queue for writes already under way (an eighth of its 1,024).
 pub(super) const CLIENT_WRITE_RESERVE: usize = 128;
@@ -112,6 +114,25 @@ impl EventLoop {
         }
         if let Event::Message { message: Message::Request { channel, .. }, .. } = event {
             let _ = self.swarm.behaviour_mut().queue.send_response(channel, QueueReply::Refused);
+        }
+        None
+    }
+
+    /// Like [`EventLoop::admit_ring`]; a refused request is answered `Refused` (the sender queues
+    /// the message in the recipient's mailbox instead).
+    pub(super) fn admit_chat(
+        &mut self,
+        event: Event<ChatRequest, ChatReply>,
+    ) -> Option<Event<ChatRequest, ChatReply>> {
+        let Event::Message { peer, message: Message::Request { .. }, .. } = &event else {
+            return Some(event);
+        };
+        if self.refusal(*peer, Protocol::Chat, false).is_none() {
+            return Some(event);
+        }
+        if let Event::Message { message: Message::Request { channel, .. }, .. } = event {
+            let refusal = ChatReply::Refused("busy: too many requests from this peer".into());
+            let _ = self.swarm.behaviour_mut().chat.send_response(channel, refusal);
         }
         None
     }

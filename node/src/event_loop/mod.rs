@@ -379,7 +379,11 @@ impl EventLoop {
                     self.on_group_event(event);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => self.chat.on_event(event, &mut self.swarm),
+            SwarmEvent::Behaviour(BehaviourEvent::Chat(event)) => {
+                if let Some(event) = self.admit_chat(event) {
+                    self.chat.on_event(event, &mut self.swarm);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Queue(event)) => {
                 if let Some(event) = self.admit_queue(event) {
                     self.on_queue_event(event);

@@ -53,6 +53,19 @@ fn queue_name(text: String) -> Result<QueueName, ApiError> {
     QueueName::new(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid queue name: {e}")))
 }
 
+/// Mailboxes are queues only their owner takes from and anyone puts into within a quota: both
+/// rules live in the chat endpoints (`/v1/chat/dm`, `/v1/chat/mailbox/...`), which check the
+/// sender's signature and the owner's session. The generic endpoints would bypass them.
+fn refuse_mailbox(name: &QueueName) -> Result<(), ApiError> {
+    if name.as_str().starts_with(crate::chat::MAILBOX_PREFIX) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "mailboxes are reached through /v1/chat (send a DM; the owner takes with its session)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn id_text(id: MsgId) -> String {
     format!("{:032x}", id.0)
 }
@@ -89,6 +102,7 @@ pub(super) async fn put(
     body: Bytes,
 ) -> Result<Json<QueuePutReceipt>, ApiError> {
     let name = queue_name(queue.clone())?;
+    refuse_mailbox(&name)?;
     let body = body.to_vec();
     let (seq, id) = ask(&state, |reply| Command::QueuePut {
         queue: name,
@@ -124,6 +138,7 @@ pub(super) async fn take(
     Query(query): Query<TakeQuery>,
 ) -> Result<Response, ApiError> {
     let name = queue_name(queue.clone())?;
+    refuse_mailbox(&name)?;
     let wait = seconds(query.wait, 0.0, "wait")?;
     let lease = seconds(query.lease, overlay_api::queues::DEFAULT_LEASE_SECONDS, "lease")?;
     if lease.is_zero() {
@@ -153,6 +168,7 @@ pub(super) async fn ack(
     body: Bytes,
 ) -> Result<Json<QueueAckReceipt>, ApiError> {
     let name = queue_name(queue)?;
+    refuse_mailbox(&name)?;
     // Read as JSON whatever the content type says: `curl -d` sends a form type.
     let body: QueueAck = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -176,6 +192,7 @@ pub(super) async fn stat(
     Segment(queue): Segment,
 ) -> Result<Json<QueueStat>, ApiError> {
     let name = queue_name(queue.clone())?;
+    refuse_mailbox(&name)?;
     let (stats, owner) = ask(&state, |reply| Command::QueueStat { queue: name, reply }).await??;
     Ok(Json(QueueStat {
         bytes: stats.bytes,
@@ -202,6 +219,7 @@ pub(super) async fn listen(
     Query(query): Query<ListenQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let name = queue_name(queue.clone())?;
+    refuse_mailbox(&name)?;
     let Some(slot) = state.limits.listener_slot() else {
         debug!(%queue, max = state.limits.max_listeners(), "queue listener refused: too many open");
         let message = format!(
