@@ -2,7 +2,7 @@
 //! settings derived from them.
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,6 +58,10 @@ pub struct Flags {
     /// Group message streams (`GET /v1/groups/{group}/messages`) open at once; more get 503.
     #[arg(long, env = "OVERLAY_MAX_LISTENERS", default_value_t = NonZeroUsize::new(256).expect("> 0"))]
     pub max_listeners: NonZeroUsize,
+    /// Most DMs one sender may have waiting in one user's mailbox; the DM beyond it is refused
+    /// (429) and nothing is stored.
+    #[arg(long, env = "OVERLAY_MAILBOX_QUOTA", default_value_t = NonZeroU32::new(crate::chat::MAILBOX_QUOTA).expect("> 0"))]
+    pub mailbox_quota: NonZeroU32,
     /// Established p2p connections in all; more are refused (see `limits::PeerLimits`).
     #[arg(long, env = "OVERLAY_MAX_CONNECTIONS", default_value_t = PeerLimits::default().max_connections)]
     pub max_connections: u32,

@@ -102,7 +102,7 @@ pub async fn run(flags: Flags, shutdown: CancellationToken) -> anyhow::Result<()
         None => listen_addr,
     };
     let (commands_tx, commands_rx) = mpsc::channel(1024);
-    let chat = chat::Chat::new(&chat_keypair, &announce, commands_tx.clone())?;
+    let chat = chat::Chat::new(&chat_keypair, &announce, flags.mailbox_quota.get(), commands_tx.clone())?;
     tokio::spawn(chat.clone().renew_forever());
 
     let listener = tokio::net::TcpListener::bind(flags.http)

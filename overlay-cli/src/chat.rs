@@ -133,16 +133,23 @@ struct Session {
     expires_ms: u64,
 }
 
-struct Cx {
+/// What every chat command works with: the user's key directory and a node's API.
+pub(crate) struct Cx {
     keydir: KeyDir,
     client: Client,
+}
+
+impl Cx {
+    pub(crate) fn new(keydir: KeyDir, client: Client) -> Cx {
+        Cx { keydir, client }
+    }
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -194,7 +201,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ChatArgs, out: &mut impl Write) ->
     };
     let keydir =
         KeyDir::open(&dir).with_context(|| format!("opening the key directory {}", dir.display()))?;
-    let cx = Cx { keydir, client: commands::client(global)? };
+    let cx = Cx::new(keydir, commands::client(global)?);
     match &args.command {
         ChatCommand::Register { name } => register(&cx, name, out),
         ChatCommand::Login { name } => {
@@ -270,7 +277,7 @@ fn name_record(client: &Client, name: &str) -> Result<Option<NameRecord>> {
 
 // ----- names and logins ------------------------------------------------------------------------
 
-fn register(cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
+pub(crate) fn register(cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
     overlay_chat::validate_name(name)?;
     let keys = cx.keydir.load_or_create(name)?;
     if let Some(current) = name_record(&cx.client, name)? {
@@ -306,7 +313,7 @@ fn chat_node(client: &Client) -> Result<(ChatNode, [u8; 32])> {
 }
 
 /// Logs `name` in at the node with a fresh grant and remembers the session.
-fn login(cx: &Cx, name: &str) -> Result<LoginAnswer> {
+pub(crate) fn login(cx: &Cx, name: &str) -> Result<LoginAnswer> {
     let keys = load_keys(cx, name)?;
     let (_, node_key) = chat_node(&cx.client)?;
     let now = now_ms();
@@ -323,7 +330,7 @@ fn login(cx: &Cx, name: &str) -> Result<LoginAnswer> {
     Ok(answer)
 }
 
-fn logout(cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
+pub(crate) fn logout(cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
     let (node, _) = chat_node(&cx.client)?;
     let mut state = load_state(&cx.keydir, name)?;
     let Some(session) = state.sessions.remove(&node.peer_id) else {
@@ -341,15 +348,23 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
-fn who(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
+/// `name`'s presence as the node reads it.
+pub(crate) fn presence(client: &Client, name: &str) -> Result<Presence> {
+    Ok(serde_json::from_slice(&presence_document(client, name)?)?)
+}
+
+fn presence_document(client: &Client, name: &str) -> Result<Vec<u8>> {
     overlay_chat::validate_name(name)?;
-    let body = call(&cx.client, &Method::GET, &format!("/v1/chat/presence/{name}"), b"")?;
+    call(client, &Method::GET, &format!("/v1/chat/presence/{name}"), b"")
+}
+
+fn who(global: &GlobalArgs, cx: &Cx, name: &str, out: &mut impl Write) -> Result<()> {
     if global.json {
-        out.write_all(&body)?;
+        out.write_all(&presence_document(&cx.client, name)?)?;
         writeln!(out)?;
         return Ok(());
     }
-    let presence: Presence = serde_json::from_slice(&body)?;
+    let presence = presence(&cx.client, name)?;
     match (presence.online, presence.last_seen_ms) {
         (true, _) => writeln!(
             out,
@@ -385,19 +400,7 @@ fn send(
     message: &str,
     out: &mut impl Write,
 ) -> Result<()> {
-    let keys = load_keys(cx, from)?;
-    let Some(recipient) = name_record(&cx.client, to)? else { bail!("unknown user {to:?}") };
-    if recipient.released {
-        bail!("the name {to:?} has been released");
-    }
-    let body = message_body(message)?;
-    let mut state = load_state(&cx.keydir, from)?;
-    let seq = state.sent_seq.get(to).copied().unwrap_or(0) + 1;
-    let envelope = Envelope::seal(&keys, from, to, &recipient.owner, seq, now_ms(), &body)?;
-    // Counted before it is sent: a number is never reused, even if the answer is lost.
-    state.sent_seq.insert(to.to_owned(), seq);
-    save_state(&cx.keydir, from, &state)?;
-    let answer = call(&cx.client, &Method::POST, "/v1/chat/dm", envelope.to_json().as_bytes())?;
+    let answer = seal_and_send(cx, from, to, &message_body(message)?)?;
     if global.json {
         out.write_all(&answer)?;
         writeln!(out)?;
@@ -405,6 +408,112 @@ fn send(
     }
     let receipt: DmReceipt = serde_json::from_slice(&answer)?;
     writeln!(out, "{}", receipt.outcome)?;
+    Ok(())
+}
+
+/// Seals `body` from `from` to `to`'s current key and hands it to the node; returns the node's
+/// answer (a [`DmReceipt`] in JSON).
+fn seal_and_send(cx: &Cx, from: &str, to: &str, body: &[u8]) -> Result<Vec<u8>> {
+    let keys = load_keys(cx, from)?;
+    let Some(recipient) = name_record(&cx.client, to)? else { bail!("unknown user {to:?}") };
+    if recipient.released {
+        bail!("the name {to:?} has been released");
+    }
+    let mut state = load_state(&cx.keydir, from)?;
+    let seq = state.sent_seq.get(to).copied().unwrap_or(0) + 1;
+    let envelope = Envelope::seal(&keys, from, to, &recipient.owner, seq, now_ms(), body)?;
+    // Counted before it is sent: a number is never reused, even if the answer is lost.
+    state.sent_seq.insert(to.to_owned(), seq);
+    save_state(&cx.keydir, from, &state)?;
+    call(&cx.client, &Method::POST, "/v1/chat/dm", envelope.to_json().as_bytes())
+}
+
+/// Sends a DM and returns the node's receipt: `delivered` or `queued`.
+pub(crate) fn send_dm(cx: &Cx, from: &str, to: &str, body: &[u8]) -> Result<DmReceipt> {
+    Ok(serde_json::from_slice(&seal_and_send(cx, from, to, body)?)?)
+}
+
+/// Opens a DM sent to `name` and checks that its sender key is the one its claimed name is
+/// registered to.
+pub(crate) fn open_dm(cx: &Cx, name: &str, envelope: &Envelope) -> Result<overlay_chat::Plain> {
+    let keys = load_keys(cx, name)?;
+    let plain = envelope.open(&keys).context("the message does not open")?;
+    let mut senders = Senders { client: cx.client.clone(), known: HashMap::new() };
+    if !senders.owns(&plain.from, &plain.from_key) {
+        bail!("the sender key is not {:?}'s", plain.from);
+    }
+    Ok(plain)
+}
+
+/// Opens the live feed of `name`'s DMs at the node, with the login's session; the stream ends
+/// after `limit`.
+pub(crate) fn dm_feed(
+    cx: &Cx,
+    name: &str,
+    session: &str,
+    limit: Duration,
+) -> Result<overlay_api::GroupStream> {
+    Ok(cx.client.event_stream(&format!("/v1/chat/listen?name={name}&session={session}"), Some(limit))?)
+}
+
+/// The next DM of a feed opened with [`dm_feed`], `None` when the stream ended. An envelope
+/// that does not parse is reported on stderr and skipped: one bad message must not end a feed.
+pub(crate) fn next_dm(stream: &mut overlay_api::GroupStream) -> Result<Option<Envelope>> {
+    while let Some(event) = stream.next_raw_event()? {
+        if event.event == overlay_api::groups::ERROR_EVENT {
+            bail!("the node ended the stream: {}", event.data);
+        }
+        if event.event != DM_EVENT {
+            continue;
+        }
+        match Envelope::from_json(event.data.as_bytes()) {
+            Ok(envelope) => return Ok(Some(envelope)),
+            Err(e) => eprintln!("overlay: dropped an unreadable message: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// Takes the first DM of `name`'s mailbox, waiting up to `wait`, opens it and acknowledges it;
+/// `None` when nothing arrived in time.
+pub(crate) fn take_from_mailbox(
+    cx: &Cx,
+    name: &str,
+    session: &str,
+    wait: Duration,
+) -> Result<Option<overlay_chat::Plain>> {
+    let Some(item) = take_item(cx, name, session, wait)? else { return Ok(None) };
+    let envelope: Envelope =
+        serde_json::from_value(item.envelope.clone()).context("reading a mailbox message")?;
+    let plain = open_dm(cx, name, &envelope)?;
+    ack_item(cx, name, session, item)?;
+    Ok(Some(plain))
+}
+
+/// Leases the first DM of `name`'s mailbox, waiting up to `wait`; `None` when it stayed empty.
+fn take_item(cx: &Cx, name: &str, session: &str, wait: Duration) -> Result<Option<MailboxItem>> {
+    let take = MailboxTake {
+        name: name.to_owned(),
+        session: session.to_owned(),
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    };
+    let response = cx.client.raw(&Method::POST, "/v1/chat/mailbox/take", &serde_json::to_vec(&take)?)?;
+    if response.status == 204 {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_slice(&call_answer(response)?).context("reading a mailbox message")?))
+}
+
+/// Removes a DM taken from the mailbox.
+fn ack_item(cx: &Cx, name: &str, session: &str, item: MailboxItem) -> Result<()> {
+    let ack = MailboxAck {
+        id: item.id,
+        lease: item.lease,
+        name: name.to_owned(),
+        seq: item.seq,
+        session: session.to_owned(),
+    };
+    call(&cx.client, &Method::POST, "/v1/chat/mailbox/ack", &serde_json::to_vec(&ack)?)?;
     Ok(())
 }
 
@@ -565,24 +674,14 @@ enum Incoming {
 /// Reads the live feed of DMs until it ends.
 fn read_feed(mut stream: overlay_api::GroupStream, tx: &std::sync::mpsc::Sender<Incoming>) {
     let ended = loop {
-        let event = match stream.next_raw_event() {
-            Ok(Some(event)) => event,
-            Ok(None) => break anyhow!("the node ended the stream"),
-            Err(e) => break e.into(),
-        };
-        if event.event == overlay_api::groups::ERROR_EVENT {
-            break anyhow!("the node ended the stream: {}", event.data);
-        }
-        if event.event != DM_EVENT {
-            continue;
-        }
-        match Envelope::from_json(event.data.as_bytes()) {
-            Ok(envelope) => {
+        match next_dm(&mut stream) {
+            Ok(Some(envelope)) => {
                 if tx.send(Incoming::Dm(Box::new(envelope))).is_err() {
                     return;
                 }
             }
-            Err(e) => eprintln!("overlay: dropped an unreadable message: {e}"),
+            Ok(None) => break anyhow!("the node ended the stream"),
+            Err(e) => break e,
         }
     };
     let _ = tx.send(Incoming::Ended(ended));
@@ -627,17 +726,10 @@ fn drain_mailbox(
     json: bool,
     printer: &Printer,
 ) -> Result<()> {
-    let take = MailboxTake { name: name.to_owned(), session: session.to_owned(), wait_ms: 0 };
-    let take = serde_json::to_vec(&take)?;
-    loop {
-        let response = cx.client.raw(&Method::POST, "/v1/chat/mailbox/take", &take)?;
-        if response.status == 204 {
-            return Ok(());
-        }
-        let body = call_answer(response)?;
-        let item: MailboxItem = serde_json::from_slice(&body).context("reading a mailbox message")?;
+    while let Some(item) = take_item(cx, name, session, Duration::ZERO)? {
         show_and_ack(cx, name, session, keys, senders, json, printer, item)?;
     }
+    Ok(())
 }
 
 /// Shows a DM taken from the mailbox (once: it may have been shown live already), then
@@ -653,21 +745,13 @@ fn show_and_ack(
     printer: &Printer,
     item: MailboxItem,
 ) -> Result<()> {
-    match serde_json::from_value::<Envelope>(item.envelope) {
+    match serde_json::from_value::<Envelope>(item.envelope.clone()) {
         Ok(envelope) => {
             handle_dm(cx, name, keys, senders, &envelope, json, printer)?;
         }
         Err(e) => eprintln!("overlay: dropped an unreadable mailbox message: {e}"),
     }
-    let ack = MailboxAck {
-        id: item.id,
-        lease: item.lease,
-        name: name.to_owned(),
-        seq: item.seq,
-        session: session.to_owned(),
-    };
-    call(&cx.client, &Method::POST, "/v1/chat/mailbox/ack", &serde_json::to_vec(&ack)?)?;
-    Ok(())
+    ack_item(cx, name, session, item)
 }
 
 /// Opens, checks and prints one DM, once.

@@ -119,7 +119,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Start a 5-node cluster, store keys, kill a node and show the keys survive, then send
-    /// messages to a multicast group.
+    /// messages to a multicast group and have two users chat (a live DM, a queued one).
     Demo(DemoArgs),
     /// Measure put and get latency and throughput.
     Bench(BenchArgs),

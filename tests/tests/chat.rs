@@ -4,7 +4,7 @@
 //! Covers names (first come, first served), login and presence, direct messages delivered once
 //! and in order to a listener at another node, that no node stores a DM's plaintext, and the
 //! refusals: forged signatures, replays, grants for another node, unknown users, oversized and
-//! garbage input; and DMs to a user who is offline, kept in their mailbox while a node crashes,
+//! garbage input, a sender over its mailbox quota; and DMs to a user who is offline, kept in their mailbox while a node crashes,
 //! all shown once and in order when they log in at another node.
 
 use std::io::{BufRead, BufReader};
@@ -436,6 +436,51 @@ fn dms_to_an_offline_user_survive_a_crash_and_arrive_once_in_order() {
             );
         }
     }
+}
+
+#[test]
+fn a_mailbox_refuses_a_sender_over_quota_and_stores_nothing_of_it() {
+    const QUOTA: usize = 3;
+    let quota = QUOTA.to_string();
+    let cluster = Cluster::start(NODE, 3, &["--mailbox-quota", &quota]);
+    cluster.wait_for_correct_ring(UP_DEADLINE);
+    let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.http.clone()).collect();
+    let (alice, carol, bob) = (User::new("alice"), User::new("carol"), User::new("bob"));
+    alice.ok(&nodes[0], &["register", "alice"]);
+    carol.ok(&nodes[0], &["register", "carol"]);
+    bob.ok(&nodes[0], &["register", "bob"]);
+
+    // Bob is offline: alice's first QUOTA DMs wait in his mailbox, the next is refused.
+    for i in 0..QUOTA {
+        let said = alice.ok(&nodes[0], &["send", "bob", &format!("from alice {i}"), "--as", "alice"]);
+        assert_eq!(said.trim(), "queued", "DM {i}");
+    }
+    let over = alice.run(&nodes[1], &["send", "bob", "one too many", "--as", "alice"]);
+    assert!(!over.status.success(), "a DM over the quota is refused");
+    let error = text(&over.stderr);
+    assert!(
+        error.contains("already holds 3 messages from \"alice\"") && error.contains("nothing was stored"),
+        "{error}"
+    );
+    // The quota is per sender: carol still gets through.
+    assert_eq!(carol.ok(&nodes[1], &["send", "bob", "from carol", "--as", "carol"]).trim(), "queued");
+
+    // Bob logs in: alice's DMs in order and carol's, and nothing of the refused one.
+    let listener = Listener::start(&bob, &nodes[2]);
+    let lines = listener.take(QUOTA + 1, Duration::from_secs(60));
+    let bodies: Vec<&str> = lines.iter().filter_map(|line| line["body"].as_str()).collect();
+    let from_alice: Vec<&str> =
+        bodies.iter().copied().filter(|body| body.starts_with("from alice")).collect();
+    assert_eq!(from_alice, ["from alice 0", "from alice 1", "from alice 2"], "{lines:?}");
+    assert!(lines.iter().any(|line| line["body"] == "from carol" && line["from"] == "carol"), "{lines:?}");
+    assert!(listener.quiet_for(Duration::from_secs(2)).is_none(), "the refused DM was not stored");
+
+    // Taken and acknowledged (each before the next was taken), the mailbox has room for alice
+    // again: bob's listener is gone, so the DM is queued, or delivered if its node has not yet
+    // noticed that the listener left.
+    drop(listener);
+    let said = alice.ok(&nodes[0], &["send", "bob", "after the drain", "--as", "alice"]);
+    assert!(matches!(said.trim(), "queued" | "delivered"), "{said}");
 }
 
 #[test]

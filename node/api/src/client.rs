@@ -368,7 +368,7 @@ impl Client {
         check_group(group)?;
         let url = self.url(&path::group_listen(group, from));
         let (events, agent) = self.open_stream(&url, limit)?;
-        Ok(GroupStream { url, limit, events, agent })
+        Ok(GroupStream(EventStream { url, limit, events, agent }))
     }
 
     /// Opens any event stream of the API (`GET path_and_query`, appended to the base URL as
@@ -381,7 +381,7 @@ impl Client {
     ) -> Result<GroupStream, ApiError> {
         let url = self.url(path_and_query);
         let (events, agent) = self.open_stream(&url, limit)?;
-        Ok(GroupStream { url, limit, events, agent })
+        Ok(GroupStream(EventStream { url, limit, events, agent }))
     }
 
     /// Opens an event stream at `url`: its events, and the agent that holds its connection.
@@ -484,7 +484,7 @@ impl Client {
         check_queue(queue)?;
         let url = self.url(&path::queue_messages(queue, from));
         let (events, agent) = self.open_stream(&url, limit)?;
-        Ok(QueueStream { url, limit, events, agent })
+        Ok(QueueStream(EventStream { url, limit, events, agent }))
     }
 
     /// Sends `method` to `path_and_query` (appended to the base URL as given, not encoded) and
@@ -552,47 +552,19 @@ impl Client {
     }
 }
 
-/// An open `GET /v1/groups/{g}/messages` stream. While it is open the node is a member of the
-/// group; dropping it, or [`StreamCloser::close`] from another thread, closes the connection.
-pub struct GroupStream {
+/// An open server-sent event stream of the node's API: the connection, its own agent (so that
+/// shutting it down closes only this stream) and its time limit. [`GroupStream`] and
+/// [`QueueStream`] read their events from it.
+struct EventStream {
     url: String,
     limit: Option<Duration>,
     events: EventReader<ureq::BodyReader<'static>>,
-    /// This stream's own agent: shutting it down closes only this stream.
     agent: ureq::Agent,
 }
 
-impl fmt::Debug for GroupStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupStream").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl GroupStream {
-    /// The next message, gap or error; `Ok(None)` when the node ended the stream. Blocks until
-    /// one arrives (keep-alives and events of unknown names are consumed silently), or until
-    /// the stream's time limit.
-    pub fn next_event(&mut self) -> Result<Option<GroupEvent>, ApiError> {
-        loop {
-            let event = match self.events.next_event() {
-                Ok(Some(event)) => event,
-                Ok(None) => return Ok(None),
-                Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(ApiError::TimedOut {
-                        url: self.url.clone(),
-                        after: self.limit.unwrap_or_default(),
-                    });
-                }
-                Err(e) => return Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
-            };
-            if let Some(event) = GroupEvent::from_sse(event) {
-                return Ok(Some(event));
-            }
-        }
-    }
-
+impl EventStream {
     /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
-    pub fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
+    fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
         match self.events.next_event() {
             Ok(event) => Ok(event),
             Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -602,13 +574,47 @@ impl GroupStream {
         }
     }
 
-    /// A handle that closes this stream from another thread.
-    pub fn closer(&self) -> StreamCloser {
+    fn closer(&self) -> StreamCloser {
         StreamCloser { agent: self.agent.clone() }
     }
 }
 
-/// Closes a [`GroupStream`] from another thread: a [`GroupStream::next_event`] blocked on the
+/// An open `GET /v1/groups/{g}/messages` stream (or another stream of the same events, such as
+/// the chat feed). While it is open the node is a member of the group; dropping it, or
+/// [`StreamCloser::close`] from another thread, closes the connection.
+pub struct GroupStream(EventStream);
+
+impl fmt::Debug for GroupStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupStream").field("url", &self.0.url).finish_non_exhaustive()
+    }
+}
+
+impl GroupStream {
+    /// The next message, gap or error; `Ok(None)` when the node ended the stream. Blocks until
+    /// one arrives (keep-alives and events of unknown names are consumed silently), or until
+    /// the stream's time limit.
+    pub fn next_event(&mut self) -> Result<Option<GroupEvent>, ApiError> {
+        while let Some(event) = self.0.next_raw_event()? {
+            if let Some(event) = GroupEvent::from_sse(event) {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
+    pub fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
+        self.0.next_raw_event()
+    }
+
+    /// A handle that closes this stream from another thread.
+    pub fn closer(&self) -> StreamCloser {
+        self.0.closer()
+    }
+}
+
+/// Closes a [`GroupStream`] or [`QueueStream`] from another thread: a read blocked on the
 /// connection returns an error at once, and so does every later call. A reader thread that
 /// would otherwise wait for the next message of a quiet group can so be ended and joined.
 #[derive(Clone)]
@@ -631,43 +637,28 @@ impl StreamCloser {
 
 /// An open `GET /v1/queues/{q}/messages` stream; dropping it (or [`QueueStream::closer`])
 /// closes the connection and ends the subscription.
-pub struct QueueStream {
-    url: String,
-    limit: Option<Duration>,
-    events: EventReader<ureq::BodyReader<'static>>,
-    agent: ureq::Agent,
-}
+pub struct QueueStream(EventStream);
 
 impl fmt::Debug for QueueStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueStream").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("QueueStream").field("url", &self.0.url).finish_non_exhaustive()
     }
 }
 
 impl QueueStream {
     /// The next message put; `Ok(None)` when the node ended the stream.
     pub fn next_item(&mut self) -> Result<Option<Document<QueueItem>>, ApiError> {
-        loop {
-            let event = match self.events.next_event() {
-                Ok(Some(event)) => event,
-                Ok(None) => return Ok(None),
-                Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(ApiError::TimedOut {
-                        url: self.url.clone(),
-                        after: self.limit.unwrap_or_default(),
-                    });
-                }
-                Err(e) => return Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
-            };
+        while let Some(event) = self.0.next_raw_event()? {
             if event.event == crate::groups::MESSAGE_EVENT {
-                return parse_document(&self.url, event.data.as_bytes()).map(Some);
+                return parse_document(&self.0.url, event.data.as_bytes()).map(Some);
             }
         }
+        Ok(None)
     }
 
     /// A handle that closes this stream from another thread.
     pub fn closer(&self) -> StreamCloser {
-        StreamCloser { agent: self.agent.clone() }
+        self.0.closer()
     }
 }
 

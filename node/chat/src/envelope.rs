@@ -147,19 +147,11 @@ struct Header<'a> {
     ephemeral: [u8; 32],
 }
 
+/// What the sender signs: the associated data (every routing field) and the sealed body.
 #[derive(Serialize)]
 struct EnvelopeSigned<'a> {
     domain: &'static str,
-    #[serde(with = "bytes::fixed")]
-    id: [u8; 16],
-    from: &'a str,
-    from_key: &'a UserPublic,
-    to: &'a str,
-    to_key: &'a UserPublic,
-    seq: u64,
-    ts_ms: u64,
-    #[serde(with = "bytes::fixed")]
-    ephemeral: [u8; 32],
+    header: Header<'a>,
     #[serde(with = "bytes::fixed")]
     nonce: [u8; 24],
     #[serde(with = "bytes::var")]
@@ -246,14 +238,7 @@ impl Envelope {
     fn signed(&self) -> EnvelopeSigned<'_> {
         EnvelopeSigned {
             domain: Self::DOMAIN,
-            id: self.id,
-            from: &self.from,
-            from_key: &self.from_key,
-            to: &self.to,
-            to_key: &self.to_key,
-            seq: self.seq,
-            ts_ms: self.ts_ms,
-            ephemeral: self.ephemeral,
+            header: self.header(),
             nonce: self.nonce,
             ciphertext: &self.ciphertext,
         }

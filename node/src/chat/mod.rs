@@ -60,7 +60,7 @@ use crate::network::ChatReply;
 pub const PRESENCE_LEASE: Duration = Duration::from_secs(90);
 /// How often a logged-in user's presence is renewed.
 pub const RENEW_EVERY: Duration = Duration::from_secs(30);
-/// Most DMs one sender may have waiting in one mailbox.
+/// Most DMs one sender may have waiting in one mailbox, unless `--mailbox-quota` says otherwise.
 pub const MAILBOX_QUOTA: u32 = 1000;
 /// How long a DM taken from a mailbox stays leased to the client that took it.
 const MAILBOX_LEASE: Duration = Duration::from_secs(30);
@@ -130,6 +130,9 @@ pub struct Chat {
     peer: PeerId,
     /// The announced address with `/p2p/<peer>`, published in presence records.
     node_addr: String,
+    /// Most DMs one sender may have waiting in one mailbox, asked of the mailbox's ordering node
+    /// with every put this node makes.
+    mailbox_quota: u32,
     inner: Mutex<Inner>,
 }
 
@@ -181,10 +184,11 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 
 impl Chat {
     /// The chat state of the node with `keypair` (ed25519: its libp2p identity), announced at
-    /// `announce`.
+    /// `announce`, putting DMs into mailboxes with a per-sender quota of `mailbox_quota`.
     pub fn new(
         keypair: &libp2p::identity::Keypair,
         announce: &Multiaddr,
+        mailbox_quota: u32,
         commands: mpsc::Sender<Command>,
     ) -> anyhow::Result<Arc<Chat>> {
         let ed = keypair.clone().try_into_ed25519()?;
@@ -197,6 +201,7 @@ impl Chat {
             node_key,
             peer,
             node_addr,
+            mailbox_quota,
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
                 used_grants: HashMap::new(),
@@ -531,7 +536,7 @@ impl Chat {
             return Ok(receipt("delivered"));
         }
         let (queue, body, sender) = (mailbox(&envelope.to)?, envelope.to_cbor(), envelope.from.clone());
-        let quota = Some(MAILBOX_QUOTA);
+        let quota = Some(self.mailbox_quota);
         let put = self.ask(|reply| Command::QueuePut { queue, body, sender, quota, reply }).await?;
         match put {
             Ok((seq, _)) => {
@@ -541,8 +546,8 @@ impl Chat {
             Err(QueueError::Refused(Refusal::OverQuota)) => Err(Refused(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "{:?}'s mailbox already holds {MAILBOX_QUOTA} messages from {:?}; nothing was stored",
-                    envelope.to, envelope.from
+                    "{:?}'s mailbox already holds {} messages from {:?}; nothing was stored",
+                    envelope.to, self.mailbox_quota, envelope.from
                 ),
             )),
             Err(error) => Err(queue_refusal(&error)),

@@ -1,7 +1,8 @@
 //! `overlay demo`: a guided tour for a newcomer. Starts a 5-node cluster, stores keys, reads
 //! them back through other nodes, crashes a node, waits until every key is readable again, then
-//! has one node listen to a multicast group while two others send to it, and says what it does
-//! at each step. Every wait polls against a deadline; a step that does not finish in time fails
+//! has one node listen to a multicast group while two others send to it, then has two users chat
+//! (a DM delivered live, one queued in a mailbox and taken at another node; see `chat`), and says
+//! what it does at each step. Every wait polls against a deadline; a step that does not finish in time fails
 //! the demo with a non-zero exit.
 
 use std::io::Write;
@@ -16,6 +17,8 @@ use crate::cli::{DemoArgs, GlobalArgs};
 use crate::cluster::{self, ClusterFile};
 use crate::commands;
 use crate::output;
+
+mod chat;
 
 const NODES: usize = 5;
 const KEYS: usize = 20;
@@ -91,7 +94,10 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs, out: &mut impl Write) ->
     Ok(())
 }
 
-/// Steps 2 to 7; returns the index of the node it crashed.
+/// Where step 8 keeps its users' keys, inside the cluster's directory.
+const DEMO_KEYS: &str = "demo-keys";
+
+/// Steps 2 to 8; returns the index of the node it crashed.
 fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Result<usize> {
     let clients = cluster
         .nodes
@@ -201,6 +207,13 @@ fn tour(global: &GlobalArgs, cluster: &ClusterFile, out: &mut impl Write) -> Res
     writeln!(out)?;
 
     multicast(&clients, &survivors, out).context("step 7 (multicast) failed")?;
+    writeln!(out)?;
+
+    let [first, second, third, ..] = *survivors.as_slice() else {
+        bail!("step 8 needs three running nodes, {} are left", survivors.len());
+    };
+    chat::run(&clients, [first, second, third], &global.dir.join(DEMO_KEYS), &dir_flag(&global.dir), out)
+        .context("step 8 (chat) failed")?;
     writeln!(out)?;
     Ok(victim)
 }
@@ -426,11 +439,14 @@ fn say(out: &mut impl Write, line: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `--dir` flag commands need to find the cluster: none for the default directory; any
+/// other must be repeated (kv commands use it to pick a node).
+fn dir_flag(dir: &Path) -> String {
+    if dir == Path::new(".overlay") { String::new() } else { format!(" --dir {}", dir.display()) }
+}
+
 fn next_steps(dir: &Path, victim: usize, out: &mut impl Write) -> Result<()> {
-    // The default --dir needs no flag; any other must be repeated for commands to find the
-    // cluster (kv commands use it to pick a node).
-    let dir_flag =
-        if dir == Path::new(".overlay") { String::new() } else { format!(" --dir {}", dir.display()) };
+    let dir_flag = dir_flag(dir);
     writeln!(out, "Done. The cluster keeps running with node {victim} down. Try next:")?;
     for (command, what) in [
         ("cluster status".to_owned(), "which nodes run, their ports and key counts"),
@@ -443,6 +459,14 @@ fn next_steps(dir: &Path, victim: usize, out: &mut impl Write) -> Result<()> {
         (format!("group send {GROUP} 'hello, group'"), "send one; every listener prints it"),
         (format!("group tree {GROUP}"), "the group's tree: root, forwarders, members"),
         ("group list".to_owned(), "the groups one node takes part in"),
+        (
+            format!("chat --keys {} listen --as bob", dir.join(DEMO_KEYS).display()),
+            "bob's DMs as they arrive (his mailbox first; Ctrl-C to stop)",
+        ),
+        (
+            format!("chat --keys {} send bob 'hello again' --as alice", dir.join(DEMO_KEYS).display()),
+            "\"delivered\" while bob listens, else \"queued\"",
+        ),
         (format!("cluster start {victim}"), "bring the crashed node back on its data directory"),
         ("bench --ops 5000 --concurrency 16 --value-size 256".to_owned(), "latency and throughput"),
         ("cluster down".to_owned(), "stop every node"),
