@@ -193,7 +193,7 @@ impl Ord for Scheduled {
 
 #[derive(Debug)]
 enum Role {
-    Ring { directory: Directory<SimAddr>, host: Option<Box<Host<SimAddr>>> },
+    Ring { directory: Box<Directory<SimAddr>>, host: Option<Box<Host<SimAddr>>> },
     Leaf(Option<Box<Leaf<SimAddr>>>),
 }
 
@@ -513,7 +513,7 @@ pub fn run(params: &SupernodeParams) -> SupernodeReport {
             .contains(&index)
             .then(|| Box::new(Host::new(addr, params.host.clone(), world.rng.random::<u64>(), Time::ZERO)));
         world.actors.push(Actor {
-            role: Role::Ring { directory: Directory::new(seed), host },
+            role: Role::Ring { directory: Box::new(Directory::new(seed)), host },
             alive: true,
             wake_at: None,
         });

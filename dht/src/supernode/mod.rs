@@ -60,6 +60,8 @@
 pub mod directory;
 pub mod host;
 pub mod leaf;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use rand::RngExt;
