@@ -30,8 +30,9 @@
 //!
 //! # Operations across a switch
 //! [`Leaf::forward`] gives an operation a [`LeafOpId`] and sends it when attached. Operations
-//! without a reply are resent, with the same ids, each time the leaf attaches (to its standby or
-//! anyone else) — [`Leaf::pending_ops`] lists them, [`Leaf::resend_pending`] does it on demand.
+//! without a reply are resent, with the same ids, every `op_retry` while attached (a request or
+//! reply may be lost) and each time the leaf attaches (to its standby or anyone else) —
+//! [`Leaf::pending_ops`] lists them, [`Leaf::resend_pending`] does it on demand.
 //! The ring services drop duplicates by id; a reply is taken only from the current supernode.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -75,6 +76,9 @@ pub struct LeafConfig {
     pub max_pending_ops: usize,
     /// How long an operation may wait for its reply. Default 30 s.
     pub op_timeout: Duration,
+    /// An operation without a reply is resent (same id) this often while attached, in case the
+    /// request or its reply was lost. Default 5 s.
+    pub op_retry: Duration,
 }
 
 impl Default for LeafConfig {
@@ -92,6 +96,7 @@ impl Default for LeafConfig {
             max_known: 64,
             max_pending_ops: 1024,
             op_timeout: Duration::from_secs(30),
+            op_retry: Duration::from_secs(5),
         }
     }
 }
@@ -201,6 +206,8 @@ struct Pending<A> {
 struct PendingOp {
     payload: Vec<u8>,
     deadline: Time,
+    /// When to send it again if no reply came.
+    retry_at: Time,
 }
 
 /// A leaf's attachment state machine.
@@ -354,6 +361,14 @@ impl<A: Address> Leaf<A> {
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(r, _)| *r).collect();
         for req in expired {
             let Some(pending) = self.pending.remove(&req) else { continue };
+            // A lost listing would leave the leaf knowing only its configured supernodes until
+            // the next refresh, and with nowhere to go if they die meanwhile: ask again now.
+            if pending.asked == Asked::Alternatives
+                && let State::Attached { to, next_refresh, .. } = &mut self.state
+                && *to == pending.to
+            {
+                *next_refresh = now;
+            }
             if pending.asked == Asked::Probe
                 && let Some(standby) = self.standby.as_mut().filter(|s| s.addr == pending.to)
             {
@@ -371,6 +386,22 @@ impl<A: Address> Leaf<A> {
         for op in timed_out {
             self.ops.remove(&op);
             self.events.push_back(LeafEvent::OpDone { op, result: Err(OpError::TimedOut) });
+        }
+        if let Some(to) = self.supernode().cloned() {
+            let retry_at = now + self.config.op_retry;
+            let due: Vec<(LeafOpId, Vec<u8>)> = self
+                .ops
+                .iter_mut()
+                .filter(|(_, p)| p.retry_at <= now)
+                .map(|(op, p)| {
+                    p.retry_at = retry_at;
+                    (*op, p.payload.clone())
+                })
+                .collect();
+            for (op, payload) in due {
+                self.counters.resent += 1;
+                self.send(to.clone(), SuperMessage::Forward { op, payload });
+            }
         }
         match self.state.clone() {
             State::Idle { next_try } if next_try <= now => self.next_attempt(now),
@@ -426,16 +457,24 @@ impl<A: Address> Leaf<A> {
         if let Some(to) = self.supernode().cloned() {
             self.send(to, SuperMessage::Forward { op, payload: payload.clone() });
         }
-        self.ops.insert(op, PendingOp { payload, deadline: now + self.config.op_timeout });
+        let retry_at = now + self.config.op_retry;
+        self.ops.insert(op, PendingOp { payload, deadline: now + self.config.op_timeout, retry_at });
         Ok(op)
     }
 
     /// Sends every operation without a reply to the current supernode again, same ids (done on
     /// every attach; call it to retry sooner).
-    pub fn resend_pending(&mut self) {
+    pub fn resend_pending(&mut self, now: Time) {
         let Some(to) = self.supernode().cloned() else { return };
-        let resend: Vec<(LeafOpId, Vec<u8>)> =
-            self.ops.iter().map(|(op, p)| (*op, p.payload.clone())).collect();
+        let retry_at = now + self.config.op_retry;
+        let resend: Vec<(LeafOpId, Vec<u8>)> = self
+            .ops
+            .iter_mut()
+            .map(|(op, p)| {
+                p.retry_at = retry_at;
+                (*op, p.payload.clone())
+            })
+            .collect();
         for (op, payload) in resend {
             self.counters.resent += 1;
             self.send(to.clone(), SuperMessage::Forward { op, payload });
@@ -476,7 +515,10 @@ impl<A: Address> Leaf<A> {
             }
         };
         let pending = self.pending.values().map(|p| p.deadline).min();
-        let ops = self.ops.values().map(|p| p.deadline).min();
+        // Retries count only while attached (they go to the supernode).
+        let attached = matches!(self.state, State::Attached { .. });
+        let ops =
+            self.ops.values().map(|p| if attached { p.deadline.min(p.retry_at) } else { p.deadline }).min();
         [Some(state), pending, ops].into_iter().flatten().min()
     }
 
@@ -506,7 +548,7 @@ impl<A: Address> Leaf<A> {
             next_refresh: now,
         };
         self.events.push_back(LeafEvent::Attached { supernode: from, load });
-        self.resend_pending();
+        self.resend_pending(now);
         self.pick_standby(now);
     }
 
