@@ -43,9 +43,7 @@ use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
 use super::SuperCounters;
-use super::wire::{
-    ByteString, LeafOpId, Load, MAX_PAYLOAD_BYTES, OpRefusal, Refusal, SuperMessage, SupernodeInfo,
-};
+use super::wire::{ByteString, LeafOpId, Load, MAX_PAYLOAD_BYTES, OpRefusal, Refusal, SuperMessage};
 use crate::address::Address;
 use crate::time::Time;
 
@@ -778,12 +776,5 @@ impl<A: Address> Leaf<A> {
 
     fn send(&mut self, to: A, message: SuperMessage<A>) {
         self.transmits.push_back((to, message));
-    }
-}
-
-impl<A> SupernodeInfo<A> {
-    /// Free slots.
-    pub fn free(&self) -> u32 {
-        self.load.free()
     }
 }

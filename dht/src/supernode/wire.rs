@@ -71,6 +71,13 @@ pub struct SupernodeInfo<A> {
     pub load: Load,
 }
 
+impl<A> SupernodeInfo<A> {
+    /// Free slots.
+    pub fn free(&self) -> u32 {
+        self.load.free()
+    }
+}
+
 /// Why a supernode refused to attach a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
 pub enum Refusal {
