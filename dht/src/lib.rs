@@ -15,6 +15,9 @@
 //!   and hand-off, with persistence as an explicit output ([`kv::StoreOp`]) and input.
 //! - [`store`]: replicated records (versions from a hybrid logical clock, checksums), the storage
 //!   wire protocol, quorum sizes and the range digests anti-entropy compares.
+//! - [`supernode`]: supernodes and leaves (issue 13): a sharded directory of supernodes on the
+//!   ring, a supernode's admission of leaves under a hard cap with redirects and rate limits, and
+//!   a leaf's heartbeats, warm standby, failover and jittered backoff.
 //! - [`sim`]: a discrete-event simulator of many nodes over a seeded network model, with global
 //!   invariant checks; the `dht-sim` binary runs its scenarios.
 //!
@@ -73,6 +76,7 @@ pub mod queue;
 mod ring;
 pub mod sim;
 pub mod store;
+pub mod supernode;
 pub mod time;
 
 pub use address::{Address, NodeRef};

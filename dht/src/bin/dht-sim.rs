@@ -7,7 +7,10 @@
 //! back after the heal, see `dht::sim::partition`), e.g.
 //! `dht-sim --scenario partition --nodes 1000 --parts 3 --split-s 60 --json`, and `counter`
 //! (clients incrementing one key with compare-and-set, see `dht::sim::counter`), e.g.
-//! `dht-sim --scenario counter --nodes 100 --clients 8 --increments 100 --crash-replicas 1 --json`.
+//! `dht-sim --scenario counter --nodes 100 --clients 8 --increments 100 --crash-replicas 1 --json`,
+//! and `supernodes` (leaves attached to supernodes, a fraction of which crash at once, see
+//! `dht::sim::supernodes`), e.g.
+//! `dht-sim --scenario supernodes --nodes 1000 --supernodes 100 --leaves 10000 --crash-fraction 0.3 --json`.
 //!
 //! The last line of output is the report as one JSON object with `--json`; otherwise a short
 //! human summary. The seed is always printed, so any run can be replayed.
@@ -22,6 +25,7 @@ use dht::sim::kv::{self as kv_scenario, KvParams};
 use dht::sim::multicast::{self as multicast_scenario, MulticastParams};
 use dht::sim::partition::{self as partition_scenario, PartitionParams};
 use dht::sim::scenario::{self, Kind, Params};
+use dht::sim::supernodes::{self as supernode_scenario, SupernodeParams};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ScenarioArg {
@@ -32,6 +36,7 @@ enum ScenarioArg {
     Kv,
     Partition,
     Counter,
+    Supernodes,
 }
 
 /// Simulate a Chord ring of the overlay's dht core.
@@ -113,9 +118,19 @@ struct Args {
     /// `kv`: distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
-    /// `kv`: share of nodes that crash at once, a third of the way in.
+    /// `kv`: share of nodes that crash at once, a third of the way in. `supernodes`: share of
+    /// the supernodes that crash at once, 60 s in.
     #[arg(long, default_value_t = 0.0)]
     crash_fraction: f64,
+    /// `supernodes`: ring members that are also supernodes.
+    #[arg(long, default_value_t = 100)]
+    supernodes: usize,
+    /// `supernodes`: leaves (not ring members), arriving over the first 20 s.
+    #[arg(long, default_value_t = 10_000)]
+    leaves: usize,
+    /// `supernodes`: most leaves per supernode [default: the core's `HostConfig::max_leaves`].
+    #[arg(long)]
+    max_leaves: Option<u32>,
     /// `kv`: cut the ring in two halves a third of the way in, for `--partition-s`, then heal.
     #[arg(long)]
     partition: bool,
@@ -187,7 +202,8 @@ fn main() -> ExitCode {
         | ScenarioArg::Multicast
         | ScenarioArg::Kv
         | ScenarioArg::Partition
-        | ScenarioArg::Counter => Kind::Stable,
+        | ScenarioArg::Counter
+        | ScenarioArg::Supernodes => Kind::Stable,
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
     };
@@ -196,6 +212,9 @@ fn main() -> ExitCode {
     }
     if matches!(args.scenario, ScenarioArg::Counter) {
         return run_counter(&args);
+    }
+    if matches!(args.scenario, ScenarioArg::Supernodes) {
+        return run_supernodes(&args);
     }
     let multicast = matches!(args.scenario, ScenarioArg::Multicast);
     let fail_fraction = args.fail_fraction.unwrap_or(if multicast { 0.0 } else { 0.2 });
@@ -384,6 +403,65 @@ fn run_counter(args: &Args) -> ExitCode {
             report.cas_retries,
             report.msgs_per_increment,
             report.sim_s,
+            report.wall_s
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_supernodes(args: &Args) -> ExitCode {
+    if args.nodes == 0 || args.supernodes == 0 || args.supernodes > args.nodes || args.max_leaves == Some(0) {
+        eprintln!(
+            "dht-sim: --nodes and --supernodes must be positive, --supernodes at most --nodes, --max-leaves positive"
+        );
+        return ExitCode::FAILURE;
+    }
+    if !(0.0..1.0).contains(&args.loss) || !(0.0..=1.0).contains(&args.crash_fraction) {
+        eprintln!("dht-sim: --loss must lie in [0, 1), --crash-fraction in [0, 1]");
+        return ExitCode::FAILURE;
+    }
+    let mut params =
+        SupernodeParams::new(args.nodes, args.supernodes, args.leaves, args.crash_fraction, args.seed);
+    if let Some(max_leaves) = args.max_leaves {
+        params.host = params.host.with_max_leaves(max_leaves);
+    }
+    params.network.loss = args.loss;
+    eprintln!(
+        "dht-sim: scenario supernodes, {} nodes, {} supernodes (cap {}), {} leaves, crash {}, loss {}, seed {}",
+        params.nodes,
+        params.supernodes,
+        params.host.max_leaves,
+        params.leaves,
+        params.crash_fraction,
+        args.loss,
+        params.seed
+    );
+    let report = supernode_scenario::run(&params);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("a report always serializes"));
+    } else {
+        println!(
+            "supernodes N={} S={} L={} seed={}: {} crashed, {} orphaned, {} re-attached ({:.3}% within 10 s); \
+             re-attach median {:.3} s p99 {:.3} s max {:.3} s; peak {} leaves on a survivor (cap {}, {} over); \
+             {} unattached at the end; {} refusals, {} backoffs; {:.2} msgs/leaf/s; {:.1} s wall",
+            report.nodes,
+            report.supernodes,
+            report.leaves,
+            report.seed,
+            report.crashed,
+            report.orphaned,
+            report.reattached,
+            report.reattached_within_10s_pct,
+            report.reattach_median_s,
+            report.reattach_p99_s,
+            report.reattach_max_s,
+            report.peak_leaves_on_survivor,
+            report.max_leaves,
+            report.survivors_over_cap,
+            report.unattached_at_end,
+            report.refusals,
+            report.backoffs,
+            report.messages_per_leaf_per_s,
             report.wall_s
         );
     }

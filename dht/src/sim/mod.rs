@@ -23,6 +23,7 @@ mod network;
 pub mod partition;
 pub mod queue;
 pub mod scenario;
+pub mod supernodes;
 #[cfg(test)]
 pub(crate) mod testing;
 
