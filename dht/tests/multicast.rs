@@ -16,6 +16,11 @@ use proptest::prelude::*;
 
 const STEP: Duration = Duration::from_millis(100);
 
+/// What names a message of a group for good: (epoch, seq).
+type Number = (u64, u64);
+/// What a member delivered: number and body, in delivery order.
+type Bodies = Vec<(Number, Vec<u8>)>;
+
 /// A converged ring with multicast enabled, and a record of every multicast event.
 struct World {
     sim: Simulation,
@@ -27,8 +32,8 @@ struct World {
     /// (node, group) → gap ranges reported.
     gap_ranges: BTreeMap<(usize, GroupName), Vec<(u64, u64)>>,
     publish_failed: u64,
-    /// (node, group) → (number, body) delivered, in delivery order.
-    bodies: BTreeMap<(usize, GroupName), Vec<(u64, Vec<u8>)>>,
+    /// (node, group) → (number, body) delivered, in delivery order; a number is (epoch, seq).
+    bodies: BTreeMap<(usize, GroupName), Bodies>,
 }
 
 impl World {
@@ -68,8 +73,8 @@ impl World {
     fn absorb(&mut self) {
         for record in self.sim.take_group_events() {
             match record.event {
-                GroupEvent::Delivered { group, seq, body, .. } => {
-                    self.bodies.entry((record.node, group.clone())).or_default().push((seq, body));
+                GroupEvent::Delivered { group, epoch, seq, body, .. } => {
+                    self.bodies.entry((record.node, group.clone())).or_default().push(((epoch, seq), body));
                     self.delivered.entry((record.node, group)).or_default().push(seq);
                 }
                 GroupEvent::Published { group, seq, .. } => {
@@ -408,6 +413,9 @@ fn hostile_messages_are_dropped_and_counted() {
     let stranger =
         w.pick(1, &[victim, root]).into_iter().find(|&s| w.sim.addr(s) != parent).expect("someone");
     let stranger_addr = w.sim.addr(stranger);
+    // Forged data carries the epoch the victim follows, so that only the checks under test
+    // (not the one for stale epochs) can refuse it.
+    let epoch = w.bodies[&(victim, g.clone())].last().expect("delivered").0.0;
     let stamped = |seq: u64, body: Vec<u8>| Stamped {
         seq,
         from: "mallory".into(),
@@ -415,6 +423,9 @@ fn hostile_messages_are_dropped_and_counted() {
         ts_ms: 0,
         origin: stranger_addr,
         publish_id: 1,
+        epoch,
+        parent: 0,
+        base: 0,
     };
     let data = |group: &GroupName, seq: u64, body: Vec<u8>| GroupMessage::Data {
         group: group.clone(),
@@ -614,6 +625,9 @@ fn any_message() -> impl Strategy<Value = GroupMessage<SimAddr>> {
                     ts_ms: 0,
                     origin: SimAddr(a),
                     publish_id: a,
+                    epoch: a,
+                    parent: 0,
+                    base: 0,
                 },
             },
             _ => GroupMessage::Join { group, hops: (a % 64) as u8 },
@@ -706,17 +720,18 @@ fn a_group_split_in_two_has_one_root_and_one_numbering_after_the_heal() {
     let SplitRun { w, g, members, sent, .. } = &run;
     assert_eq!(w.roots(g).len(), 1, "one root after the merge");
     // No number names two different messages, across all members.
-    let mut named: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut named: BTreeMap<Number, Vec<u8>> = BTreeMap::new();
     for &m in members {
         for (number, body) in w.bodies.get(&(m, g.clone())).into_iter().flatten() {
             let first = named.entry(*number).or_insert_with(|| body.clone());
-            assert_eq!(first, body, "number {number} names two messages (member {m})");
+            assert_eq!(first, body, "number {number:?} names two messages (member {m})");
         }
     }
     // Every message published on either side reaches every member exactly once (the history is
     // far longer than the split, so nothing may be reported lost).
     for &m in members {
-        let got: Vec<&Vec<u8>> = w.bodies.get(&(m, g.clone())).into_iter().flatten().map(|(_, b)| b).collect();
+        let got: Vec<&Vec<u8>> =
+            w.bodies.get(&(m, g.clone())).into_iter().flatten().map(|(_, b)| b).collect();
         let distinct: BTreeSet<&Vec<u8>> = got.iter().copied().collect();
         assert_eq!(distinct.len(), got.len(), "member {m} delivered a message twice");
         let missing: Vec<String> = sent
@@ -727,4 +742,17 @@ fn a_group_split_in_two_has_one_root_and_one_numbering_after_the_heal() {
         assert!(missing.is_empty(), "member {m} never got {missing:?}");
     }
     assert_eq!(w.gaps, 0);
+    // The path exercised: the losing side's messages were numbered anew by the winner, and its
+    // members went back to the fork point.
+    eprintln!(
+        "renumbered {} rewinds {} skipped {} stale {} epochs {}",
+        w.counters_sum(|c| c.split_messages_renumbered),
+        w.counters_sum(|c| c.rewinds),
+        w.counters_sum(|c| c.redeliveries_skipped),
+        w.counters_sum(|c| c.dropped_stale_epoch),
+        w.counters_sum(|c| c.epochs_started),
+    );
+    assert!(w.counters_sum(|c| c.split_messages_renumbered) >= 8);
+    assert!(w.counters_sum(|c| c.rewinds) > 0);
+    assert_eq!(w.counters_sum(|c| c.split_messages_dropped), 0);
 }
