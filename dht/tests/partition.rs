@@ -112,3 +112,23 @@ fn a_ring_split_in_two_merges_back_under_churn() {
     assert_eq!(report.final_members, 200);
     assert_eq!(report.correct_pct, 100.0, "lookups after the merge");
 }
+
+#[test]
+fn groups_split_in_two_deliver_both_sides_everywhere_after_the_heal() {
+    let report = run(2, 1, |p| {
+        p.split = Duration::from_secs(60);
+        p.groups = 3;
+    });
+    assert_merged(&report);
+    let published: u64 = report.group_published.iter().sum();
+    assert!(
+        report.group_published.iter().all(|&n| n > 0),
+        "both sides published: {:?}",
+        report.group_published
+    );
+    assert_eq!(report.group_seq_reused, 0, "a number named two messages");
+    assert_eq!(report.group_duplicate_deliveries, 0);
+    assert_eq!(report.groups_without_one_root, 0);
+    assert_eq!(report.group_members_missing_silently, 0);
+    assert_eq!(report.group_delivered_everywhere, published, "gaps: {}", report.group_gaps);
+}

@@ -156,6 +156,9 @@ struct Args {
     /// `partition`: how long the ring is watched after the heal, in simulated seconds.
     #[arg(long, default_value_t = 120.0)]
     window_s: f64,
+    /// `partition`: multicast groups across the split, each published to from every part (0: none).
+    #[arg(long, default_value_t = 0)]
+    split_groups: usize,
     /// `counter`: clients incrementing the counter concurrently.
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -479,6 +482,7 @@ fn run_partition(args: &Args, ring: Params) -> ExitCode {
     params.split = Duration::from_secs_f64(args.split_s);
     params.window = Duration::from_secs_f64(args.window_s);
     params.lookups = args.lookups;
+    params.groups = args.split_groups;
     let report = partition_scenario::run(&params);
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("a report always serializes"));

@@ -66,4 +66,19 @@ pub struct MulticastCounters {
     /// History messages (at roots and backups) dropped, oldest first, because the group's history
     /// held more than `history_bytes` (and neither its count nor its age bound was reached).
     pub history_evicted_for_bytes: u64,
+    /// Epochs this node started ([`crate::multicast`] module docs: roots that start numbering,
+    /// and roots that took in another root's numbering after a partition).
+    pub epochs_started: u64,
+    /// Messages of another root's numbering (the other side of a partition) that a root numbered
+    /// anew in its own, after the two met.
+    pub split_messages_renumbered: u64,
+    /// Messages of another root's numbering refused for the bound on such messages.
+    pub split_messages_dropped: u64,
+    /// Data of an older epoch past a member's fork point (from a root that lost its role).
+    pub dropped_stale_epoch: u64,
+    /// Times a member went back to a fork point to re-read the numbering it now follows.
+    pub rewinds: u64,
+    /// Messages a member passed over because it had delivered the same publish under another
+    /// number (the other side of a partition).
+    pub redeliveries_skipped: u64,
 }

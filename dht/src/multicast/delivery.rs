@@ -2,15 +2,27 @@
 //! children and, at a member, delivered in sequence order exactly once; what arrives early is
 //! buffered within `max_out_of_order`.
 //!
-//! Owns a member's [`Delivery`] state per group: the next number to deliver and the buffer of
-//! what came early. Invariants: numbers are delivered in increasing order without repeats; the
+//! Owns a member's [`Delivery`] state per group: the next number to deliver, the buffer of what
+//! came early, the epoch the member follows ([`super::epoch`]) and the publishes it delivered
+//! lately. Invariants: within an epoch numbers are delivered in increasing order; no publish
+//! (origin, publish id) among the last `history_messages` delivered is delivered again; the
 //! buffer holds only numbers above the next one, at most `max_out_of_order` of them from the tree
 //! (fetched messages may exceed it: they were asked for); a number is passed over only by
-//! [`Delivery::skip_gap`], which the caller reports as a gap.
+//! [`Delivery::skip_gap`], which the caller reports as a gap, or because its publish was
+//! delivered already under another number.
+//!
+//! # Epochs
+//! A message of an epoch with a higher counter than the member's means the numbering changed
+//! hands. If the new epoch continues the member's (`parent`), nothing more is needed. Otherwise
+//! the member followed another lineage — the losing side of a partition — and it *rewinds* to
+//! the fork point `base + 1`: it fetches from there and skips, by publish id, what it delivered
+//! already under the other side's numbers. Tree data of an older epoch past the member's fork
+//! point is stale (a root that lost its role) and dropped; a fetch reply is the root's own
+//! lineage and is always taken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{GroupEvent, GroupMessage, MAX_SEQ, Multicast, Stamped};
+use super::{GroupEvent, GroupMessage, MAX_SEQ, Multicast, Stamped, epoch};
 use crate::address::Address;
 use crate::id::Id;
 use crate::node::Node;
@@ -23,6 +35,11 @@ pub(super) struct Delivery<A> {
     next_seq: Option<u64>,
     /// Messages that arrived ahead of `next_seq`.
     buffer: BTreeMap<u64, Stamped<A>>,
+    /// The epoch followed and its fork point, once known.
+    epoch: Option<(u64, u64)>,
+    /// The publishes delivered lately, oldest first, and the same as a set.
+    recent: VecDeque<(A, u64)>,
+    recent_set: BTreeSet<(A, u64)>,
 }
 
 /// What [`Delivery::receive`] did with a message.
@@ -35,11 +52,22 @@ pub(super) enum Received {
     Buffered,
     /// It is the next number: [`Delivery::drain`] delivers it and what follows.
     Next,
+    /// Of an older epoch, past the fork point: a root that lost its role sent it. Dropped.
+    Stale,
+    /// Of a newer epoch on another lineage: the member went back to the fork point (the number
+    /// returned) and kept the message; gap fills in flight are for the old lineage.
+    Rewound,
 }
 
-impl<A> Delivery<A> {
+impl<A: Ord + Clone> Delivery<A> {
     pub(super) fn new() -> Self {
-        Delivery { next_seq: None, buffer: BTreeMap::new() }
+        Delivery {
+            next_seq: None,
+            buffer: BTreeMap::new(),
+            epoch: None,
+            recent: VecDeque::new(),
+            recent_set: BTreeSet::new(),
+        }
     }
 
     /// The next number to deliver, if known.
@@ -56,6 +84,54 @@ impl<A> Delivery<A> {
     pub(super) fn restart(&mut self, next: Option<u64>) {
         self.next_seq = next;
         self.buffer.clear();
+        self.epoch = None;
+        self.recent.clear();
+        self.recent_set.clear();
+    }
+
+    /// Whether the publish of `m` was delivered here lately (under whatever number).
+    pub(super) fn delivered_already(&self, m: &Stamped<A>) -> bool {
+        self.recent_set.contains(&(m.origin.clone(), m.publish_id))
+    }
+
+    /// Records that the publish of `m` was delivered, forgetting the oldest beyond `keep`.
+    fn remember(&mut self, m: &Stamped<A>, keep: usize) {
+        let key = (m.origin.clone(), m.publish_id);
+        if self.recent_set.insert(key.clone()) {
+            self.recent.push_back(key);
+        }
+        while self.recent.len() > keep.max(1) {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    /// Follows the epoch of `m` if it is newer: returns `Some(true)` when the member rewound,
+    /// `Some(false)` when `m` is stale, `None` when `m` is taken as usual.
+    fn follow_epoch(&mut self, m: &Stamped<A>, fetched: bool) -> Option<bool> {
+        let Some((current, base)) = self.epoch else {
+            self.epoch = Some((m.epoch, m.base));
+            return None;
+        };
+        if m.epoch == current {
+            return None;
+        }
+        if epoch::counter(m.epoch) > epoch::counter(current) {
+            self.epoch = Some((m.epoch, m.base));
+            let next = self.next_seq.unwrap_or(m.seq);
+            if m.parent == current || next <= m.base + 1 {
+                // The new numbering continues this one, or forks where this member has not
+                // delivered yet: what is buffered of the old epoch past the fork is void.
+                self.buffer.retain(|seq, b| *seq <= m.base || b.epoch == m.epoch);
+                return None;
+            }
+            self.next_seq = Some(m.base + 1);
+            self.buffer.clear();
+            return Some(true);
+        }
+        // An older (or sibling) epoch: within the common prefix, or asked for, it is genuine.
+        if fetched || m.seq <= base { None } else { Some(false) }
     }
 
     /// Starts from `next` unless a starting point is known already.
@@ -68,7 +144,18 @@ impl<A> Delivery<A> {
     /// Takes message `m` (from the tree, or `fetched` from the root). A member that did not know
     /// where to start starts with it.
     pub(super) fn receive(&mut self, m: Stamped<A>, fetched: bool, window: usize) -> Received {
+        let rewound = match self.follow_epoch(&m, fetched) {
+            Some(false) => return Received::Stale,
+            Some(true) => true,
+            None => false,
+        };
         let next = *self.next_seq.get_or_insert(m.seq);
+        if rewound {
+            if m.seq >= next && m.seq - next <= window as u64 {
+                self.buffer.insert(m.seq, m);
+            }
+            return Received::Rewound;
+        }
         if m.seq < next || self.buffer.contains_key(&m.seq) {
             return Received::Duplicate;
         }
@@ -84,22 +171,29 @@ impl<A> Delivery<A> {
     }
 
     /// Takes out, in order, the buffered messages from the next number on while they are
-    /// contiguous; they are delivered.
-    pub(super) fn drain(&mut self) -> Vec<Stamped<A>> {
+    /// contiguous; they are delivered, except those whose publish was delivered already (under
+    /// another lineage's number), which are passed over and counted in the second value.
+    pub(super) fn drain(&mut self, keep: usize) -> (Vec<Stamped<A>>, u64) {
         let Some(mut next) = self.next_seq else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let mut delivered = Vec::new();
+        let mut skipped = 0;
         while let Some(m) = self.buffer.remove(&next) {
-            delivered.push(m);
             next += 1;
+            if self.delivered_already(&m) {
+                skipped += 1;
+                continue;
+            }
+            self.remember(&m, keep);
+            delivered.push(m);
         }
         // Anything below `next` left in the buffer is stale.
         while self.buffer.first_key_value().is_some_and(|(s, _)| *s < next) {
             self.buffer.pop_first();
         }
         self.next_seq = Some(next);
-        delivered
+        (delivered, skipped)
     }
 
     /// Passes over the numbers from the next one up to `covered_to` that are not buffered (the
@@ -152,20 +246,36 @@ impl<A: Address> Multicast<A> {
     pub(super) fn member_receive(&mut self, mid: Id, m: Stamped<A>, fetched: bool) {
         let window = self.config.max_out_of_order;
         let g = self.groups.get_mut(&mid).expect("callers checked the group exists");
+        let seq = m.seq;
         match g.delivery.receive(m, fetched, window) {
             Received::Duplicate => self.counters.duplicates += 1,
             Received::OutOfWindow => self.counters.dropped_out_of_window += 1,
+            Received::Stale => self.counters.dropped_stale_epoch += 1,
             Received::Buffered => {}
             Received::Next => self.drain(mid),
+            Received::Rewound => {
+                // The gap fill in flight asks the old lineage: forget it, and re-read from the
+                // fork point once check_behind runs.
+                self.counters.rewinds += 1;
+                g.head = Some(seq);
+                if let Some(request) = g.gap.restart() {
+                    self.fetches.forget(request);
+                }
+                self.drain(mid);
+            }
         }
     }
 
     /// Delivers buffered messages from the next expected number on while they are contiguous.
     pub(super) fn drain(&mut self, mid: Id) {
+        let keep = self.config.history_messages;
         let g = self.groups.get_mut(&mid).expect("callers checked the group exists");
-        for m in g.delivery.drain() {
+        let (delivered, skipped) = g.delivery.drain(keep);
+        self.counters.redeliveries_skipped += skipped;
+        for m in delivered {
             self.events.push_back(GroupEvent::Delivered {
                 group: g.name.clone(),
+                epoch: m.epoch,
                 seq: m.seq,
                 from: m.from,
                 body: m.body,
@@ -180,20 +290,30 @@ mod tests {
     use super::*;
 
     fn stamped(seq: u64) -> Stamped<u8> {
-        Stamped { seq, from: String::new(), body: Vec::new(), ts_ms: 0, origin: 0, publish_id: seq }
+        Stamped {
+            seq,
+            from: String::new(),
+            body: Vec::new(),
+            ts_ms: 0,
+            origin: 0,
+            publish_id: seq,
+            epoch: 0,
+            parent: 0,
+            base: 0,
+        }
     }
 
     #[test]
     fn a_gap_reaching_to_the_end_of_u64_ends_at_max_seq_and_never_wraps() {
         let mut delivery = Delivery::new();
         assert!(matches!(delivery.receive(stamped(3), true, 8), Received::Next));
-        assert_eq!(delivery.drain().len(), 1);
+        assert_eq!(delivery.drain(16).0.len(), 1);
         assert!(matches!(delivery.receive(stamped(6), true, 8), Received::Buffered));
         // The caller's loop: skip, drain, until nothing is missing below `covered_to`.
         let mut gaps = Vec::new();
         while let Some(gap) = delivery.skip_gap(u64::MAX) {
             gaps.push(gap);
-            delivery.drain();
+            delivery.drain(16);
             assert!(gaps.len() <= 2, "the gap loop does not end: {gaps:?}");
         }
         assert_eq!(gaps, vec![(4, 5), (7, MAX_SEQ)]);

@@ -75,6 +75,11 @@ impl<A: Address> Fetches<A> {
         self.pending.remove(&id)
     }
 
+    /// Forgets fetch `id`: its reply, if any comes, is dropped as unexpected.
+    pub(super) fn forget(&mut self, id: u64) {
+        self.pending.remove(&id);
+    }
+
     /// Whether fetch `id` was sent `max` times already.
     fn exhausted(&self, id: u64, max: u32) -> bool {
         self.pending.get(&id).is_some_and(|f| f.attempts >= max)
@@ -150,6 +155,13 @@ pub(super) struct GapFill {
 impl GapFill {
     pub(super) fn new(now: Time) -> Self {
         GapFill { fetching: None, fetch_after: now, behind_since: None }
+    }
+
+    /// Starts over (the member rewound to a fork point): returns the gap fill in flight, which
+    /// asked for the old lineage, for the caller to forget.
+    pub(super) fn restart(&mut self) -> Option<u64> {
+        self.behind_since = None;
+        self.fetching.take()
     }
 }
 
@@ -498,7 +510,15 @@ mod tests {
             sim.run_until(sim.now() + Duration::from_millis(300));
         }
         sim.run_until(sim.now() + Duration::from_secs(2));
-        sim.take_group_events();
+        // The early message is of the epoch the member follows, as a genuine one would be.
+        let epoch = sim
+            .take_group_events()
+            .into_iter()
+            .find_map(|r| match r.event {
+                GroupEvent::Delivered { epoch, .. } if r.node == member => Some(epoch),
+                _ => None,
+            })
+            .expect("delivered");
         assert_eq!(summary(&sim).next_seq, Some(3), "delivered 1 and 2");
 
         // Number 5 arrives early from the parent: the member fetches 3..=4 from the root.
@@ -510,6 +530,9 @@ mod tests {
             ts_ms: 0,
             origin: sim.addr(root),
             publish_id: 1000,
+            epoch,
+            parent: 0,
+            base: 0,
         };
         let data = GroupMessage::Data { group: g.clone(), root: sim.addr(root), message: early };
         sim.inject_group_message(member, parent, data);

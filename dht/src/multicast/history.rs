@@ -5,8 +5,13 @@
 //! (publishing node, publish id) to number, by which a root recognises a retried publish, and the
 //! sum of the messages' sizes ([`Stamped::approx_size`]), which the byte budget bounds.
 //!
+//! It also keeps, apart, the *foreign* messages: copies that arrived for a number already held by
+//! another message (another root numbered from the same head during a partition). They are not
+//! part of this lineage; a root that adopts the history numbers them anew (see `root`).
+//!
 //! Invariants: every message is filed under its own number; the index names only numbers held
-//! here (trimming drops both together); `bytes` is the sum of the held messages' sizes; trimming
+//! here (trimming drops both together); at most [`MAX_FOREIGN`] foreign messages, those beyond
+//! counted in `foreign_dropped`; `bytes` is the sum of the held messages' sizes; trimming
 //! drops the oldest first and at the root never drops a message that has not been released down
 //! the tree (so a root may exceed its budgets by what it has not released yet); a page of history
 //! fits the frame budget it is asked for.
@@ -18,10 +23,17 @@ use super::{Stamped, wire};
 use crate::address::Address;
 use crate::time::Time;
 
+/// Most foreign messages (of another lineage) a history keeps until a root numbers them anew.
+pub(super) const MAX_FOREIGN: usize = 1024;
+
 /// Stamped messages by number, with the time each was stamped or copied here.
 #[derive(Clone, Debug)]
 pub(super) struct History<A> {
     messages: BTreeMap<u64, (Stamped<A>, Time)>,
+    /// Copies of messages of another lineage whose number is held here by a different message.
+    foreign: Vec<Stamped<A>>,
+    /// Foreign messages refused for [`MAX_FOREIGN`].
+    foreign_dropped: u64,
     /// (origin, publish id) → number.
     by_origin: BTreeMap<(A, u64), u64>,
     /// Sum of the held messages' [`Stamped::approx_size`].
@@ -30,7 +42,13 @@ pub(super) struct History<A> {
 
 impl<A: Address> History<A> {
     pub(super) fn new() -> Self {
-        History { messages: BTreeMap::new(), by_origin: BTreeMap::new(), bytes: 0 }
+        History {
+            messages: BTreeMap::new(),
+            foreign: Vec::new(),
+            foreign_dropped: 0,
+            by_origin: BTreeMap::new(),
+            bytes: 0,
+        }
     }
 
     /// A history of `messages`, all dated `now` (a batch received from another node).
@@ -72,25 +90,62 @@ impl<A: Address> History<A> {
         }
     }
 
-    /// Takes in a copy (a backup's, or a hand-off): numbers already held keep their message, but
-    /// every copied publish is indexed, so that its retries are recognised.
+    /// Takes in a copy (a backup's, or a hand-off): numbers already held keep their message; a
+    /// copied message whose number holds another one is kept as foreign.
     pub(super) fn merge(&mut self, copy: History<A>) {
-        for (seq, entry) in copy.messages {
-            self.by_origin.insert((entry.0.origin.clone(), entry.0.publish_id), seq);
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.messages.entry(seq) {
-                self.bytes += entry.0.approx_size();
-                slot.insert(entry);
+        self.foreign_dropped += copy.foreign_dropped;
+        for (_, (message, at)) in copy.messages {
+            self.insert_copy(message, at);
+        }
+        for message in copy.foreign {
+            self.insert_foreign(message);
+        }
+    }
+
+    /// Adds a copied message unless it is held already; one whose number holds another message
+    /// (another lineage's) is kept as foreign.
+    pub(super) fn insert_copy(&mut self, message: Stamped<A>, now: Time) {
+        match self.messages.entry(message.seq) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                self.by_origin.insert((message.origin.clone(), message.publish_id), message.seq);
+                self.bytes += message.approx_size();
+                slot.insert((message, now));
+            }
+            std::collections::btree_map::Entry::Occupied(held) => {
+                let held = &held.get().0;
+                if (&held.origin, held.publish_id) != (&message.origin, message.publish_id) {
+                    self.insert_foreign(message);
+                }
             }
         }
     }
 
-    /// Adds a copied message unless its number is held already.
-    pub(super) fn insert_copy(&mut self, message: Stamped<A>, now: Time) {
-        if let std::collections::btree_map::Entry::Vacant(slot) = self.messages.entry(message.seq) {
-            self.by_origin.insert((message.origin.clone(), message.publish_id), message.seq);
-            self.bytes += message.approx_size();
-            slot.insert((message, now));
+    /// Keeps `message` of another lineage, unless its publish is held already or the bound is
+    /// reached (then it is counted).
+    fn insert_foreign(&mut self, message: Stamped<A>) {
+        let key = (message.origin.clone(), message.publish_id);
+        if self.by_origin.contains_key(&key)
+            || self.foreign.iter().any(|f| (&f.origin, f.publish_id) == (&key.0, key.1))
+        {
+            return;
         }
+        if self.foreign.len() >= MAX_FOREIGN {
+            self.foreign_dropped += 1;
+            return;
+        }
+        self.foreign.push(message);
+    }
+
+    /// Takes out the foreign messages, in number order, and how many were refused for the bound.
+    pub(super) fn take_foreign(&mut self) -> (Vec<Stamped<A>>, u64) {
+        let mut foreign = std::mem::take(&mut self.foreign);
+        foreign.sort_by_key(|m| (m.seq, m.epoch));
+        (foreign, std::mem::take(&mut self.foreign_dropped))
+    }
+
+    /// The epochs of the messages held: this lineage, as far back as the history reaches.
+    pub(super) fn epochs(&self) -> std::collections::BTreeSet<u64> {
+        self.messages.values().map(|(m, _)| m.epoch).collect()
     }
 
     /// The root's trim: drops the oldest messages while more than `max` are held, they hold more
@@ -183,7 +238,17 @@ mod tests {
     const AGE: Duration = Duration::from_secs(600);
 
     fn message(seq: u64, body: usize) -> Stamped<SimAddr> {
-        Stamped { seq, from: "u".into(), body: vec![0; body], ts_ms: 0, origin: SimAddr(1), publish_id: seq }
+        Stamped {
+            seq,
+            from: "u".into(),
+            body: vec![0; body],
+            ts_ms: 0,
+            origin: SimAddr(1),
+            publish_id: seq,
+            epoch: 0,
+            parent: 0,
+            base: 0,
+        }
     }
 
     fn seqs(history: &History<SimAddr>) -> Vec<u64> {

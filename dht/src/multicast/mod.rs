@@ -40,6 +40,23 @@
 //!   owner and re-joins as a forwarder; when the root crashes, its first successor, which holds
 //!   every released message, takes `mid` over and continues the numbering. A new owner without
 //!   any state asks its successor (the previous owner or a backup) before it numbers anything.
+//! - **Partitions: epochs.** During a partition both sides may number the same group: the side
+//!   that lost the root has the first successor take over from its copy, and both continue from
+//!   the same head. So every node that starts numbering starts a new *epoch* (`epoch`): each
+//!   message carries (epoch, parent epoch, fork point `base`), and (epoch, seq) names one message
+//!   for good — `seq` stays gap-free within a lineage, so members fill gaps as before. When the
+//!   merged ring makes one root hand its state to the other (the hand-off that follows a change
+//!   of owner), the receiving root *meets* the other numbering: messages of its own lineage fill
+//!   holes; the others' messages whose publish (origin, publish id) it does not hold are numbered
+//!   anew, once each, in a new epoch with a higher counter whose fork point is where the two
+//!   lineages parted. A backup or intermediate node that receives a second lineage keeps its
+//!   messages apart (foreign, bounded) so they are numbered anew when it becomes root. Members
+//!   that followed the winner continue; members that followed the loser see the new epoch's
+//!   parent is not theirs, go back to the fork point, fetch from there and skip, by publish id,
+//!   what they delivered already. A range the root no longer holds is a gap, as always.
+//!   Why not one numbering only (refusing to number on the minority side)? The ring cannot tell a
+//!   partition from a crash, and a group that stops while its root's successor lives would trade
+//!   availability for nothing: deduplicating by publish id makes two numberings reconcilable.
 //! - **Leave.** A member that leaves with no children prunes itself from its parent; a forwarder
 //!   left with neither children nor a local member does the same.
 //! - **Bottleneck remover.** A node with `max_children` children that gets one more redirects the
@@ -57,7 +74,8 @@
 //! - `history`: `History`, the bounded history of a root, and of a backup's copy;
 //! - `backup`: `Backups`, the copies this node holds of roots before it, and taking over;
 //! - `publish`: `Publishes`, the publishes this node started, their retries and deadlines;
-//! - `delivery`: `Delivery`, in-order, exactly-once delivery at a member;
+//! - `delivery`: `Delivery`, in-order, exactly-once delivery at a member, following epochs;
+//! - `epoch`: epoch ids and their order;
 //! - `fetch`: `Fetches` and `GapFill` — gap detection, fetches of missing ranges and history
 //!   requests, and matching their replies by request id, group and sender;
 //! - `counters`, `config`, `wire`: counters, configuration, wire messages and their validation.
@@ -72,6 +90,7 @@ mod backup;
 mod config;
 mod counters;
 mod delivery;
+mod epoch;
 mod fetch;
 mod group;
 mod history;
@@ -180,6 +199,10 @@ pub enum GroupEvent {
     Delivered {
         /// The group.
         group: GroupName,
+        /// The numbering `seq` belongs to: (`epoch`, `seq`) names one message, for good. After a
+        /// partition healed, the members that followed the losing side's root see `seq` go back
+        /// to the fork point in a new epoch; they never see a message twice.
+        epoch: u64,
         /// Its number.
         seq: u64,
         /// The publishing user's label.

@@ -21,7 +21,9 @@ use super::backup::Replica;
 use super::group::Group;
 use super::history::History;
 use super::tree::Joining;
-use super::{GroupEvent, GroupMessage, GroupName, MAX_ROUTE_HOPS, Multicast, PublishId, Stamped, wire};
+use super::{
+    GroupEvent, GroupMessage, GroupName, MAX_ROUTE_HOPS, Multicast, PublishId, Stamped, epoch, wire,
+};
 use crate::address::{Address, NodeRef};
 use crate::id::Id;
 use crate::node::Node;
@@ -63,6 +65,13 @@ pub(super) struct RootState<A> {
     pub(super) repl_deadline: Option<Time>,
     /// Keep the role until then even if the ring view disagrees (fresh hand-off).
     pub(super) hold_until: Time,
+    /// The epoch this root numbers in, the epoch it continues, and its fork point.
+    pub(super) epoch: u64,
+    pub(super) parent: u64,
+    pub(super) base: u64,
+    /// The node whose state this root adopted, and until when further batches from it continue
+    /// that hand-off rather than meet another numbering.
+    pub(super) adopting: Option<(A, Time)>,
 }
 
 impl<A: Address> RootState<A> {
@@ -80,17 +89,121 @@ impl<A: Address> RootState<A> {
             next_heartbeat: now,
             repl_deadline: None,
             hold_until: now,
+            epoch: 0,
+            parent: 0,
+            base: 0,
+            adopting: None,
         }
     }
 
     /// A root continuing from a copy: everything the copy holds counts as released, since it is
-    /// now held by two nodes (the previous root or backup, and this one).
-    pub(super) fn adopt(&mut self, head: u64, history: History<A>) {
+    /// now held by two nodes (the previous root or backup, and this one). It starts numbering in
+    /// a new epoch ([`super::epoch`]) after the head: whether the previous root cooperated (a
+    /// hand-off) or not (a take-over, possibly while it lives on across a partition) cannot be
+    /// told for sure, and a new epoch costs members that continue the previous one nothing.
+    /// Messages of another lineage the copy held (foreign) are queued to be numbered anew; the
+    /// epoch's fork point goes back to where that lineage forked. Returns how many foreign
+    /// messages were lost to the bound and how many were queued to be numbered anew.
+    pub(super) fn adopt(&mut self, head: u64, history: History<A>, me_short: u64) -> (u64, usize) {
+        let was_ready = self.ready;
         self.ready = true;
         self.history.merge(history);
         self.head = self.head.max(head).max(self.history.last_seq().unwrap_or(0));
         self.released = self.head;
         self.acked.clear();
+        let (foreign, dropped) = self.history.take_foreign();
+        let seen = self.seen_counter(&foreign);
+        if !was_ready {
+            self.parent = self.history.get(self.head).map_or(0, |m| m.epoch);
+            self.base = self.head;
+            self.epoch = epoch::next(seen, me_short);
+        }
+        let (fresh, fork) = self.other_lineage(foreign);
+        let renumbered = fresh.len();
+        if !fresh.is_empty() {
+            if was_ready {
+                self.start_meet_epoch(seen, fork, me_short);
+            } else {
+                self.base = self.base.min(fork);
+            }
+            self.queued.extend(fresh);
+        }
+        (dropped, renumbered)
+    }
+
+    /// Takes in the numbering of another root that met this one (a partition healed): messages
+    /// of this lineage fill holes; those of the other are numbered anew, in a new epoch whose
+    /// fork point is where the two lineages forked. Returns the messages to number, in order.
+    pub(super) fn meet(
+        &mut self,
+        others: Vec<Stamped<A>>,
+        me_short: u64,
+        now: Time,
+    ) -> Vec<QueuedPublish<A>> {
+        let seen = self.seen_counter(&others);
+        let lineage = self.lineage();
+        let mut other = Vec::new();
+        for m in others {
+            let held = self.history.get(m.seq);
+            if held.is_none() && m.seq <= self.head && lineage.contains(&m.epoch) {
+                // Ours, trimmed here or never copied: a hole filled, not a new message.
+                self.history.insert_copy(m, now);
+            } else if held.is_none_or(|h| (&h.origin, h.publish_id) != (&m.origin, m.publish_id)) {
+                other.push(m);
+            }
+        }
+        let (fresh, fork) = self.other_lineage(other);
+        if !fresh.is_empty() {
+            self.start_meet_epoch(seen, fork, me_short);
+        }
+        fresh
+    }
+
+    /// The highest epoch counter of this root and of `messages`.
+    fn seen_counter(&self, messages: &[Stamped<A>]) -> u64 {
+        let theirs = messages.iter().map(|m| epoch::counter(m.epoch)).max().unwrap_or(0);
+        let ours = self.history.epochs().into_iter().map(epoch::counter).max().unwrap_or(0);
+        theirs.max(ours).max(epoch::counter(self.epoch))
+    }
+
+    /// The epochs of this root's lineage, as far back as it knows.
+    fn lineage(&self) -> BTreeSet<u64> {
+        let mut lineage = self.history.epochs();
+        lineage.extend([self.epoch, self.parent]);
+        lineage
+    }
+
+    /// Of `others` (messages of another lineage), those whose publish this root does not hold,
+    /// as publishes to number, and the fork point: the last number both lineages agree on.
+    fn other_lineage(&self, others: Vec<Stamped<A>>) -> (Vec<QueuedPublish<A>>, u64) {
+        let lineage = self.lineage();
+        let mut fork = self.head;
+        let mut fresh: Vec<QueuedPublish<A>> = Vec::new();
+        for m in others {
+            if self.history.seq_of(&m.origin, m.publish_id).is_some()
+                || fresh.iter().any(|q| (&q.origin.addr, q.id) == (&m.origin, m.publish_id))
+            {
+                continue;
+            }
+            // An epoch of our lineage diverged only at this number; another epoch at its base.
+            let diverged = if lineage.contains(&m.epoch) { m.seq - 1 } else { m.base };
+            fork = fork.min(diverged);
+            fresh.push(QueuedPublish {
+                origin: NodeRef { id: m.origin.node_id(), addr: m.origin },
+                id: m.publish_id,
+                from: m.from,
+                body: m.body,
+                ts_ms: m.ts_ms,
+            });
+        }
+        (fresh, fork)
+    }
+
+    /// Starts the epoch in which a root numbers another lineage's messages after a meet.
+    fn start_meet_epoch(&mut self, seen: u64, fork: u64, me_short: u64) {
+        self.parent = self.epoch;
+        self.base = fork.min(self.head);
+        self.epoch = epoch::next(seen, me_short);
     }
 
     /// Numbers `publish` with the next number and files it in the history; it is released once
@@ -104,6 +217,9 @@ impl<A: Address> RootState<A> {
             ts_ms: publish.ts_ms,
             origin: publish.origin.addr,
             publish_id: publish.id,
+            epoch: self.epoch,
+            parent: self.parent,
+            base: self.base,
         };
         self.history.stamp(stamped.clone(), now);
         stamped
@@ -172,7 +288,10 @@ impl<A: Address> Multicast<A> {
         let mut root = RootState::pending(now);
         if let Some(replica) = self.backups.take(&mid) {
             self.counters.takeovers += 1;
-            root.adopt(replica.head, replica.history);
+            self.counters.epochs_started += 1;
+            let (dropped, renumbered) = root.adopt(replica.head, replica.history, self.me_short);
+            self.counters.split_messages_dropped += dropped;
+            self.counters.split_messages_renumbered += renumbered as u64;
             debug!(group = %name, head = root.head, "took the root role over from a backup copy");
         } else if let Some(successor) = ring.successors().first().filter(|s| s.addr != self.me.addr) {
             root.queries = 1;
@@ -180,7 +299,8 @@ impl<A: Address> Multicast<A> {
             let to = successor.addr.clone();
             self.send(to, GroupMessage::StateQuery { group: name.clone() });
         } else {
-            root.adopt(0, History::new());
+            self.counters.epochs_started += 1;
+            root.adopt(0, History::new(), self.me_short);
         }
         let g = self.groups.get_mut(&mid).expect("present: read above");
         g.root = Some(root);
@@ -399,7 +519,8 @@ impl<A: Address> Multicast<A> {
                 if root.queries >= MAX_STATE_QUERIES || ring.successors().is_empty() {
                     debug!(group = %name, "no state learnt: numbering afresh");
                     self.counters.fresh_roots += 1;
-                    root.adopt(0, History::new());
+                    self.counters.epochs_started += 1;
+                    root.adopt(0, History::new(), self.me_short);
                     self.on_root_ready(mid, ring, now);
                 } else {
                     root.queries += 1;
@@ -556,13 +677,35 @@ impl<A: Address> Multicast<A> {
                 return;
             }
             let was_ready = root.ready;
-            root.adopt(head, History::from_batch(messages, now));
+            let epoch_before = root.epoch;
+            let continuing = root.adopting.as_ref().is_some_and(|(a, until)| *a == from && *until > now);
+            if was_ready && !continuing {
+                // Two roots met (a partition healed, or ring views disagreed): the other side's
+                // messages are numbered anew here, once each; see `RootState::meet`.
+                let fresh = root.meet(messages, self.me_short, now);
+                if root.epoch != epoch_before {
+                    self.counters.epochs_started += 1;
+                }
+                self.counters.split_messages_renumbered += fresh.len() as u64;
+                debug!(group = %group, from = ?from, renumbered = fresh.len(), "took in another root's numbering");
+                for publish in fresh {
+                    self.root_publish(mid, &group, publish, ring, now);
+                }
+                return;
+            }
+            let (dropped, renumbered) = root.adopt(head, History::from_batch(messages, now), self.me_short);
+            if !was_ready {
+                root.adopting = Some((from.clone(), now + HANDOFF_GRACE));
+            }
+            if root.epoch != epoch_before {
+                self.counters.epochs_started += 1;
+            }
+            self.counters.split_messages_dropped += dropped;
+            self.counters.split_messages_renumbered += renumbered as u64;
             if ring.predecessor().is_some_and(|p| p.addr == from) || !Self::surely_not_owner(ring, &mid) {
                 root.hold_until = now + HANDOFF_GRACE;
             }
-            if !was_ready {
-                self.on_root_ready(mid, ring, now);
-            }
+            self.on_root_ready(mid, ring, now);
             return;
         }
         match self.backups.store(mid, &group, head, messages, now, &self.config) {
@@ -591,10 +734,12 @@ impl<A: Address> Multicast<A> {
             // a hand-off from our predecessor means it is leaving, whatever our view says yet.
             let from_predecessor = ring.predecessor().is_some_and(|p| p.addr == from);
             let hold = from_predecessor || !Self::surely_not_owner(ring, &mid);
-            if let Some(root) = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut())
-                && hold
-            {
-                root.hold_until = now + HANDOFF_GRACE;
+            if let Some(root) = self.groups.get_mut(&mid).and_then(|g| g.root.as_mut()) {
+                // Further batches of this hand-off continue it.
+                root.adopting = Some((from.clone(), now + HANDOFF_GRACE));
+                if hold {
+                    root.hold_until = now + HANDOFF_GRACE;
+                }
             }
         }
     }

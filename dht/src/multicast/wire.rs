@@ -114,6 +114,18 @@ pub struct Stamped<A> {
     pub origin: A,
     /// The publisher's id for this publish.
     pub publish_id: u64,
+    /// The numbering `seq` belongs to ([`super::epoch`]): a root that starts numbering starts a
+    /// new epoch, so (`epoch`, `seq`) names one message even when two roots numbered from one
+    /// head during a partition. 0 from a node that predates epochs.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The epoch this one continues: numbers up to `base` are that epoch's lineage.
+    #[serde(default)]
+    pub parent: u64,
+    /// The epoch's fork point: every lineage merged into this epoch agrees on the numbers up to
+    /// `base`; a member on another lineage re-reads from `base + 1`. Below `seq`.
+    #[serde(default)]
+    pub base: u64,
 }
 
 impl<A> Stamped<A> {
@@ -374,7 +386,7 @@ impl<A: Address> GroupMessage<A> {
             Ok(())
         }
         fn check_stamped<A>(m: &Stamped<A>) -> Result<(), InvalidGroupMessage> {
-            if m.seq == 0 || m.seq > MAX_SEQ {
+            if m.seq == 0 || m.seq > MAX_SEQ || m.base >= m.seq {
                 return Err(InvalidGroupMessage::BadSeq);
             }
             check_payload(&m.from, &m.body)
@@ -543,6 +555,9 @@ mod tests {
                 ts_ms,
                 origin: TestAddr(origin),
                 publish_id,
+                epoch: 0,
+                parent: 0,
+                base: 0,
             })
     }
 
@@ -640,7 +655,7 @@ mod tests {
         #[test]
         fn batches_respect_the_budget(sizes in proptest::collection::vec(0usize..5000, 0..600), budget in 1000usize..70_000) {
             let messages: Vec<Stamped<TestAddr>> = sizes.iter().enumerate().map(|(k, &n)| Stamped {
-                seq: k as u64 + 1, from: String::new(), body: vec![0; n], ts_ms: 0, origin: TestAddr(0), publish_id: 0,
+                seq: k as u64 + 1, from: String::new(), body: vec![0; n], ts_ms: 0, origin: TestAddr(0), publish_id: 0, epoch: 0, parent: 0, base: 0,
             }).collect();
             let out = batches(&messages, budget);
             prop_assert_eq!(out.iter().map(Vec::len).sum::<usize>(), messages.len());

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::*;
@@ -344,3 +344,110 @@ fn garbage_from_a_peer_is_dropped_and_counted() {
 }
 
 const MAX_TAG_BYTES_FOR_TEST: usize = wire::MAX_TAG_BYTES;
+
+/// Records that `seq` named `id`; fails if it named another message before.
+fn name_it(named: &mut BTreeMap<u64, MsgId>, seq: u64, id: MsgId) {
+    let first = *named.entry(seq).or_insert(id);
+    assert_eq!(first, id, "sequence number {seq:#x} names two messages");
+}
+
+/// A queue split by a partition: both sides put, take and acknowledge on the same queue (the
+/// ordering node on one side, its first successor — which takes over — on the other), then the
+/// network heals. After the merge one node orders the queue; every acknowledged put was removed
+/// by an acknowledgement or is handed out exactly once when the queue is drained; and no sequence
+/// number ever named two messages, in any answer to a put or a take.
+#[test]
+fn a_queue_split_in_two_has_one_ordering_node_and_loses_nothing_after_the_heal() {
+    let n = 16;
+    let mut sim = ring(n, 21, QueueConfig::default());
+    let q = name("split-jobs");
+    let qid = q.id();
+    let owner = (0..n).find(|&i| sim.node(i).owns(&qid)).unwrap();
+    let successor = sim.node(owner).successors()[0].addr.index();
+    let mut sides: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    sides[owner] = 0;
+    sides[successor] = 1;
+    let on = |side: u8| -> Vec<usize> {
+        (0..n).filter(|&i| sides[i] == side && i != owner && i != successor).take(2).collect()
+    };
+    let (left, right) = (on(0), on(1));
+    // seq → id, from every put acknowledgement and every message taken.
+    let mut named: BTreeMap<u64, MsgId> = BTreeMap::new();
+    let mut acked_puts: BTreeMap<MsgId, u64> = BTreeMap::new();
+    let mut removed: BTreeMap<MsgId, u32> = BTreeMap::new();
+
+    // Before the split: six puts, two of them taken and acknowledged.
+    for k in 0..6u8 {
+        let (seq, id) = put(&mut sim, left[0], &q, &[b'p', k]);
+        name_it(&mut named, seq, id);
+        acked_puts.insert(id, seq);
+    }
+    for _ in 0..2 {
+        let leased = take(&mut sim, right[0], &q, Duration::ZERO).expect("a message waits");
+        name_it(&mut named, leased.message.seq, leased.message.id);
+        assert_eq!(ack(&mut sim, right[0], &q, &leased), AckOutcome::Removed);
+        *removed.entry(leased.message.id).or_default() += 1;
+    }
+
+    sim.partition(sides.clone());
+    // Each side closes its ring; the successor's side takes the queue over.
+    sim.run_until(sim.now() + Duration::from_secs(30));
+    for (side, nodes) in [(0u8, &left), (1, &right)] {
+        for k in 0..5u8 {
+            let (op, id) = sim.queue_put(nodes[k as usize % 2], &q, vec![b'0' + side, k]);
+            if let Ok(QueueOutcome::Put { seq, id: put_id }) =
+                wait_op(&mut sim, nodes[k as usize % 2], op, &mut Vec::new())
+            {
+                assert_eq!(put_id, id);
+                name_it(&mut named, seq, id);
+                acked_puts.insert(id, seq);
+            }
+        }
+        for _ in 0..3 {
+            let op = sim.queue_take(nodes[1], &q, Duration::ZERO, Duration::from_secs(30));
+            let Ok(QueueOutcome::Taken(Some(leased))) = wait_op(&mut sim, nodes[1], op, &mut Vec::new())
+            else {
+                continue;
+            };
+            name_it(&mut named, leased.message.seq, leased.message.id);
+            let op = sim.queue_ack(nodes[1], &q, leased.message.seq, leased.message.id, leased.lease);
+            if let Ok(QueueOutcome::Acked(AckOutcome::Removed)) =
+                wait_op(&mut sim, nodes[1], op, &mut Vec::new())
+            {
+                *removed.entry(leased.message.id).or_default() += 1;
+            }
+        }
+    }
+    let takeovers: u64 = right.iter().chain([&successor]).map(|&i| sim.queues(i).counters().takeovers).sum();
+    assert!(takeovers >= 1, "the successor's side took the queue over");
+    let epochs: BTreeSet<u64> = named.keys().map(|seq| seq >> 40).collect();
+    assert!(epochs.len() >= 2, "both sides numbered during the split: epochs {epochs:?}");
+    let split_puts = acked_puts.len() - 6;
+    assert!(split_puts >= 8, "both sides served puts during the split: {split_puts}");
+
+    sim.heal();
+    sim.run_until(sim.now() + Duration::from_secs(120));
+    let ordering: Vec<usize> =
+        (0..n).filter(|&i| sim.queues(i).held().iter().any(|(held, _, owns)| *held == q && *owns)).collect();
+    assert_eq!(ordering.len(), 1, "one ordering node after the merge: {ordering:?}");
+
+    // Drain: everything acknowledged and not removed comes out exactly once.
+    let mut drained: BTreeMap<MsgId, u32> = BTreeMap::new();
+    while let Some(leased) = take(&mut sim, left[1], &q, Duration::ZERO) {
+        name_it(&mut named, leased.message.seq, leased.message.id);
+        assert_eq!(ack(&mut sim, left[1], &q, &leased), AckOutcome::Removed);
+        *drained.entry(leased.message.id).or_default() += 1;
+        assert!(drained.len() <= acked_puts.len(), "the drain does not end");
+    }
+    assert!(drained.values().all(|&c| c == 1), "a message was handed out twice after the merge");
+    for id in acked_puts.keys() {
+        assert!(
+            removed.contains_key(id) || drained.contains_key(id),
+            "acknowledged put {id:?} neither removed nor present"
+        );
+        assert!(
+            !(removed.contains_key(id) && drained.contains_key(id)),
+            "put {id:?} came back after it was removed"
+        );
+    }
+}

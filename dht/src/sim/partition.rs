@@ -21,16 +21,24 @@
 //! - `merge_s`; `messages_per_node_per_s` from the heal until the merge (or the window's end);
 //!   `idle_messages_per_node_per_s` from the merge (or heal) to the window's end, in a ring
 //!   that is correct again;
-//! - the probe and merge counters summed over all nodes, and lookup correctness afterwards.
+//! - the probe and merge counters summed over all nodes, and lookup correctness afterwards;
+//! - with `groups > 0`, multicast groups across the split: each group has members on every side;
+//!   from 10 s into the split until its middle, one member on each side publishes to each group
+//!   every second. After the window: `group_published` (acknowledged, per part), how many reached
+//!   every live member (`group_delivered_everywhere`), gaps reported, duplicate deliveries, the
+//!   numbers (epoch, seq) that named two different messages across members (`group_seq_reused`,
+//!   must be 0), and the groups that do not have exactly one root.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use serde::Serialize;
 
-use super::Simulation;
 use super::scenario::{self, Kind, Params, round3};
+use super::{GroupRecord, Simulation};
 use crate::id::Id;
+use crate::multicast::{GroupEvent, GroupName, MulticastConfig, PublishId, Role};
 
 /// Everything a `partition` run depends on.
 #[derive(Clone, Debug)]
@@ -52,6 +60,8 @@ pub struct PartitionParams {
     /// nodes are in part 0 and join through its members. The window's second half is quiet, so
     /// that the ring's state at its end says whether the merge finished.
     pub churn_per_s: f64,
+    /// Multicast groups across the split (0: multicast off, the run is as before).
+    pub groups: usize,
 }
 
 impl PartitionParams {
@@ -65,6 +75,7 @@ impl PartitionParams {
             lookups: 5_000,
             lookup_duration: Duration::from_secs(20),
             churn_per_s: 0.0,
+            groups: 0,
         }
     }
 }
@@ -132,6 +143,29 @@ pub struct PartitionReport {
     pub invariant_violations: u64,
     /// Members at the end.
     pub final_members: usize,
+    /// Groups across the split (0: none).
+    pub groups: usize,
+    /// Publishes acknowledged to their publisher during the split, per part.
+    pub group_published: Vec<u64>,
+    /// Of those, how many every live member of the group delivered by the window's end.
+    pub group_delivered_everywhere: u64,
+    /// Gap events reported by members, and the numbers they covered.
+    pub group_gaps: u64,
+    /// Numbers reported lost in gap events.
+    pub group_gap_messages: u64,
+    /// (message, live member) pairs where the member never delivered an acknowledged message.
+    pub group_missing_deliveries: u64,
+    /// (group, live member) pairs that miss some acknowledged message yet reported no gap at
+    /// all: a silent loss (0 unless something is wrong).
+    pub group_members_missing_silently: u64,
+    /// Deliveries of a message a member had delivered already.
+    pub group_duplicate_deliveries: u64,
+    /// Numbers (epoch, seq) that named two different messages across members: must be 0.
+    pub group_seq_reused: u64,
+    /// Groups without exactly one root at the window's end.
+    pub groups_without_one_root: usize,
+    /// Messages of the other side that roots numbered anew after meeting (all nodes).
+    pub group_renumbered: u64,
     /// Fingerprint of the whole run.
     pub trace_hash: String,
     /// Wall-clock seconds the run took.
@@ -219,17 +253,24 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
     }
 
     let parts = params.parts.max(1);
+    let mut groups = Groups::start(&mut sim, params.groups);
     let mut churn = Churn::new(params, sim.now());
+    let split_start = sim.now();
     let split_end = sim.now() + params.split;
+    let mut sides: Vec<u8> = vec![0; sim.node_count()];
     if parts > 1 {
-        let sides: Vec<u8> = (0..sim.node_count()).map(|_| sim.rng().random_range(0..parts)).collect();
+        sides = (0..sim.node_count()).map(|_| sim.rng().random_range(0..parts)).collect();
         churn.sides = Some(sides.clone());
-        sim.partition(sides);
+        sim.partition(sides.clone());
     }
     while sim.now() < split_end {
         let until = (sim.now() + SECOND).min(split_end);
         churn.run_until(&mut sim, until);
         sim.run_until(until);
+        let into = sim.now() - split_start;
+        if into >= 10 * SECOND && into <= params.split / 2 {
+            groups.publish_round(&mut sim, &sides, parts);
+        }
     }
     let rings_at_heal = sim.check_invariants().rings;
     sim.heal();
@@ -249,6 +290,7 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
             merged = Some((sim.now(), sim.messages));
         }
     }
+    let group_report = groups.finish(&mut sim, parts);
     let members = sim.member_count().max(1) as f64;
     let (merge_end, messages_at_merge) = merged.unwrap_or((sim.now(), sim.messages));
     let merge_span = (merge_end - heal_at).as_secs_f64();
@@ -336,6 +378,17 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
         invariant_checks: checks,
         invariant_violations: violations,
         final_members: sim.member_count(),
+        groups: params.groups,
+        group_published: group_report.published,
+        group_delivered_everywhere: group_report.delivered_everywhere,
+        group_gaps: group_report.gaps,
+        group_gap_messages: group_report.gap_messages,
+        group_missing_deliveries: group_report.missing,
+        group_members_missing_silently: group_report.missing_silently,
+        group_duplicate_deliveries: group_report.duplicates,
+        group_seq_reused: group_report.seq_reused,
+        groups_without_one_root: group_report.without_one_root,
+        group_renumbered: group_report.renumbered,
         trace_hash: format!("{:016x}", sim.trace_hash()),
         wall_s: round3(wall.elapsed().as_secs_f64()),
     }
@@ -343,4 +396,173 @@ pub fn run(params: &PartitionParams) -> PartitionReport {
 
 fn probes(sim: &Simulation) -> u64 {
     (0..sim.node_count()).map(|i| sim.node(i).counters().probes_sent).sum()
+}
+
+/// Members per group in a `partition` run with groups.
+const GROUP_MEMBERS: usize = 12;
+
+/// The groups of a `partition` run: names, members, and every publish and event seen.
+struct Groups {
+    names: Vec<GroupName>,
+    members: Vec<Vec<usize>>,
+    /// (publisher, publish id) → (group, part, body).
+    publishes: BTreeMap<(usize, PublishId), (usize, u8, Vec<u8>)>,
+    events: Vec<GroupRecord>,
+    sent: u64,
+}
+
+/// What [`Groups::finish`] measured.
+struct GroupReport {
+    published: Vec<u64>,
+    delivered_everywhere: u64,
+    gaps: u64,
+    gap_messages: u64,
+    missing: u64,
+    missing_silently: u64,
+    duplicates: u64,
+    seq_reused: u64,
+    without_one_root: usize,
+    renumbered: u64,
+}
+
+impl Groups {
+    /// Turns multicast on and has `count` groups of [`GROUP_MEMBERS`] random members each joined
+    /// and attached (none when `count` is 0: the run stays as it was).
+    fn start(sim: &mut Simulation, count: usize) -> Self {
+        let mut groups = Groups {
+            names: Vec::new(),
+            members: Vec::new(),
+            publishes: BTreeMap::new(),
+            events: Vec::new(),
+            sent: 0,
+        };
+        if count == 0 {
+            return groups;
+        }
+        sim.enable_multicast(MulticastConfig::default());
+        for k in 0..count {
+            let name = GroupName::new(format!("split-{k}")).expect("a valid name");
+            let mut members = Vec::new();
+            for _ in 0..GROUP_MEMBERS * 4 {
+                if members.len() == GROUP_MEMBERS {
+                    break;
+                }
+                if let Some(m) = sim.random_member()
+                    && !members.contains(&m)
+                    && sim.join_group(m, &name).is_ok()
+                {
+                    members.push(m);
+                }
+            }
+            groups.names.push(name);
+            groups.members.push(members);
+        }
+        sim.run_until(sim.now() + 10 * SECOND);
+        groups.events.extend(sim.take_group_events());
+        groups
+    }
+
+    /// One member on each part publishes to each group.
+    fn publish_round(&mut self, sim: &mut Simulation, sides: &[u8], parts: u8) {
+        for (g, name) in self.names.iter().enumerate() {
+            for part in 0..parts {
+                let on_part: Vec<usize> = self.members[g]
+                    .iter()
+                    .copied()
+                    .filter(|&m| sim.is_member(m) && sides.get(m).copied().unwrap_or(0) == part)
+                    .collect();
+                if on_part.is_empty() {
+                    continue;
+                }
+                let publisher = on_part[self.sent as usize % on_part.len()];
+                let body = format!("{name}/{part}/{}", self.sent).into_bytes();
+                self.sent += 1;
+                if let Ok(id) = sim.publish(publisher, name, body.clone()) {
+                    self.publishes.insert((publisher, id), (g, part, body));
+                }
+            }
+        }
+        self.events.extend(sim.take_group_events());
+    }
+
+    /// Judges what every member delivered (see the module docs).
+    fn finish(&mut self, sim: &mut Simulation, parts: u8) -> GroupReport {
+        self.events.extend(sim.take_group_events());
+        let mut report = GroupReport {
+            published: vec![0; usize::from(parts)],
+            delivered_everywhere: 0,
+            gaps: 0,
+            gap_messages: 0,
+            missing: 0,
+            missing_silently: 0,
+            duplicates: 0,
+            seq_reused: 0,
+            without_one_root: 0,
+            renumbered: 0,
+        };
+        if self.names.is_empty() {
+            return report;
+        }
+        let index: BTreeMap<&GroupName, usize> = self.names.iter().enumerate().map(|(g, n)| (n, g)).collect();
+        let mut acked: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut delivered: BTreeMap<(usize, usize), BTreeMap<Vec<u8>, u32>> = BTreeMap::new();
+        let mut named: BTreeMap<(usize, u64, u64), BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mut gapped: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for record in &self.events {
+            match &record.event {
+                GroupEvent::Published { id, .. } => {
+                    if let Some((g, part, body)) = self.publishes.get(&(record.node, *id)) {
+                        report.published[usize::from(*part)] += 1;
+                        acked.push((*g, body.clone()));
+                    }
+                }
+                GroupEvent::Delivered { group, epoch, seq, body, .. } => {
+                    let Some(&g) = index.get(group) else { continue };
+                    *delivered.entry((g, record.node)).or_default().entry(body.clone()).or_default() += 1;
+                    named.entry((g, *epoch, *seq)).or_default().insert(body.clone());
+                }
+                GroupEvent::Gap { group, from, to } => {
+                    if let Some(&g) = index.get(group) {
+                        gapped.insert((g, record.node));
+                    }
+                    report.gaps += 1;
+                    report.gap_messages += to - from + 1;
+                }
+                _ => {}
+            }
+        }
+        report.duplicates =
+            delivered.values().flat_map(|d| d.values()).map(|&c| u64::from(c.saturating_sub(1))).sum();
+        report.seq_reused = named.values().filter(|bodies| bodies.len() > 1).count() as u64;
+        let mut silent: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for (g, body) in &acked {
+            let missing: Vec<usize> = self.members[*g]
+                .iter()
+                .copied()
+                .filter(|&m| sim.is_member(m))
+                .filter(|&m| !delivered.get(&(*g, m)).is_some_and(|d| d.contains_key(body)))
+                .collect();
+            if missing.is_empty() {
+                report.delivered_everywhere += 1;
+            }
+            report.missing += missing.len() as u64;
+            silent.extend(missing.into_iter().map(|m| (*g, m)).filter(|key| !gapped.contains(key)));
+        }
+        report.missing_silently = silent.len() as u64;
+        for name in &self.names {
+            let roots = (0..sim.node_count())
+                .filter(|&i| sim.is_alive(i))
+                .filter_map(|i| sim.multicast(i))
+                .filter(|mc| mc.groups().iter().any(|s| &s.name == name && s.role == Role::Root))
+                .count();
+            if roots != 1 {
+                report.without_one_root += 1;
+            }
+        }
+        report.renumbered = (0..sim.node_count())
+            .filter_map(|i| sim.multicast(i))
+            .map(|mc| mc.counters().split_messages_renumbered)
+            .sum();
+        report
+    }
 }

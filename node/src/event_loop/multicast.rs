@@ -323,7 +323,7 @@ impl EventLoop {
 
     fn on_multicast_event(&mut self, event: GroupEvent) {
         match event {
-            GroupEvent::Delivered { group, seq, from, body, ts_ms } => {
+            GroupEvent::Delivered { group, seq, from, body, ts_ms, .. } => {
                 let local = self.groups.local.entry(group.as_str().to_string()).or_default();
                 local.record(GroupItem::Message(std::sync::Arc::new(Delivered {
                     group: group.as_str().to_string(),
