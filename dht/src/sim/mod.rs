@@ -78,25 +78,27 @@ enum What {
     DeliverQueue { to: u32, from: SimAddr, message: crate::queue::QueueMessage<SimAddr> },
 }
 
+/// An event due at `at`; `seq` breaks ties in the order events were scheduled, so runs are
+/// reproducible. Ordered by (`at`, `seq`) only: what happens plays no part.
 #[derive(Debug)]
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    what: What,
+pub(crate) struct Scheduled<W> {
+    pub(crate) at: Time,
+    pub(crate) seq: u64,
+    pub(crate) what: W,
 }
 
-impl PartialEq for Scheduled {
+impl<W> PartialEq for Scheduled<W> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
+impl<W> Eq for Scheduled<W> {}
+impl<W> PartialOrd for Scheduled<W> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Scheduled {
+impl<W> Ord for Scheduled<W> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
     }
@@ -159,7 +161,7 @@ pub struct GroupRecord {
 pub struct Simulation {
     now: Time,
     seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: BinaryHeap<Reverse<Scheduled<What>>>,
     rng: ChaCha8Rng,
     salt: u64,
     config: Config,

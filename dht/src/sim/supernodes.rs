@@ -31,7 +31,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{NetworkModel, SimAddr};
+use super::{NetworkModel, Scheduled, SimAddr};
 use crate::address::Address;
 use crate::id::Id;
 use crate::supernode::wire::{DIRECTORY_SHARDS, LeafOpId, shard_key};
@@ -168,30 +168,6 @@ enum What {
 }
 
 #[derive(Debug)]
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    what: What,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-#[derive(Debug)]
 enum Role {
     Ring { directory: Box<Directory<SimAddr>>, host: Option<Box<Host<SimAddr>>> },
     Leaf(Option<Box<Leaf<SimAddr>>>),
@@ -207,7 +183,7 @@ struct Actor {
 struct World {
     now: Time,
     seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: BinaryHeap<Reverse<Scheduled<What>>>,
     rng: ChaCha8Rng,
     salt: u64,
     network: NetworkModel,
