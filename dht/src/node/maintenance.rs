@@ -5,7 +5,8 @@
 //!
 //! Maintenance adapts to change (issue 17). While the neighbourhood stays the same, the stabilize
 //! period doubles after each round up to `Config::stabilize_backoff_max`, and the finger-refresh
-//! period doubles after each finger that checks out, up to `Config::fix_fingers_backoff_max`;
+//! period doubles after each full round of fingers that check out, up to
+//! `Config::fix_fingers_backoff_max`;
 //! `unsettle` brings both back to their configured base at the first sign of change (a request
 //! that timed out, a lookup that failed, a new predecessor or successor, a changed successor list,
 //! a notify from a node other than the predecessor, a neighbour leaving, a join). Work that other
@@ -16,8 +17,7 @@
 //! otherwise learn late is pushed to it: a node whose successor list changed sends it to its
 //! predecessor at once (`successors_changed`), so a change crosses the r nodes that list it in
 //! round trips, not r backed-off rounds; and a request that times out makes the node sweep its
-//! whole finger table at a fast pace once (`sweep_fingers`), and the finger period doubles only
-//! per full round of fingers that all check out.
+//! whole finger table at a fast pace once (`sweep_fingers`).
 //!
 //! Invariants kept here:
 //! - a successor is adopted only once it has answered, and the list is rebuilt by
