@@ -17,27 +17,34 @@ pub struct Config {
     /// How often a node starts one finger-refresh lookup. A full round touches only the ~log2 N
     /// distinct fingers. Default 1 s.
     pub fix_fingers_interval: Duration,
-    /// How often a node pings its predecessor. Default 2 s.
+    /// How often a node checks its predecessor. It pings only a predecessor it has not heard from
+    /// within this period or `max_stabilize_interval` (plus one `rpc_timeout`): a live
+    /// predecessor's stabilize requests show it is alive, so a ring at rest sends no pings.
+    /// Default 2 s.
     pub check_predecessor_interval: Duration,
     /// Longest stabilize period of a node whose neighbourhood stays unchanged. The period starts at
     /// `stabilize_interval` and doubles after each round up to this bound; any sign of change (a
     /// failed request, a new predecessor or successor, a changed successor list, a notify from a
     /// new node, a join) brings it back to `stabilize_interval` at once. It bounds how long a
     /// crashed successor goes unnoticed at rest, so it trades idle messages against repair time.
-    /// A value at or below `stabilize_interval` means no back-off. Default 1 s, no back-off:
-    /// the multicast layer's repair (`dht/tests/multicast.rs`) still counts on the ring noticing
-    /// changes within one base period, and with 2 s (and 16 s for fingers) the simulated store
-    /// lost acknowledged writes across a partition on 2 of 16 seeds, cause not found: backing off
-    /// is opt-in until both are understood. 2 s cuts a ring at rest from 6 to 2.7 messages per
-    /// node per second (BENCHMARKS.md, issue 17). At most [`MAX_BACKOFF_INTERVAL`].
+    /// A value at or below `stabilize_interval` means no back-off. Default 2 s: a crashed
+    /// successor is then noticed within 2 s plus one request's attempts, so a SIGKILLed node's
+    /// neighbours repair within about 4 s. (Backing off used to lose acknowledged writes across a
+    /// partition: the deeper entries of successor lists caught up one backed-off round per hop,
+    /// and a quorum read through a stale list asked nodes that were not the key's replicas. A
+    /// changed list is now pushed to the predecessor, `Request::SuccessorsChanged`.) At most
+    /// [`MAX_BACKOFF_INTERVAL`].
     pub max_stabilize_interval: Duration,
     /// Longest finger-refresh period of a node whose fingers keep checking out. A finger is
     /// checked with one request (is its start still between the finger's predecessor and the
-    /// finger?) and looked up only when that check fails; each passing check doubles the period,
-    /// from `fix_fingers_interval` up to this bound, and a failing one or any change of neighbours
-    /// resets it. A value at or below `fix_fingers_interval` means no back-off. Default 1 s, no
-    /// back-off, for the same reason as `max_stabilize_interval`; 16 s pairs with a 2 s
-    /// `max_stabilize_interval`. At most [`MAX_BACKOFF_INTERVAL`].
+    /// finger?) and looked up only when that check fails; each full round of the distinct fingers
+    /// that all pass doubles the period, from `fix_fingers_interval` up to this bound, and a
+    /// failing check or any change of neighbours
+    /// resets it. A value at or below `fix_fingers_interval` means no back-off. Default 2 s, not
+    /// more: multicast publishes are routed along fingers without a reply per hop, and with
+    /// fingers backing off to 4 s or more, `dht/tests/multicast.rs` (30 % of the forwarders
+    /// crashing) saw publishes time out (BENCHMARKS.md, issue 17). At most
+    /// [`MAX_BACKOFF_INTERVAL`].
     pub max_fix_fingers_interval: Duration,
     /// How long to wait for a reply to one transmission of a request. Default 300 ms.
     pub rpc_timeout: Duration,
@@ -85,8 +92,8 @@ impl Default for Config {
             stabilize_interval: Duration::from_secs(1),
             fix_fingers_interval: Duration::from_secs(1),
             check_predecessor_interval: Duration::from_secs(2),
-            max_stabilize_interval: Duration::from_secs(1),
-            max_fix_fingers_interval: Duration::from_secs(1),
+            max_stabilize_interval: Duration::from_secs(2),
+            max_fix_fingers_interval: Duration::from_secs(2),
             rpc_timeout: Duration::from_millis(300),
             request_attempts: 3,
             max_lookup_hops: 32,

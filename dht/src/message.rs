@@ -72,6 +72,15 @@ pub enum Request<A> {
         /// Times this request has been passed on; at most [`MAX_MERGE_HOPS`].
         hops: u8,
     },
+    /// "My successor list has just changed; this is it now", sent by a node to its predecessor.
+    /// The receiver takes it as if its own stabilize had fetched it, but only from the node that
+    /// is its successor. A backed-off predecessor thus learns of a change at once rather than a
+    /// stabilize period later, and a change travels the r hops a successor list spans in round
+    /// trips. Answered with [`Response::Ack`].
+    SuccessorsChanged {
+        /// The sender's successor list, nearest first.
+        successors: Vec<NodeRef<A>>,
+    },
 }
 
 /// Responses of the ring protocol.
@@ -84,8 +93,8 @@ pub enum Response<A> {
         /// The responder's successor list, nearest first.
         successors: Vec<NodeRef<A>>,
     },
-    /// Answer to [`Request::Notify`], [`Request::Ping`], [`Request::Leaving`] and
-    /// [`Request::Merge`].
+    /// Answer to [`Request::Notify`], [`Request::Ping`], [`Request::Leaving`],
+    /// [`Request::Merge`] and [`Request::SuccessorsChanged`].
     Ack,
     /// Answer to [`Request::FindSuccessor`].
     Route {
@@ -114,6 +123,7 @@ impl<A> Message<A> {
                 Request::FindSuccessor { .. } => "find_successor",
                 Request::Leaving { .. } => "leaving",
                 Request::Merge { .. } => "merge",
+                Request::SuccessorsChanged { .. } => "successors_changed",
             },
             Message::Response { body, .. } => match body {
                 Response::Neighbours { .. } => "neighbours",
@@ -172,6 +182,7 @@ impl<A: Address> Message<A> {
                     }
                     check_ref(candidate)
                 }
+                Request::SuccessorsChanged { successors } => check_list(successors),
                 Request::GetNeighbours | Request::Notify | Request::Ping | Request::FindSuccessor { .. } => {
                     Ok(())
                 }
@@ -260,6 +271,7 @@ mod tests {
             (proptest::option::of(node()), list())
                 .prop_map(|(predecessor, successors)| Request::Leaving { predecessor, successors }),
             (node(), 0..=MAX_MERGE_HOPS).prop_map(|(candidate, hops)| Request::Merge { candidate, hops }),
+            list().prop_map(|successors| Request::SuccessorsChanged { successors }),
         ];
         let response = prop_oneof![
             (proptest::option::of(node()), list())

@@ -110,3 +110,23 @@ fn the_same_seed_gives_the_same_report() {
     b.wall_s = 0.0;
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+#[test]
+fn successor_lists_catch_up_after_a_heal_while_maintenance_backs_off() {
+    // With stabilize backing off to 2 s and fingers to 16 s, this run lost acknowledged writes (8)
+    // before a changed successor list was pushed to the predecessor: after the heal, the deeper
+    // list entries caught up one backed-off round per hop, and a final quorum read through a stale
+    // list asked three nodes that were not the key's replicas and answered "not found".
+    let mut params = KvParams::new(64, 20_000, 13);
+    params.partition = true;
+    params.partition_duration = Duration::from_secs(30);
+    params.config = params
+        .config
+        .clone()
+        .with_max_stabilize_interval(Duration::from_secs(2))
+        .with_max_fix_fingers_interval(Duration::from_secs(16));
+    let report = kv::run(&params);
+    assert_eq!(report.acked_writes_lost, 0, "{report:?}");
+    assert_eq!(report.final_reads_failed, 0, "{report:?}");
+    assert!(report.acked_writes > 5000, "the run wrote: {report:?}");
+}

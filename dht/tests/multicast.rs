@@ -407,8 +407,24 @@ fn hostile_messages_are_dropped_and_counted() {
     w.join_all(&g, &members);
     w.publish(&g, &members[..1], 5, Duration::from_millis(50));
     w.run_for(Duration::from_secs(2));
-    let victim =
-        *members.iter().find(|&&m| w.summary(m, &g).is_some_and(|s| s.parent.is_some())).expect("a child");
+    // A node that cannot be `victim`'s root or ring neighbour: not itself, not in (mid, victim),
+    // not its predecessor or a successor. A victim just before mid has none (every other node is
+    // in (mid, victim) or in its successor list), so the victim is a child that has one.
+    let far_from = |w: &World, victim: usize| {
+        let v = w.sim.node(victim);
+        (0..w.sim.node_count()).find(|&i| {
+            let id = w.sim.node(i).me().id;
+            i != victim
+                && !id.in_open(&g.id(), &v.me().id)
+                && id != g.id()
+                && v.predecessor().is_none_or(|p| p.id != id)
+                && !v.successors().iter().any(|s| s.id == id)
+        })
+    };
+    let victim = *members
+        .iter()
+        .find(|&&m| w.summary(m, &g).is_some_and(|s| s.parent.is_some()) && far_from(&w, m).is_some())
+        .expect("a child with a far node");
     let parent = w.summary(victim, &g).and_then(|s| s.parent).expect("attached").addr;
     let stranger =
         w.pick(1, &[victim, root]).into_iter().find(|&s| w.sim.addr(s) != parent).expect("someone");
@@ -445,15 +461,7 @@ fn hostile_messages_are_dropped_and_counted() {
     // Far beyond the window: a bogus number from the parent must not poison the member.
     inject(&mut w, parent, data(&g, 1_000_000_000, vec![1]));
     // State pushed by a node that cannot be the root's neighbour; replies nobody asked for.
-    let far = (0..w.sim.node_count())
-        .find(|&i| {
-            let id = w.sim.node(i).me().id;
-            !id.in_open(&g.id(), &w.sim.node(victim).me().id)
-                && id != g.id()
-                && w.sim.node(victim).predecessor().is_none_or(|p| p.id != id)
-                && !w.sim.node(victim).successors().iter().any(|s| s.id == id)
-        })
-        .expect("a far node");
+    let far = far_from(&w, victim).expect("chosen to have one");
     let far_addr = w.sim.addr(far);
     inject(
         &mut w,

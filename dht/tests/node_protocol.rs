@@ -48,7 +48,11 @@ fn answers(request: &Request<SimAddr>, response: &Response<SimAddr>) -> bool {
         (request, response),
         (Request::GetNeighbours, Response::Neighbours { .. })
             | (
-                Request::Notify | Request::Ping | Request::Leaving { .. } | Request::Merge { .. },
+                Request::Notify
+                    | Request::Ping
+                    | Request::Leaving { .. }
+                    | Request::Merge { .. }
+                    | Request::SuccessorsChanged { .. },
                 Response::Ack
             )
             | (Request::FindSuccessor { .. }, Response::Route { .. })
@@ -527,7 +531,10 @@ fn wrong_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
         | Request::Ping
         | Request::FindSuccessor { .. }
         | Request::Leaving { .. }
-        | Request::Merge { .. } => Response::Neighbours { predecessor: None, successors: Vec::new() },
+        | Request::Merge { .. }
+        | Request::SuccessorsChanged { .. } => {
+            Response::Neighbours { predecessor: None, successors: Vec::new() }
+        }
     }
 }
 
@@ -538,7 +545,11 @@ fn right_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
             predecessor: Some(NodeRef::new(addr(0))),
             successors: vec![NodeRef::new(addr(0))],
         },
-        Request::Notify | Request::Ping | Request::Leaving { .. } | Request::Merge { .. } => Response::Ack,
+        Request::Notify
+        | Request::Ping
+        | Request::Leaving { .. }
+        | Request::Merge { .. }
+        | Request::SuccessorsChanged { .. } => Response::Ack,
         Request::FindSuccessor { .. } => Response::Refused,
     }
 }

@@ -5,16 +5,19 @@
 //!
 //! Maintenance adapts to change (issue 17). While the neighbourhood stays the same, the stabilize
 //! period doubles after each round up to `Config::stabilize_backoff_max`, and the finger-refresh
-//! period doubles after each finger that checks out, up to `Config::fix_fingers_backoff_max`;
+//! period doubles after each full round of fingers that check out, up to
+//! `Config::fix_fingers_backoff_max`;
 //! `unsettle` brings both back to their configured base at the first sign of change (a request
 //! that timed out, a lookup that failed, a new predecessor or successor, a changed successor list,
 //! a notify from a node other than the predecessor, a neighbour leaving, a join). Work that other
 //! traffic already does is not repeated: a finger is checked with one request (its predecessor)
-//! and looked up only when the check fails, and a successor that already lists us as its
-//! predecessor is not notified again. The predecessor is still pinged every
-//! `check_predecessor_interval`: skipping the ping while the predecessor's own stabilize rounds
-//! reach us saved a message per node per second but made a partitioned store less available on
-//! some seeds (BENCHMARKS.md, issue 17), because a silent predecessor was then dropped later.
+//! and looked up only when the check fails, a successor that already lists us as its
+//! predecessor is not notified again, and the predecessor is pinged only when its own stabilize
+//! requests have stopped reaching us (`predecessor_recently_heard`). What a backed-off node would
+//! otherwise learn late is pushed to it: a node whose successor list changed sends it to its
+//! predecessor at once (`successors_changed`), so a change crosses the r nodes that list it in
+//! round trips, not r backed-off rounds; and a request that times out makes the node sweep its
+//! whole finger table at a fast pace once (`sweep_fingers`).
 //!
 //! Invariants kept here:
 //! - a successor is adopted only once it has answered, and the list is rebuilt by
@@ -76,11 +79,26 @@ impl<A: Address> Node<A> {
     pub(super) fn unsettle(&mut self, now: Time) {
         self.stabilize_period = self.config.stabilize_interval;
         self.finger_period = self.config.fix_fingers_interval;
+        self.fingers_checked = 0;
         if !self.is_member() {
             return;
         }
         self.next_stabilize = self.next_stabilize.min(now + self.config.stabilize_interval);
         self.next_fix_fingers = self.next_fix_fingers.min(now + self.config.fix_fingers_interval);
+    }
+
+    /// A peer stopped answering: nodes may have crashed, and some of them may be our fingers,
+    /// which nothing but a finger check reveals (a message routed through a dead finger is lost
+    /// without a reply). Check the whole table at a fast pace once, so that routes through the
+    /// dead are gone within a few seconds of the first time-out rather than a backed-off round
+    /// later. Costs nothing at rest, where nothing times out.
+    pub(super) fn sweep_fingers(&mut self, now: Time) {
+        if !self.is_member() || self.fast_fingers > 0 {
+            return;
+        }
+        self.fast_fingers = self.fingers.distinct().count();
+        let soon = now + self.config.fix_fingers_interval / super::FAST_STABILIZE_DIVISOR;
+        self.next_fix_fingers = self.next_fix_fingers.min(soon);
     }
 
     /// Whether the stabilize period has backed off to its bound: nothing has changed nearby for
@@ -149,6 +167,18 @@ impl<A: Address> Node<A> {
         self.send_request_attempts(&to, Request::GetNeighbours, purpose, attempts, now);
     }
 
+    /// Whether the predecessor has shown it is alive recently enough that a ping would tell
+    /// nothing new. A live predecessor asks us for our list at least every
+    /// `Config::stabilize_backoff_max`; the window adds one `rpc_timeout` for the message's way.
+    /// A predecessor silent for longer is pinged as before, so a crashed one is dropped at most
+    /// one window later than by pinging every `check_predecessor_interval`, and the usual repair
+    /// (its predecessor adopts us and notifies, and rectify probes it) does not wait for this.
+    pub(super) fn predecessor_recently_heard(&self, now: Time) -> bool {
+        let window = self.config.check_predecessor_interval.max(self.config.stabilize_backoff_max())
+            + self.config.rpc_timeout;
+        self.predecessor.is_some() && now < self.predecessor_heard + window
+    }
+
     pub(super) fn check_predecessor(&mut self, now: Time) {
         if self.checking_predecessor {
             return;
@@ -214,9 +244,19 @@ impl<A: Address> Node<A> {
         if predecessor.is_some_and(|p| start.in_open_closed(&p.id, &finger.id)) {
             self.fixing_finger = false;
             self.fingers.settle(&self.me.id, index, Some(finger));
-            self.finger_period = (self.finger_period * 2).min(self.config.fix_fingers_backoff_max());
+            // Slow down only once the whole table has checked out at the current pace: after a
+            // sign of change every finger is checked again at the base pace, not just the first
+            // few before the period has doubled past the rest. A dead finger swallows whatever is
+            // routed through it without a reply (multicast publishes, joins), so after a crash
+            // wave the table must be swept within a few base periods, not a few minutes.
+            self.fingers_checked += 1;
+            if self.fingers_checked >= self.fingers.distinct().count() {
+                self.fingers_checked = 0;
+                self.finger_period = (self.finger_period * 2).min(self.config.fix_fingers_backoff_max());
+            }
         } else {
             self.finger_period = self.config.fix_fingers_interval;
+            self.fingers_checked = 0;
             self.start_lookup(start, LookupPurpose::FixFinger(index), now);
         }
     }
@@ -419,8 +459,7 @@ impl<A: Address> Node<A> {
         if changed {
             trace!(node = %self.me.id.short(), successor = %head.id.short(), "successor list updated");
             self.successors = list;
-            self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
-            self.unsettle(now);
+            self.successors_changed(now);
         }
         // The notify would only confirm what the successor already believes; its Ack matters
         // only before we are announced.
@@ -455,10 +494,47 @@ impl<A: Address> Node<A> {
         let before = self.successors.len();
         self.successors.retain(|n| &n.addr != addr);
         if self.successors.len() != before {
-            self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
-            self.unsettle(now);
+            self.successors_changed(now);
         }
         self.fingers.forget(addr);
         self.forget_cached(addr);
+    }
+
+    /// The successor list has just been replaced: report it, go back to the base pace, and tell
+    /// the predecessor, whose list is this one shifted by one. Without the push a change would
+    /// reach the node r hops back only after r of its predecessors' stabilize rounds, each up to
+    /// `Config::stabilize_backoff_max` away; meanwhile their lists name replica sets that miss
+    /// nodes (after a partition heals, the other side's), and a quorum read through such a list
+    /// answers "not found" for a key its true replicas hold. At rest nothing changes and nothing
+    /// is pushed.
+    fn successors_changed(&mut self, now: Time) {
+        self.events.push_back(Event::SuccessorsChanged { successors: self.successors.clone() });
+        self.unsettle(now);
+        if let Some(predecessor) = self.predecessor.clone()
+            && self.is_member()
+        {
+            let body = Request::SuccessorsChanged { successors: self.successors.clone() };
+            self.send_request_attempts(&predecessor.addr, body, Purpose::PushSuccessors, 1, now);
+        }
+    }
+
+    /// Our successor `from` pushed its new list: take it as stabilize would have. A push from any
+    /// other node is ignored: only the successor's own list is trusted to extend ours, and a node
+    /// that believes it follows us but is not our successor is for stabilize to chase.
+    pub(super) fn on_successors_pushed(&mut self, from: &A, successors: &[NodeRef<A>], now: Time) {
+        let Some(head) = self.successors.first().cloned() else {
+            return;
+        };
+        if &head.addr != from {
+            return;
+        }
+        let list = merge_successors(&self.me, &head, successors, self.config.successors.get());
+        if list != self.successors {
+            for node in &list {
+                self.passive.remove(&node.addr);
+            }
+            self.successors = list;
+            self.successors_changed(now);
+        }
     }
 }

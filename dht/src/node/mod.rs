@@ -208,6 +208,8 @@ enum Purpose<A> {
     },
     /// A [`Request::Merge`]; its answer carries nothing.
     Merge,
+    /// A [`Request::SuccessorsChanged`] to the predecessor; sent once, its answer carries nothing.
+    PushSuccessors,
 }
 
 /// A node that answered with its successor list.
@@ -257,12 +259,21 @@ pub struct Node<A: Address> {
     stabilize_rounds: u32,
     /// A lookup of this node's own successor is running.
     checking_successor: bool,
+    /// When a message last came from the predecessor (its stabilize rounds reach us anyway):
+    /// the predecessor check pings only a predecessor that has been silent.
+    predecessor_heard: Time,
     /// The stabilize period in force outside fast rounds: `stabilize_interval`, doubling after each
     /// round up to `Config::stabilize_backoff_max` while nothing changes (see `unsettle`).
     stabilize_period: Duration,
-    /// The finger-refresh period in force: `fix_fingers_interval`, doubling after each finger
-    /// that checks out, up to `Config::fix_fingers_backoff_max`.
+    /// The finger-refresh period in force: `fix_fingers_interval`, doubling after each full round
+    /// of the distinct fingers that all checked out, up to `Config::fix_fingers_backoff_max`.
     finger_period: Duration,
+    /// Fingers that checked out since the period last changed: a round is complete once they
+    /// number the distinct fingers.
+    fingers_checked: usize,
+    /// Finger checks still to run at `1 / FAST_STABILIZE_DIVISOR` of the base period, after a
+    /// request timed out (a sign that nodes crashed, which may be anyone's fingers).
+    fast_fingers: usize,
     /// Ranges (predecessor, owner] recently vouched for by their owners.
     range_cache: RangeCache<A>,
     /// The successor list ran out and a lookup for this node's own id is finding a new one.
@@ -319,8 +330,11 @@ impl<A: Address> Node<A> {
             fast_rounds: 0,
             stabilize_rounds: 0,
             checking_successor: false,
+            predecessor_heard: Time::ZERO,
             stabilize_period,
             finger_period,
+            fingers_checked: 0,
+            fast_fingers: 0,
             range_cache: RangeCache::new(),
             announced: false,
             passive,
@@ -496,6 +510,9 @@ impl<A: Address> Node<A> {
             return;
         }
         self.counters.messages_received += 1;
+        if self.predecessor.as_ref().is_some_and(|p| p.addr == from) {
+            self.predecessor_heard = now;
+        }
         match message {
             Message::Request { id, body } => {
                 let body = self.answer(&from, body, now);
@@ -588,10 +605,21 @@ impl<A: Address> Node<A> {
                 }
                 if now >= self.next_check_predecessor {
                     self.next_check_predecessor = now + self.config.check_predecessor_interval;
-                    self.check_predecessor(now);
+                    if !self.predecessor_recently_heard(now) {
+                        self.check_predecessor(now);
+                    }
                 }
                 if now >= self.next_fix_fingers {
-                    self.next_fix_fingers = now + self.finger_period;
+                    self.next_fix_fingers = if self.fast_fingers > 0 {
+                        // A check still in flight (a dead finger takes all its attempts) does
+                        // not use up the sweep.
+                        if !self.fixing_finger {
+                            self.fast_fingers -= 1;
+                        }
+                        now + self.config.fix_fingers_interval / FAST_STABILIZE_DIVISOR
+                    } else {
+                        now + self.finger_period
+                    };
                     self.fix_next_finger(now);
                 }
                 if !self.passive.is_empty() && now >= self.next_probe {

@@ -51,7 +51,7 @@ impl<A: Address> Node<A> {
             (Purpose::Probe { node }, Response::Neighbours { predecessor, successors }) => {
                 self.on_probe_answered(node, predecessor, successors, now);
             }
-            (Purpose::Merge, Response::Ack) => {}
+            (Purpose::Merge | Purpose::PushSuccessors, Response::Ack) => {}
             (Purpose::Lookup { key }, Response::Route { owner, predecessor, successors, closer }) => {
                 let Some(lookup) = self.lookups.get_mut(&key) else {
                     return; // finished (timed out) while this reply was on its way
@@ -80,6 +80,7 @@ impl<A: Address> Node<A> {
         // already declared dead that still does not answer is no news.
         if timed_out && !matches!(purpose, Purpose::Probe { .. }) {
             self.unsettle(now);
+            self.sweep_fingers(now);
         }
         match purpose {
             Purpose::Stabilize { successor } => {
@@ -170,7 +171,9 @@ impl<A: Address> Node<A> {
                     self.passive.remove(&node.addr);
                 }
             }
-            Purpose::Merge => {}
+            // A predecessor that missed the push still fetches the list in its next stabilize
+            // round; its own predecessor check decides whether it is gone.
+            Purpose::Merge | Purpose::PushSuccessors => {}
         }
     }
 

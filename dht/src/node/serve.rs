@@ -47,6 +47,10 @@ impl<A: Address> Node<A> {
                 self.on_merge_request(candidate, hops, now);
                 Response::Ack
             }
+            Request::SuccessorsChanged { successors } => {
+                self.on_successors_pushed(from, &successors, now);
+                Response::Ack
+            }
         }
     }
 

@@ -177,6 +177,9 @@ pub struct Simulation {
     pub tally: LookupTally,
     /// Messages sent by all nodes.
     pub messages: u64,
+    /// Ring messages sent by all nodes, by [`crate::Message::kind`] (requests and responses
+    /// apart): which maintenance rule a ring at rest still spends its messages on.
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
     /// Multicast messages sent by all nodes (all kinds).
     pub group_messages: u64,
     /// Multicast data messages (stamped messages sent down a tree) sent by all nodes.
@@ -214,6 +217,7 @@ impl Simulation {
             lookups: BTreeMap::new(),
             tally: LookupTally::default(),
             messages: 0,
+            messages_by_kind: BTreeMap::new(),
             group_messages: 0,
             group_data_messages: 0,
             multicast: None,
@@ -476,6 +480,7 @@ impl Simulation {
         let now = self.now;
         while let Some(transmit) = self.nodes[index].node.poll_transmit() {
             self.messages += 1;
+            *self.messages_by_kind.entry(transmit.message.kind()).or_default() += 1;
             let to = transmit.to.index();
             if let Some(delay) = self.network.sample(&mut self.rng) {
                 let from = self.nodes[index].node.me().addr;

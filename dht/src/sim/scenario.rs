@@ -6,6 +6,7 @@
 //! its measured phase while user lookups for uniformly random keys start at random members and
 //! the invariants are checked every simulated second.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -124,6 +125,8 @@ pub struct Report {
     pub repair_sim_s: Option<f64>,
     /// Messages sent per live node per simulated second in the measured phase.
     pub messages_per_node_per_s: f64,
+    /// The same, by message kind (`get_neighbours`, `neighbours`, `ping`, `ack`, …).
+    pub messages_by_kind: BTreeMap<&'static str, f64>,
     /// Invariant checks made in the measured phase (one per simulated second).
     pub invariant_checks: u64,
     /// Checks in which some invariant did not hold.
@@ -163,6 +166,7 @@ pub fn run(params: &Params) -> Report {
     // Measured phase.
     let phase_start = sim.now();
     let messages_before = sim.messages;
+    let by_kind_before = sim.messages_by_kind.clone();
     let mut live_node_seconds = 0.0;
     let (mut checks, mut violations, mut crashes, mut joins) = (0u64, 0u64, 0u64, 0u64);
     let mut repair_sim_s = None;
@@ -234,6 +238,12 @@ pub fn run(params: &Params) -> Report {
         }
     }
     let measured_messages = sim.messages - messages_before;
+    let measured_by_kind: BTreeMap<&'static str, u64> = sim
+        .messages_by_kind
+        .iter()
+        .map(|(&kind, &n)| (kind, n - by_kind_before.get(kind).copied().unwrap_or(0)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
     // Let lookups still in flight finish (each is bounded by the lookup timeout).
     let drain_end = sim.now() + params.config.lookup_timeout + SECOND;
     while sim.lookups_in_flight() > 0 && sim.now() < drain_end {
@@ -269,6 +279,10 @@ pub fn run(params: &Params) -> Report {
         finger_accuracy: round3(accuracy),
         repair_sim_s: repair_sim_s.map(round3),
         messages_per_node_per_s: round3(measured_messages as f64 / live_node_seconds.max(1.0)),
+        messages_by_kind: measured_by_kind
+            .into_iter()
+            .map(|(kind, n)| (kind, round3(n as f64 / live_node_seconds.max(1.0))))
+            .collect(),
         invariant_checks: checks,
         invariant_violations: violations,
         crashes,
