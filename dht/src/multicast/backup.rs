@@ -18,6 +18,9 @@ use crate::id::Id;
 use crate::node::Node;
 use crate::time::Time;
 
+/// How long after a hand-off (or its last resend) it is sent again from the kept copy.
+const HANDOFF_RESEND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A copy of a root's state.
 #[derive(Clone, Debug)]
 pub(super) struct Replica<A> {
@@ -27,7 +30,28 @@ pub(super) struct Replica<A> {
     pub(super) history: History<A>,
     /// When the root last pushed anything.
     pub(super) updated: Time,
+    /// Kept by a root that handed its role on: the hand-off, until it is refused or given up.
+    pub(super) handoff: Option<HandedOff<A>>,
 }
+
+/// The hand-off a copy was kept from. A node drops a hand-off from a node it does not see as a
+/// ring neighbour (ring views disagree for a while after a partition heals) and says so with a
+/// `Rejoin`; the copy is then the only holder of that root's numbering, so it is sent again, to
+/// the predecessor of the moment, at most [`MAX_HANDOFF_SENDS`] times in all. Only a refusal
+/// re-arms it: resending hand-offs that were taken would make their receivers roots again.
+#[derive(Clone, Debug)]
+pub(super) struct HandedOff<A> {
+    /// The node it was sent to last.
+    pub(super) to: A,
+    /// How many times it was sent.
+    pub(super) sends: u32,
+    /// When to send it again, once refused.
+    pub(super) resend_at: Option<Time>,
+}
+
+/// Times a root's hand-off is sent (the first time and the resends from its kept copy). A resend
+/// that reaches a root that has the state already is harmless: its meet skips what it holds.
+pub(super) const MAX_HANDOFF_SENDS: u32 = 4;
 
 /// The backup copies this node holds, by `mid`.
 #[derive(Debug)]
@@ -46,6 +70,10 @@ impl<A: Address> Backups<A> {
 
     pub(super) fn get(&self, mid: &Id) -> Option<&Replica<A>> {
         self.copies.get(mid)
+    }
+
+    pub(super) fn get_mut(&mut self, mid: &Id) -> Option<&mut Replica<A>> {
+        self.copies.get_mut(mid)
     }
 
     /// Removes and returns the copy of `mid` (this node is taking the root role over).
@@ -90,6 +118,7 @@ impl<A: Address> Backups<A> {
             head: 0,
             history: History::new(),
             updated: now,
+            handoff: None,
         });
         copy.head = copy.head.max(head);
         copy.updated = now;
@@ -115,6 +144,7 @@ impl<A: Address> Multicast<A> {
     /// (its predecessor, the root, crashed or left).
     pub(super) fn tick_backups(&mut self, ring: &Node<A>, now: Time) {
         self.backups.expire(now, self.config.backup_ttl);
+        self.resend_handoffs(ring, now);
         let owned: Vec<(Id, GroupName)> = self
             .backups
             .iter()
@@ -133,6 +163,39 @@ impl<A: Address> Multicast<A> {
                 self.groups.insert(mid, Group::new(name, now));
             }
             self.become_root(mid, ring, now);
+        }
+    }
+
+    /// `by` refused the hand-off of `mid` this node sent it (a `Rejoin`): send it again later,
+    /// within the bound.
+    /// Sends again the hand-offs of roles this node gave up whose copy it still keeps, to its
+    /// predecessor (the node a hand-off goes to), at most [`MAX_HANDOFF_SENDS`] times in all.
+    pub(super) fn handoff_refused(&mut self, mid: &Id, by: &A, now: Time) {
+        let Some(handoff) = self.backups.get_mut(mid).and_then(|c| c.handoff.as_mut()) else { return };
+        if handoff.to == *by && handoff.resend_at.is_none() && handoff.sends < MAX_HANDOFF_SENDS {
+            handoff.resend_at = Some(now + HANDOFF_RESEND);
+        }
+    }
+
+    fn resend_handoffs(&mut self, ring: &Node<A>, now: Time) {
+        let Some(to) = ring.predecessor().map(|p| p.addr.clone()).filter(|p| *p != self.me.addr) else {
+            return;
+        };
+        let due: Vec<Id> = self
+            .backups
+            .iter()
+            .filter(|(_, r)| r.handoff.as_ref().is_some_and(|h| h.resend_at.is_some_and(|at| at <= now)))
+            .map(|(mid, _)| *mid)
+            .collect();
+        for mid in due {
+            let Some(copy) = self.backups.get_mut(&mid) else { continue };
+            let Some(handoff) = copy.handoff.as_mut() else { continue };
+            handoff.to = to.clone();
+            handoff.sends += 1;
+            handoff.resend_at = None;
+            let (name, head, history) = (copy.name.clone(), copy.head, copy.history.clone());
+            self.counters.handoffs_resent += 1;
+            self.send_copy(&to, &name, head, &history, true);
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct MulticastCounters {
     pub replication_retries: u64,
     /// Root roles handed to a new owner.
     pub handoffs: u64,
+    /// Hand-offs sent again from the copy a root kept (the receiver may have dropped one sent
+    /// while ring views disagreed).
+    pub handoffs_resent: u64,
     /// Root roles taken over from a backup copy or a hand-off.
     pub takeovers: u64,
     /// Roots that started numbering afresh because no state could be learnt.

@@ -200,6 +200,22 @@ impl<A: Address> History<A> {
         true
     }
 
+    /// The foreign messages, split into runs of increasing numbers (a batch on the wire must be
+    /// increasing, and two foreign messages may share a number): what a copy handed on must
+    /// carry besides [`History::messages`], or the other lineage's messages it set aside are lost.
+    pub(super) fn foreign_runs(&self) -> Vec<Vec<Stamped<A>>> {
+        let mut foreign = self.foreign.clone();
+        foreign.sort_by_key(|m| (m.seq, m.epoch));
+        let mut runs: Vec<Vec<Stamped<A>>> = Vec::new();
+        for m in foreign {
+            match runs.iter_mut().find(|run| run.last().is_some_and(|l| l.seq < m.seq)) {
+                Some(run) => run.push(m),
+                None => runs.push(vec![m]),
+            }
+        }
+        runs
+    }
+
     /// Every message held, in order.
     pub(super) fn messages(&self) -> Vec<Stamped<A>> {
         self.messages.values().map(|(m, _)| m.clone()).collect()

@@ -512,7 +512,7 @@ impl<A: Address> Multicast<A> {
         let copies = self.backups.take_all();
         if let Some(s) = &successor {
             for copy in copies {
-                self.send_state(&s.addr, &copy.name, copy.head, &copy.history.messages(), false);
+                self.send_copy(&s.addr, &copy.name, copy.head, &copy.history, false);
             }
         }
         for (id, p) in self.publishes.take_all() {

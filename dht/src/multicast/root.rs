@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::backup::Replica;
+use super::backup::{HandedOff, Replica};
 use super::group::Group;
 use super::history::History;
 use super::tree::Joining;
@@ -623,6 +623,22 @@ impl<A: Address> Multicast<A> {
         }
     }
 
+    /// Sends a backup copy (`history`) to `to`: its messages, then the foreign ones it set aside
+    /// (another lineage's, not numbered here yet), so that the receiver numbers them anew.
+    pub(super) fn send_copy(
+        &mut self,
+        to: &A,
+        name: &GroupName,
+        head: u64,
+        history: &History<A>,
+        handoff: bool,
+    ) {
+        self.send_state(to, name, head, &history.messages(), handoff);
+        for run in history.foreign_runs() {
+            self.send_state(to, name, head, &run, handoff);
+        }
+    }
+
     /// Gives the root role to `to`: releases what is stamped, sends it the state, and keeps a
     /// copy as a backup (this node is usually the new root's successor). The caller re-joins.
     pub(super) fn hand_off(&mut self, mid: Id, to: A, now: Time) {
@@ -639,7 +655,8 @@ impl<A: Address> Multicast<A> {
         self.yielded.insert(mid, (to.clone(), now + HANDOFF_GRACE * 2));
         self.counters.handoffs += 1;
         self.send_state(&to, &name, root.head, &root.history.messages(), true);
-        let copy = Replica { name, head: root.head, history: root.history, updated: now };
+        let handoff = Some(HandedOff { to: to.clone(), sends: 1, resend_at: None });
+        let copy = Replica { name, head: root.head, history: root.history, updated: now, handoff };
         self.backups.keep(mid, copy, self.config.max_groups);
     }
 
@@ -664,6 +681,11 @@ impl<A: Address> Multicast<A> {
             || ring.predecessor().is_some_and(|p| p.addr == from);
         if !plausible {
             self.counters.dropped_unauthorized += 1;
+            if handoff {
+                // Say so: the sender kept a copy, the only one of its numbering, and sends it
+                // again once ring views agree (see `backup::HandedOff`).
+                self.send(from, GroupMessage::Rejoin { group });
+            }
             return;
         }
         let range = messages.first().map(|f| f.seq).zip(messages.last().map(|l| l.seq));
@@ -783,8 +805,8 @@ impl<A: Address> Multicast<A> {
             return;
         }
         if let Some(replica) = self.backups.get(&mid) {
-            let (name, head, history) = (replica.name.clone(), replica.head, replica.history.messages());
-            self.send_state(&from, &name, head, &history, true);
+            let (name, head, history) = (replica.name.clone(), replica.head, replica.history.clone());
+            self.send_copy(&from, &name, head, &history, true);
         } else {
             self.send(from, GroupMessage::Replicate { group, head: 0, messages: Vec::new(), handoff: true });
         }

@@ -282,6 +282,7 @@ impl<A: Address> Multicast<A> {
     }
 
     pub(super) fn on_rejoin(&mut self, mid: Id, from: A, ring: &Node<A>, now: Time) {
+        self.handoff_refused(&mid, &from, now);
         match self.groups.get_mut(&mid) {
             Some(g) if g.root.as_ref().is_some_and(|r| !r.ready) => {
                 // The root answered our state query: it is alive and we do not own mid.
