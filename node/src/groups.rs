@@ -2,11 +2,19 @@
 //!
 //! Owns the local listeners of each group (a broadcast channel per group, fed by the core's
 //! deliveries), the short log of recent deliveries a new listener can replay from, and
-//! [`Reorder`], which turns deliveries, replayed history and gap notices into one stream per
-//! listener in sequence order, each sequence number once. The tree itself — joins, repair,
-//! ordering, history at the root — is `dht::multicast`'s.
+//! [`Merge`], which puts a listener's replay fetched from the root, its backlog from the log and
+//! the live feed into one stream, each message once. The tree itself — joins, repair, ordering,
+//! history at the root — is `dht::multicast`'s.
+//!
+//! Deliveries are kept and passed on in the order the core made them, not sorted by number:
+//! after a partition healed, a member that followed the losing side's root goes back to the fork
+//! point in a newer epoch and receives the other side's messages under numbers it has passed
+//! already (`dht::multicast`, "Partitions: epochs"). The core never delivers a message twice, so
+//! the order it delivers in is the one stream a listener needs; sorting or deduplicating by
+//! number would drop those messages silently. Each message carries its epoch, and a listener's
+//! `?from=` counts in the numbering of the node's log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use dht::{Id, NodeRef};
@@ -30,6 +38,8 @@ pub const MAX_BODY_BYTES: usize = dht::multicast::MAX_BODY_BYTES;
 pub struct Delivered {
     /// The group's name.
     pub group: String,
+    /// The numbering `seq` belongs to: (`epoch`, `seq`) names one message for good.
+    pub epoch: u64,
     /// Its sequence number in the group (from 1).
     pub seq: u64,
     /// The sender's label.
@@ -242,7 +252,10 @@ impl LocalGroup {
             return (Subscription { backlog: Vec::new(), live, history: None, next_seq: None }, None);
         };
         let from = from.max(1);
-        let backlog: Vec<GroupItem> = self.log.iter().filter(|i| i.last_seq() >= from).cloned().collect();
+        // The log is in delivery order; the backlog is everything from the first item that
+        // reaches `from` on (after a rewind, later items may carry lower numbers: they are new).
+        let start = self.log.iter().position(|i| i.last_seq() >= from).unwrap_or(self.log.len());
+        let backlog: Vec<GroupItem> = self.log.iter().skip(start).cloned().collect();
         let covered_from = self.log_start();
         if covered_from.is_some_and(|start| start <= from) {
             return (Subscription { backlog, live, history: None, next_seq: Some(from) }, None);
@@ -259,59 +272,102 @@ impl Default for LocalGroup {
     }
 }
 
-/// Puts one listener's items in sequence order, each sequence number once.
+/// Puts one listener's sources into one stream: first the replay fetched from the root (when the
+/// listener asked from further back than the node's log), then the backlog from the log, then the
+/// live feed.
 ///
-/// Items may arrive out of order (history fetched for a replay lands after live messages) and
-/// twice (a message in the backlog and again in the feed). `Reorder` emits the item for
-/// `next`, then `next + 1`, and so on, holding back up to [`LISTENER_BUFFER`] items that are
-/// ahead; a gap notice covers its whole range. With no starting point, the first item sets it.
-#[derive(Debug, Default)]
-pub struct Reorder {
-    next: Option<u64>,
-    ahead: BTreeMap<u64, GroupItem>,
+/// The backlog and the live feed are disjoint (a subscription takes both in one step of the event
+/// loop) and already in the core's delivery order, each message once: they pass straight through
+/// once no replay is running. The replay covers numbers before the backlog starts; while it runs,
+/// delivered items are held (at most [`LISTENER_BUFFER`]), and replayed items at or past the
+/// first held number are dropped (they overlap when the log was empty at subscription). When the
+/// replay ends, held messages it already emitted — same epoch and number — are dropped and the
+/// rest pass on.
+#[derive(Debug)]
+pub struct Merge {
+    replaying: bool,
+    /// Delivered items held until the replay ends.
+    held: VecDeque<GroupItem>,
+    /// (epoch, number) of every message the replay emitted, and the highest number it covered.
+    replayed: BTreeSet<(u64, u64)>,
+    replayed_to: Option<u64>,
+    /// The number after the last item emitted (where a reconnecting client resumes).
+    resume: Option<u64>,
 }
 
-impl Reorder {
-    /// Starts at `next` (or at the first item, if `None`).
-    pub fn new(next: Option<u64>) -> Self {
-        Reorder { next, ahead: BTreeMap::new() }
+impl Merge {
+    /// A listener that starts at `from` (or at whatever comes first), with a replay running or
+    /// not.
+    pub fn new(from: Option<u64>, replaying: bool) -> Self {
+        Merge { replaying, held: VecDeque::new(), replayed: BTreeSet::new(), replayed_to: None, resume: from }
     }
 
-    /// Takes an item; returns what can be emitted now, in order. `Err` when too many items are
-    /// held back waiting for a missing one (the listener cannot be served in order any more).
-    pub fn push(&mut self, item: GroupItem) -> Result<Vec<GroupItem>, usize> {
-        let next = *self.next.get_or_insert(item.first_seq());
-        if item.last_seq() < next {
-            return Ok(Vec::new()); // already emitted
+    /// Takes a delivered item (backlog or live feed); returns what can be emitted now. `Err` with
+    /// the number held when too many wait for a replay that does not end.
+    pub fn push_delivered(&mut self, item: GroupItem) -> Result<Vec<GroupItem>, usize> {
+        if !self.replaying {
+            return Ok(self.emit(vec![item]));
         }
-        // A gap that starts before `next` (partly emitted) only covers the rest.
+        self.held.push_back(item);
+        if self.held.len() > LISTENER_BUFFER {
+            return Err(self.held.len());
+        }
+        Ok(Vec::new())
+    }
+
+    /// Takes an item of the replay; returns what can be emitted now.
+    pub fn push_replayed(&mut self, item: GroupItem) -> Vec<GroupItem> {
+        if !self.replaying {
+            return Vec::new();
+        }
+        let first_held = self.held.front().map(GroupItem::first_seq);
+        let after_replayed = self.replayed_to.map_or(0, |to| to + 1);
         let item = match item {
-            GroupItem::Gap { to, .. } => GroupItem::Gap { from: next.max(item.first_seq()), to },
-            message => message,
+            GroupItem::Message(m) => {
+                if first_held.is_some_and(|first| m.seq >= first) || !self.replayed.insert((m.epoch, m.seq)) {
+                    return Vec::new();
+                }
+                GroupItem::Message(m)
+            }
+            GroupItem::Gap { from, to } => {
+                let to = first_held.map_or(to, |first| to.min(first.saturating_sub(1)));
+                let from = from.max(after_replayed);
+                if from > to {
+                    return Vec::new();
+                }
+                GroupItem::Gap { from, to }
+            }
         };
-        self.ahead.entry(item.first_seq()).or_insert(item);
-        if self.ahead.len() > LISTENER_BUFFER {
-            return Err(self.ahead.len());
-        }
-        let mut ready = Vec::new();
-        let mut next = next;
-        while let Some(entry) = self.ahead.first_entry() {
-            if *entry.key() > next {
-                break;
-            }
-            let item = entry.remove();
-            if item.last_seq() >= next {
-                next = item.last_seq() + 1;
-                ready.push(item);
-            }
-        }
-        self.next = Some(next);
-        Ok(ready)
+        self.replayed_to = Some(self.replayed_to.unwrap_or(0).max(item.last_seq()));
+        self.emit(vec![item])
     }
 
-    /// The next sequence number this listener waits for.
-    pub fn next(&self) -> Option<u64> {
-        self.next
+    /// The replay ended (it reached the backlog, or it could not be had): returns the held items
+    /// it did not emit already.
+    pub fn replay_done(&mut self) -> Vec<GroupItem> {
+        self.replaying = false;
+        let replayed = std::mem::take(&mut self.replayed);
+        let replayed_to = self.replayed_to.unwrap_or(0);
+        let held: Vec<GroupItem> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|item| match item {
+                GroupItem::Message(m) => !replayed.contains(&(m.epoch, m.seq)),
+                GroupItem::Gap { to, .. } => *to > replayed_to,
+            })
+            .collect();
+        self.emit(held)
+    }
+
+    /// Where a reconnecting client should resume (`?from=`): after the last item emitted.
+    pub fn resume(&self) -> Option<u64> {
+        self.resume
+    }
+
+    fn emit(&mut self, items: Vec<GroupItem>) -> Vec<GroupItem> {
+        if let Some(last) = items.last() {
+            self.resume = Some(last.last_seq().saturating_add(1));
+        }
+        items
     }
 }
 
@@ -319,72 +375,111 @@ impl Reorder {
 mod tests {
     use super::*;
 
-    fn msg(seq: u64) -> GroupItem {
+    fn msg_in(epoch: u64, seq: u64) -> GroupItem {
         GroupItem::Message(Arc::new(Delivered {
             group: "g".into(),
+            epoch,
             seq,
             from: "a".into(),
-            body: format!("m{seq}"),
+            body: format!("m{epoch}.{seq}"),
             ts_ms: 0,
         }))
     }
 
-    fn push(r: &mut Reorder, item: GroupItem) -> Vec<GroupItem> {
-        r.push(item).expect("within the buffer")
+    fn msg(seq: u64) -> GroupItem {
+        msg_in(1, seq)
     }
 
-    fn seqs(items: &[GroupItem]) -> Vec<(u64, u64)> {
-        items.iter().map(|i| (i.first_seq(), i.last_seq())).collect()
+    fn delivered(m: &mut Merge, item: GroupItem) -> Vec<GroupItem> {
+        m.push_delivered(item).expect("within the buffer")
     }
 
-    #[test]
-    fn in_order_items_pass_straight_through() {
-        let mut r = Reorder::new(Some(1));
-        assert_eq!(seqs(&push(&mut r, msg(1))), [(1, 1)]);
-        assert_eq!(seqs(&push(&mut r, msg(2))), [(2, 2)]);
-        assert_eq!(r.next(), Some(3));
-    }
-
-    #[test]
-    fn late_history_is_put_before_live_messages_and_duplicates_are_dropped() {
-        let mut r = Reorder::new(Some(3));
-        assert!(push(&mut r, msg(6)).is_empty());
-        assert!(push(&mut r, msg(7)).is_empty());
-        assert!(push(&mut r, msg(4)).is_empty());
-        assert_eq!(seqs(&push(&mut r, msg(3))), [(3, 3), (4, 4)]);
-        assert_eq!(seqs(&push(&mut r, msg(5))), [(5, 5), (6, 6), (7, 7)]);
-        assert!(push(&mut r, msg(6)).is_empty());
-        assert!(push(&mut r, msg(3)).is_empty());
-        assert_eq!(r.next(), Some(8));
+    fn names(items: &[GroupItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                GroupItem::Message(m) => m.body.clone(),
+                GroupItem::Gap { from, to } => format!("gap {from}-{to}"),
+            })
+            .collect()
     }
 
     #[test]
-    fn a_gap_covers_its_range_even_when_partly_emitted() {
-        let mut r = Reorder::new(Some(1));
-        push(&mut r, msg(1));
-        assert!(push(&mut r, msg(6)).is_empty());
-        assert_eq!(seqs(&push(&mut r, GroupItem::Gap { from: 1, to: 5 })), [(2, 5), (6, 6)]);
-        assert_eq!(r.next(), Some(7));
+    fn without_a_replay_deliveries_pass_straight_through() {
+        let mut m = Merge::new(Some(1), false);
+        assert_eq!(names(&delivered(&mut m, msg(1))), ["m1.1"]);
+        assert_eq!(names(&delivered(&mut m, GroupItem::Gap { from: 2, to: 3 })), ["gap 2-3"]);
+        assert_eq!(names(&delivered(&mut m, msg(4))), ["m1.4"]);
+        assert_eq!(m.resume(), Some(5));
     }
 
     #[test]
-    fn without_a_start_the_first_item_sets_it() {
-        let mut r = Reorder::new(None);
-        assert_eq!(seqs(&push(&mut r, msg(40))), [(40, 40)]);
-        assert!(push(&mut r, msg(39)).is_empty());
+    fn messages_renumbered_after_a_heal_reach_a_listener_that_saw_higher_numbers() {
+        // The member followed the losing side up to 5, then rewinds to the fork point 3 in the
+        // winner's epoch: 3 and 4 of epoch 2 are the other side's messages, new to this listener.
+        let mut m = Merge::new(None, false);
+        let mut out = Vec::new();
+        for item in [msg(1), msg(2), msg(3), msg(4), msg(5), msg_in(2, 3), msg_in(2, 4), msg_in(2, 8)] {
+            out.extend(delivered(&mut m, item));
+        }
+        assert_eq!(names(&out), ["m1.1", "m1.2", "m1.3", "m1.4", "m1.5", "m2.3", "m2.4", "m2.8"]);
+        assert_eq!(m.resume(), Some(9));
+    }
+
+    #[test]
+    fn a_replay_comes_before_the_held_deliveries_and_stops_where_they_start() {
+        let mut m = Merge::new(Some(1), true);
+        assert!(delivered(&mut m, msg(5)).is_empty());
+        assert!(delivered(&mut m, msg(6)).is_empty());
+        let mut out = Vec::new();
+        out.extend(m.push_replayed(msg(1)));
+        out.extend(m.push_replayed(GroupItem::Gap { from: 2, to: 3 }));
+        out.extend(m.push_replayed(msg(4)));
+        out.extend(m.push_replayed(msg(5)));
+        out.extend(m.push_replayed(GroupItem::Gap { from: 6, to: 9 }));
+        out.extend(m.replay_done());
+        out.extend(delivered(&mut m, msg(7)));
+        assert_eq!(names(&out), ["m1.1", "gap 2-3", "m1.4", "m1.5", "m1.6", "m1.7"]);
+    }
+
+    #[test]
+    fn deliveries_the_replay_already_emitted_are_dropped_when_it_ends() {
+        // The log was empty at subscription, so the replay ran on past where the feed started.
+        let mut m = Merge::new(Some(1), true);
+        let mut out = Vec::new();
+        for seq in 1..=6 {
+            out.extend(m.push_replayed(msg(seq)));
+        }
+        for seq in 5..=7 {
+            out.extend(delivered(&mut m, msg(seq)));
+        }
+        out.extend(m.replay_done());
+        assert_eq!(names(&out), ["m1.1", "m1.2", "m1.3", "m1.4", "m1.5", "m1.6", "m1.7"]);
+        assert_eq!(m.resume(), Some(8));
     }
 
     #[test]
     fn too_much_held_back_is_an_error() {
-        let mut r = Reorder::new(Some(1));
+        let mut m = Merge::new(Some(1), true);
         let mut result = Ok(Vec::new());
         for seq in 2..=(LISTENER_BUFFER as u64 + 2) {
-            result = r.push(msg(seq));
+            result = m.push_delivered(msg(seq));
             if result.is_err() {
                 break;
             }
         }
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_backlog_after_a_rewind_keeps_the_renumbered_messages() {
+        let mut group = LocalGroup::new();
+        for item in [msg(1), msg(2), msg(3), msg(4), msg_in(2, 3), msg_in(2, 4)] {
+            group.record(item);
+        }
+        let (sub, missing) = group.subscribe(Some(3));
+        assert!(missing.is_none());
+        assert_eq!(names(&sub.backlog), ["m1.3", "m1.4", "m2.3", "m2.4"]);
     }
 
     #[test]
@@ -400,7 +495,7 @@ mod tests {
         }
         group.record(GroupItem::Gap { from: 13, to: 14 });
         let (first, missing) = group.subscribe(Some(11));
-        assert_eq!(seqs(&first.backlog), [(11, 11), (12, 12), (13, 14)]);
+        assert_eq!(names(&first.backlog), ["m1.11", "m1.12", "gap 13-14"]);
         assert!(missing.is_none() && first.history.is_none());
         drop(first);
         let (sub, missing) = group.subscribe(Some(5));

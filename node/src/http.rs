@@ -39,7 +39,7 @@ use tracing::debug;
 use crate::address::PeerAddr;
 use crate::api_token::{self, ApiToken};
 use crate::event_loop::{Command, Expect, KvError, Located, RingWalk, Status, Written};
-use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Reorder, Subscription, TreeView};
+use crate::groups::{self, GroupError, GroupItem, GroupView, HistoryItem, Merge, Subscription, TreeView};
 use crate::metrics;
 use crate::page;
 use crate::serve;
@@ -547,6 +547,7 @@ fn item_event(group: &str, item: &GroupItem) -> SseEvent {
                 body: m.body.clone(),
                 from: m.from.clone(),
                 group: m.group.clone(),
+                epoch: m.epoch,
                 seq: m.seq,
                 ts: m.ts_ms,
             },
@@ -557,17 +558,17 @@ fn item_event(group: &str, item: &GroupItem) -> SseEvent {
     }
 }
 
-/// One listener's events: the backlog, the replay fetched for it and the live feed, through a
-/// [`Reorder`] so that each sequence number comes once and in order. A listener that falls too
-/// far behind, or whose replay cannot be had, gets an `error` event and the stream ends (its
-/// client can reconnect with `?from=`).
+/// One listener's events: the replay fetched for it, the backlog and the live feed, through a
+/// [`Merge`] so that each message comes once, in the order the node delivered it. A listener that
+/// falls too far behind, or whose replay cannot be had, gets an `error` event and the stream ends
+/// (its client can reconnect with `?from=`).
 fn listener_stream(
     group: String,
     subscription: Subscription,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     struct State {
         group: String,
-        reorder: Reorder,
+        merge: Merge,
         backlog: std::vec::IntoIter<GroupItem>,
         live: tokio::sync::broadcast::Receiver<GroupItem>,
         history: Option<mpsc::Receiver<HistoryItem>>,
@@ -580,7 +581,7 @@ fn listener_stream(
     let Subscription { backlog, live, history, next_seq } = subscription;
     let state = State {
         group,
-        reorder: Reorder::new(next_seq),
+        merge: Merge::new(next_seq, history.is_some()),
         backlog: backlog.into_iter(),
         live,
         history,
@@ -595,8 +596,8 @@ fn listener_stream(
             if state.done {
                 return None;
             }
-            let resume = state.reorder.next().unwrap_or(1);
-            let item = if let Some(item) = state.backlog.next() {
+            let resume = state.merge.resume().unwrap_or(1);
+            let delivered = if let Some(item) = state.backlog.next() {
                 item
             } else {
                 tokio::select! {
@@ -615,26 +616,27 @@ fn listener_stream(
                         if state.history.is_some() =>
                     {
                         match replayed {
-                            Some(HistoryItem::Item(item)) => item,
+                            Some(HistoryItem::Item(item)) => state.ready.extend(state.merge.push_replayed(item)),
                             Some(HistoryItem::Failed(reason)) => {
                                 state.done = true;
                                 let message = format!("{reason}; reconnect with ?from={resume} to try again");
                                 return Some((Ok(error_event(message)), state));
                             }
                             None => {
-                                state.history = None; // the replay has met the live feed
-                                continue;
+                                state.history = None; // the replay has met the backlog or live feed
+                                state.ready.extend(state.merge.replay_done());
                             }
                         }
+                        continue;
                     }
                 }
             };
-            match state.reorder.push(item) {
+            match state.merge.push_delivered(delivered) {
                 Ok(ready) => state.ready.extend(ready),
                 Err(held) => {
                     state.done = true;
                     let message = format!(
-                        "{held} messages are waiting for a missing one; reconnect with ?from={resume}"
+                        "{held} messages are waiting for the replay of older ones; reconnect with ?from={resume}"
                     );
                     return Some((Ok(error_event(message)), state));
                 }

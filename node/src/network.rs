@@ -282,6 +282,9 @@ pub struct Behaviour {
     pub queue: request_response::Behaviour<QueueCodec>,
 }
 
+/// How often each connection's round trip is measured.
+pub const PING_INTERVAL: Duration = Duration::from_secs(60);
+
 impl Behaviour {
     /// The behaviour for a node with `key`. `request_timeout` bounds every request/response
     /// exchange; `max_kv_frame` caps storage frames (a record plus framing); `limits` bounds
@@ -301,7 +304,10 @@ impl Behaviour {
                 "/overlay/1.0.0".to_string(),
                 key.public(),
             )),
-            ping: ping::Behaviour::default(),
+            // Ping only feeds the round-trip metric: the ring's own messages detect dead
+            // peers. At libp2p's default (every 15 s on every connection) it was a steady
+            // share of what an idle node sends.
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             ring: request_response::Behaviour::with_codec(
                 RingCodec::new(MAX_RING_FRAME),
                 [(RING_PROTOCOL, request_response::ProtocolSupport::Full)],

@@ -113,7 +113,19 @@ fn print_events(
             ),
             Some(GroupEvent::Message(message)) => {
                 received += 1;
+                let renumbered = last_seq.is_some_and(|last| message.parsed.seq <= last);
                 last_seq = Some(message.parsed.seq);
+                if renumbered && !json {
+                    // A partition healed and this node had followed the other side's numbering:
+                    // what follows is new here, though its numbers were seen (JSON lines carry
+                    // the epoch instead).
+                    out.flush()?;
+                    writeln!(
+                        err,
+                        "-- after a partition healed, the group is numbered anew from {}: what follows was published on the other side --",
+                        message.parsed.seq
+                    )?;
+                }
                 if json {
                     output::write_json(out, &message.raw)?;
                 } else {
@@ -441,6 +453,23 @@ not reached from the root:
         assert!(err.starts_with("-- messages 3..9 are no longer available --\n"), "{err}");
         assert!(err.contains("unreadable \"message\" event: missing field `seq`"), "{err}");
         assert_eq!(error, "the node ended the stream of group chat (2 messages received, the last seq 11)");
+    }
+
+    #[test]
+    fn messages_numbered_anew_after_a_heal_are_printed_under_a_notice() {
+        let events = vec![
+            message(5, "alice", "ours"),
+            message(6, "alice", "ours too"),
+            message(5, "bob", "theirs"),
+            message(7, "bob", "next"),
+        ];
+        let (out, err, _) = listen_to(events, false);
+        assert_eq!(out, "[5] alice: ours\n[6] alice: ours too\n[5] bob: theirs\n[7] bob: next\n");
+        assert_eq!(
+            err,
+            "-- after a partition healed, the group is numbered anew from 5: what follows was published on \
+             the other side --\n"
+        );
     }
 
     #[test]

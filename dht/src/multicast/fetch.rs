@@ -283,7 +283,13 @@ impl<A: Address> Multicast<A> {
             let messages = messages
                 .into_iter()
                 .filter(|m| m.seq >= f.from_seq)
-                .map(|m| HistoryMessage { seq: m.seq, from: m.from, body: m.body, ts_ms: m.ts_ms })
+                .map(|m| HistoryMessage {
+                    epoch: m.epoch,
+                    seq: m.seq,
+                    from: m.from,
+                    body: m.body,
+                    ts_ms: m.ts_ms,
+                })
                 .collect();
             let request = HistoryRequestId(request);
             self.events.push_back(GroupEvent::History {

@@ -182,6 +182,8 @@ pub enum PublishError {
 /// One message of a group's history, as handed to the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryMessage {
+    /// The numbering `seq` belongs to (see [`GroupEvent::Delivered`]).
+    pub epoch: u64,
     /// Its number.
     pub seq: u64,
     /// The publishing user's label.

@@ -162,6 +162,12 @@ pub struct GroupMessage {
     pub from: String,
     /// The group's name.
     pub group: String,
+    /// The numbering `seq` belongs to: (`epoch`, `seq`) names one message for good. After a
+    /// network partition healed, a member that followed the losing side's root receives the other
+    /// side's messages in a newer epoch, under numbers it has seen already (absent from older
+    /// nodes: 0).
+    #[serde(default)]
+    pub epoch: u64,
     /// Its sequence number in the group (from 1).
     pub seq: u64,
     /// When it was sent, in milliseconds since the Unix epoch.

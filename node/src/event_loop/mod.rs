@@ -52,6 +52,11 @@ use crate::network::{Behaviour, BehaviourEvent, RingEnvelope};
 use crate::storage::Storage;
 use dht::queue::QueueError;
 
+/// Housekeeping period while joining, alone or leaving.
+const HOUSEKEEPING_BUSY: Duration = Duration::from_millis(100);
+/// Housekeeping period in a settled ring.
+const HOUSEKEEPING_SETTLED: Duration = Duration::from_secs(1);
+
 /// Settings of the loop.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
@@ -206,8 +211,7 @@ impl EventLoop {
             self.core.create_ring(now);
             info!(peer = %self.me.peer, ring_id = %self.core.me().id, "started a new ring");
         }
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING_BUSY;
         loop {
             self.drive()?;
             if self.leave == LeaveState::Done {
@@ -240,7 +244,10 @@ impl EventLoop {
                     self.kv.on_timeout(&mut self.core, now);
                     self.queues.core.handle_timeout(&mut self.core, now);
                 }
-                _ = housekeeping.tick() => self.housekeeping()?,
+                () = tokio::time::sleep_until(next_housekeeping.into()) => {
+                    self.housekeeping()?;
+                    next_housekeeping = Instant::now() + self.housekeeping_period();
+                }
                 () = self.shutdown.cancelled(), if !shutting_down => self.begin_leave(),
             }
         }
@@ -612,6 +619,21 @@ impl EventLoop {
         }
         // Client operations in flight fail now; the range goes to the successors.
         self.kv.begin_handoff(&self.core, now);
+    }
+
+    /// How soon housekeeping runs again: often while joining, rejoining, alone or leaving (dial
+    /// retries and the leave deadline need it), once a second in a settled ring, where it only
+    /// reconciles group memberships with listeners and prunes gone listeners — a quiet node
+    /// should not wake ten times a second for that.
+    fn housekeeping_period(&self) -> Duration {
+        let alone =
+            self.core.is_member() && self.core.successors().is_empty() && self.core.predecessor().is_none();
+        let settled = self.core.is_member()
+            && !alone
+            && !self.bootstrap.is_dialing()
+            && !self.bootstrap.is_rejoining()
+            && self.leave == LeaveState::Running;
+        if settled { HOUSEKEEPING_SETTLED } else { HOUSEKEEPING_BUSY }
     }
 
     fn housekeeping(&mut self) -> anyhow::Result<()> {

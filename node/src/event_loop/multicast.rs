@@ -323,10 +323,11 @@ impl EventLoop {
 
     fn on_multicast_event(&mut self, event: GroupEvent) {
         match event {
-            GroupEvent::Delivered { group, seq, from, body, ts_ms, .. } => {
+            GroupEvent::Delivered { group, epoch, seq, from, body, ts_ms } => {
                 let local = self.groups.local.entry(group.as_str().to_string()).or_default();
                 local.record(GroupItem::Message(std::sync::Arc::new(Delivered {
                     group: group.as_str().to_string(),
+                    epoch,
                     seq,
                     from,
                     body: String::from_utf8_lossy(&body).into_owned(),
@@ -451,6 +452,7 @@ impl EventLoop {
             expected = m.seq.saturating_add(1);
             items.push(GroupItem::Message(std::sync::Arc::new(Delivered {
                 group: name.as_str().to_string(),
+                epoch: m.epoch,
                 seq: m.seq,
                 from: m.from,
                 body: String::from_utf8_lossy(&m.body).into_owned(),
