@@ -18,7 +18,8 @@
 //! the fork point `base + 1`: it fetches from there and skips, by publish id, what it delivered
 //! already under the other side's numbers. Tree data of an older epoch past the member's fork
 //! point is stale (a root that lost its role) and dropped; a fetch reply is the root's own
-//! lineage and is always taken.
+//! lineage and is always taken, whole (see `fetch`: a rewind midway through a reply does not
+//! void the reply's messages before it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

@@ -8,7 +8,9 @@
 //! exactly once (answered, or failed); a reply is taken only if its request id, group and sender
 //! match a fetch in flight (see [`Fetches::answered_by`]) and it covers no more than was asked,
 //! else it is dropped and counted; a range
-//! the root no longer holds is reported as a gap, never skipped silently; a root answers only
+//! the root no longer holds is reported as a gap, never skipped silently, and a gap is reported
+//! only for numbers from the first one asked for up to what the reply covers (a member that a
+//! reply made rewind below that fetches the numbers before it instead); a root answers only
 //! from what it has released.
 
 use std::collections::BTreeMap;
@@ -316,14 +318,31 @@ impl<A: Address> Multicast<A> {
             g.gap.fetch_after = now + self.config.rpc_timeout;
             return;
         }
-        for m in messages {
-            if m.seq >= f.from_seq && m.seq <= covered_to {
-                self.member_receive(f.mid, m, true);
+        // A message of a newer epoch on another lineage makes the member rewind to the fork
+        // point, which voids what it buffered: the messages of this page before it (the same
+        // root's lineage) are taken again after the last rewind.
+        let page: Vec<Stamped<A>> =
+            messages.into_iter().filter(|m| m.seq >= f.from_seq && m.seq <= covered_to).collect();
+        let mut last_rewind = None;
+        for (i, m) in page.iter().enumerate() {
+            let rewinds = self.counters.rewinds;
+            self.member_receive(f.mid, m.clone(), true);
+            if self.counters.rewinds != rewinds {
+                last_rewind = Some(i);
             }
         }
-        // What the reply speaks for but does not hold is gone: report it, then move past it.
+        if let Some(last) = last_rewind {
+            for m in &page[..last] {
+                self.member_receive(f.mid, m.clone(), true);
+            }
+        }
+        // What the reply speaks for but does not hold is gone: report it, then move past it. A
+        // member that rewound below the range asked for fetches the numbers before it first.
         loop {
             let g = self.groups.get_mut(&f.mid).expect("present");
+            if g.delivery.next_seq().is_some_and(|next| next < f.from_seq) {
+                break;
+            }
             let Some((from_gap, to_gap)) = g.delivery.skip_gap(covered_to) else {
                 break;
             };
@@ -408,6 +427,7 @@ mod tests {
 
     use super::*;
     use crate::multicast::MAX_SEQ;
+    use crate::multicast::epoch;
     use crate::multicast::testing::ring;
     use crate::sim::Simulation;
 
@@ -570,5 +590,96 @@ mod tests {
         assert_eq!(summary(&sim).next_seq, Some(3), "the member did not skip ahead");
         let events = sim.take_group_events();
         assert!(events.iter().all(|r| r.node != member), "nothing delivered or lost: {events:?}");
+    }
+
+    #[test]
+    fn a_fetch_reply_that_forks_midway_keeps_the_messages_before_the_fork_and_reports_no_gap() {
+        // A root's history after a meet: its own lineage, then a renumbering epoch whose fork
+        // point lies before what the member asked for. The member rewinds there; the messages of
+        // the page before the renumbered one are still the root's and must not be reported lost.
+        let mut sim = ring(30, 5);
+        let g = GroupName::new("forked").expect("valid");
+        let root = sim.true_successor(&g.id()).expect("members") as usize;
+        let member = (0..sim.node_count()).find(|&i| i != root).expect("30 nodes");
+        sim.join_group(member, &g).expect("ring member");
+        let summary = |sim: &Simulation| {
+            sim.multicast(member)
+                .expect("enabled")
+                .groups()
+                .into_iter()
+                .find(|s| s.name == g)
+                .expect("joined")
+        };
+        let deadline = sim.now() + Duration::from_secs(30);
+        while summary(&sim).depth.is_none() {
+            assert!(sim.now() < deadline, "the member did not attach");
+            sim.run_until(sim.now() + Duration::from_millis(500));
+        }
+        for k in 0..2u8 {
+            sim.publish(root, &g, vec![k]).expect("accepted");
+            sim.run_until(sim.now() + Duration::from_millis(300));
+        }
+        sim.run_until(sim.now() + Duration::from_secs(2));
+        let epoch = sim
+            .take_group_events()
+            .into_iter()
+            .find_map(|r| match r.event {
+                GroupEvent::Delivered { epoch, .. } if r.node == member => Some(epoch),
+                _ => None,
+            })
+            .expect("delivered");
+        assert_eq!(summary(&sim).next_seq, Some(3), "delivered 1 and 2");
+
+        // Number 5 arrives early from the parent: the member fetches 3..=4.
+        let root_addr = sim.addr(root);
+        let stamped = move |seq: u64, epoch: u64, parent: u64| Stamped {
+            seq,
+            from: "n0".into(),
+            body: vec![seq as u8 + 100],
+            ts_ms: 0,
+            origin: root_addr,
+            publish_id: 1000 + seq,
+            epoch,
+            parent,
+            base: 0,
+        };
+        let parent = summary(&sim).parent.expect("attached").addr;
+        let data = GroupMessage::Data { group: g.clone(), root: root_addr, message: stamped(5, epoch, 0) };
+        sim.inject_group_message(member, parent, data);
+        let deadline = sim.now() + Duration::from_secs(5);
+        let request = loop {
+            if let Some((id, f)) = sim.multicast(member).expect("enabled").fetches.pending.iter().next() {
+                assert_eq!((f.from_seq, f.to_seq), (3, 4));
+                break *id;
+            }
+            assert!(sim.now() < deadline, "no gap fill started");
+            sim.run_until(sim.now() + Duration::from_millis(1));
+        };
+
+        // The reply: 3 of the epoch the member follows, then 4 of a renumbering epoch (higher
+        // counter, another lineage, fork point 0): the member goes back to 1.
+        let renumbering = epoch::next(epoch::counter(epoch), u64::MAX);
+        let reply = GroupMessage::FetchReply {
+            group: g.clone(),
+            request,
+            covered_to: 4,
+            head: 4,
+            messages: vec![stamped(3, epoch, 0), stamped(4, renumbering, renumbering - 1)],
+        };
+        sim.inject_group_message(member, root_addr, reply);
+        sim.run_until(sim.now() + Duration::from_secs(10));
+
+        let events: Vec<GroupEvent> =
+            sim.take_group_events().into_iter().filter(|r| r.node == member).map(|r| r.event).collect();
+        let gaps: Vec<&GroupEvent> = events.iter().filter(|e| matches!(e, GroupEvent::Gap { .. })).collect();
+        assert!(gaps.is_empty(), "the root held every number asked for: {gaps:?}");
+        let bodies: Vec<Vec<u8>> = events
+            .iter()
+            .filter_map(|e| match e {
+                GroupEvent::Delivered { body, .. } => Some(body.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, vec![vec![103], vec![104]], "1 and 2 once only, then 3 and 4");
     }
 }

@@ -53,7 +53,10 @@
 //!   messages apart (foreign, bounded) so they are numbered anew when it becomes root. Members
 //!   that followed the winner continue; members that followed the loser see the new epoch's
 //!   parent is not theirs, go back to the fork point, fetch from there and skip, by publish id,
-//!   what they delivered already. A range the root no longer holds is a gap, as always.
+//!   what they delivered already. A fetch reply is the root's lineage and is taken whole: when a
+//!   message in it makes the member go back to a fork point, the reply's messages before that one
+//!   are taken again, and numbers below the range asked for are fetched, not reported lost. A
+//!   range the root no longer holds is a gap, as always, and nothing else is.
 //!   Why not one numbering only (refusing to number on the minority side)? The ring cannot tell a
 //!   partition from a crash, and a group that stops while its root's successor lives would trade
 //!   availability for nothing: deduplicating by publish id makes two numberings reconcilable.
