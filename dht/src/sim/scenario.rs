@@ -108,6 +108,9 @@ pub struct Report {
     pub successors: usize,
     /// Byzantine nodes in the measured phase (user lookups start only at the others).
     pub byzantine: usize,
+    /// Ownership claims in lookup replies that honest nodes refused over the whole run (user and
+    /// maintenance lookups; [`crate::Counters::lookup_claims_refuted`]).
+    pub claims_refuted: u64,
     /// User lookups started.
     pub lookups: u64,
     /// Percentage answered with the true successor (crate docs: "What counts as a correct answer").
@@ -280,6 +283,10 @@ pub fn run(params: &Params) -> Report {
         seed: params.seed,
         successors: params.config.successors.get(),
         byzantine,
+        claims_refuted: (0..sim.node_count())
+            .filter(|&i| !sim.is_byzantine(i))
+            .map(|i| sim.node(i).counters().lookup_claims_refuted)
+            .sum(),
         lookups: tally.started,
         correct_pct: round3(100.0 * tally.correct as f64 / started),
         wrong_pct: round3(100.0 * tally.wrong as f64 / started),
