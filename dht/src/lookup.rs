@@ -8,7 +8,8 @@
 //! answered it. Dead or refusing nodes are skipped and the next candidate is asked; steps are
 //! bounded by `max_lookup_hops`.
 //!
-//! An ownership claim ends a lookup only if it is consistent (issue 11): the target lies in the
+//! With [`crate::Config::check_ownership_claims`] (off by default, see there), an ownership claim
+//! ends a lookup only if it is consistent (issue 11): the target lies in the
 //! claimed (predecessor, owner], and no member the lookup knows of — the asking node itself when
 //! it is a member, and every node that answered on the path — lies in [target, owner), where it
 //! would own the target first. Ids are SHA-1 of addresses, so a liar cannot choose where it sits:
@@ -134,6 +135,8 @@ pub(crate) struct Lookup<A> {
     owner_from: Option<Id>,
     /// Ownership claims refuted by what this lookup knows (see [`Lookup::refutes`]).
     pub(crate) refuted: u32,
+    /// Whether claims are checked ([`crate::Config::check_ownership_claims`]).
+    pub(crate) check_claims: bool,
 }
 
 impl<A: Clone + Eq> Lookup<A> {
@@ -161,6 +164,7 @@ impl<A: Clone + Eq> Lookup<A> {
             witnesses: Vec::new(),
             owner_from: None,
             refuted: 0,
+            check_claims: false,
         }
     }
 
@@ -268,7 +272,7 @@ impl<A: Clone + Eq> Lookup<A> {
             Vec::new()
         };
         if owner && self.exclude.as_ref() != Some(&from.addr) {
-            if self.refutes(&from, predecessor.as_ref()) {
+            if self.check_claims && self.refutes(&from, predecessor.as_ref()) {
                 // A false claim: nothing else `from` said can be trusted either. Go on with the
                 // other candidates, as if it had not answered.
                 self.refuted += 1;
@@ -368,6 +372,7 @@ mod tests {
         let mut lookup =
             Lookup::new(ring.target, Purpose::User(LookupId(1)), Time::ZERO, Duration::from_secs(5), None);
         lookup.add_witness(ring.me.id);
+        lookup.check_claims = true;
         lookup
     }
 

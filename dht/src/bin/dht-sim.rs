@@ -88,6 +88,10 @@ struct Args {
     /// [default: 0.1 for `byzantine`, else 0].
     #[arg(long)]
     byzantine: Option<f64>,
+    /// Whether lookups refuse inconsistent ownership claims (`Config::check_ownership_claims`)
+    /// [default: true for `byzantine`, else false].
+    #[arg(long)]
+    check_claims: Option<bool>,
     /// Successor-list length r.
     #[arg(long, default_value_t = 8)]
     successors: usize,
@@ -259,6 +263,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         params.byzantine_fraction = fraction;
+    }
+    if let Some(on) = args.check_claims {
+        params.config = params.config.clone().with_check_ownership_claims(on);
     }
     params.network.loss = args.loss;
     if let Some(rate) = args.join_rate {

@@ -33,6 +33,7 @@ impl<A: Address> Node<A> {
         self.next_lookup += 1;
         self.counters.lookups_started += 1;
         let mut lookup = Lookup::new(target, purpose, now, self.config.lookup_timeout, None);
+        lookup.check_claims = self.config.check_ownership_claims;
         if self.is_member() {
             // This node is a member: a claimed owner past it, seen from the target, is wrong.
             lookup.add_witness(self.me.id);
@@ -73,6 +74,7 @@ impl<A: Address> Node<A> {
         self.counters.lookups_started += 1;
         let mut lookup =
             Lookup::new(target, purpose, now, self.config.lookup_timeout, Some(self.me.addr.clone()));
+        lookup.check_claims = self.config.check_ownership_claims;
         lookup.add_route(route);
         self.lookup_deadlines.insert((lookup.deadline, key));
         self.lookups.insert(key, lookup);
