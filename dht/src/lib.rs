@@ -45,7 +45,10 @@
 //! when one does not answer. A hop that knows the target lies within its successor list says so;
 //! the asker then asks the first node after the target to *confirm* that it owns the target
 //! (target ∈ (its predecessor, it]). The answer is therefore always a node that answered during the
-//! lookup. Every answer reports its hop count: the number of replies received (0 when the asking
+//! lookup, and with [`Config::check_ownership_claims`] only a consistent claim is believed: a node that claims the target while a member
+//! the lookup knows of (the asker, a node on the path) lies between the target and it, or whose
+//! claimed range does not hold the target, is skipped as a liar (see [`lookup`]). Every answer
+//! reports its hop count: the number of replies received (0 when the asking
 //! node owns the target itself), and its path: the nodes those replies came from, in order, ending
 //! with the owner ([`LookupOutcome::path`], at most [`lookup::MAX_LOOKUP_PATH`] of them). Steps are bounded by [`Config::max_lookup_hops`] and time by
 //! [`Config::lookup_timeout`]; a lookup that cannot finish ends with a [`LookupError`].

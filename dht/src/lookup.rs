@@ -8,6 +8,19 @@
 //! answered it. Dead or refusing nodes are skipped and the next candidate is asked; steps are
 //! bounded by `max_lookup_hops`.
 //!
+//! With [`crate::Config::check_ownership_claims`] (off by default, see there), an ownership claim
+//! ends a lookup only if it is consistent (issue 11): the target lies in the
+//! claimed (predecessor, owner], and no member the lookup knows of — the asking node itself when
+//! it is a member, and every node that answered on the path — lies in [target, owner), where it
+//! would own the target first. Ids are SHA-1 of addresses, so a liar cannot choose where it sits:
+//! a node reached as a routing step lies between the asker (or the path node that named it) and
+//! the target, so its claim to own the target is always refuted. A refuted claim is dropped with
+//! everything else that reply said, counted in `refuted`, and the lookup goes on with its other
+//! candidates, as if that node had not answered. The range an answer lets the asker cache starts
+//! no earlier than the closest member before the owner that the lookup saw (the path, the list
+//! entry that named the owner), however wide the owner's claimed range
+//! ([`Lookup::verified_start`]).
+//!
 //! A lookup also keeps its *path*: the nodes that answered it, in the order they answered, one per
 //! hop, at most [`MAX_LOOKUP_PATH`] of them. Nodes that timed out or refused are not on it (they
 //! count in `timeouts`), and neither is a step this node answered itself (not a hop either).
@@ -114,6 +127,16 @@ pub(crate) struct Lookup<A> {
     done_with: Vec<A>,
     /// A node that must not be the answer (the joining node itself).
     exclude: Option<A>,
+    /// Ring positions of nodes known to be members besides those on the path (the asking node
+    /// itself, when it is one): evidence against ownership claims.
+    witnesses: Vec<Id>,
+    /// The entry before the first owner candidate in the successor list that named it: a node
+    /// that list vouches precedes the owner, bounding the range a claimed predecessor may widen.
+    owner_from: Option<Id>,
+    /// Ownership claims refuted by what this lookup knows (see [`Lookup::refutes`]).
+    pub(crate) refuted: u32,
+    /// Whether claims are checked ([`crate::Config::check_ownership_claims`]).
+    pub(crate) check_claims: bool,
 }
 
 impl<A: Clone + Eq> Lookup<A> {
@@ -138,7 +161,52 @@ impl<A: Clone + Eq> Lookup<A> {
             fallback_owner: None,
             done_with: Vec::new(),
             exclude,
+            witnesses: Vec::new(),
+            owner_from: None,
+            refuted: 0,
+            check_claims: false,
         }
+    }
+
+    /// Records that a node at `id` is a ring member, so that claims it contradicts are refuted.
+    pub(crate) fn add_witness(&mut self, id: Id) {
+        if !self.witnesses.contains(&id) {
+            self.witnesses.push(id);
+        }
+    }
+
+    /// The members this lookup knows of: its witnesses and the nodes that answered it.
+    fn known(&self) -> impl Iterator<Item = &Id> {
+        self.witnesses.iter().chain(self.path.iter().map(|n| &n.id))
+    }
+
+    /// Whether `claimant`'s claim to own the target, with `predecessor` as the start of its range,
+    /// cannot be true: the target lies outside the claimed (predecessor, claimant], or a member
+    /// this lookup knows of lies in [target, claimant) and so would own the target before it.
+    /// Ids are SHA-1 of addresses, so a liar cannot pick its position to dodge the check: a node
+    /// reached as a routing step lies before the target, between the asking node (or the path
+    /// node that named it) and the target, and that node refutes any claim it makes.
+    pub(crate) fn refutes(&self, claimant: &NodeRef<A>, predecessor: Option<&NodeRef<A>>) -> bool {
+        let outside = predecessor.is_some_and(|p| !self.target.in_open_closed(&p.id, &claimant.id));
+        // [target, claimant) is empty when the claimant sits exactly at the target.
+        let preceded = claimant.id != self.target
+            && self.known().any(|y| *y == self.target || y.in_open(&self.target, &claimant.id));
+        outside || preceded
+    }
+
+    /// The start of the range (start, owner] this lookup verified for `owner`, whose claimed
+    /// predecessor is `claimed`: the member closest before `owner` among `claimed`, the witnesses,
+    /// the path and the list entry that preceded the owner. Never wider than the claim, and no
+    /// wider than what honest-looking nodes showed; the target stays inside it because a claim
+    /// contradicted by a known member in [target, owner) was refused.
+    pub(crate) fn verified_start(&self, owner: &Id, claimed: &Id) -> Id {
+        let mut start = *claimed;
+        for y in self.known().chain(self.owner_from.iter()) {
+            if y.in_open(&start, owner) {
+                start = *y;
+            }
+        }
+        start
     }
 
     fn usable(&self, addr: &A) -> bool {
@@ -166,6 +234,7 @@ impl<A: Clone + Eq> Lookup<A> {
         for (k, node) in list.iter().enumerate() {
             if self.target.in_open_closed(&prev, &node.id) {
                 self.owners = list[k..].iter().cloned().collect();
+                self.owner_from = Some(prev);
                 return true;
             }
             prev = node.id;
@@ -203,6 +272,12 @@ impl<A: Clone + Eq> Lookup<A> {
             Vec::new()
         };
         if owner && self.exclude.as_ref() != Some(&from.addr) {
+            if self.check_claims && self.refutes(&from, predecessor.as_ref()) {
+                // A false claim: nothing else `from` said can be trusted either. Go on with the
+                // other candidates, as if it had not answered.
+                self.refuted += 1;
+                return (None, dropped);
+            }
             return (Some((from, successors, predecessor)), dropped);
         }
         if as_owner {
@@ -267,6 +342,115 @@ mod tests {
 
     fn node(i: u64) -> NodeRef<u64> {
         NodeRef { id: Id::hash(&i.to_be_bytes()), addr: i }
+    }
+
+    /// The first node among 1, 2, … whose id passes `keep`.
+    fn find(keep: impl Fn(&Id) -> bool) -> NodeRef<u64> {
+        (1..10_000).map(node).find(|n| keep(&n.id)).expect("one in 10,000 ids passes")
+    }
+
+    /// An asking node `me`, a target half the ring away, an honest node and a liar between them
+    /// (the liar closer to the target), and the target's true owner after it.
+    struct Ring {
+        me: NodeRef<u64>,
+        target: Id,
+        liar: NodeRef<u64>,
+        honest: NodeRef<u64>,
+        owner: NodeRef<u64>,
+    }
+
+    fn ring() -> Ring {
+        let me = node(0);
+        let target = me.id.finger_start(159);
+        let honest = find(|id| id.in_open(&me.id, &target));
+        let liar = find(|id| id.in_open(&honest.id, &target));
+        let owner = find(|id| id.in_open(&target, &me.id));
+        Ring { me, target, liar, honest, owner }
+    }
+
+    fn user_lookup(ring: &Ring) -> Lookup<u64> {
+        let mut lookup =
+            Lookup::new(ring.target, Purpose::User(LookupId(1)), Time::ZERO, Duration::from_secs(5), None);
+        lookup.add_witness(ring.me.id);
+        lookup.check_claims = true;
+        lookup
+    }
+
+    #[test]
+    fn a_liar_on_the_path_claiming_the_target_is_refuted_and_the_lookup_goes_on() {
+        let Ring { me, target, liar, honest, owner } = ring();
+        let mut lookup = user_lookup(&ring());
+        lookup.add_route([liar.clone(), honest.clone()]);
+        // The liar is the best route candidate (closest before the target)…
+        let first = match lookup.next(32) {
+            Next::Ask { node, as_owner: false } => node,
+            other => panic!("expected a routing step, got {other:?}"),
+        };
+        assert_eq!(first, liar.clone());
+        // …and claims the target, with a predecessor that makes its range span the whole ring but
+        // one gap, and other liars as the replica set. The asker itself lies in [target, liar).
+        lookup.count_hop(&liar);
+        let (answer, _) =
+            lookup.on_reply(liar.clone(), false, true, Some(owner.clone()), vec![node(77_777)], Vec::new());
+        assert!(answer.is_none(), "the liar's claim was believed");
+        assert_eq!(lookup.refuted, 1);
+        assert!(lookup.refutes(&liar, Some(&owner)));
+        // The lookup goes on through the next candidate, which names the true owner.
+        match lookup.next(32) {
+            Next::Ask { node, as_owner: false } => assert_eq!(node, honest),
+            other => panic!("expected the honest node next, got {other:?}"),
+        }
+        lookup.count_hop(&honest);
+        let (answer, _) =
+            lookup.on_reply(honest.clone(), false, false, Some(me.clone()), vec![owner.clone()], Vec::new());
+        assert!(answer.is_none());
+        match lookup.next(32) {
+            Next::Ask { node, as_owner: true } => assert_eq!(node, owner),
+            other => panic!("expected the owner next, got {other:?}"),
+        }
+        lookup.count_hop(&owner);
+        let (answer, _) =
+            lookup.on_reply(owner.clone(), true, true, Some(honest.clone()), Vec::new(), Vec::new());
+        let (found, _, _) = answer.expect("the true owner's claim holds");
+        assert_eq!(found, owner);
+        assert!(target.in_open_closed(&honest.id, &owner.id));
+    }
+
+    #[test]
+    fn a_claim_is_refuted_when_the_target_lies_outside_its_range_or_a_known_member_precedes_it() {
+        let Ring { me, target, liar, honest, owner } = ring();
+        let mut lookup = user_lookup(&ring());
+        // The true owner, with its true predecessor, is believed.
+        assert!(!lookup.refutes(&owner, Some(&honest)));
+        // A range that does not hold the target is refused.
+        assert!(lookup.refutes(&owner, Some(&find(|id| id.in_open(&target, &owner.id)))));
+        // A node past the true owner is refused once the owner answered on the path.
+        let beyond = find(|id| id.in_open(&owner.id, &me.id));
+        assert!(!lookup.refutes(&beyond, None));
+        lookup.count_hop(&owner);
+        assert!(lookup.refutes(&beyond, None));
+        // Any node before the target is refused: the asker lies in [target, it).
+        assert!(lookup.refutes(&liar, None));
+        // A node sitting exactly at the target owns it whatever else is known.
+        let mut exact =
+            Lookup::new(owner.id, Purpose::User(LookupId(2)), Time::ZERO, Duration::from_secs(5), None);
+        exact.add_witness(me.id);
+        exact.count_hop(&honest);
+        assert!(!exact.refutes(&owner, Some(&honest)));
+    }
+
+    #[test]
+    fn the_cached_range_is_no_wider_than_the_list_that_named_the_owner() {
+        let Ring { me, target, honest, owner, .. } = ring();
+        let mut lookup = user_lookup(&ring());
+        assert!(lookup.set_owners_from_list(&honest.id, std::slice::from_ref(&owner)));
+        // A lying owner claims a predecessor just after itself: (claimed, owner] is nearly the
+        // whole ring. What was verified is (honest, owner], honest's list having named the owner.
+        let claimed = find(|id| id.in_open(&owner.id, &me.id));
+        assert_eq!(lookup.verified_start(&owner.id, &claimed.id), honest.id);
+        // A claim narrower than what was verified is kept as it is.
+        let close = find(|id| id.in_open(&honest.id, &target));
+        assert_eq!(lookup.verified_start(&owner.id, &close.id), close.id);
     }
 
     #[test]

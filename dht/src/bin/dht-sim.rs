@@ -1,6 +1,8 @@
 //! `dht-sim`: runs one simulator scenario and reports what it measured.
 //!
-//! Scenarios: `stable`, `fail`, `churn` (lookups; see `dht::sim::scenario`) and `multicast`
+//! Scenarios: `stable`, `fail`, `churn`, `byzantine` (lookups, the last with a fraction of lying
+//! nodes, e.g. `dht-sim --scenario byzantine --nodes 1000 --byzantine 0.1 --json`; see
+//! `dht::sim::scenario`) and `multicast`
 //! (multicast trees, see `dht::sim::multicast`), e.g.
 //! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`,
 //! `kv` (the store, see `dht::sim::kv`) and `partition` (a ring cut into parts that must merge
@@ -32,6 +34,7 @@ enum ScenarioArg {
     Stable,
     Fail,
     Churn,
+    Byzantine,
     Multicast,
     Kv,
     Partition,
@@ -80,6 +83,15 @@ struct Args {
     /// `churn`: fraction of N that crashes (and as many fresh nodes join) per simulated minute.
     #[arg(long, default_value_t = 0.1)]
     churn: f64,
+    /// `stable`, `fail`, `churn`, `byzantine`: fraction of the nodes (drawn by the seed, never the
+    /// bootstrap) that lie in every lookup step they answer from the measured phase on
+    /// [default: 0.1 for `byzantine`, else 0].
+    #[arg(long)]
+    byzantine: Option<f64>,
+    /// Whether lookups refuse inconsistent ownership claims (`Config::check_ownership_claims`)
+    /// [default: true for `byzantine`, else false].
+    #[arg(long)]
+    check_claims: Option<bool>,
     /// Successor-list length r.
     #[arg(long, default_value_t = 8)]
     successors: usize,
@@ -209,6 +221,7 @@ fn main() -> ExitCode {
         | ScenarioArg::Supernodes => Kind::Stable,
         ScenarioArg::Fail => Kind::Fail,
         ScenarioArg::Churn => Kind::Churn,
+        ScenarioArg::Byzantine => Kind::Byzantine,
     };
     if matches!(args.scenario, ScenarioArg::Kv) {
         return run_kv(&args);
@@ -244,6 +257,16 @@ fn main() -> ExitCode {
     }
     params.fail_fraction = fail_fraction;
     params.churn_per_minute = args.churn;
+    if let Some(fraction) = args.byzantine {
+        if !(0.0..1.0).contains(&fraction) {
+            eprintln!("dht-sim: --byzantine must lie in [0, 1)");
+            return ExitCode::FAILURE;
+        }
+        params.byzantine_fraction = fraction;
+    }
+    if let Some(on) = args.check_claims {
+        params.config = params.config.clone().with_check_ownership_claims(on);
+    }
     params.network.loss = args.loss;
     if let Some(rate) = args.join_rate {
         params.join_rate = rate.max(0.001);

@@ -33,6 +33,11 @@ impl<A: Address> Node<A> {
         self.next_lookup += 1;
         self.counters.lookups_started += 1;
         let mut lookup = Lookup::new(target, purpose, now, self.config.lookup_timeout, None);
+        lookup.check_claims = self.config.check_ownership_claims;
+        if self.is_member() {
+            // This node is a member: a claimed owner past it, seen from the target, is wrong.
+            lookup.add_witness(self.me.id);
+        }
         if self.owns(&target) {
             self.lookups.insert(key, lookup);
             self.finish_lookup(key, Ok((self.me.clone(), self.successors.clone(), None)), now);
@@ -69,6 +74,7 @@ impl<A: Address> Node<A> {
         self.counters.lookups_started += 1;
         let mut lookup =
             Lookup::new(target, purpose, now, self.config.lookup_timeout, Some(self.me.addr.clone()));
+        lookup.check_claims = self.config.check_ownership_claims;
         lookup.add_route(route);
         self.lookup_deadlines.insert((lookup.deadline, key));
         self.lookups.insert(key, lookup);
@@ -124,6 +130,7 @@ impl<A: Address> Node<A> {
             return;
         };
         self.lookup_deadlines.remove(&(lookup.deadline, key));
+        self.counters.lookup_claims_refuted += u64::from(lookup.refuted);
         if let Some((request, _, _)) = lookup.in_flight {
             // Nobody waits for that reply any more; drop it quietly when it comes.
             if let Some(pending) = self.pending.remove(&request) {
@@ -134,7 +141,9 @@ impl<A: Address> Node<A> {
             Ok((owner, successors, Some(predecessor))) => {
                 self.counters.lookups_succeeded += 1;
                 self.counters.lookup_hops += u64::from(lookup.hops);
-                self.remember_range(predecessor, owner, successors, now);
+                // Cache no more than was verified, whatever the owner claimed.
+                let start = lookup.verified_start(&owner.id, &predecessor.id);
+                self.remember_range(&start, owner, successors, now);
             }
             Ok(_) => {
                 self.counters.lookups_succeeded += 1;

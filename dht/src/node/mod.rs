@@ -143,6 +143,9 @@ pub struct Counters {
     pub lookups_failed: u64,
     /// Hops summed over successful lookups.
     pub lookup_hops: u64,
+    /// Ownership claims in lookup replies refused because what the lookup knew contradicted them
+    /// (a member between the target and the claimant, or a target outside the claimed range).
+    pub lookup_claims_refuted: u64,
     /// Probes sent to peers remembered as dead (the passive list).
     pub probes_sent: u64,
     /// Probes answered by a ring member.

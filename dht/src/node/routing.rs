@@ -53,11 +53,11 @@ impl<A: Address> RangeCache<A> {
         self.ranges.retain(|_, e| &e.owner.addr != addr && !e.successors.iter().any(|s| &s.addr == addr));
     }
 
-    /// Remembers that `owner` owns (predecessor, owner] until `expires`, unless the cache is full
+    /// Remembers that `owner` owns (start, owner] until `expires`, unless the cache is full
     /// even after dropping what expired by `now`.
     fn insert(
         &mut self,
-        predecessor: &NodeRef<A>,
+        start: &Id,
         owner: &NodeRef<A>,
         successors: &[NodeRef<A>],
         expires: Time,
@@ -69,12 +69,8 @@ impl<A: Address> RangeCache<A> {
                 return;
             }
         }
-        let entry = CachedRange {
-            start: predecessor.id,
-            owner: owner.clone(),
-            successors: successors.to_vec(),
-            expires,
-        };
+        let entry =
+            CachedRange { start: *start, owner: owner.clone(), successors: successors.to_vec(), expires };
         self.ranges.insert(owner.id, entry);
     }
 }
@@ -172,9 +168,11 @@ impl<A: Address> Node<A> {
         self.range_cache.forget(addr);
     }
 
+    /// Caches (start, owner] with the owner's successors; `start` is what the lookup verified
+    /// ([`crate::lookup::Lookup::verified_start`]), never just what the owner claimed.
     pub(super) fn remember_range(
         &mut self,
-        predecessor: &NodeRef<A>,
+        start: &Id,
         owner: &NodeRef<A>,
         successors: &[NodeRef<A>],
         now: Time,
@@ -183,7 +181,7 @@ impl<A: Address> Node<A> {
             return;
         }
         let expires = now + self.config.lookup_cache_ttl;
-        self.range_cache.insert(predecessor, owner, successors, expires, now);
+        self.range_cache.insert(start, owner, successors, expires, now);
     }
 
     /// Up to `k` known nodes strictly between this node and `target`, closest to `target` first.

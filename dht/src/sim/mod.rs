@@ -14,6 +14,7 @@
 //! The simulator also keeps the *global view*: which nodes are members (see the crate docs), in
 //! ring order, so it can compute the true successor of any key and check the ring invariants.
 
+mod byzantine;
 pub mod counter;
 mod invariants;
 pub mod kv;
@@ -115,6 +116,8 @@ struct SimNode {
     /// The node's queues, once [`Simulation::enable_queues`] was called.
     queues: Option<Box<crate::queue::Queues<SimAddr>>>,
     alive: bool,
+    /// Whether the simulator rewrites this node's lookup replies into lies ([`byzantine`]).
+    byzantine: bool,
     /// The earliest wake-up already in the queue for this node.
     wake_at: Option<Time>,
 }
@@ -192,6 +195,8 @@ pub struct Simulation {
     queues: Option<queue::QueueWorld>,
     /// During a partition, each node's part; messages between parts are lost.
     sides: Option<Vec<u8>>,
+    /// The Byzantine nodes ([`Simulation::make_byzantine`]); user lookups start only at others.
+    liars: byzantine::Liars,
     trace: u64,
 }
 
@@ -225,6 +230,7 @@ impl Simulation {
             kv: None,
             queues: None,
             sides: None,
+            liars: byzantine::Liars::default(),
             trace: 0xcbf2_9ce4_8422_2325,
         }
     }
@@ -307,7 +313,15 @@ impl Simulation {
         let multicast = self.multicast.clone().map(|config| Multicast::new(node.me().clone(), config));
         let kv = self.kv.as_ref().map(|world| self.new_sim_kv(&node, world, index));
         let queues = self.new_sim_queues(&node);
-        self.nodes.push(SimNode { node, multicast, kv, queues, alive: true, wake_at: None });
+        self.nodes.push(SimNode {
+            node,
+            multicast,
+            kv,
+            queues,
+            alive: true,
+            byzantine: false,
+            wake_at: None,
+        });
         self.member_pos.push(NOT_MEMBER);
         index
     }
@@ -345,6 +359,36 @@ impl Simulation {
         }
         self.nodes[index].node.leave(now);
         self.flush(index);
+    }
+
+    /// Makes node `index` Byzantine from now on: the simulator rewrites every lookup step it
+    /// answers into a claim that it owns the target, with other liars as its successor list (see
+    /// [`byzantine`]). User lookups scheduled with [`Simulation::schedule_lookup`] then start only
+    /// at honest members.
+    pub fn make_byzantine(&mut self, index: usize) {
+        self.nodes[index].byzantine = true;
+        let me = self.nodes[index].node.me().clone();
+        self.liars.insert(&me);
+    }
+
+    /// Whether node `index` is Byzantine.
+    pub fn is_byzantine(&self, index: usize) -> bool {
+        self.nodes[index].byzantine
+    }
+
+    /// A member chosen uniformly at random among the honest ones (all members when there are no
+    /// Byzantine nodes; `None` if a few draws find only liars).
+    pub fn random_honest_member(&mut self) -> Option<usize> {
+        if self.liars.is_empty() {
+            return self.random_member();
+        }
+        for _ in 0..64 {
+            let m = self.random_member()?;
+            if !self.nodes[m].byzantine {
+                return Some(m);
+            }
+        }
+        None
     }
 
     /// Schedules a user lookup for `key` at `at`, from a member chosen when it starts.
@@ -462,7 +506,7 @@ impl Simulation {
                     self.flush(index);
                 }
                 What::StartLookup { key } => {
-                    if let Some(index) = self.random_member() {
+                    if let Some(index) = self.random_honest_member() {
                         self.start_lookup(index, key);
                     }
                 }
@@ -478,7 +522,11 @@ impl Simulation {
     /// next wake-up.
     fn flush(&mut self, index: usize) {
         let now = self.now;
-        while let Some(transmit) = self.nodes[index].node.poll_transmit() {
+        while let Some(mut transmit) = self.nodes[index].node.poll_transmit() {
+            if self.nodes[index].byzantine {
+                let node = &self.nodes[index].node;
+                transmit.message = self.liars.rewrite(node.me(), node.successors(), transmit.message);
+            }
             self.messages += 1;
             *self.messages_by_kind.entry(transmit.message.kind()).or_default() += 1;
             let to = transmit.to.index();

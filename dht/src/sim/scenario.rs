@@ -1,10 +1,16 @@
-//! The simulator's scenarios (`stable`, `fail`, `churn`) and the report they produce.
+//! The simulator's scenarios (`stable`, `fail`, `churn`, `byzantine`) and the report they produce.
 //!
 //! Each scenario first grows a ring: node 0 creates it and the others join through three random
 //! members at `join_rate` nodes per simulated second. It waits until the ring is correct (every
 //! member's successor and predecessor are the true ones) and the fingers have settled, then runs
 //! its measured phase while user lookups for uniformly random keys start at random members and
 //! the invariants are checked every simulated second.
+//!
+//! With a Byzantine fraction F (any scenario; `byzantine` is `stable` with F = 10 % unless set), a
+//! fraction F of the members, drawn by the seed and never node 0 (the bootstrap), turn Byzantine
+//! when the measured phase begins (see `sim::byzantine`: they answer every lookup step claiming
+//! to own the target) and user lookups start only at honest members: `correct_pct` is then the
+//! share of honest nodes' lookups that end at the true owner.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,6 +33,8 @@ pub enum Kind {
     Fail,
     /// Nodes crash and fresh ones join continuously while lookups run.
     Churn,
+    /// A converged ring in which a fraction of the nodes lie in every lookup step they answer.
+    Byzantine,
 }
 
 /// Everything a scenario run depends on.
@@ -50,6 +58,8 @@ pub struct Params {
     pub fail_fraction: f64,
     /// `churn`: the fraction of N that crashes, and is replaced by fresh nodes, per minute.
     pub churn_per_minute: f64,
+    /// Fraction of the nodes that turn Byzantine when the measured phase begins.
+    pub byzantine_fraction: f64,
     /// Nodes joining per simulated second while the ring grows.
     pub join_rate: f64,
     /// Longest the ring may take to grow and converge before the run gives up.
@@ -67,16 +77,17 @@ impl Params {
             kind,
             nodes,
             seed,
-            config: Config::default(),
+            config: Config::default().with_check_ownership_claims(kind == Kind::Byzantine),
             network: NetworkModel::default(),
             lookups: 10_000,
             duration: match kind {
-                Kind::Stable => Duration::from_secs(30),
+                Kind::Stable | Kind::Byzantine => Duration::from_secs(30),
                 Kind::Fail => Duration::from_secs(60),
                 Kind::Churn => Duration::from_secs(600),
             },
             fail_fraction: 0.2,
             churn_per_minute: 0.1,
+            byzantine_fraction: if kind == Kind::Byzantine { 0.1 } else { 0.0 },
             join_rate: (nodes as f64 / 20.0).max(20.0),
             converge_limit: Duration::from_secs(3600),
             progress: false,
@@ -95,6 +106,11 @@ pub struct Report {
     pub seed: u64,
     /// Successor-list length r.
     pub successors: usize,
+    /// Byzantine nodes in the measured phase (user lookups start only at the others).
+    pub byzantine: usize,
+    /// Ownership claims in lookup replies that honest nodes refused over the whole run (user and
+    /// maintenance lookups; [`crate::Counters::lookup_claims_refuted`]).
+    pub claims_refuted: u64,
     /// User lookups started.
     pub lookups: u64,
     /// Percentage answered with the true successor (crate docs: "What counts as a correct answer").
@@ -162,6 +178,8 @@ pub fn run(params: &Params) -> Report {
         accuracy = sim.finger_accuracy();
     }
     let fingers_settle_sim_s = (sim.now() - settle_start).as_secs_f64();
+
+    let byzantine = make_liars(&mut sim, params);
 
     // Measured phase.
     let phase_start = sim.now();
@@ -264,6 +282,11 @@ pub fn run(params: &Params) -> Report {
         nodes: params.nodes,
         seed: params.seed,
         successors: params.config.successors.get(),
+        byzantine,
+        claims_refuted: (0..sim.node_count())
+            .filter(|&i| !sim.is_byzantine(i))
+            .map(|i| sim.node(i).counters().lookup_claims_refuted)
+            .sum(),
         lookups: tally.started,
         correct_pct: round3(100.0 * tally.correct as f64 / started),
         wrong_pct: round3(100.0 * tally.wrong as f64 / started),
@@ -325,6 +348,24 @@ pub(crate) fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
         }
         sim.run_until(sim.now() + Duration::from_millis(250));
     }
+}
+
+/// Turns a fraction `params.byzantine_fraction` of the members Byzantine, drawn by the seed and
+/// never node 0; returns how many. Draws nothing when the fraction is zero.
+fn make_liars(sim: &mut Simulation, params: &Params) -> usize {
+    let wanted = (params.nodes as f64 * params.byzantine_fraction).round() as usize;
+    let wanted = wanted.min(sim.member_count().saturating_sub(1));
+    let mut made = 0;
+    while made < wanted {
+        let Some(m) = sim.random_member() else {
+            break;
+        };
+        if m != 0 && !sim.is_byzantine(m) {
+            sim.make_byzantine(m);
+            made += 1;
+        }
+    }
+    made
 }
 
 /// Three members to join through (fewer while the ring is smaller).
