@@ -158,16 +158,16 @@ pub struct TreeNode {
 pub struct GroupMessage {
     /// The text.
     pub body: String,
-    /// The sender's label.
-    pub from: String,
-    /// The group's name.
-    pub group: String,
     /// The numbering `seq` belongs to: (`epoch`, `seq`) names one message for good. After a
     /// network partition healed, a member that followed the losing side's root receives the other
     /// side's messages in a newer epoch, under numbers it has seen already (absent from older
     /// nodes: 0).
     #[serde(default)]
     pub epoch: u64,
+    /// The sender's label.
+    pub from: String,
+    /// The group's name.
+    pub group: String,
     /// Its sequence number in the group (from 1).
     pub seq: u64,
     /// When it was sent, in milliseconds since the Unix epoch.
@@ -303,9 +303,9 @@ mod tests {
     #[test]
     fn stream_events_round_trip() {
         let message: GroupMessage = round_trip(
-            r#"{"body":"hello \"you\"\n","from":"alice","group":"chat","seq":17,"ts":1763877600123}"#,
+            r#"{"body":"hello \"you\"\n","epoch":4398046511105,"from":"alice","group":"chat","seq":17,"ts":1763877600123}"#,
         );
-        assert_eq!((message.seq, message.ts), (17, 1_763_877_600_123));
+        assert_eq!((message.epoch, message.seq, message.ts), (4_398_046_511_105, 17, 1_763_877_600_123));
         let gap: GroupGap = round_trip(r#"{"from":3,"group":"chat","to":9}"#);
         assert_eq!((gap.from, gap.to), (3, 9));
     }
@@ -318,6 +318,7 @@ mod tests {
             panic!("a message")
         };
         assert_eq!((message.parsed.seq, message.parsed.from.as_str()), (17, "alice"));
+        assert_eq!(message.parsed.epoch, 0, "a node that predates epochs sends none");
         assert_eq!(message.raw["new"], 1, "the raw document keeps fields the type does not know");
         let gap = GroupEvent::from_sse(event("gap", r#"{"group":"g","from":3,"to":9}"#));
         assert!(matches!(gap, Some(GroupEvent::Gap(ref gap)) if (gap.parsed.from, gap.parsed.to) == (3, 9)));
