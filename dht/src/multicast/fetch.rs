@@ -429,7 +429,7 @@ mod tests {
     use crate::multicast::MAX_SEQ;
     use crate::multicast::epoch;
     use crate::multicast::testing::ring;
-    use crate::sim::Simulation;
+    use crate::sim::{SimAddr, Simulation};
 
     fn id(n: u64) -> Id {
         Id::from_hex(&format!("{n:040x}")).expect("40 hex digits")
@@ -511,23 +511,22 @@ mod tests {
         assert_eq!(answer, (asked, vec![1, 2, 3], 3));
     }
 
-    #[test]
-    fn a_fetch_reply_covering_more_than_the_gap_asked_for_is_dropped() {
-        let mut sim = ring(30, 11);
-        let g = GroupName::new("bounded").expect("valid");
+    /// What `member` knows of group `g`.
+    fn summary(sim: &Simulation, member: usize, g: &GroupName) -> crate::multicast::GroupSummary<SimAddr> {
+        sim.multicast(member).expect("enabled").groups().into_iter().find(|s| s.name == *g).expect("joined")
+    }
+
+    /// A ring of 30 nodes (`seed`) with a member of group `name` (not its root) attached to the
+    /// tree and delivered the root's first two messages: the simulation, the group, the root, the
+    /// member and the epoch the member follows.
+    fn member_with_two_delivered(seed: u64, name: &str) -> (Simulation, GroupName, usize, usize, u64) {
+        let mut sim = ring(30, seed);
+        let g = GroupName::new(name).expect("valid");
         let root = sim.true_successor(&g.id()).expect("members") as usize;
         let member = (0..sim.node_count()).find(|&i| i != root).expect("30 nodes");
         sim.join_group(member, &g).expect("ring member");
-        let summary = |sim: &Simulation| {
-            sim.multicast(member)
-                .expect("enabled")
-                .groups()
-                .into_iter()
-                .find(|s| s.name == g)
-                .expect("joined")
-        };
         let deadline = sim.now() + Duration::from_secs(30);
-        while summary(&sim).depth.is_none() {
+        while summary(&sim, member, &g).depth.is_none() {
             assert!(sim.now() < deadline, "the member did not attach");
             sim.run_until(sim.now() + Duration::from_millis(500));
         }
@@ -536,7 +535,6 @@ mod tests {
             sim.run_until(sim.now() + Duration::from_millis(300));
         }
         sim.run_until(sim.now() + Duration::from_secs(2));
-        // The early message is of the epoch the member follows, as a genuine one would be.
         let epoch = sim
             .take_group_events()
             .into_iter()
@@ -545,7 +543,15 @@ mod tests {
                 _ => None,
             })
             .expect("delivered");
-        assert_eq!(summary(&sim).next_seq, Some(3), "delivered 1 and 2");
+        assert_eq!(summary(&sim, member, &g).next_seq, Some(3), "delivered 1 and 2");
+        (sim, g, root, member, epoch)
+    }
+
+    #[test]
+    fn a_fetch_reply_covering_more_than_the_gap_asked_for_is_dropped() {
+        let (mut sim, g, root, member, epoch) = member_with_two_delivered(11, "bounded");
+        let summary = |sim: &Simulation| summary(sim, member, &g);
+        // The early message below is of the epoch the member follows, as a genuine one would be.
 
         // Number 5 arrives early from the parent: the member fetches 3..=4 from the root.
         let parent = summary(&sim).parent.expect("attached").addr;
@@ -597,38 +603,8 @@ mod tests {
         // A root's history after a meet: its own lineage, then a renumbering epoch whose fork
         // point lies before what the member asked for. The member rewinds there; the messages of
         // the page before the renumbered one are still the root's and must not be reported lost.
-        let mut sim = ring(30, 5);
-        let g = GroupName::new("forked").expect("valid");
-        let root = sim.true_successor(&g.id()).expect("members") as usize;
-        let member = (0..sim.node_count()).find(|&i| i != root).expect("30 nodes");
-        sim.join_group(member, &g).expect("ring member");
-        let summary = |sim: &Simulation| {
-            sim.multicast(member)
-                .expect("enabled")
-                .groups()
-                .into_iter()
-                .find(|s| s.name == g)
-                .expect("joined")
-        };
-        let deadline = sim.now() + Duration::from_secs(30);
-        while summary(&sim).depth.is_none() {
-            assert!(sim.now() < deadline, "the member did not attach");
-            sim.run_until(sim.now() + Duration::from_millis(500));
-        }
-        for k in 0..2u8 {
-            sim.publish(root, &g, vec![k]).expect("accepted");
-            sim.run_until(sim.now() + Duration::from_millis(300));
-        }
-        sim.run_until(sim.now() + Duration::from_secs(2));
-        let epoch = sim
-            .take_group_events()
-            .into_iter()
-            .find_map(|r| match r.event {
-                GroupEvent::Delivered { epoch, .. } if r.node == member => Some(epoch),
-                _ => None,
-            })
-            .expect("delivered");
-        assert_eq!(summary(&sim).next_seq, Some(3), "delivered 1 and 2");
+        let (mut sim, g, root, member, epoch) = member_with_two_delivered(5, "forked");
+        let summary = |sim: &Simulation| summary(sim, member, &g);
 
         // Number 5 arrives early from the parent: the member fetches 3..=4.
         let root_addr = sim.addr(root);
