@@ -13,13 +13,17 @@
 //!
 //! # Epochs
 //! A message of an epoch with a higher counter than the member's means the numbering changed
-//! hands. If the new epoch continues the member's (`parent`), nothing more is needed. Otherwise
-//! the member followed another lineage — the losing side of a partition — and it *rewinds* to
-//! the fork point `base + 1`: it fetches from there and skips, by publish id, what it delivered
-//! already under the other side's numbers. Tree data of an older epoch past the member's fork
-//! point is stale (a root that lost its role) and dropped; a fetch reply is the root's own
-//! lineage and is always taken, whole (see `fetch`: a rewind midway through a reply does not
-//! void the reply's messages before it).
+//! hands. The new lineage agrees with what the member delivered only up to the new epoch's fork
+//! point `base`, whether or not it continues the member's epoch (`parent`): a take-over across a
+//! partition continues the old root's epoch from the copy it held, which may be older than what
+//! the member delivered from that root on its side. So a member past the fork point *rewinds* to
+//! `base + 1`: it fetches from there and skips, by publish id, what it delivered already. Tree
+//! data of an older epoch past the member's fork point is stale (a root that lost its role) and
+//! dropped; a fetch reply is the root's own lineage and is always taken, whole (see `fetch`: a
+//! rewind midway through a reply does not void the reply's messages before it). A fetched
+//! message of a *sibling* epoch (same counter, numbered by another node) is not the past of the
+//! member's epoch: the member remembers from which number it took such messages, and goes back
+//! there too at the next epoch change, so two numberings are never taken as one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -41,6 +45,9 @@ pub(super) struct Delivery<A> {
     /// The publishes delivered lately, oldest first, and the same as a set.
     recent: VecDeque<(A, u64)>,
     recent_set: BTreeSet<(A, u64)>,
+    /// The lowest number delivered (or buffered) from a sibling of the epoch followed, taken
+    /// from a fetch reply: from there on, what was delivered is not known to be that epoch's.
+    mixed_from: Option<u64>,
 }
 
 /// What [`Delivery::receive`] did with a message.
@@ -68,6 +75,7 @@ impl<A: Ord + Clone> Delivery<A> {
             epoch: None,
             recent: VecDeque::new(),
             recent_set: BTreeSet::new(),
+            mixed_from: None,
         }
     }
 
@@ -88,6 +96,7 @@ impl<A: Ord + Clone> Delivery<A> {
         self.epoch = None;
         self.recent.clear();
         self.recent_set.clear();
+        self.mixed_from = None;
     }
 
     /// Whether the publish of `m` was delivered here lately (under whatever number).
@@ -121,18 +130,37 @@ impl<A: Ord + Clone> Delivery<A> {
         if epoch::counter(m.epoch) > epoch::counter(current) {
             self.epoch = Some((m.epoch, m.base));
             let next = self.next_seq.unwrap_or(m.seq);
-            if m.parent == current || next <= m.base + 1 {
-                // The new numbering continues this one, or forks where this member has not
-                // delivered yet: what is buffered of the old epoch past the fork is void.
-                self.buffer.retain(|seq, b| *seq <= m.base || b.epoch == m.epoch);
+            // The new numbering agrees with what this member delivered only up to its fork
+            // point, and only up to where the member took numbers of a sibling epoch. Even when
+            // it continues the member's epoch (`parent`), the numbers past its fork point may be
+            // another side's (a take-over from a copy older than what this member delivered,
+            // across a partition): going back costs a fetch of numbers skipped by publish id;
+            // not going back loses the other side's messages silently.
+            let fork = self.mixed_from.take().map_or(m.base, |mixed| m.base.min(mixed - 1));
+            if next <= fork + 1 {
+                // Forks where this member has not delivered yet: what is buffered of the old
+                // epoch past the fork is void.
+                self.buffer.retain(|seq, b| *seq <= fork || b.epoch == m.epoch);
                 return None;
             }
-            self.next_seq = Some(m.base + 1);
+            self.next_seq = Some(fork + 1);
             self.buffer.clear();
             return Some(true);
         }
-        // An older (or sibling) epoch: within the common prefix, or asked for, it is genuine.
-        if fetched || m.seq <= base { None } else { Some(false) }
+        if m.seq <= base {
+            // Within the common prefix: genuine.
+            return None;
+        }
+        if !fetched {
+            return Some(false);
+        }
+        // Asked for: the answering root's lineage. An older epoch may be its own past; a sibling
+        // (same counter, another node) is not this member's epoch's past, so what this member
+        // delivers from it on is not known to continue `current`: remember where that started.
+        if epoch::counter(m.epoch) == epoch::counter(current) {
+            self.mixed_from = Some(self.mixed_from.map_or(m.seq, |s| s.min(m.seq)));
+        }
+        None
     }
 
     /// Starts from `next` unless a starting point is known already.
@@ -302,6 +330,51 @@ mod tests {
             parent: 0,
             base: 0,
         }
+    }
+
+    fn in_epoch(seq: u64, publish_id: u64, (epoch, parent, base): (u64, u64, u64)) -> Stamped<u8> {
+        Stamped { publish_id, epoch, parent, base, ..stamped(seq) }
+    }
+
+    fn deliver(delivery: &mut Delivery<u8>, m: Stamped<u8>, fetched: bool) -> Vec<u64> {
+        delivery.receive(m, fetched, 64);
+        delivery.drain(1024).0.into_iter().map(|m| m.publish_id).collect()
+    }
+
+    #[test]
+    fn an_epoch_that_continues_ours_from_below_what_we_delivered_makes_the_member_go_back() {
+        // Epoch `a` numbered 1..=4 here; across a partition another node took over from a copy
+        // that held 1..=2 only and numbered 3.. in `c` (parent `a`, fork point 2). The member
+        // delivered a's 3 and 4: c's 3 and 4 are other messages, to be fetched, not passed over.
+        let a = epoch::next(0, 0xAA00_0000_0000_0000);
+        let c = epoch::next(1, 0xCC00_0000_0000_0000);
+        let mut delivery = Delivery::new();
+        for seq in 1..=4 {
+            assert_eq!(deliver(&mut delivery, in_epoch(seq, seq, (a, 0, 0)), false), vec![seq]);
+        }
+        assert!(matches!(delivery.receive(in_epoch(5, 105, (c, a, 2)), false, 64), Received::Rewound));
+        assert_eq!(delivery.next_seq(), Some(3));
+        // The fetch from the fork point: c's 3 and 4, then 5.
+        assert_eq!(deliver(&mut delivery, in_epoch(3, 103, (c, a, 2)), true), vec![103]);
+        assert_eq!(deliver(&mut delivery, in_epoch(4, 104, (c, a, 2)), true), vec![104, 105]);
+    }
+
+    #[test]
+    fn numbers_fetched_from_a_sibling_epoch_are_read_again_when_a_later_epoch_continues_ours() {
+        // Two nodes numbered afresh (counter 1): `a` stamped 1..=3, sibling `b` stamped 1.. other
+        // publishes. The member delivered a's 1 and 2, then fetched b's 3 and 4 (a fetch reply is
+        // taken whole). A later epoch `c` continuing `a` from 0 must not be taken as continuing
+        // what this member delivered: it goes back to 1 and skips, by publish id, what it has.
+        let a = epoch::next(0, 0xAA00_0000_0000_0000);
+        let b = epoch::next(0, 0xBB00_0000_0000_0000);
+        let c = epoch::next(1, 0xCC00_0000_0000_0000);
+        let mut delivery = Delivery::new();
+        assert_eq!(deliver(&mut delivery, in_epoch(1, 1, (a, 0, 0)), false), vec![1]);
+        assert_eq!(deliver(&mut delivery, in_epoch(2, 2, (a, 0, 0)), false), vec![2]);
+        assert_eq!(deliver(&mut delivery, in_epoch(3, 23, (b, 0, 0)), true), vec![23]);
+        assert_eq!(deliver(&mut delivery, in_epoch(4, 24, (b, 0, 0)), true), vec![24]);
+        assert!(matches!(delivery.receive(in_epoch(5, 35, (c, a, 4)), false, 64), Received::Rewound));
+        assert_eq!(delivery.next_seq(), Some(3));
     }
 
     #[test]

@@ -51,9 +51,11 @@
 //!   anew, once each, in a new epoch with a higher counter whose fork point is where the two
 //!   lineages parted. A backup or intermediate node that receives a second lineage keeps its
 //!   messages apart (foreign, bounded) so they are numbered anew when it becomes root. Members
-//!   that followed the winner continue; members that followed the loser see the new epoch's
-//!   parent is not theirs, go back to the fork point, fetch from there and skip, by publish id,
-//!   what they delivered already. A fetch reply is the root's lineage and is taken whole: when a
+//!   past the fork point of a new epoch go back to it, fetch from there and skip, by publish id,
+//!   what they delivered already — also when the new epoch continues theirs (a take-over
+//!   across the partition continues the old root's epoch from an older copy, so its numbers past
+//!   the fork are not those the member delivered), and from wherever they took numbers of a
+//!   sibling epoch (`delivery`). A fetch reply is the root's lineage and is taken whole: when a
 //!   message in it makes the member go back to a fork point, the reply's messages before that one
 //!   are taken again, and numbers below the range asked for are fetched, not reported lost. A
 //!   range the root no longer holds is a gap, as always, and nothing else is.
