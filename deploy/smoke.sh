@@ -84,12 +84,15 @@ t5=$(wait_ring 5)
 say "5 nodes: ring correct after ${t5} s"
 
 declare -A acked attempted
+put_errors=() # why puts failed, for the failure message
 put() { # key value: records the value if the write was acknowledged, else as merely attempted
-    if cli put "$1" "$2" >/dev/null 2>&1; then
+    local error
+    if error=$(cli put "$1" "$2" 2>&1 >/dev/null); then
         acked[$1]=$2
         unset "attempted[$1]"
     else
         attempted[$1]=$2
+        put_errors+=("$1: ${error//$'\n'/ }")
     fi
 }
 say "putting 500 keys through the CLI in the seed container"
@@ -97,7 +100,8 @@ for i in $(seq 1 500); do
     put "key-$i" "value-$i-a"
     ((i % 100)) || check_time
 done
-((${#acked[@]} == 500)) || fail "only ${#acked[@]} of 500 puts were acknowledged with all nodes up"
+((${#acked[@]} == 500)) ||
+    fail "only ${#acked[@]} of 500 puts were acknowledged with all nodes up; $(printf '%s; ' "${put_errors[@]:0:5}")"
 
 mapfile -t members < <(nodes)
 victim=${members[0]}

@@ -459,6 +459,18 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "overlay_replica_resends",
+            "Requests of client operations sent again to a replica whose answer did not come.",
+            kv.replica_resends,
+        )?;
+        counter(
+            e,
+            "overlay_kv_lookup_retries",
+            "Lookups of client operations started again after one found no route.",
+            kv.lookup_retries,
+        )?;
+        counter(
+            e,
             "overlay_kv_handoff_pushed",
             "Records pushed to successors while leaving.",
             kv.handoff_pushed,

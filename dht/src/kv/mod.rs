@@ -99,6 +99,13 @@ pub struct KvConfig {
     /// How many times a write is re-versioned after replicas refused it as older than what they
     /// hold, before it fails. Default 8.
     pub max_write_attempts: u32,
+    /// How many times one replica is asked within one client operation when its answer does not
+    /// come (a time-out, a dropped connection): the first request and up to `replica_tries − 1`
+    /// resends, each after a short pause and only while the operation's deadline leaves room.
+    /// A replica that is merely slow (a long fsync, a busy host) then costs a write one resend
+    /// instead of its quorum. Resending is safe: the record keeps its version, and a replica that
+    /// already stored it answers "stored". Default 3.
+    pub replica_tries: u32,
     /// Whether a replica's refusal of an older write makes the writer pass the newer version and
     /// write again (default). `false` counts the refusal as an acknowledgement: plain
     /// last-writer-wins by the writers' clocks, which loses acknowledged writes to slower clocks.
@@ -135,6 +142,7 @@ impl Default for KvConfig {
             sync_interval: Duration::from_secs(3),
             handoff_timeout: Duration::from_secs(5),
             max_write_attempts: 8,
+            replica_tries: 3,
             ordered_writes: true,
             keep_promises: true,
             max_future_skew: Duration::from_secs(300),
@@ -287,6 +295,11 @@ pub struct KvCounters {
     pub read_repairs: u64,
     /// Writes sent again under a newer version after a replica held a newer one.
     pub write_retries: u64,
+    /// Requests of client operations sent again to a replica that had not answered
+    /// ([`KvConfig::replica_tries`]).
+    pub replica_resends: u64,
+    /// Lookups of client operations started again after one found no route.
+    pub lookup_retries: u64,
     /// Compare-and-set attempts started again under a higher ballot.
     pub cas_retries: u64,
     /// Prepares and writes this node refused because of a promise (or its restart grace).
@@ -802,7 +815,15 @@ impl<A: Address> Coordinator<A> {
                     StoreResult::Read(mut records) => records.pop(),
                     _ => None,
                 };
-                self.ops.on_read_reply(op, replica, answer, &mut self.clock, &mut self.out, now);
+                self.ops.on_read_reply(
+                    op,
+                    replica,
+                    answer,
+                    &self.config,
+                    &mut self.clock,
+                    &mut self.out,
+                    now,
+                );
             }
             IoPurpose::Serve { from, id, request } => {
                 self.serving.on_store_result(from, id, request, result, &mut self.clock, &mut self.out, now);
@@ -895,7 +916,7 @@ impl<A: Address> Coordinator<A> {
                 self.on_request_failed(pending, ring, now);
             }
         }
-        self.ops.expire(&mut self.out, now);
+        self.ops.expire(&self.config, &mut self.clock, &mut self.out, ring, now);
         let mut cx = Ctx { config: &self.config, clock: &mut self.clock, out: &mut self.out, now };
         self.cas.on_timeout(&mut cx);
         self.out.promises.expire(now);

@@ -15,6 +15,11 @@
 //!   replica sets differ between views.
 //! - once every replica answered (or the deadline passed), stale replicas get the newest record:
 //!   read repair.
+//! - a replica whose answer does not come (a time-out, a dropped connection) is asked again after
+//!   a short pause, up to [`KvConfig::replica_tries`] times while the deadline leaves room, and a
+//!   lookup that found no route is tried again the same way: one slow fsync or one lost message
+//!   must not cost a write its quorum with most of its deadline left. Nothing is re-versioned by
+//!   a resend, so a replica that stored the first request answers the second with "stored".
 
 use std::collections::BTreeMap;
 
@@ -59,6 +64,13 @@ struct Op<A> {
     deadline: Time,
     replicas: Vec<NodeRef<A>>,
     replies: Vec<Reply>,
+    /// Requests sent to each replica for the current attempt.
+    tries: Vec<u32>,
+    /// Replicas to ask again, and when.
+    resends: Vec<(usize, Time)>,
+    /// Lookups started for this op; a failed one is tried again at `reroute_at`.
+    lookups: u32,
+    reroute_at: Option<Time>,
     needed: usize,
     /// The caller has its answer; the op stays for stragglers and read repair.
     answered: bool,
@@ -71,6 +83,44 @@ impl<A> Op<A> {
 
     fn all_in(&self) -> bool {
         !self.replies.contains(&Reply::Waiting)
+    }
+
+    /// Schedules another request to `replica`, whose answer did not come, if it may have one:
+    /// the caller has no answer yet, the replica is a peer (a local store that failed is not
+    /// retried), it was asked fewer than `replica_tries` times and an answer to the resend could
+    /// still arrive before the deadline. Returns whether it did.
+    fn schedule_resend(&mut self, replica: usize, me: &Id, config: &KvConfig, now: Time) -> bool {
+        let tries = self.tries[replica];
+        if self.answered || self.replicas[replica].id == *me || tries >= config.replica_tries {
+            return false;
+        }
+        // The pause grows with each try; the resend needs at least half a request time-out.
+        let at = now + config.request_timeout / 4 * tries;
+        if at + config.request_timeout / 2 > self.deadline {
+            return false;
+        }
+        self.tries[replica] += 1;
+        self.resends.push((replica, at));
+        true
+    }
+
+    /// Schedules another lookup after one that failed, on the same terms as a resend.
+    fn schedule_reroute(&mut self, config: &KvConfig, now: Time) -> bool {
+        if self.lookups >= config.replica_tries {
+            return false;
+        }
+        let at = now + config.request_timeout / 4 * self.lookups;
+        if at + config.request_timeout > self.deadline {
+            return false;
+        }
+        self.reroute_at = Some(at);
+        true
+    }
+
+    /// The next instant this op needs attention: a resend, a lookup again, or its deadline.
+    fn next_deadline(&self) -> Time {
+        let resends = self.resends.iter().map(|(_, at)| *at);
+        resends.chain(self.reroute_at).chain([self.deadline]).min().expect("the deadline is there")
     }
 
     fn newest(&self) -> Option<&Record> {
@@ -104,7 +154,7 @@ impl<A: Address> ClientOps<A> {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Time> {
-        self.ops.values().map(|op| op.deadline).min()
+        self.ops.values().map(Op::next_deadline).min()
     }
 
     /// Ends every operation; returns those whose callers still wait for an answer.
@@ -129,6 +179,10 @@ impl<A: Address> ClientOps<A> {
             deadline: now + config.op_timeout,
             replicas: Vec::new(),
             replies: Vec::new(),
+            tries: Vec::new(),
+            resends: Vec::new(),
+            lookups: 0,
+            reroute_at: None,
             needed: 1,
             answered: false,
         };
@@ -178,8 +232,7 @@ impl<A: Address> ClientOps<A> {
         now: Time,
     ) -> OpId {
         let id = self.insert(Kind::Locate { key_id }, Consistency::One, config, now);
-        let lookup = ring.lookup(key_id, now);
-        self.lookups.insert(lookup, id);
+        self.start_lookup(id, key_id, ring, now);
         id
     }
 
@@ -200,6 +253,13 @@ impl<A: Address> ClientOps<A> {
         if let Some(replicas) = ring.cached_replicas(&key_id, config.replicas, now) {
             self.dispatch(id, replicas, None, clock, out, now);
         } else {
+            self.start_lookup(id, key_id, ring, now);
+        }
+    }
+
+    fn start_lookup(&mut self, id: OpId, key_id: Id, ring: &mut Node<A>, now: Time) {
+        if let Some(op) = self.ops.get_mut(&id) {
+            op.lookups += 1;
             let lookup = ring.lookup(key_id, now);
             self.lookups.insert(lookup, id);
         }
@@ -224,7 +284,15 @@ impl<A: Address> ClientOps<A> {
                 self.dispatch(id, outcome.replica_set(config.replicas), Some(outcome), clock, out, now)
             }
             Err(error) => {
-                if self.ops.remove(&id).is_some() {
+                let retryable =
+                    matches!(error, LookupError::NoRoute { .. } | LookupError::TooManyHops { .. });
+                let Some(op) = self.ops.get_mut(&id) else {
+                    return true;
+                };
+                if retryable && op.schedule_reroute(config, now) {
+                    out.counters.lookup_retries += 1;
+                } else {
+                    self.ops.remove(&id);
                     out.finish(id, Err(KvError::Lookup(error.clone())));
                 }
             }
@@ -247,6 +315,8 @@ impl<A: Address> ClientOps<A> {
         };
         op.needed = op.consistency.required(replicas.len());
         op.replies = vec![Reply::Waiting; replicas.len()];
+        op.tries = vec![1; replicas.len()];
+        op.resends.clear();
         op.replicas = replicas;
         match &op.kind {
             Kind::Locate { key_id } => {
@@ -297,6 +367,10 @@ impl<A: Address> ClientOps<A> {
             return;
         }
         let version = record.version;
+        if outcome.is_none() && op.schedule_resend(replica, &out.me_id(), config, now) {
+            out.counters.replica_resends += 1;
+            return;
+        }
         op.replies[replica] = match outcome {
             None => Reply::Failed,
             Some(PersistOutcome { applied: true, existed, .. }) => Reply::Stored { existed },
@@ -328,6 +402,8 @@ impl<A: Address> ClientOps<A> {
                 *record = record.reversioned(clock.tick(0));
                 let (record, attempt) = (record.clone(), *attempt);
                 op.replies = vec![Reply::Waiting; op.replicas.len()];
+                op.tries = vec![1; op.replicas.len()];
+                op.resends.clear();
                 send_write(id, &op.replicas, record, attempt, out, now);
                 return;
             }
@@ -350,6 +426,7 @@ impl<A: Address> ClientOps<A> {
         id: OpId,
         replica: usize,
         answer: Option<Option<Record>>,
+        config: &KvConfig,
         clock: &mut HybridClock,
         out: &mut Outbox<A>,
         now: Time,
@@ -358,6 +435,10 @@ impl<A: Address> ClientOps<A> {
             return;
         };
         if replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
+            return;
+        }
+        if answer.is_none() && op.schedule_resend(replica, &out.me_id(), config, now) {
+            out.counters.replica_resends += 1;
             return;
         }
         op.replies[replica] = match answer {
@@ -393,8 +474,17 @@ impl<A: Address> ClientOps<A> {
         }
     }
 
-    /// Fails or closes operations past their deadline.
-    pub(super) fn expire(&mut self, out: &mut Outbox<A>, now: Time) {
+    /// Sends what is due again (requests to replicas, failed lookups), then fails or closes
+    /// operations past their deadline.
+    pub(super) fn expire(
+        &mut self,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) {
+        self.send_due(config, clock, out, ring, now);
         let expired: Vec<OpId> =
             self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
@@ -421,6 +511,63 @@ impl<A: Address> ClientOps<A> {
         }
     }
 
+    /// Asks again the replicas whose resend is due, and looks up again the keys whose lookup is.
+    fn send_due(
+        &mut self,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) {
+        let due: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| {
+                op.reroute_at.is_some_and(|at| at <= now) || op.resends.iter().any(|(_, at)| *at <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(op) = self.ops.get_mut(&id) else { continue };
+            if op.reroute_at.is_some_and(|at| at <= now) {
+                op.reroute_at = None;
+                let key_id = match &op.kind {
+                    Kind::Write { record, .. } => record.key_id(),
+                    Kind::Read { key } => Id::hash(key),
+                    Kind::Locate { key_id } => *key_id,
+                };
+                if matches!(op.kind, Kind::Locate { .. }) {
+                    self.start_lookup(id, key_id, ring, now);
+                } else {
+                    self.route(id, key_id, config, clock, out, ring, now);
+                }
+                continue;
+            }
+            let (due, later): (Vec<_>, Vec<_>) = op.resends.iter().partition(|(_, at)| *at <= now);
+            op.resends = later;
+            for (replica, _) in due {
+                if op.answered {
+                    // The caller has its answer: nobody needs this replica's any more.
+                    op.replies[replica] = Reply::Failed;
+                    continue;
+                }
+                let node = &op.replicas[replica];
+                match &op.kind {
+                    Kind::Write { record, attempt } => {
+                        send_write_to(id, replica, node, record.clone(), *attempt, out, now)
+                    }
+                    Kind::Read { key } => send_read(id, replica, node, key, out, now),
+                    Kind::Locate { .. } => {}
+                }
+            }
+            if op.all_in() {
+                let op = self.ops.remove(&id).expect("looked up above");
+                read_repair(&op, out, now);
+            }
+        }
+    }
+
     /// Forgets the ring core's cached ranges that name this op's replicas.
     pub(super) fn forget_replicas(&self, id: OpId, ring: &mut Node<A>) {
         if let Some(op) = self.ops.get(&id) {
@@ -440,16 +587,27 @@ fn send_write<A: Address>(
     now: Time,
 ) {
     for (replica, node) in replicas.iter().enumerate() {
-        if node.id == out.me_id() {
-            let record = record.clone();
-            out.store(IoPurpose::OpStore { op: id, attempt, replica }, |io| StoreOp::Persist {
-                io,
-                records: vec![record],
-            });
-        } else {
-            let body = KvRequest::Store { record: record.clone() };
-            out.request(node.addr.clone(), body, Purpose::OpStore { op: id, attempt, replica }, now);
-        }
+        send_write_to(id, replica, node, record.clone(), attempt, out, now);
+    }
+}
+
+fn send_write_to<A: Address>(
+    id: OpId,
+    replica: usize,
+    node: &NodeRef<A>,
+    record: Record,
+    attempt: u32,
+    out: &mut Outbox<A>,
+    now: Time,
+) {
+    if node.id == out.me_id() {
+        out.store(IoPurpose::OpStore { op: id, attempt, replica }, |io| StoreOp::Persist {
+            io,
+            records: vec![record],
+        });
+    } else {
+        let body = KvRequest::Store { record };
+        out.request(node.addr.clone(), body, Purpose::OpStore { op: id, attempt, replica }, now);
     }
 }
 

@@ -70,7 +70,15 @@ impl<A: Address> Coordinator<A> {
                 self.cas.on_reply(op, attempt, replica, cas::Reply::Rejected, &mut cx);
             }
             (Purpose::OpFetch { op, replica }, KvResponse::Found { record }) => {
-                self.ops.on_read_reply(op, replica, Some(record), &mut self.clock, &mut self.out, now);
+                self.ops.on_read_reply(
+                    op,
+                    replica,
+                    Some(record),
+                    &self.config,
+                    &mut self.clock,
+                    &mut self.out,
+                    now,
+                );
             }
             (Purpose::SyncDigest { start, end }, KvResponse::DigestDiff { buckets }) => {
                 self.sync.on_digest_diff(pending.to, start, end, buckets, &self.config, &mut self.out, now);
@@ -122,7 +130,7 @@ impl<A: Address> Coordinator<A> {
             }
             Purpose::OpFetch { op, replica } => {
                 ring.forget_cached(&pending.to);
-                self.ops.on_read_reply(op, replica, None, &mut self.clock, &mut self.out, now);
+                self.ops.on_read_reply(op, replica, None, &self.config, &mut self.clock, &mut self.out, now);
             }
             Purpose::CasFetch { op, attempt, replica }
             | Purpose::CasPrepare { op, attempt, replica }

@@ -149,3 +149,51 @@ fn a_store_at_rest_sends_few_messages() {
     let per_node_per_s = (sim.kv_messages() - before) as f64 / sim.node_count() as f64 / window.as_secs_f64();
     assert!(per_node_per_s < 0.25, "{per_node_per_s:.3} storage messages per node per second at rest");
 }
+
+/// Puts `k` at its owner while the other two replicas cannot hear it for `cut` (every message
+/// between them lost), then heals; returns the put's result and the owner's counters.
+fn put_while_two_replicas_are_cut_off(
+    cut: Duration,
+    replica_tries: u32,
+) -> (Result<OpOutcome<crate::sim::SimAddr>, KvError>, KvCounters) {
+    let mut sim = converged_ring(8, 21);
+    run_until_converged(&mut sim, 8, |sim| sim.ring_is_correct() && sim.successor_lists_are_correct());
+    sim.enable_kv(KvConfig { replica_tries, ..KvConfig::default() }, Default::default(), 0);
+    let key = b"k".to_vec();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    let writer = replicas[0];
+    let sides = (0..sim.node_count()).map(|i| u8::from(replicas[1..].contains(&i))).collect();
+    sim.partition(sides);
+    let op = sim.kv_put(writer, key, b"v".to_vec(), Consistency::Quorum).expect("accepted");
+    sim.run_until(sim.now() + cut);
+    sim.heal();
+    sim.run_until(sim.now() + Duration::from_secs(6));
+    let result = sim.take_kv_results().into_iter().find(|r| r.op == op).expect("finished").result;
+    (result, sim.kv_coordinator(writer).expect("enabled").counters().clone())
+}
+
+#[test]
+fn a_write_whose_replicas_miss_the_first_request_is_acknowledged_after_a_resend() {
+    // Both peers' first requests are lost and time out after 1 s; the resends go out after the
+    // heal and reach a quorum well inside the 5 s deadline.
+    let cut = Duration::from_millis(1100);
+    let (result, counters) = put_while_two_replicas_are_cut_off(cut, KvConfig::default().replica_tries);
+    assert!(matches!(result, Ok(OpOutcome::Written(Written { acked: 2, .. }))), "{result:?}");
+    assert_eq!(counters.replica_resends, 2, "one resend to each cut-off replica");
+    assert_eq!(counters.quorum_failures, 0);
+    // Asked once each, as before resends existed, the write failed with 4 s of its deadline left.
+    let (result, counters) = put_while_two_replicas_are_cut_off(cut, 1);
+    assert!(matches!(result, Err(KvError::NoQuorum { needed: 2, got: 1 })), "{result:?}");
+    assert_eq!(counters.replica_resends, 0);
+}
+
+#[test]
+fn a_write_whose_replicas_stay_unreachable_fails_by_its_deadline_after_bounded_resends() {
+    let (result, counters) =
+        put_while_two_replicas_are_cut_off(Duration::from_secs(6), KvConfig::default().replica_tries);
+    assert!(matches!(result, Err(KvError::NoQuorum { needed: 2, got: 1 })), "{result:?}");
+    // Each cut-off replica is asked at most `replica_tries` (3) times: 2 resends each.
+    assert!(counters.replica_resends <= 4, "{}", counters.replica_resends);
+    assert!(counters.replica_resends >= 2, "{}", counters.replica_resends);
+}
