@@ -77,7 +77,7 @@ impl Params {
             kind,
             nodes,
             seed,
-            config: Config::default().with_check_ownership_claims(kind == Kind::Byzantine),
+            config: Config::default(),
             network: NetworkModel::default(),
             lookups: 10_000,
             duration: match kind {
