@@ -13,6 +13,8 @@
 //!   repair, gap filling and the multicast wire messages.
 //! - [`kv`]: the store coordinator, sans-IO: quorum reads and writes, read repair, anti-entropy
 //!   and hand-off, with persistence as an explicit output ([`kv::StoreOp`]) and input.
+//! - [`signed`]: the `signed/` namespace, keys only the holder of one ed25519 key can write,
+//!   checked by every replica.
 //! - [`store`]: replicated records (versions from a hybrid logical clock, checksums), the storage
 //!   wire protocol, quorum sizes and the range digests anti-entropy compares.
 //! - [`supernode`]: supernodes and leaves (issue 13): a sharded directory of supernodes on the
@@ -77,6 +79,7 @@ pub mod node;
 mod passive;
 pub mod queue;
 mod ring;
+pub mod signed;
 pub mod sim;
 pub mod store;
 pub mod supernode;

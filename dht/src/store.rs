@@ -118,6 +118,34 @@ pub struct Record {
     pub tombstone: bool,
     /// Checksum of the fields above; see [`Record::compute_checksum`].
     pub checksum: u64,
+    /// For a key under `signed/`, who signed this version ([`crate::signed`]); `None` for every
+    /// other key. Absent from the encoding when `None`, so unsigned records encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The signer of a signed record and its signature ([`crate::signed`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The ed25519 public key (32 bytes).
+    #[serde(with = "crate::bytes")]
+    pub public_key: Vec<u8>,
+    /// The ed25519 signature (64 bytes) over the record's fields.
+    #[serde(with = "crate::bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Owner({})", self.public_key_hex())
+    }
+}
+
+impl Owner {
+    /// The public key in lowercase hex: how users name a signer.
+    pub fn public_key_hex(&self) -> String {
+        crate::bytes::to_hex(&self.public_key)
+    }
 }
 
 impl fmt::Debug for Record {
@@ -128,6 +156,7 @@ impl fmt::Debug for Record {
             .field("value_len", &self.value.len())
             .field("version", &self.version)
             .field("tombstone", &self.tombstone)
+            .field("owner", &self.owner)
             .finish()
     }
 }
@@ -135,20 +164,24 @@ impl fmt::Debug for Record {
 impl Record {
     /// A live record with its checksum.
     pub fn new(key: Vec<u8>, value: Vec<u8>, version: Version) -> Self {
-        let mut record = Record { key, value, version, tombstone: false, checksum: 0 };
+        let mut record = Record { key, value, version, tombstone: false, checksum: 0, owner: None };
         record.checksum = record.compute_checksum();
         record
     }
 
     /// A tombstone: the key deleted at `version`.
     pub fn tombstone(key: Vec<u8>, version: Version) -> Self {
-        let mut record = Record { key, value: Vec::new(), version, tombstone: true, checksum: 0 };
+        let mut record =
+            Record { key, value: Vec::new(), version, tombstone: true, checksum: 0, owner: None };
         record.checksum = record.compute_checksum();
         record
     }
 
-    /// The same state (value or tombstone) under another version.
+    /// The same state (value or tombstone) under another version. Never for a signed record:
+    /// its signature covers the version, so the result would be refused everywhere; callers check
+    /// [`Record::is_signed`] (and the owner signs again instead).
     pub fn reversioned(&self, version: Version) -> Record {
+        debug_assert!(!self.is_signed(), "a signed record is never re-versioned");
         if self.tombstone {
             Record::tombstone(self.key.clone(), version)
         } else {
@@ -175,14 +208,30 @@ impl Record {
         u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 digests are 20 bytes"))
     }
 
-    /// Whether the stored checksum matches the contents.
+    /// Whether the stored checksum matches the contents and the record keeps the signed
+    /// namespace's rules ([`crate::signed::check`]: a key under `signed/` carries its owner's
+    /// valid signature, no other key carries one).
     pub fn is_intact(&self) -> bool {
-        self.checksum == self.compute_checksum()
+        self.checksum == self.compute_checksum() && crate::signed::check(self).is_ok()
     }
 
-    /// Whether `self` should replace `other` (it is strictly newer).
+    /// Whether this record carries an owner's signature (its key is under `signed/`).
+    pub fn is_signed(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Whether `self` should replace `other`: it is strictly newer and, for a signed key, signed
+    /// by the same key as `other` (a signed key stays bound to its owner; [`crate::signed`]).
     pub fn supersedes(&self, other: &Record) -> bool {
-        self.version > other.version
+        let same_owner = match (&self.owner, &other.owner) {
+            (Some(mine), Some(theirs)) => mine.public_key == theirs.public_key,
+            (None, None) => true,
+            // A signed record against an unsigned one of the same key: the unsigned one broke the
+            // rules (written before they existed, or corrupt), so the signature wins.
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        self.version > other.version && same_owner
     }
 }
 
@@ -400,12 +449,14 @@ pub enum KvRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResponse {
     /// Answer to [`KvRequest::Store`]: the record is durable at the receiver, or the receiver
-    /// holds a newer version and kept it.
+    /// kept what it holds.
     Stored {
         /// The key existed (as a live value) before this write.
         existed: bool,
-        /// The newer version the receiver holds, when it did not store the record because of it.
-        /// A writer passes it and writes again (see [`crate::kv`]).
+        /// The version the receiver holds, when it did not store the record: a newer one, which
+        /// a writer passes and writes again (see [`crate::kv`]); the same one (a duplicate,
+        /// stored); or, for a signed key, an older one signed by another key, which no version
+        /// of this signer passes ([`crate::signed`]).
         #[serde(default)]
         newer: Option<Version>,
     },
@@ -467,6 +518,13 @@ pub enum InvalidKv {
         /// The cap.
         max: usize,
     },
+    /// A record breaks the signed namespace's rules ([`crate::signed`]).
+    #[error("{0}")]
+    Signature(#[from] crate::signed::SignatureError),
+    /// A compare-and-set step (prepare or accept) for a key under `signed/`: only its owner's
+    /// signed writes change a signed key.
+    #[error("compare-and-set does not apply to keys under signed/")]
+    SignedKeyCas,
 }
 
 /// Largest key accepted.
@@ -476,9 +534,10 @@ fn check_record(record: &Record, max_value: usize) -> Result<(), InvalidKv> {
     if record.key.len() > MAX_KEY_BYTES || record.value.len() > max_value {
         return Err(InvalidKv::TooLarge { len: record.key.len() + record.value.len(), max: max_value });
     }
-    if !record.is_intact() {
+    if record.checksum != record.compute_checksum() {
         return Err(InvalidKv::Corrupt);
     }
+    crate::signed::check(record)?;
     Ok(())
 }
 
@@ -500,7 +559,13 @@ impl KvRequest {
                 }
             }
             KvRequest::Entries { buckets, .. } => check_len(buckets.len(), DIGEST_BUCKETS),
+            KvRequest::Prepare { key, .. } if crate::signed::is_signed_key(key) => {
+                Err(InvalidKv::SignedKeyCas)
+            }
             KvRequest::Prepare { key, .. } => check_len(key.len(), MAX_KEY_BYTES),
+            KvRequest::Accept { record } if crate::signed::is_signed_key(&record.key) => {
+                Err(InvalidKv::SignedKeyCas)
+            }
             KvRequest::Accept { record } => check_record(record, max_value),
         }
     }

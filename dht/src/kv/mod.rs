@@ -219,6 +219,32 @@ pub enum KvError {
     /// The node is leaving the ring.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A write of a key under `signed/` without a valid signature of its owner, or a signature
+    /// on another key ([`crate::signed`]); nothing was written.
+    #[error("{0}")]
+    Signature(crate::signed::SignatureError),
+    /// Compare-and-set and linearizable reads run Paxos ballots that re-version records, which a
+    /// signed key's owner alone may do; they do not apply to keys under `signed/`.
+    #[error("compare-and-set and linearizable reads do not apply to keys under signed/")]
+    SignedKeyCas,
+    /// A signed write was refused because a replica holds a version at least as new: the owner
+    /// signs again above `held` (the coordinator cannot re-version a signed record).
+    #[error("a replica holds a newer version ({held}); sign again with a later one")]
+    Superseded {
+        /// The newest version a replica named.
+        held: Version,
+    },
+    /// A signed write was refused because the replicas hold the key signed by another key: a
+    /// signed key stays bound to the key that signed it first.
+    #[error("the key is signed by another key; only its owner can write or delete it")]
+    NotOwner,
+    /// A signed record's version lies further ahead of this node's clock than
+    /// [`KvConfig::max_future_skew`]: replicas would refuse it.
+    #[error("the version {version} is too far ahead of this node's clock")]
+    FromTheFuture {
+        /// The version given.
+        version: Version,
+    },
 }
 
 /// A write acknowledged by its quorum.
@@ -583,6 +609,7 @@ impl<A: Address> Coordinator<A> {
         now: Time,
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, Some(&value))?;
+        Self::check_unsigned(&key)?;
         let record = Record::new(key, value, self.clock.tick(wall_ms));
         Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
     }
@@ -597,8 +624,45 @@ impl<A: Address> Coordinator<A> {
         now: Time,
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, None)?;
+        Self::check_unsigned(&key)?;
         let record = Record::tombstone(key, self.clock.tick(wall_ms));
         Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
+    }
+
+    /// Starts a write of a record its owner signed ([`crate::signed`]): a value or a tombstone of
+    /// a key under `signed/`, at the version the owner chose. Unlike [`Coordinator::put`] it is
+    /// never re-versioned: a replica holding a newer version fails it with
+    /// [`KvError::Superseded`], one holding the key under another signer with
+    /// [`KvError::NotOwner`].
+    pub fn put_signed(
+        &mut self,
+        record: Record,
+        consistency: Consistency,
+        ring: &mut Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) -> Result<OpId, KvError> {
+        let value = (!record.tombstone).then_some(record.value.as_slice());
+        self.check_sizes(&record.key, value)?;
+        if record.checksum != record.compute_checksum() {
+            return Err(KvError::Signature(crate::signed::SignatureError::Invalid));
+        }
+        if !record.is_signed() {
+            return Err(KvError::Signature(crate::signed::SignatureError::Missing));
+        }
+        crate::signed::check(&record).map_err(KvError::Signature)?;
+        if record.version.is_ahead_of(wall_ms, self.config.max_future_skew) {
+            return Err(KvError::FromTheFuture { version: record.version });
+        }
+        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
+    }
+
+    /// Unsigned writes of keys under `signed/` fail before anything is sent.
+    fn check_unsigned(key: &[u8]) -> Result<(), KvError> {
+        if crate::signed::is_signed_key(key) {
+            return Err(KvError::Signature(crate::signed::SignatureError::Missing));
+        }
+        Ok(())
     }
 
     /// Starts a read of `key`.
@@ -628,6 +692,9 @@ impl<A: Address> Coordinator<A> {
         now: Time,
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, new.as_deref())?;
+        if crate::signed::is_signed_key(&key) {
+            return Err(KvError::SignedKeyCas);
+        }
         Ok(self.start_cas(key, Goal::Swap { expect, new }, ring, wall_ms, now))
     }
 
@@ -642,6 +709,9 @@ impl<A: Address> Coordinator<A> {
         now: Time,
     ) -> Result<OpId, KvError> {
         self.check_sizes(&key, None)?;
+        if crate::signed::is_signed_key(&key) {
+            return Err(KvError::SignedKeyCas);
+        }
         Ok(self.start_cas(key, Goal::Read, ring, wall_ms, now))
     }
 

@@ -44,8 +44,8 @@ enum Reply {
     Failed,
     /// A write: stored durably (and whether a live value existed).
     Stored { existed: bool },
-    /// A write: the replica holds a newer version and did not store this one.
-    Outdated,
+    /// A write: the replica holds a newer version (named, if it said) and did not store this one.
+    Outdated(Option<crate::store::Version>),
     /// A read: the replica's record.
     Found(Option<Record>),
 }
@@ -331,6 +331,13 @@ impl<A: Address> ClientOps<A> {
                 // before the lookup; its own copy must not slip under that promise.
                 if let Err(promised) = out.promises.admits(&record.key, record.version, now) {
                     clock.observe(&promised);
+                    if record.is_signed() {
+                        // No compare-and-set runs on signed keys; a promise here is a peer's
+                        // forgery that replicas refuse anyway. The owner signs again above it.
+                        self.ops.remove(&id);
+                        out.finish(id, Err(KvError::Superseded { held: promised }));
+                        return;
+                    }
                     *record = record.reversioned(clock.tick(0));
                 }
                 let (record, attempt) = (record.clone(), *attempt);
@@ -366,7 +373,7 @@ impl<A: Address> ClientOps<A> {
         if attempt != *current || replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
             return;
         }
-        let version = record.version;
+        let (version, signed) = (record.version, record.is_signed());
         if outcome.is_none() && op.schedule_resend(replica, &out.me_id(), config, now) {
             out.counters.replica_resends += 1;
             return;
@@ -383,17 +390,35 @@ impl<A: Address> ClientOps<A> {
                 if let Some(held) = held {
                     clock.observe(&held);
                 }
-                Reply::Outdated
+                Reply::Outdated(held)
             }
         };
         let stored = op.count(|r| matches!(r, Reply::Stored { .. }));
         let waiting = op.count(|r| *r == Reply::Waiting);
-        let outdated = op.count(|r| *r == Reply::Outdated);
+        let outdated = op.count(|r| matches!(r, Reply::Outdated(_)));
         if !op.answered && stored >= op.needed {
             op.answered = true;
             let existed = op.replies.iter().any(|r| matches!(r, Reply::Stored { existed: true }));
             out.finish(id, Ok(OpOutcome::Written(Written { version, existed, acked: stored })));
         } else if !op.answered && stored + waiting < op.needed {
+            if outdated > 0 && signed {
+                // Only the owner can sign a newer version: say what it must pass, or that the
+                // replicas hold the key under another signer (refused although older).
+                let held = op.replies.iter().filter_map(|r| match r {
+                    Reply::Outdated(held) => *held,
+                    _ => None,
+                });
+                let error = match held.max() {
+                    Some(held) if held >= version => KvError::Superseded { held },
+                    _ => KvError::NotOwner,
+                };
+                op.answered = true;
+                out.finish(id, Err(error));
+                if op.all_in() {
+                    self.ops.remove(&id);
+                }
+                return;
+            }
             if outdated > 0 && attempt + 1 < config.max_write_attempts {
                 // A replica holds a newer version: pass it (the clock observed it) and write again.
                 out.counters.write_retries += 1;
@@ -421,6 +446,7 @@ impl<A: Address> ClientOps<A> {
     }
 
     /// One replica's answer to a read (`None`: it failed).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_read_reply(
         &mut self,
         id: OpId,

@@ -20,7 +20,7 @@ use super::{IoPurpose, KvConfig, Outbox, StoreOp, StoreResult};
 /// What a store operation serves, and what its answer needs.
 #[derive(Clone, Debug)]
 pub(super) enum Served {
-    Store { version: Version },
+    Store,
     Fetch,
     Digest { theirs: Vec<BucketHash> },
     Entries,
@@ -72,7 +72,7 @@ impl Serving {
                     out.respond(from, id, KvResponse::Stored { existed: false, newer: Some(promised) });
                     return;
                 }
-                let served = Served::Store { version: record.version };
+                let served = Served::Store;
                 out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Persist {
                     io,
                     records: vec![record],
@@ -82,7 +82,7 @@ impl Serving {
                 clock.observe(&record.version);
                 match out.promises.admits_accept(&record.key, record.version, now) {
                     Ok(()) => {
-                        let served = Served::Store { version: record.version };
+                        let served = Served::Store;
                         out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Persist {
                             io,
                             records: vec![record],
@@ -153,10 +153,10 @@ impl Serving {
         now: Time,
     ) {
         let response = match (served, result) {
-            (Served::Store { version }, StoreResult::Persisted(outcomes)) => match outcomes.first() {
+            (Served::Store, StoreResult::Persisted(outcomes)) => match outcomes.first() {
                 Some(outcome) => KvResponse::Stored {
                     existed: outcome.existed,
-                    newer: outcome.held.filter(|held| !outcome.applied && *held > version),
+                    newer: outcome.held.filter(|_| !outcome.applied),
                 },
                 None => KvResponse::Refused { reason: "the store answered no outcome".into() },
             },

@@ -197,3 +197,110 @@ fn a_write_whose_replicas_stay_unreachable_fails_by_its_deadline_after_bounded_r
     assert!(counters.replica_resends <= 4, "{}", counters.replica_resends);
     assert!(counters.replica_resends >= 2, "{}", counters.replica_resends);
 }
+
+/// The owner's and another party's signing keys, and the test key.
+fn signers() -> (ed25519_dalek::SigningKey, ed25519_dalek::SigningKey, Vec<u8>) {
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let mallory = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    (owner, mallory, b"signed/alice".to_vec())
+}
+
+/// Runs `op` to its end and returns its result.
+fn finish(
+    sim: &mut Simulation,
+    start: impl FnOnce(&mut Simulation) -> Result<OpId, KvError>,
+) -> Result<OpOutcome<crate::sim::SimAddr>, KvError> {
+    let op = start(sim)?;
+    sim.run_until(sim.now() + Duration::from_secs(6));
+    sim.take_kv_results().into_iter().find(|r| r.op == op).expect("finished").result
+}
+
+#[test]
+fn only_the_owner_of_a_signed_key_can_write_delete_or_pass_its_version() {
+    let mut sim = ring(8, 5);
+    let (owner, mallory, key) = signers();
+    let key_id = Id::hash(&key);
+    let writer = sim.true_replicas(&key_id, 3)[0];
+    let outsider =
+        (0..sim.node_count()).find(|i| !sim.true_replicas(&key_id, 3).contains(i)).expect("8 nodes");
+    let hlc = |sim: &Simulation| sim.kv_wall_ms(writer) << 16;
+
+    // Unsigned writes, compare-and-set and linearizable reads of a signed key fail at once.
+    let missing = Err(KvError::Signature(crate::signed::SignatureError::Missing));
+    assert_eq!(sim.kv_put(writer, key.clone(), b"v".to_vec(), Consistency::Quorum).map(|_| ()), missing);
+    assert_eq!(sim.kv_delete(outsider, key.clone(), Consistency::Quorum).map(|_| ()), missing);
+    assert_eq!(sim.kv_get_linearizable(writer, key.clone()).map(|_| ()), Err(KvError::SignedKeyCas));
+
+    let first = crate::signed::sign(key.clone(), Some(b"one".to_vec()), hlc(&sim), &owner);
+    let written = finish(&mut sim, |sim| sim.kv_put_signed(outsider, first.clone(), Consistency::All));
+    assert!(matches!(written, Ok(OpOutcome::Written(Written { acked: 3, .. }))), "{written:?}");
+    let read = finish(&mut sim, |sim| sim.kv_get(writer, key.clone(), Consistency::Quorum));
+    assert!(matches!(&read, Ok(OpOutcome::Read(Some(r))) if *r == first), "{read:?}");
+
+    // Another key's signature, even on a newer version, replaces nothing.
+    let forged = crate::signed::sign(key.clone(), Some(b"forged".to_vec()), hlc(&sim) + 5, &mallory);
+    let refused = finish(&mut sim, |sim| sim.kv_put_signed(writer, forged.clone(), Consistency::One));
+    assert_eq!(refused.map(|_| ()), Err(KvError::NotOwner));
+    let deleted_by_mallory = crate::signed::sign(key.clone(), None, hlc(&sim) + 6, &mallory);
+    let refused = finish(&mut sim, |sim| sim.kv_put_signed(outsider, deleted_by_mallory, Consistency::One));
+    assert_eq!(refused.map(|_| ()), Err(KvError::NotOwner));
+
+    // The owner's own older version (a roll-back) fails and names what to pass.
+    let stale = crate::signed::sign(key.clone(), Some(b"zero".to_vec()), first.version.hlc - 1, &owner);
+    let refused = finish(&mut sim, |sim| sim.kv_put_signed(writer, stale, Consistency::One));
+    assert_eq!(refused.map(|_| ()), Err(KvError::Superseded { held: first.version }));
+
+    // The owner's signed delete wins, and the key stays the owner's after it.
+    let tombstone = crate::signed::sign(key.clone(), None, hlc(&sim) + 10, &owner);
+    let deleted = finish(&mut sim, |sim| sim.kv_put_signed(outsider, tombstone.clone(), Consistency::All));
+    assert!(matches!(deleted, Ok(OpOutcome::Written(Written { existed: true, .. }))), "{deleted:?}");
+    let again = crate::signed::sign(key.clone(), Some(b"mine now".to_vec()), hlc(&sim) + 20, &mallory);
+    let refused = finish(&mut sim, |sim| sim.kv_put_signed(writer, again, Consistency::One));
+    assert_eq!(refused.map(|_| ()), Err(KvError::NotOwner));
+    for replica in sim.true_replicas(&key_id, 3) {
+        assert_eq!(sim.durable_record(replica, &key_id), Some(&tombstone), "replica {replica}");
+    }
+}
+
+#[test]
+fn a_peer_cannot_store_a_forged_or_unsigned_record_of_a_signed_key_on_a_replica() {
+    let mut sim = ring(8, 6);
+    let (owner, mallory, key) = signers();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    let hlc = sim.kv_wall_ms(replicas[0]) << 16;
+    let first = crate::signed::sign(key.clone(), Some(b"one".to_vec()), hlc, &owner);
+    assert!(finish(&mut sim, |sim| sim.kv_put_signed(replicas[0], first.clone(), Consistency::All)).is_ok());
+
+    let attacker = (0..sim.node_count()).find(|i| !replicas.contains(i)).expect("8 nodes");
+    let from = sim.addr(attacker);
+    let writer = Id::hash(b"attacker");
+    let newer = Version { hlc: hlc + 100, writer };
+    let mut wrong_signature = crate::signed::sign(key.clone(), Some(b"forged".to_vec()), hlc + 100, &mallory);
+    wrong_signature.owner = first.owner.clone();
+    let attempts = [
+        // No signature at all (as every record was before signed keys existed).
+        Record::new(key.clone(), b"forged".to_vec(), newer),
+        Record::tombstone(key.clone(), newer),
+        // The owner's public key on a signature that is not the owner's.
+        wrong_signature,
+        // A valid signature of another key: intact, but the key is bound to its owner.
+        crate::signed::sign(key.clone(), Some(b"forged".to_vec()), hlc + 100, &mallory),
+    ];
+    for (n, record) in attempts.into_iter().enumerate() {
+        for &replica in &replicas {
+            let id = crate::message::RequestId(9_000 + n as u64 * 10 + replica as u64);
+            let body = KvRequest::Store { record: record.clone() };
+            sim.inject_kv_message(replica, from, KvMessage::Request { id, body });
+        }
+        sim.run_until(sim.now() + Duration::from_secs(1));
+        for &replica in &replicas {
+            assert_eq!(sim.durable_record(replica, &key_id), Some(&first), "attempt {n}, replica {replica}");
+        }
+    }
+    let refused: u64 =
+        replicas.iter().map(|&r| sim.kv_coordinator(r).expect("enabled").counters().rejected_invalid).sum();
+    assert_eq!(refused, 9, "the three broken records refused on receipt by each replica");
+    let read = finish(&mut sim, |sim| sim.kv_get(attacker, key, Consistency::All));
+    assert!(matches!(&read, Ok(OpOutcome::Read(Some(r))) if *r == first), "{read:?}");
+}

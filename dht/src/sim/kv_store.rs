@@ -162,6 +162,27 @@ impl Simulation {
         result
     }
 
+    /// Starts a write of a record its owner signed ([`crate::signed`]) at node `index`.
+    pub fn kv_put_signed(
+        &mut self,
+        index: usize,
+        record: Record,
+        consistency: Consistency,
+    ) -> Result<OpId, KvError> {
+        let (now, wall) = (self.now, self.wall_ms(index));
+        let SimNode { node, kv, .. } = &mut self.nodes[index];
+        let kv = kv.as_mut().expect("the store is enabled");
+        let result = kv.coordinator.put_signed(record, consistency, node, wall, now);
+        self.flush(index);
+        result
+    }
+
+    /// The wall clock of node `index` in milliseconds since the Unix epoch, as its coordinator
+    /// sees it (the simulated epoch plus the node's skew).
+    pub fn kv_wall_ms(&self, index: usize) -> u64 {
+        self.wall_ms(index)
+    }
+
     /// Starts a delete at node `index`.
     pub fn kv_delete(
         &mut self,
