@@ -23,13 +23,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use dht::NodeRef;
-use dht::store::{Consistency, Record, Version};
+use dht::signed::SignatureError;
+use dht::store::{Consistency, Owner, Record, Version};
 use futures::{Stream, StreamExt};
 use overlay_api::groups::{ERROR_EVENT, GAP_EVENT, MESSAGE_EVENT};
 use overlay_api::{
     CURRENT_VERSION_HEADER, ConflictBody, ErrorBody, Finger, GroupGap, GroupLeft, GroupList, GroupMessage,
-    GroupReceipt, GroupSummary, GroupTree, Lookup, NodeInfo, PutReceipt, Ring, RingMember, TreeNode,
-    VERSION_HEADER,
+    GroupReceipt, GroupSummary, GroupTree, Lookup, NodeInfo, PutReceipt, Ring, RingMember, SIGNATURE_HEADER,
+    SIGNER_HEADER, TreeNode, VERSION_HEADER,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -125,6 +126,12 @@ impl From<KvError> for ApiError {
             | KvError::Busy
             | KvError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            KvError::Signature(SignatureError::Malformed | SignatureError::Unexpected)
+            | KvError::SignedKeyCas
+            | KvError::FromTheFuture { .. } => StatusCode::BAD_REQUEST,
+            KvError::Signature(_) | KvError::NotOwner => StatusCode::FORBIDDEN,
+            // Signed-write handlers answer this themselves with the version held (`superseded`).
+            KvError::Superseded { .. } => StatusCode::CONFLICT,
             // Handlers of conditional writes answer a conflict themselves (`conflict`); this is
             // the bare status for any other path.
             KvError::Conflict { .. } => StatusCode::PRECONDITION_FAILED,
@@ -253,6 +260,65 @@ fn conflict(current: Option<&Record>) -> Response {
     (StatusCode::PRECONDITION_FAILED, headers, Json(body)).into_response()
 }
 
+/// The record of a signed write (`PUT` with `value`, `DELETE` with `None`) from its headers, or
+/// `None` for an ordinary write (no signature headers). The coordinator verifies it.
+fn signed_record(
+    headers: &HeaderMap,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+) -> Result<Option<Record>, ApiError> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (signer, signature) = match (text(SIGNER_HEADER), text(SIGNATURE_HEADER)) {
+        (None, None) => return Ok(None),
+        (Some(signer), Some(signature)) => (signer, signature),
+        _ => {
+            let message = format!("a signed write needs both {SIGNER_HEADER} and {SIGNATURE_HEADER}");
+            return Err(ApiError(StatusCode::BAD_REQUEST, message));
+        }
+    };
+    let bad =
+        |what: &str| ApiError(StatusCode::BAD_REQUEST, format!("{what} is not hex of the right length"));
+    let public_key =
+        dht::bytes::from_hex(&signer).filter(|k| k.len() == 32).ok_or_else(|| bad(SIGNER_HEADER))?;
+    let signature =
+        dht::bytes::from_hex(&signature).filter(|s| s.len() == 64).ok_or_else(|| bad(SIGNATURE_HEADER))?;
+    let version = text(VERSION_HEADER).as_deref().and_then(Version::from_token).ok_or_else(|| {
+        let message =
+            format!("a signed write needs {VERSION_HEADER}: the version signed (MILLIS.COUNTER-WRITER)");
+        ApiError(StatusCode::BAD_REQUEST, message)
+    })?;
+    let mut record = match value {
+        Some(value) => Record::new(key.to_vec(), value, version),
+        None => Record::tombstone(key.to_vec(), version),
+    };
+    record.owner = Some(Owner { public_key, signature });
+    Ok(Some(record))
+}
+
+/// Runs a signed write; a version a replica already passed becomes its 409 answer.
+async fn put_signed(
+    state: &ApiState,
+    record: Record,
+    consistency: Consistency,
+) -> Result<Result<Written, Response>, ApiError> {
+    match ask(state, |reply| Command::PutSigned { record, consistency, reply }).await? {
+        Ok(written) => Ok(Ok(written)),
+        Err(KvError::Superseded { held }) => {
+            let body = ConflictBody {
+                current_version: Some(held.token()),
+                deleted: false,
+                error: KvError::Superseded { held }.to_string(),
+            };
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&held.token()) {
+                headers.insert(CURRENT_VERSION_HEADER, v);
+            }
+            Ok(Err((StatusCode::CONFLICT, headers, Json(body)).into_response()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Runs a compare-and-set; a conflict becomes its 412 answer.
 async fn compare_and_set(
     state: &ApiState,
@@ -302,6 +368,11 @@ async fn get_key(
             if let Ok(v) = HeaderValue::from_str(&record.version.token()) {
                 headers.insert(VERSION_HEADER, v);
             }
+            if let Some(owner) = &record.owner
+                && let Ok(v) = HeaderValue::from_str(&owner.public_key_hex())
+            {
+                headers.insert(SIGNER_HEADER, v);
+            }
             Ok((StatusCode::OK, headers, record.value).into_response())
         }
         _ => Err(ApiError(StatusCode::NOT_FOUND, "no such key".into())),
@@ -316,6 +387,7 @@ async fn put_key(
     State(state): State<ApiState>,
     Segment(key): Segment,
     Query(query): Query<KvQuery>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -328,12 +400,20 @@ async fn put_key(
     })?;
     let consistency = query.consistency()?;
     let key_bytes = key.clone().into_bytes();
-    let written = match query.condition()? {
-        Some(expect) => match compare_and_set(&state, key_bytes, expect, Some(body.to_vec())).await? {
+    let signed = signed_record(&headers, &key_bytes, Some(body.to_vec()))?;
+    let written = match (signed, query.condition()?) {
+        (Some(_), Some(_)) => return Err(KvError::SignedKeyCas.into()),
+        (Some(record), None) => match put_signed(&state, record, consistency).await? {
             Ok(written) => written,
-            Err(conflict) => return Ok(conflict),
+            Err(superseded) => return Ok(superseded),
         },
-        None => {
+        (None, Some(expect)) => {
+            match compare_and_set(&state, key_bytes, expect, Some(body.to_vec())).await? {
+                Ok(written) => written,
+                Err(conflict) => return Ok(conflict),
+            }
+        }
+        (None, None) => {
             ask(&state, |reply| Command::Put { key: key_bytes, value: body.to_vec(), consistency, reply })
                 .await??
         }
@@ -346,15 +426,22 @@ async fn delete_key(
     State(state): State<ApiState>,
     Segment(key): Segment,
     Query(query): Query<KvQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let consistency = query.consistency()?;
     let key_bytes = key.into_bytes();
-    let written = match query.condition()? {
-        Some(expect) => match compare_and_set(&state, key_bytes, expect, None).await? {
+    let signed = signed_record(&headers, &key_bytes, None)?;
+    let written = match (signed, query.condition()?) {
+        (Some(_), Some(_)) => return Err(KvError::SignedKeyCas.into()),
+        (Some(record), None) => match put_signed(&state, record, consistency).await? {
+            Ok(written) => written,
+            Err(superseded) => return Ok(superseded),
+        },
+        (None, Some(expect)) => match compare_and_set(&state, key_bytes, expect, None).await? {
             Ok(written) => written,
             Err(conflict) => return Ok(conflict),
         },
-        None => ask(&state, |reply| Command::Delete { key: key_bytes, consistency, reply }).await??,
+        (None, None) => ask(&state, |reply| Command::Delete { key: key_bytes, consistency, reply }).await??,
     };
     if written.existed {
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -95,8 +95,18 @@ pub(crate) enum Command {
         /// The key.
         key: String,
         /// Delete only if the key's current version is VERSION; otherwise exit code 4.
-        #[arg(long, value_name = "VERSION")]
+        #[arg(long, value_name = "VERSION", conflicts_with = "sign")]
         if_version: Option<String>,
+        /// Sign the delete with the key in FILE (`overlay keygen`): keys under `signed/` are
+        /// deleted only by their owner.
+        #[arg(long, value_name = "FILE")]
+        sign: Option<PathBuf>,
+    },
+    /// Write a new ed25519 signing key to FILE (never overwriting one) and print its public
+    /// key: the key `put --sign` and `delete --sign` write keys under `signed/` with.
+    Keygen {
+        /// Where to write the key (created with mode 0600).
+        file: PathBuf,
     },
     /// Show which nodes own and replicate a key, and how many hops finding them took.
     Lookup {
@@ -141,8 +151,12 @@ pub(crate) struct PutArgs {
     pub(crate) if_version: Option<String>,
     /// Write only if the key has no live value. Otherwise nothing is written and the exit code
     /// is 4.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sign")]
     pub(crate) if_absent: bool,
+    /// Sign the value with the key in FILE (`overlay keygen`). Keys under `signed/` need it:
+    /// the first signer owns the key, and nobody else can overwrite or delete it.
+    #[arg(long, value_name = "FILE", conflicts_with = "if_version")]
+    pub(crate) sign: Option<PathBuf>,
 }
 
 /// `overlay group ...`. Group names are 1 to 128 bytes of UTF-8 without control characters; the

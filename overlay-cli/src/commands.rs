@@ -16,6 +16,7 @@ use overlay_api::{Client, Condition, Consistency, NodeInfo, PutOutcome, RingMemb
 use crate::cli::{GlobalArgs, PutArgs};
 use crate::cluster;
 use crate::output::{self, Table};
+use crate::signing;
 
 /// The node used when neither --node nor a local cluster says otherwise.
 pub(crate) const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7001";
@@ -57,9 +58,15 @@ pub(crate) fn put(global: &GlobalArgs, args: &PutArgs, out: &mut impl Write) -> 
         (None, false) => None,
     };
     let client = client(global)?;
-    let (outcome, receipt) = match &condition {
-        Some(condition) => client.put_if(&args.key, &value, condition)?,
-        None => client.put(&args.key, &value, global.consistency)?,
+    let (outcome, receipt) = match (&args.sign, &condition) {
+        (Some(file), _) => {
+            let signing = signing::read_key(file)?;
+            signing::write_signed(&signing, &args.key, Some(&value), |signature| {
+                client.put_signed(&args.key, &value, signature, global.consistency)
+            })?
+        }
+        (None, Some(condition)) => client.put_if(&args.key, &value, condition)?,
+        (None, None) => client.put(&args.key, &value, global.consistency)?,
     };
     if global.json {
         let mut raw = receipt.raw;
@@ -108,7 +115,11 @@ pub(crate) fn get(global: &GlobalArgs, key: &str, local: bool, out: &mut impl Wr
     let client = client(global)?;
     let stored = if local { client.get_local(key)? } else { client.get(key, global.consistency)? };
     if global.json {
-        output::write_json(out, &value_json(key, stored.version.as_deref(), &stored.value))?;
+        let mut json = value_json(key, stored.version.as_deref(), &stored.value);
+        if let (Some(signer), Some(object)) = (&stored.signer, json.as_object_mut()) {
+            object.insert("signer".into(), serde_json::Value::String(signer.clone()));
+        }
+        output::write_json(out, &json)?;
     } else {
         // Only the value, byte for byte, so `overlay get k > file` and pipes get exactly it.
         out.write_all(&stored.value)?;
@@ -137,11 +148,19 @@ pub(crate) fn delete(
     global: &GlobalArgs,
     key: &str,
     if_version: Option<&str>,
+    sign: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<()> {
-    match if_version {
-        Some(version) => client(global)?.delete_if(key, &Condition::Version(version.to_owned()))?,
-        None => client(global)?.delete(key, global.consistency)?,
+    let client = client(global)?;
+    match (sign, if_version) {
+        (Some(file), _) => {
+            let signing = signing::read_key(file)?;
+            signing::write_signed(&signing, key, None, |signature| {
+                client.delete_signed(key, signature, global.consistency)
+            })?
+        }
+        (None, Some(version)) => client.delete_if(key, &Condition::Version(version.to_owned()))?,
+        (None, None) => client.delete(key, global.consistency)?,
     }
     if global.json {
         output::write_json(out, &serde_json::json!({ "key": key, "deleted": true }))?;

@@ -11,6 +11,7 @@ mod group;
 mod output;
 mod process;
 mod queue;
+mod signing;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -56,7 +57,10 @@ fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Put(args) => commands::put(global, args, out),
         Command::Get { key, local } => commands::get(global, key, *local, out),
-        Command::Delete { key, if_version } => commands::delete(global, key, if_version.as_deref(), out),
+        Command::Delete { key, if_version, sign } => {
+            commands::delete(global, key, if_version.as_deref(), sign.as_deref(), out)
+        }
+        Command::Keygen { file } => signing::keygen(file, out),
         Command::Lookup { key } => commands::lookup(global, key, out),
         Command::Status => commands::status(global, out),
         Command::Ring => commands::ring(global, out),

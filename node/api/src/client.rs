@@ -22,7 +22,9 @@ use crate::groups::{
     GroupEvent, GroupLeft, GroupList, GroupReceipt, GroupSummary, GroupTree, check_group_name,
     check_sender_label,
 };
-use crate::kv::{Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
+use crate::kv::{
+    Condition, ConflictBody, Lookup, PutReceipt, SIGNATURE_HEADER, SIGNER_HEADER, VERSION_HEADER,
+};
 use crate::path;
 use crate::queues::{QueueAck, QueueAckReceipt, QueueItem, QueuePutReceipt, QueueStat, check_queue_name};
 use crate::ring::{Ring, Status};
@@ -85,6 +87,15 @@ pub enum ApiError {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// A signed write's version was already passed at a replica (409): nothing was written; the
+    /// owner signs again above `held`.
+    #[error("key {key:?} already holds a newer version ({held}); sign again with a later one")]
+    Superseded {
+        /// The key.
+        key: String,
+        /// The version a replica holds.
+        held: String,
+    },
     /// A conditional write found the key in another state (412): nothing was written.
     #[error("key {key:?} is not in the expected state (current version: {})", current_version.as_deref().unwrap_or("none"))]
     Conflict {
@@ -114,6 +125,20 @@ pub struct StoredValue {
     pub value: Vec<u8>,
     /// The [`VERSION_HEADER`], when the node sent one.
     pub version: Option<String>,
+    /// The [`SIGNER_HEADER`] of a signed key: the owner's public key in hex.
+    pub signer: Option<String>,
+}
+
+/// What a signed write carries besides the value: the version signed, the owner's public key and
+/// the signature, each as the node's headers take them (see [`SIGNER_HEADER`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The version signed, as a token (`MILLIS.COUNTER-WRITER`).
+    pub version: String,
+    /// The ed25519 public key, 64 hex digits.
+    pub signer: String,
+    /// The signature, 128 hex digits.
+    pub signature: String,
 }
 
 /// Whether a PUT created the key (201) or overwrote it (200).
@@ -213,10 +238,12 @@ impl Client {
             self.authorize(self.agent.get(url)).call().map_err(|e| self.transport_error(url, e))?;
         match response.status() {
             StatusCode::OK => {
-                let version =
-                    response.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let header = |name: &str| {
+                    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                };
+                let (version, signer) = (header(VERSION_HEADER), header(SIGNER_HEADER));
                 let value = read_body(url, &mut response)?;
-                Ok(StoredValue { value, version })
+                Ok(StoredValue { value, version, signer })
             }
             StatusCode::NOT_FOUND => Err(ApiError::KeyNotFound { key: key.to_owned() }),
             status => Err(rejection(url, status, &mut response)),
@@ -246,6 +273,48 @@ impl Client {
         check_key(key)?;
         let url = self.url(&path::kv_conditional(key, condition));
         self.send_put(&url, value, |status, response| conditional_rejection(key, &url, status, response))
+    }
+
+    /// `PUT /v1/kv/{key}` of a key under `signed/` with its owner's `signature` over `value`.
+    pub fn put_signed(
+        &self,
+        key: &str,
+        value: &[u8],
+        signature: &Signature,
+        consistency: Option<Consistency>,
+    ) -> Result<(PutOutcome, Document<PutReceipt>), ApiError> {
+        check_key(key)?;
+        let url = self.url(&path::kv(key, consistency));
+        let request = with_signature(self.authorize(self.agent.put(&url)), signature);
+        let mut response = request
+            .header("content-type", "application/octet-stream")
+            .send(value)
+            .map_err(|e| self.transport_error(&url, e))?;
+        let outcome = match response.status() {
+            StatusCode::CREATED => PutOutcome::Created,
+            StatusCode::OK => PutOutcome::Overwritten,
+            status => return Err(signed_rejection(key, &url, status, &mut response)),
+        };
+        let body = read_body(&url, &mut response)?;
+        Ok((outcome, parse_document(&url, &body)?))
+    }
+
+    /// `DELETE /v1/kv/{key}` of a key under `signed/`: a tombstone its owner signed.
+    pub fn delete_signed(
+        &self,
+        key: &str,
+        signature: &Signature,
+        consistency: Option<Consistency>,
+    ) -> Result<(), ApiError> {
+        check_key(key)?;
+        let url = self.url(&path::kv(key, consistency));
+        let request = with_signature(self.authorize(self.agent.delete(&url)), signature);
+        let mut response = request.call().map_err(|e| self.transport_error(&url, e))?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(()),
+            StatusCode::NOT_FOUND => Err(ApiError::KeyNotFound { key: key.to_owned() }),
+            status => Err(signed_rejection(key, &url, status, &mut response)),
+        }
     }
 
     /// Sends `value` to `url` with `PUT` and reads the receipt; any status but 201 and 200 is
@@ -742,6 +811,30 @@ fn conditional_rejection(
         }
         status => status_error(status, &body),
     }
+}
+
+fn with_signature<B>(request: ureq::RequestBuilder<B>, signature: &Signature) -> ureq::RequestBuilder<B> {
+    request
+        .header(VERSION_HEADER, &signature.version)
+        .header(SIGNER_HEADER, &signature.signer)
+        .header(SIGNATURE_HEADER, &signature.signature)
+}
+
+/// A signed write's error: 409 is [`ApiError::Superseded`] (with the version held), the rest as
+/// any other request's.
+fn signed_rejection(
+    key: &str,
+    url: &str,
+    status: StatusCode,
+    response: &mut ureq::http::Response<ureq::Body>,
+) -> ApiError {
+    let body = read_body(url, response).unwrap_or_default();
+    if status == StatusCode::CONFLICT
+        && let Ok(ConflictBody { current_version: Some(held), .. }) = serde_json::from_slice(&body)
+    {
+        return ApiError::Superseded { key: key.to_owned(), held };
+    }
+    status_error(status, &body)
 }
 
 fn rejection(url: &str, status: StatusCode, response: &mut ureq::http::Response<ureq::Body>) -> ApiError {

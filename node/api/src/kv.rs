@@ -10,8 +10,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::ring::NodeInfo;
 
-/// The response header of `GET /v1/kv/{key}` that carries the value's version.
+/// The response header of `GET /v1/kv/{key}` that carries the value's version; on a signed
+/// `PUT` or `DELETE`, the request header that carries the version the owner signed.
 pub const VERSION_HEADER: &str = "x-overlay-version";
+
+/// Keys under `signed/` are written only with their owner's ed25519 signature (`overlay put
+/// --sign`): a signed `PUT` or `DELETE /v1/kv/signed/...` carries the owner's public key in this
+/// header (64 hex digits), the signature in [`SIGNATURE_HEADER`] and the signed version in
+/// [`VERSION_HEADER`]. A read of a signed key answers with this header too: who signed the value.
+/// A write signed by another key is refused 403; one whose version a replica already passed, 409
+/// with the version held in [`CURRENT_VERSION_HEADER`] (sign again above it).
+pub const SIGNER_HEADER: &str = "x-overlay-signer";
+
+/// The request header of a signed write that carries the signature (128 hex digits).
+pub const SIGNATURE_HEADER: &str = "x-overlay-signature";
 
 /// What a conditional write (`PUT` or `DELETE /v1/kv/{key}?if-version=V` or `?if-absent`)
 /// expects of the key's current state.

@@ -47,7 +47,10 @@ pub use groups::{
     InvalidGroupName, InvalidSenderLabel, MAX_GROUP_NAME_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_LABEL_BYTES,
     TreeNode, check_group_name, check_sender_label,
 };
-pub use kv::{CURRENT_VERSION_HEADER, Condition, ConflictBody, Lookup, PutReceipt, VERSION_HEADER};
+pub use kv::{
+    CURRENT_VERSION_HEADER, Condition, ConflictBody, Lookup, PutReceipt, SIGNATURE_HEADER, SIGNER_HEADER,
+    VERSION_HEADER,
+};
 pub use path::encode_path_segment;
 pub use queues::{
     InvalidQueueName, MAX_QUEUE_MESSAGE_BYTES, MAX_QUEUE_NAME_BYTES, QueueAck, QueueAckReceipt, QueueItem,
@@ -58,8 +61,8 @@ pub use ring_check::{NeighbourView, RingCheck, check_ring, check_statuses};
 
 #[cfg(feature = "client")]
 pub use client::{
-    ApiError, Client, GroupStream, Method, PutOutcome, QueueStream, RawResponse, StatusCode, StoredValue,
-    StreamCloser,
+    ApiError, Client, GroupStream, Method, PutOutcome, QueueStream, RawResponse, Signature, StatusCode,
+    StoredValue, StreamCloser,
 };
 
 use serde::{Deserialize, Serialize};

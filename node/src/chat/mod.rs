@@ -147,9 +147,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use dht::bytes::to_hex as hex;
 
 /// Queue names of mailboxes start with this; the generic queue endpoints refuse them.
 pub const MAILBOX_PREFIX: &str = "mailbox/";

@@ -85,6 +85,9 @@ pub enum Command {
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<Written, KvError>>,
     },
+    /// Write a record its owner signed: a value or tombstone of a key under `signed/`
+    /// ([`dht::signed`]), at the version the owner chose.
+    PutSigned { record: Record, consistency: Consistency, reply: oneshot::Sender<Result<Written, KvError>> },
     /// Delete a key (write a tombstone).
     Delete { key: Vec<u8>, consistency: Consistency, reply: oneshot::Sender<Result<Written, KvError>> },
     /// Find a key's replicas.

@@ -141,6 +141,22 @@ impl KvRoom {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn put_signed(
+        &mut self,
+        record: Record,
+        consistency: Consistency,
+        reply: oneshot::Sender<Result<Written, KvError>>,
+        ring: &mut Node<PeerAddr>,
+        wall_ms: u64,
+        now: Time,
+    ) {
+        match self.coordinator.put_signed(record, consistency, ring, wall_ms, now) {
+            Ok(op) => drop(self.waiting.insert(op, Waiting::Write(reply))),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
     pub(super) fn get_linearizable(
         &mut self,
         key: Vec<u8>,

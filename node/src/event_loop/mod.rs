@@ -522,6 +522,7 @@ impl EventLoop {
                 | Command::GetLocal { reply, .. }
                 | Command::GetLinearizable { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Put { reply, .. }
+                | Command::PutSigned { reply, .. }
                 | Command::Delete { reply, .. }
                 | Command::CompareAndSet { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
                 Command::Lookup { reply, .. } => drop(reply.send(Err(KvError::ShuttingDown))),
@@ -543,10 +544,16 @@ impl EventLoop {
             }
             return;
         }
-        if matches!(command, Command::Put { .. } | Command::Delete { .. } | Command::CompareAndSet { .. })
-            && let Err(busy) = self.admit_client_write()
+        if matches!(
+            command,
+            Command::Put { .. }
+                | Command::PutSigned { .. }
+                | Command::Delete { .. }
+                | Command::CompareAndSet { .. }
+        ) && let Err(busy) = self.admit_client_write()
         {
             if let Command::Put { reply, .. }
+            | Command::PutSigned { reply, .. }
             | Command::Delete { reply, .. }
             | Command::CompareAndSet { reply, .. } = command
             {
@@ -563,6 +570,10 @@ impl EventLoop {
             Command::Delete { key, consistency, reply } => {
                 let wall = self.wall_ms();
                 self.kv.put(key, None, consistency, reply, &mut self.core, wall, now)
+            }
+            Command::PutSigned { record, consistency, reply } => {
+                let wall = self.wall_ms();
+                self.kv.put_signed(record, consistency, reply, &mut self.core, wall, now)
             }
             Command::Get { key, consistency, reply } => {
                 self.kv.get(key, consistency, reply, &mut self.core, now)
