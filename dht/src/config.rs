@@ -71,10 +71,13 @@ pub struct Config {
     pub lookup_cache_ttl: Duration,
     /// Whether a lookup refuses ownership claims that contradict what it knows (issue 11; see
     /// [`crate::lookup`]): a claimant with a known member between the target and it, or whose
-    /// claimed range does not hold the target, is skipped as a liar. Default on: it keeps 100 %
-    /// of honest lookups correct with 10 % lying nodes and changes nothing measurable on honest
-    /// rings (BENCHMARKS.md, "Byzantine lookups"). `false` believes every claim; it exists to
-    /// measure the difference.
+    /// claimed range does not hold the target, is skipped as a liar. Default off: on, it keeps
+    /// 100 % of honest lookups correct with 10 % lying nodes and changes nothing measurable on
+    /// honest rings in the simulator (BENCHMARKS.md, "Byzantine lookups"), but end to end, with a
+    /// node killed and restarted under load (`tests/tests/clock_skew.rs`), one quorum read per
+    /// run returns the value before an acknowledged write (4 runs of 4; none of 3 with it off):
+    /// lookups that refuse honest but stale claims while the ring changes end at other replica
+    /// sets. Not diagnosed further yet.
     pub check_ownership_claims: bool,
     /// Most peers a node remembers after declaring them dead (successors, predecessor, fingers
     /// that stopped answering), to probe later in case a network partition rather than a crash
@@ -109,7 +112,7 @@ impl Default for Config {
             max_concurrent_lookups: 1024,
             join_timeout: Duration::from_secs(30),
             lookup_cache_ttl: Duration::from_secs(5),
-            check_ownership_claims: true,
+            check_ownership_claims: false,
             passive_peers: 32,
             probe_interval: Duration::from_secs(5),
             probe_backoff_max: Duration::from_secs(60),

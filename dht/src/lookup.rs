@@ -8,7 +8,7 @@
 //! answered it. Dead or refusing nodes are skipped and the next candidate is asked; steps are
 //! bounded by `max_lookup_hops`.
 //!
-//! With [`crate::Config::check_ownership_claims`] (on by default, see there), an ownership claim
+//! With [`crate::Config::check_ownership_claims`] (off by default, see there), an ownership claim
 //! ends a lookup only if it is consistent (issue 11): the target lies in the
 //! claimed (predecessor, owner], and no member the lookup knows of — the asking node itself when
 //! it is a member, and every node that answered on the path — lies in [target, owner), where it

@@ -89,7 +89,7 @@ struct Args {
     #[arg(long)]
     byzantine: Option<f64>,
     /// Whether lookups refuse inconsistent ownership claims (`Config::check_ownership_claims`)
-    /// [default: true; `false` believes every claim, to measure the difference].
+    /// [default: true for `byzantine`, else false].
     #[arg(long)]
     check_claims: Option<bool>,
     /// Successor-list length r.

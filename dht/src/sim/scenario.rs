@@ -77,7 +77,7 @@ impl Params {
             kind,
             nodes,
             seed,
-            config: Config::default(),
+            config: Config::default().with_check_ownership_claims(kind == Kind::Byzantine),
             network: NetworkModel::default(),
             lookups: 10_000,
             duration: match kind {
