@@ -421,6 +421,7 @@ impl<A: Address> ClientOps<A> {
     }
 
     /// One replica's answer to a read (`None`: it failed).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_read_reply(
         &mut self,
         id: OpId,
