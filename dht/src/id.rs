@@ -17,10 +17,34 @@ pub const ID_BITS: usize = 160;
 pub const ID_BYTES: usize = ID_BITS / 8;
 
 /// A position on the 2^160 identifier ring.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id([u8; ID_BYTES]);
 
+/// Ids order as big-endian numbers, that is byte by byte. Compared as two `u64`s and a `u32`
+/// rather than through the derived slice comparison, which calls `memcmp`: id comparisons were a
+/// tenth of a 100,000-node simulation (issue 14).
+impl Ord for Id {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.ordering_key().cmp(&other.ordering_key())
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Id {
+    /// The id as numbers that compare as its bytes do.
+    fn ordering_key(&self) -> (u64, u64, u32) {
+        let b = &self.0;
+        let high = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let middle = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        let low = u32::from_be_bytes([b[16], b[17], b[18], b[19]]);
+        (high, middle, low)
+    }
+
     /// The identifier 0.
     pub const ZERO: Id = Id([0; ID_BYTES]);
     /// The identifier 2^160 − 1.
@@ -204,6 +228,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ids_order_as_their_bytes(a in id(), b in id()) {
+            prop_assert_eq!(a.cmp(&b), a.0.cmp(&b.0));
+        }
+
         #[test]
         fn add_then_sub_is_identity(a in id(), b in id()) {
             prop_assert_eq!(a.wrapping_add(&b).wrapping_sub(&b), a);

@@ -14,6 +14,7 @@
 //! The simulator also keeps the *global view*: which nodes are members (see the crate docs), in
 //! ring order, so it can compute the true successor of any key and check the ring invariants.
 
+mod agenda;
 mod byzantine;
 pub mod counter;
 mod invariants;
@@ -28,13 +29,13 @@ pub mod supernodes;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use agenda::Agenda;
 pub use invariants::{InvariantReport, check as check_invariants};
 pub use network::NetworkModel;
 
@@ -77,32 +78,6 @@ enum What {
     DeliverKv { to: u32, from: SimAddr, message: KvMessage },
     StoreDone { node: u32, io: IoId },
     DeliverQueue { to: u32, from: SimAddr, message: crate::queue::QueueMessage<SimAddr> },
-}
-
-/// An event due at `at`; `seq` breaks ties in the order events were scheduled, so runs are
-/// reproducible. Ordered by (`at`, `seq`) only: what happens plays no part.
-#[derive(Debug)]
-pub(crate) struct Scheduled<W> {
-    pub(crate) at: Time,
-    pub(crate) seq: u64,
-    pub(crate) what: W,
-}
-
-impl<W> PartialEq for Scheduled<W> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<W> Eq for Scheduled<W> {}
-impl<W> PartialOrd for Scheduled<W> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<W> Ord for Scheduled<W> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 #[derive(Debug)]
@@ -163,8 +138,7 @@ pub struct GroupRecord {
 #[derive(Debug)]
 pub struct Simulation {
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled<What>>>,
+    agenda: Agenda<What>,
     rng: ChaCha8Rng,
     salt: u64,
     config: Config,
@@ -209,8 +183,7 @@ impl Simulation {
         let salt = u64::from(rng.random::<u32>()) << 32;
         Simulation {
             now: Time::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            agenda: Agenda::default(),
             rng,
             salt,
             config,
@@ -300,8 +273,7 @@ impl Simulation {
     }
 
     fn push(&mut self, at: Time, what: What) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+        self.agenda.push(at, what);
     }
 
     /// Adds a node that is not yet in a ring; returns its index.
@@ -448,11 +420,7 @@ impl Simulation {
 
     /// Processes every event scheduled up to and including `until`, then sets the clock to it.
     pub fn run_until(&mut self, until: Time) {
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > until {
-                break;
-            }
-            let Reverse(Scheduled { at, what, .. }) = self.queue.pop().expect("peeked just above");
+        while let Some((at, what)) = self.agenda.pop_due(until) {
             self.now = at;
             match what {
                 What::Deliver { to, from, message } => {

@@ -321,14 +321,23 @@ pub(crate) fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
     let first = sim.add_node();
     sim.create_ring(first);
     let gap = Duration::from_secs_f64(1.0 / params.join_rate);
+    let mut next_report = Time::ZERO;
     for k in 1..params.nodes {
         sim.run_until(Time::ZERO + gap * k as u32);
         let fresh = sim.add_node();
         let bootstraps = pick_bootstraps(sim);
         sim.join(fresh, &bootstraps);
+        if params.progress && sim.now() >= next_report {
+            next_report = sim.now() + 5 * SECOND;
+            eprintln!(
+                "dht-sim: t={:?} joined={k} members={} messages={}",
+                sim.now(),
+                sim.member_count(),
+                sim.messages
+            );
+        }
     }
     let limit = Time::ZERO + params.converge_limit;
-    let mut next_report = Time::ZERO;
     loop {
         if sim.member_count() == params.nodes && sim.ring_is_correct() {
             return Some(sim.now());

@@ -23,15 +23,15 @@
 //! supernode at the crash), the time until it attached again; the most leaves any surviving
 //! supernode ever held, against its cap; and what it cost.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{NetworkModel, Scheduled, SimAddr};
+use super::agenda::Agenda;
+use super::{NetworkModel, SimAddr};
 use crate::address::Address;
 use crate::id::Id;
 use crate::supernode::wire::{DIRECTORY_SHARDS, LeafOpId, shard_key};
@@ -182,8 +182,7 @@ struct Actor {
 
 struct World {
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled<What>>>,
+    agenda: Agenda<What>,
     rng: ChaCha8Rng,
     salt: u64,
     network: NetworkModel,
@@ -219,8 +218,7 @@ impl World {
     }
 
     fn push(&mut self, at: Time, what: What) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+        self.agenda.push(at, what);
     }
 
     fn record(&mut self, values: &[u64]) {
@@ -246,11 +244,7 @@ impl World {
     }
 
     fn run_until(&mut self, until: Time, op_interval: Duration) {
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > until {
-                break;
-            }
-            let Reverse(Scheduled { at, what, .. }) = self.queue.pop().expect("peeked just above");
+        while let Some((at, what)) = self.agenda.pop_due(until) {
             self.now = at;
             match what {
                 What::Deliver { to, from, message } => self.deliver(to, from, message),
@@ -456,8 +450,7 @@ pub fn run(params: &SupernodeParams) -> SupernodeReport {
     let lookup_round_trips = ((nodes as f64).log2() / 2.0).ceil().max(1.0) as u32;
     let mut world = World {
         now: Time::ZERO,
-        seq: 0,
-        queue: BinaryHeap::new(),
+        agenda: Agenda::default(),
         rng,
         salt,
         network: params.network.clone(),
