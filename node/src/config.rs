@@ -81,6 +81,13 @@ pub struct Flags {
     /// Requests one peer may send on each protocol at once after a quiet spell.
     #[arg(long, env = "OVERLAY_PEER_REQUEST_BURST", default_value_t = PeerLimits::default().request_burst)]
     pub peer_request_burst: u32,
+    /// Requests per second all peers together may send, on every protocol; more are refused and
+    /// counted (`reason="node_rate"`).
+    #[arg(long, env = "OVERLAY_NODE_REQUEST_RATE", default_value_t = PeerLimits::default().node_request_rate)]
+    pub node_request_rate: u32,
+    /// Requests all peers together may send at once after a quiet spell.
+    #[arg(long, env = "OVERLAY_NODE_REQUEST_BURST", default_value_t = PeerLimits::default().node_request_burst)]
+    pub node_request_burst: u32,
     /// Bytes of messages a multicast group's root (and each backup) keeps in the group's history
     /// for members to fetch; the oldest go first.
     #[arg(long, env = "OVERLAY_GROUP_HISTORY_BYTES", default_value_t = NonZeroUsize::new(dht::multicast::MulticastConfig::default().history_bytes).expect("> 0"))]
@@ -153,6 +160,8 @@ impl Flags {
             max_pending_outgoing: self.max_pending_outgoing,
             request_rate: self.peer_request_rate,
             request_burst: self.peer_request_burst,
+            node_request_rate: self.node_request_rate,
+            node_request_burst: self.node_request_burst,
         }
     }
 

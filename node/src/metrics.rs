@@ -346,7 +346,8 @@ impl Collector for Snapshot {
             e,
             "overlay_peer_requests_refused",
             "Peers' requests refused before any core saw them, by protocol (ring, kv, group) and \
-             reason: rate (past --peer-request-rate and --peer-request-burst) or busy (the storage \
+             reason: rate (past --peer-request-rate and --peer-request-burst), node_rate (all peers \
+             together past --node-request-rate and --node-request-burst) or busy (the storage \
              queue was full).",
             &refused,
         )?;

@@ -2,8 +2,8 @@
 //!
 //! Owns no state of its own: it uses the loop's [`RateLimiter`] and counts in the loop's
 //! [`crate::metrics::DriverCounters`]. A request is refused when its peer sent more than its rate
-//! on that protocol, or, for a storage request that writes (`Store`, `Accept`), when the storage
-//! queue is full. A refused kv request is answered `Refused` (the requester counts it as a failed
+//! on that protocol, when all peers together sent more than the node-wide rate, or, for a storage
+//! request that writes (`Store`, `Accept`), when the storage queue is full. A refused kv request is answered `Refused` (the requester counts it as a failed
 //! replica and moves on), a group request `Refused`; a ring request is dropped unanswered, since
 //! the ring protocol has no refusal: its requester sees the stream close, as it would for a peer
 //! that went away. Refusing happens before any acknowledgement, so nothing acknowledged is lost.
@@ -71,6 +71,7 @@ impl EventLoop {
         if let Event::Message { message: Message::Request { channel, .. }, .. } = event {
             let reason = match reason {
                 Refusal::Rate => "busy: too many requests from this peer",
+                Refusal::NodeRate => "busy: too many requests to this node",
                 Refusal::Busy => "busy: the storage queue is full",
             };
             // Fails only if the requester gave up; nothing to do then.
@@ -139,12 +140,10 @@ impl EventLoop {
 
     /// Why `peer`'s request on `protocol` is refused now, if it is; counts the refusal.
     fn refusal(&mut self, peer: PeerId, protocol: Protocol, writes: bool) -> Option<Refusal> {
-        let reason = if !self.limiter.admit(peer, protocol, Instant::now()) {
-            Refusal::Rate
-        } else if writes && self.kv.storage().write_queue_free() == 0 {
-            Refusal::Busy
-        } else {
-            return None;
+        let reason = match self.limiter.admit(peer, protocol, Instant::now()) {
+            Err(reason) => reason,
+            Ok(()) if writes && self.kv.storage().write_queue_free() == 0 => Refusal::Busy,
+            Ok(()) => return None,
         };
         self.counters.peer_refused.count(protocol, reason);
         debug!(%peer, protocol = protocol.label(), reason = reason.label(), "refused a peer's request");

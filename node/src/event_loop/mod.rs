@@ -183,6 +183,8 @@ impl EventLoop {
                 config.peer_limits.request_rate,
                 config.peer_limits.request_burst,
                 RATE_LIMITER_PEERS,
+                config.peer_limits.node_request_rate,
+                config.peer_limits.node_request_burst,
             ),
             started: now,
             me,
