@@ -14,6 +14,8 @@
 //! - [`stray`]: copies this node holds of keys it no longer replicates (after a merge of split
 //!   rings, or nodes joining), moved to their replica set and then dropped;
 //! - [`respond`]: where each peer's answer (or a request's failure) goes, by why it was asked.
+//! - [`config`] and [`failure`]: its settings ([`KvConfig`]) and why a client operation fails
+//!   ([`KvError`]).
 //!
 //! # Persistence is an output
 //! The coordinator never touches a disk. It asks the driver for every store operation through
@@ -48,6 +50,8 @@
 //!   stored, observed or taken as an answer: it is refused and counted.
 
 mod cas;
+mod config;
+mod failure;
 mod io;
 mod ops;
 mod promise;
@@ -59,10 +63,8 @@ mod sync;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use thiserror::Error;
-
 use crate::address::{Address, NodeRef};
-use crate::error::{self, LookupError};
+use crate::error::LookupError;
 use crate::id::Id;
 use crate::lookup::{LookupId, LookupOutcome};
 use crate::message::RequestId;
@@ -72,6 +74,8 @@ use crate::time::Time;
 
 pub use self::cas::Expect;
 use self::cas::{CasOps, Ctx, Goal};
+pub use self::config::KvConfig;
+pub use self::failure::KvError;
 pub use self::io::{KvMessage, KvTransmit, PersistOutcome, StoreOp, StoreResult};
 use self::ops::ClientOps;
 use self::promise::{InFlight, Prepared, Promises};
@@ -81,76 +85,6 @@ pub use self::stray::STRAY_PAGE;
 use self::stray::StraySweep;
 use self::sync::{AntiEntropy, Handoff};
 
-/// Settings of the coordinator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvConfig {
-    /// n: copies of each key (the owner and its next n − 1 successors). Default 3.
-    pub replicas: usize,
-    /// Largest value accepted. Default 1 MiB.
-    pub max_value_bytes: usize,
-    /// How long a client operation may take before it fails. Default 5 s.
-    pub op_timeout: Duration,
-    /// How long to wait for one peer's answer. Default 1 s.
-    pub request_timeout: Duration,
-    /// Period of anti-entropy rounds. Default 3 s.
-    pub sync_interval: Duration,
-    /// Longest a leave's hand-off may take. Default 5 s.
-    pub handoff_timeout: Duration,
-    /// How many times a write is re-versioned after replicas refused it as older than what they
-    /// hold, before it fails. Default 8.
-    pub max_write_attempts: u32,
-    /// How many times one replica is asked within one client operation when its answer does not
-    /// come (a time-out, a dropped connection): the first request and up to `replica_tries − 1`
-    /// resends, each after a short pause and only while the operation's deadline leaves room.
-    /// A replica that is merely slow (a long fsync, a busy host) then costs a write one resend
-    /// instead of its quorum. Resending is safe: the record keeps its version, and a replica that
-    /// already stored it answers "stored". Default 3.
-    pub replica_tries: u32,
-    /// Whether a replica's refusal of an older write makes the writer pass the newer version and
-    /// write again (default). `false` counts the refusal as an acknowledgement: plain
-    /// last-writer-wins by the writers' clocks, which loses acknowledged writes to slower clocks.
-    /// It exists to measure that difference; never turn it off in a real deployment.
-    pub ordered_writes: bool,
-    /// Whether replicas keep compare-and-set promises (default). `false` makes every prepare
-    /// succeed without recording anything, so two compare-and-sets can both decide on one state:
-    /// it exists to show that the promises are what makes compare-and-set exact. Never turn it
-    /// off in a real deployment.
-    pub keep_promises: bool,
-    /// How far ahead of this node's wall clock a peer's version (a record's or a ballot's) may
-    /// be; anything further is refused and counted ([`KvCounters::rejected_future`]). Such a
-    /// version would pin its key (every later honest write is older) and drag the clock of every
-    /// node that observes it along. Default 5 minutes: well above the clock differences honest
-    /// nodes are tested with (up to 30 s, `--clock-skew-ms` in the simulator and
-    /// `--clock-offset-ms` end to end), so that a slow node never refuses a fast one's writes,
-    /// and small enough that a key can be pinned for minutes at most, not forever.
-    pub max_future_skew: Duration,
-    /// Period of the sweeps that move stray copies (records of keys this node no longer
-    /// replicates) to their replica set and drop them ([`stray`]). Default 30 s, and 2 s after
-    /// the ring around this node changed. `None` never sweeps: it exists to show what strays
-    /// cost (acknowledged writes left where no read finds them after a partition heals); never
-    /// turn it off in a real deployment.
-    pub stray_interval: Option<Duration>,
-}
-
-impl Default for KvConfig {
-    fn default() -> Self {
-        KvConfig {
-            replicas: 3,
-            max_value_bytes: crate::store::DEFAULT_MAX_VALUE_BYTES,
-            op_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(1),
-            sync_interval: Duration::from_secs(3),
-            handoff_timeout: Duration::from_secs(5),
-            max_write_attempts: 8,
-            replica_tries: 3,
-            ordered_writes: true,
-            keep_promises: true,
-            max_future_skew: Duration::from_secs(300),
-            stray_interval: Some(Duration::from_secs(30)),
-        }
-    }
-}
-
 /// Identifies a client operation started on the coordinator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub u64);
@@ -158,94 +92,6 @@ pub struct OpId(pub u64);
 /// Identifies a store operation the coordinator asked the driver for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IoId(pub u64);
-
-/// Why a client operation failed.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum KvError {
-    /// The value is larger than the node accepts: refuse it, retrying cannot help.
-    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        /// The value's size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The key is larger than the node accepts.
-    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
-    KeyTooLarge {
-        /// The key's size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Fewer replicas answered than the consistency level needs; the write may or may not have
-    /// reached some replicas. Retry later.
-    #[error("only {got} of the {needed} replicas needed answered")]
-    NoQuorum {
-        /// Replies needed.
-        needed: usize,
-        /// Replies received.
-        got: usize,
-    },
-    /// Newer versions kept arriving at the replicas faster than this write could pass them
-    /// (heavy concurrent writing of one key). Retry.
-    #[error("the key was written concurrently {attempts} times while this write tried to pass")]
-    Contended {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// A compare-and-set found the key in another state than expected; nothing was written.
-    /// `current` is the state a quorum holds (`None`: no record at all), whose version a retry
-    /// passes.
-    #[error("the key is not in the expected state")]
-    Conflict {
-        /// The key's current record (a tombstone if deleted).
-        current: Option<Box<Record>>,
-    },
-    /// A compare-and-set's write reached some replicas but could not be confirmed, and the key
-    /// has moved on since: it may or may not have taken effect. Check with a linearizable read.
-    #[error("the write may or may not have taken effect")]
-    OutcomeUnknown,
-    /// The key's owner could not be found.
-    #[error("no route to the key's owner: {0}")]
-    Lookup(error::LookupError),
-    /// The local store failed.
-    #[error("local storage failed: {0}")]
-    Storage(String),
-    /// The node refused the operation before starting it because it is overloaded (its storage
-    /// queue is nearly full); nothing was written. Retry later.
-    #[error("the node is busy: its storage queue is full; retry later")]
-    Busy,
-    /// The node is leaving the ring.
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    /// A write of a key under `signed/` without a valid signature of its owner, or a signature
-    /// on another key ([`crate::signed`]); nothing was written.
-    #[error("{0}")]
-    Signature(crate::signed::SignatureError),
-    /// Compare-and-set and linearizable reads run Paxos ballots that re-version records, which a
-    /// signed key's owner alone may do; they do not apply to keys under `signed/`.
-    #[error("compare-and-set and linearizable reads do not apply to keys under signed/")]
-    SignedKeyCas,
-    /// A signed write was refused because a replica holds a version at least as new: the owner
-    /// signs again above `held` (the coordinator cannot re-version a signed record).
-    #[error("a replica holds a newer version ({held}); sign again with a later one")]
-    Superseded {
-        /// The newest version a replica named.
-        held: Version,
-    },
-    /// A signed write was refused because the replicas hold the key signed by another key: a
-    /// signed key stays bound to the key that signed it first.
-    #[error("the key is signed by another key; only its owner can write or delete it")]
-    NotOwner,
-    /// A signed record's version lies further ahead of this node's clock than
-    /// [`KvConfig::max_future_skew`]: replicas would refuse it.
-    #[error("the version {version} is too far ahead of this node's clock")]
-    FromTheFuture {
-        /// The version given.
-        version: Version,
-    },
-}
 
 /// A write acknowledged by its quorum.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 //!
 //! Owns: one typed method per endpoint, checking what it sends (non-empty keys, the group-name
 //! and sender-label rules) before it asks; mapping HTTP answers onto [`ApiError`] variants a
-//! caller can act on (the CLI turns them into exit codes); and a group's event stream as a
-//! [`GroupStream`] that another thread can close. JSON answers come back as [`Document`]s, typed
-//! and raw.
+//! caller can act on (the CLI turns them into exit codes); and opening the event streams, which
+//! [`streams`] reads ([`GroupStream`], [`QueueStream`], closable from another thread). JSON
+//! answers come back as [`Document`]s, typed and raw.
 //! [`Client::raw`] sends what the typed methods would refuse to build, for tests of hostile
 //! input.
 
@@ -19,8 +19,7 @@ use crate::auth;
 use crate::consistency::Consistency;
 use crate::document::Document;
 use crate::groups::{
-    GroupEvent, GroupLeft, GroupList, GroupReceipt, GroupSummary, GroupTree, check_group_name,
-    check_sender_label,
+    GroupLeft, GroupList, GroupReceipt, GroupSummary, GroupTree, check_group_name, check_sender_label,
 };
 use crate::kv::{
     Condition, ConflictBody, Lookup, PutReceipt, SIGNATURE_HEADER, SIGNER_HEADER, VERSION_HEADER,
@@ -28,7 +27,12 @@ use crate::kv::{
 use crate::path;
 use crate::queues::{QueueAck, QueueAckReceipt, QueueItem, QueuePutReceipt, QueueStat, check_queue_name};
 use crate::ring::{Ring, Status};
-use crate::sse::{EventReader, StreamError};
+use crate::sse::EventReader;
+
+mod streams;
+
+use self::streams::EventStream;
+pub use self::streams::{GroupStream, QueueStream, StreamCloser};
 
 /// Largest response body the client reads. The node caps values (1 MiB by default); this only
 /// guards the client against a misbehaving server, so it is far above any sane cap.
@@ -621,116 +625,6 @@ impl Client {
     }
 }
 
-/// An open server-sent event stream of the node's API: the connection, its own agent (so that
-/// shutting it down closes only this stream) and its time limit. [`GroupStream`] and
-/// [`QueueStream`] read their events from it.
-struct EventStream {
-    url: String,
-    limit: Option<Duration>,
-    events: EventReader<ureq::BodyReader<'static>>,
-    agent: ureq::Agent,
-}
-
-impl EventStream {
-    /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
-    fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
-        match self.events.next_event() {
-            Ok(event) => Ok(event),
-            Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(ApiError::TimedOut { url: self.url.clone(), after: self.limit.unwrap_or_default() })
-            }
-            Err(e) => Err(ApiError::Protocol { url: self.url.clone(), reason: e.to_string() }),
-        }
-    }
-
-    fn closer(&self) -> StreamCloser {
-        StreamCloser { agent: self.agent.clone() }
-    }
-}
-
-/// An open `GET /v1/groups/{g}/messages` stream (or another stream of the same events, such as
-/// the chat feed). While it is open the node is a member of the group; dropping it, or
-/// [`StreamCloser::close`] from another thread, closes the connection.
-pub struct GroupStream(EventStream);
-
-impl fmt::Debug for GroupStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupStream").field("url", &self.0.url).finish_non_exhaustive()
-    }
-}
-
-impl GroupStream {
-    /// The next message, gap or error; `Ok(None)` when the node ended the stream. Blocks until
-    /// one arrives (keep-alives and events of unknown names are consumed silently), or until
-    /// the stream's time limit.
-    pub fn next_event(&mut self) -> Result<Option<GroupEvent>, ApiError> {
-        while let Some(event) = self.0.next_raw_event()? {
-            if let Some(event) = GroupEvent::from_sse(event) {
-                return Ok(Some(event));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The next event of any name, as sent; `Ok(None)` when the node ended the stream.
-    pub fn next_raw_event(&mut self) -> Result<Option<crate::sse::SseEvent>, ApiError> {
-        self.0.next_raw_event()
-    }
-
-    /// A handle that closes this stream from another thread.
-    pub fn closer(&self) -> StreamCloser {
-        self.0.closer()
-    }
-}
-
-/// Closes a [`GroupStream`] or [`QueueStream`] from another thread: a read blocked on the
-/// connection returns an error at once, and so does every later call. A reader thread that
-/// would otherwise wait for the next message of a quiet group can so be ended and joined.
-#[derive(Clone)]
-pub struct StreamCloser {
-    agent: ureq::Agent,
-}
-
-impl fmt::Debug for StreamCloser {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamCloser").finish_non_exhaustive()
-    }
-}
-
-impl StreamCloser {
-    /// Closes the stream's connection.
-    pub fn close(&self) {
-        self.agent.clone().shutdown();
-    }
-}
-
-/// An open `GET /v1/queues/{q}/messages` stream; dropping it (or [`QueueStream::closer`])
-/// closes the connection and ends the subscription.
-pub struct QueueStream(EventStream);
-
-impl fmt::Debug for QueueStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueStream").field("url", &self.0.url).finish_non_exhaustive()
-    }
-}
-
-impl QueueStream {
-    /// The next message put; `Ok(None)` when the node ended the stream.
-    pub fn next_item(&mut self) -> Result<Option<Document<QueueItem>>, ApiError> {
-        while let Some(event) = self.0.next_raw_event()? {
-            if event.event == crate::groups::MESSAGE_EVENT {
-                return parse_document(&self.0.url, event.data.as_bytes()).map(Some);
-            }
-        }
-        Ok(None)
-    }
-
-    /// A handle that closes this stream from another thread.
-    pub fn closer(&self) -> StreamCloser {
-        self.0.closer()
-    }
-}
-
 fn check_queue(queue: &str) -> Result<(), ApiError> {
     check_queue_name(queue).map_err(|e| ApiError::InvalidRequest(format!("invalid queue name: {e}")))
 }
@@ -888,6 +782,7 @@ pub fn normalize_base_url(input: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::groups::GroupEvent;
 
     fn client() -> Client {
         // Nothing listens on port 9 of loopback (discard); no test here connects.
