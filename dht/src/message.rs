@@ -44,8 +44,15 @@ pub enum Message<A> {
 /// Requests of the ring protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request<A> {
-    /// Stabilize: "what are your predecessor and successor list?"
-    GetNeighbours,
+    /// Stabilize: "what are your predecessor and successor list?" A node stabilizing with its
+    /// successor also says who precedes it: its predecessor and the nodes before that, nearest
+    /// first (at most [`crate::node::PREDECESSORS`]), so that the successor learns the
+    /// predecessors it replicates keys for ([`crate::kv::range`]). Empty from everyone else.
+    GetNeighbours {
+        /// The sender's predecessors, nearest first.
+        #[serde(default = "Vec::new")]
+        predecessors: Vec<NodeRef<A>>,
+    },
     /// Rectify: "I believe I am your predecessor."
     Notify,
     /// Liveness check.
@@ -117,7 +124,7 @@ impl<A> Message<A> {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Request { body, .. } => match body {
-                Request::GetNeighbours => "get_neighbours",
+                Request::GetNeighbours { .. } => "get_neighbours",
                 Request::Notify => "notify",
                 Request::Ping => "ping",
                 Request::FindSuccessor { .. } => "find_successor",
@@ -183,9 +190,8 @@ impl<A: Address> Message<A> {
                     check_ref(candidate)
                 }
                 Request::SuccessorsChanged { successors } => check_list(successors),
-                Request::GetNeighbours | Request::Notify | Request::Ping | Request::FindSuccessor { .. } => {
-                    Ok(())
-                }
+                Request::GetNeighbours { predecessors } => check_list(predecessors),
+                Request::Notify | Request::Ping | Request::FindSuccessor { .. } => Ok(()),
             },
             Message::Response { body, .. } => match body {
                 Response::Neighbours { predecessor, successors } => {
@@ -264,7 +270,7 @@ mod tests {
 
     fn message() -> impl Strategy<Value = Message<TestAddr>> {
         let request = prop_oneof![
-            Just(Request::GetNeighbours),
+            list().prop_map(|predecessors| Request::GetNeighbours { predecessors }),
             Just(Request::Notify),
             Just(Request::Ping),
             any::<[u8; 20]>().prop_map(|b| Request::FindSuccessor { target: Id::from_bytes(b) }),

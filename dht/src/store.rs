@@ -489,6 +489,10 @@ pub enum KvResponse {
         /// The ballot promised or the version held; a proposer passes it and prepares again.
         higher: Version,
     },
+    /// Answer to [`KvRequest::Store`] and [`KvRequest::Accept`]: the key is outside the
+    /// receiver's replica range by its own view ([`crate::kv::range`]); nothing was stored. The
+    /// writer's view of the key's replica set is stale: it looks the key up again.
+    NotReplica,
     /// The request was refused.
     Refused {
         /// Why, for the sender's logs.
@@ -581,7 +585,7 @@ impl KvResponse {
             }
             KvResponse::NotPromised { higher } => Some(*higher),
             KvResponse::Entries { entries, .. } => entries.iter().map(|e| e.version).max(),
-            KvResponse::DigestDiff { .. } | KvResponse::Refused { .. } => None,
+            KvResponse::DigestDiff { .. } | KvResponse::NotReplica | KvResponse::Refused { .. } => None,
         }
     }
 
@@ -600,6 +604,7 @@ impl KvResponse {
             | KvResponse::Found { record: None }
             | KvResponse::Promised { record: None }
             | KvResponse::NotPromised { .. }
+            | KvResponse::NotReplica
             | KvResponse::Refused { .. } => Ok(()),
         }
     }

@@ -46,7 +46,7 @@ fn addr(i: usize) -> SimAddr {
 fn answers(request: &Request<SimAddr>, response: &Response<SimAddr>) -> bool {
     matches!(
         (request, response),
-        (Request::GetNeighbours, Response::Neighbours { .. })
+        (Request::GetNeighbours { .. }, Response::Neighbours { .. })
             | (
                 Request::Notify
                     | Request::Ping
@@ -526,7 +526,7 @@ fn take_request(net: &mut Net, i: usize) -> (SimAddr, RequestId, Request<SimAddr
 /// A response of a kind that cannot answer `request`.
 fn wrong_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
     match request {
-        Request::GetNeighbours => Response::Ack,
+        Request::GetNeighbours { .. } => Response::Ack,
         Request::Notify
         | Request::Ping
         | Request::FindSuccessor { .. }
@@ -541,7 +541,7 @@ fn wrong_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
 /// The right kind of response to `request`, with honest content from a ring of A and B.
 fn right_kind(request: &Request<SimAddr>) -> Response<SimAddr> {
     match request {
-        Request::GetNeighbours => Response::Neighbours {
+        Request::GetNeighbours { .. } => Response::Neighbours {
             predecessor: Some(NodeRef::new(addr(0))),
             successors: vec![NodeRef::new(addr(0))],
         },
@@ -744,7 +744,7 @@ fn message_from_own_address_is_a_protocol_violation() {
 fn assert_refuses_requests(node: &mut Node<SimAddr>, now: Time, ping_reply: Response<SimAddr>) {
     let peer = SimAddr(51);
     let requests = [
-        Request::GetNeighbours,
+        Request::GetNeighbours { predecessors: Vec::new() },
         Request::Notify,
         Request::FindSuccessor { target: node.me().id },
         Request::Leaving {
@@ -847,7 +847,7 @@ fn target() -> impl Strategy<Value = Id> {
 
 fn request() -> impl Strategy<Value = Request<SimAddr>> {
     prop_oneof![
-        Just(Request::GetNeighbours),
+        Just(Request::GetNeighbours { predecessors: Vec::new() }),
         Just(Request::Notify),
         Just(Request::Ping),
         target().prop_map(|target| Request::FindSuccessor { target }),
@@ -1132,12 +1132,12 @@ fn bootstrap_peers_are_probed_after_a_loss_and_only_then() {
     let after = idle_until + config.probe_interval * 8;
     let sent = run_unanswered(&mut node, idle_until, after);
     assert!(
-        sent.iter().any(|(to, r)| *to == lost && matches!(r, Request::GetNeighbours)),
+        sent.iter().any(|(to, r)| *to == lost && matches!(r, Request::GetNeighbours { .. })),
         "the silent peer was never asked: {sent:?}"
     );
     assert_eq!(node.passive_len(), 2, "the lost peer and the bootstrap peer are remembered");
     let probes_to_bootstrap =
-        sent.iter().filter(|(to, r)| *to == BOOTSTRAP && matches!(r, Request::GetNeighbours)).count();
+        sent.iter().filter(|(to, r)| *to == BOOTSTRAP && matches!(r, Request::GetNeighbours { .. })).count();
     assert!(probes_to_bootstrap >= 1, "the bootstrap peer was never probed: {sent:?}");
     // Unanswered probes back off: a handful within eight probe intervals, not one per interval.
     assert!(probes_to_bootstrap <= 4, "{probes_to_bootstrap} probes of the bootstrap peer");

@@ -467,8 +467,15 @@ impl Collector for Snapshot {
         counter(
             e,
             "overlay_kv_lookup_retries",
-            "Lookups of client operations started again after one found no route.",
+            "Lookups of client operations started again after one found no route, or after a replica \
+             said the key is outside its range.",
             kv.lookup_retries,
+        )?;
+        counter(
+            e,
+            "overlay_kv_writes_out_of_range",
+            "Peers' writes refused because the key lies outside this node's replica range.",
+            kv.rejected_out_of_range,
         )?;
         counter(
             e,

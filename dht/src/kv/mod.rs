@@ -11,6 +11,7 @@
 //! - [`replica`]: the replica's side: serving peers' stores, fetches, digests and entry pages;
 //! - [`sync`]: anti-entropy of this node's own range with its successors (digests, paged entry
 //!   lists, pushes and pulls) and the hand-off of that range when the node leaves;
+//! - [`range`]: which keys this node agrees to hold for its peers (the replica range check);
 //! - [`stray`]: copies this node holds of keys it no longer replicates (after a merge of split
 //!   rings, or nodes joining), moved to their replica set and then dropped;
 //! - [`respond`]: where each peer's answer (or a request's failure) goes, by why it was asked.
@@ -55,6 +56,7 @@ mod failure;
 mod io;
 mod ops;
 mod promise;
+pub mod range;
 mod replica;
 mod respond;
 mod stray;
@@ -159,6 +161,9 @@ pub struct KvCounters {
     /// Records and ballots refused for a version too far ahead of this node's wall clock
     /// ([`KvConfig::max_future_skew`]), in requests and in responses.
     pub rejected_future: u64,
+    /// Peers' writes refused for a key outside this node's replica range, by its own view with
+    /// slack ([`range`]).
+    pub rejected_out_of_range: u64,
     /// Responses matching no request in flight (late, duplicated, or from the wrong peer).
     pub rejected_unexpected: u64,
     /// Client operations that failed for lack of replies (or a failed lookup).
@@ -170,7 +175,8 @@ pub struct KvCounters {
     /// Requests of client operations sent again to a replica that had not answered
     /// ([`KvConfig::replica_tries`]).
     pub replica_resends: u64,
-    /// Lookups of client operations started again after one found no route.
+    /// Lookups of client operations started again after one found no route, or after a
+    /// replica answered that the key is not in its range (the replica set came from a stale view).
     pub lookup_retries: u64,
     /// Compare-and-set attempts started again under a higher ballot.
     pub cas_retries: u64,
@@ -615,9 +621,30 @@ impl<A: Address> Coordinator<A> {
     /// A peer's request. `id` is chosen by the driver (unique among this node's inbound requests
     /// in flight); the answer is a [`KvMessage::Response`] with that id, possibly after store
     /// operations. `wall_ms` is the driver's wall clock in milliseconds since the Unix epoch:
-    /// versions too far ahead of it are refused ([`KvConfig::max_future_skew`]).
-    pub fn handle_request(&mut self, from: A, id: RequestId, request: KvRequest, wall_ms: u64, now: Time) {
+    /// versions too far ahead of it are refused ([`KvConfig::max_future_skew`]). Writes of keys
+    /// outside this node's replica range by `ring`'s view are refused ([`range`]).
+    pub fn handle_request(
+        &mut self,
+        from: A,
+        id: RequestId,
+        request: KvRequest,
+        ring: &Node<A>,
+        wall_ms: u64,
+        now: Time,
+    ) {
         self.out.counters.requests_in += 1;
+        let written = match &request {
+            KvRequest::Store { record } | KvRequest::Accept { record } => Some(record.key_id()),
+            _ => None,
+        };
+        if let Some(key_id) = written
+            && !range::may_hold(ring, &key_id, self.config.replicas)
+        {
+            tracing::debug!(key_id = %key_id.short(), "refused a write outside this node's replica range");
+            self.out.counters.rejected_out_of_range += 1;
+            self.out.respond(from, id, KvResponse::NotReplica);
+            return;
+        }
         if matches!(request, KvRequest::Store { .. } | KvRequest::Accept { .. }) {
             self.sync.on_write(&self.config, now);
         }

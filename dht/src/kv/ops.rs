@@ -594,6 +594,43 @@ impl<A: Address> ClientOps<A> {
         }
     }
 
+    /// A replica of write `id` (at `attempt`) answered that the key is outside its range: the
+    /// replica set came from a stale view. Unless the caller already has its answer, the write
+    /// moves to a new attempt (so that answers from the old set are ignored; the record keeps its
+    /// version) and its key is looked up again on the terms of a lookup that found no route.
+    /// Returns whether it will be.
+    pub(super) fn locate_again(
+        &mut self,
+        id: OpId,
+        attempt: u32,
+        config: &KvConfig,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) -> bool {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return false;
+        };
+        let Kind::Write { attempt: current, .. } = &op.kind else {
+            return false;
+        };
+        if op.answered {
+            return false;
+        }
+        if attempt != *current {
+            // An answer of an attempt given up already: nothing to do.
+            return true;
+        }
+        if *current + 1 >= config.max_write_attempts || !op.schedule_reroute(config, now) {
+            return false;
+        }
+        let Kind::Write { attempt: current, .. } = &mut op.kind else { unreachable!("matched above") };
+        *current += 1;
+        op.replies.iter_mut().for_each(|reply| *reply = Reply::Failed);
+        op.resends.clear();
+        out.counters.lookup_retries += 1;
+        true
+    }
+
     /// Forgets the ring core's cached ranges that name this op's replicas.
     pub(super) fn forget_replicas(&self, id: OpId, ring: &mut Node<A>) {
         if let Some(op) = self.ops.get(&id) {

@@ -203,8 +203,10 @@ fn refusal_response(refusal: NotPromised) -> KvResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
     use crate::address::NodeRef;
     use crate::kv::{Coordinator, KvMessage};
+    use crate::node::Node;
     use crate::sim::SimAddr;
     use crate::store::Record;
 
@@ -218,6 +220,8 @@ mod tests {
     #[test]
     fn records_and_ballots_far_ahead_of_the_wall_clock_are_refused_and_leave_the_clock_alone() {
         let mut kv = Coordinator::new(NodeRef::new(SimAddr(1)), KvConfig::default());
+        // Not a ring member yet: it takes writes of any key ([`crate::kv::range`]).
+        let ring = Node::new(SimAddr(1), Config::default(), 1).expect("valid");
         let peer = SimAddr(2);
         let writer = peer.node_id();
         let future = Version { hlc: u64::MAX - 1, writer };
@@ -228,7 +232,7 @@ mod tests {
             KvRequest::Prepare { key: b"k".to_vec(), ballot: future },
         ];
         for (n, request) in requests.into_iter().enumerate() {
-            kv.handle_request(peer, RequestId(n as u64), request, WALL_MS, Time::ZERO);
+            kv.handle_request(peer, RequestId(n as u64), request, &ring, WALL_MS, Time::ZERO);
             assert!(refused(&mut kv), "request {n} refused");
         }
         assert!(kv.poll_store_op().is_none(), "nothing reached the store");
@@ -238,7 +242,7 @@ mod tests {
         // A peer 30 s ahead (the skew the project tests honest nodes with) is served.
         let ahead = Version { hlc: (WALL_MS + 30_000) << 16, writer };
         let record = Record::new(b"k".to_vec(), b"v".to_vec(), ahead);
-        kv.handle_request(peer, RequestId(9), KvRequest::Store { record }, WALL_MS, Time::ZERO);
+        kv.handle_request(peer, RequestId(9), KvRequest::Store { record }, &ring, WALL_MS, Time::ZERO);
         assert!(kv.poll_store_op().is_some(), "stored");
         assert_eq!(kv.counters().rejected_future, 3);
     }

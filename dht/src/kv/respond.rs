@@ -105,6 +105,15 @@ impl<A: Address> Coordinator<A> {
                 }
                 self.finish_handoff_if_done(now);
             }
+            (Purpose::OpStore { op, attempt, replica }, KvResponse::NotReplica) => {
+                // The replica set came from a stale view (a cached range, an old successor
+                // list): find it again rather than count this replica as failed.
+                self.ops.forget_replicas(op, ring);
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                if !self.ops.locate_again(op, attempt, config, out, now) {
+                    self.ops.on_store_reply(op, attempt, replica, None, config, clock, out, now);
+                }
+            }
             (Purpose::SyncPull, KvResponse::Found { record: None })
             | (Purpose::Repair | Purpose::SyncPush, KvResponse::Stored { .. }) => {}
             (purpose, KvResponse::Refused { reason }) => {

@@ -304,3 +304,106 @@ fn a_peer_cannot_store_a_forged_or_unsigned_record_of_a_signed_key_on_a_replica(
     let read = finish(&mut sim, |sim| sim.kv_get(attacker, key, Consistency::All));
     assert!(matches!(&read, Ok(OpOutcome::Read(Some(r))) if *r == first), "{read:?}");
 }
+
+/// A key whose true replica set, in `sim`, includes node `index` (`near`) or lies half the ring
+/// away from it (`far`).
+fn key_placed(sim: &Simulation, index: usize, near: bool) -> Vec<u8> {
+    let n = sim.node_count();
+    (0u32..)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|key| {
+            let replicas = sim.true_replicas(&Id::hash(key), 3);
+            if near {
+                replicas.contains(&index)
+            } else {
+                let owner_id = sim.addr(replicas[0]).node_id();
+                let distance = owner_id.distance_to(&sim.addr(index).node_id());
+                // At least a quarter of the ring behind `index`, and not one of its replicas.
+                distance.as_bytes()[0] >= 0x40 && !replicas.contains(&index) && n > 3
+            }
+        })
+        .expect("some key lands there")
+}
+
+#[test]
+fn a_peer_cannot_make_a_node_hold_keys_outside_its_replica_range() {
+    let mut sim = ring(64, 8);
+    let victim = 5;
+    let attacker = sim.addr(40);
+    let writer = Id::hash(b"attacker");
+    let hlc = sim.kv_wall_ms(victim) << 16;
+    let far = key_placed(&sim, victim, false);
+    let near = key_placed(&sim, victim, true);
+    for (n, key) in [&far, &near].into_iter().enumerate() {
+        let record = Record::new(key.clone(), b"planted".to_vec(), Version { hlc, writer });
+        let id = crate::message::RequestId(7_000 + n as u64);
+        sim.inject_kv_message(victim, attacker, KvMessage::Request { id, body: KvRequest::Store { record } });
+        let record = Record::new(key.clone(), b"accepted".to_vec(), Version { hlc: hlc + 1, writer });
+        let id = crate::message::RequestId(7_100 + n as u64);
+        sim.inject_kv_message(
+            victim,
+            attacker,
+            KvMessage::Request { id, body: KvRequest::Accept { record } },
+        );
+    }
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    let counters = sim.kv_coordinator(victim).expect("enabled").counters().clone();
+    assert_eq!(counters.rejected_out_of_range, 2, "the far key's Store and Accept refused");
+    assert!(sim.durable_record(victim, &Id::hash(&far)).is_none(), "nothing of the far key stored");
+    assert!(sim.durable_record(victim, &Id::hash(&near)).is_some(), "a key it replicates is taken");
+}
+
+#[test]
+fn repair_through_joins_and_crashes_restores_every_copy_despite_the_range_check() {
+    let mut sim = ring(48, 9);
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        sim.kv_put(i % 48, key.clone(), b"v".to_vec(), Consistency::Quorum).expect("accepted");
+    }
+    sim.run_until(sim.now() + Duration::from_secs(3));
+    assert!(sim.take_kv_results().iter().all(|r| r.result.is_ok()), "every put acknowledged");
+    // A fifth of the ring crashes (every fifth node in ring order, so that every key keeps a
+    // copy) and as many new nodes join: anti-entropy, stray sweeps and read repair must move
+    // every key to its new replica set, whose members take it.
+    let mut ring_order: Vec<usize> = (0..48).collect();
+    ring_order.sort_by_key(|&i| sim.addr(i).node_id());
+    for &index in ring_order.iter().step_by(5) {
+        sim.crash(index);
+    }
+    for _ in 0..10 {
+        let joining = sim.add_node();
+        sim.join(joining, &[1]);
+    }
+    sim.run_until(sim.now() + Duration::from_secs(90));
+    let mut missing = Vec::new();
+    for key in &keys {
+        let key_id = Id::hash(key);
+        for replica in sim.true_replicas(&key_id, 3) {
+            if sim.durable_record(replica, &key_id).is_none_or(|r| r.value != b"v") {
+                missing.push((String::from_utf8_lossy(key).into_owned(), replica));
+            }
+        }
+    }
+    let refused: u64 = (0..sim.node_count())
+        .filter_map(|i| sim.kv_coordinator(i))
+        .map(|kv| kv.counters().rejected_out_of_range)
+        .sum();
+    // Writes from views still wrong during the churn may be refused; none may cost a copy.
+    assert!(missing.is_empty(), "copies missing at true replicas: {missing:?} ({refused} refused)");
+}
+
+#[test]
+fn each_node_learns_its_predecessors_from_its_predecessor() {
+    let mut sim = ring(32, 10);
+    // A few stabilize rounds (backed off to 2 s) carry each list one hop further.
+    sim.run_until(sim.now() + Duration::from_secs(12));
+    let mut ring_order: Vec<usize> = (0..32).collect();
+    ring_order.sort_by_key(|&i| sim.addr(i).node_id());
+    for (pos, &index) in ring_order.iter().enumerate() {
+        let expected: Vec<Id> = (1..=crate::node::PREDECESSORS)
+            .map(|back| sim.addr(ring_order[(pos + 32 - back) % 32]).node_id())
+            .collect();
+        let known: Vec<Id> = sim.node(index).predecessors().iter().map(|p| p.id).collect();
+        assert_eq!(known, expected, "node {index}");
+    }
+}

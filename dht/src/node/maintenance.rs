@@ -109,6 +109,7 @@ impl<A: Address> Node<A> {
 
     pub(super) fn reset_routing(&mut self) {
         self.predecessor = None;
+        self.further_predecessors.clear();
         self.successors.clear();
         self.fingers = FingerTable::default();
         self.announced = false;
@@ -164,7 +165,8 @@ impl<A: Address> Node<A> {
             _ => unreachable!("only the two purposes above are built here"),
         };
         self.stabilizing = true;
-        self.send_request_attempts(&to, Request::GetNeighbours, purpose, attempts, now);
+        let predecessors = self.predecessors();
+        self.send_request_attempts(&to, Request::GetNeighbours { predecessors }, purpose, attempts, now);
     }
 
     /// Whether the predecessor has shown it is alive recently enough that a ping would tell
@@ -218,7 +220,7 @@ impl<A: Address> Node<A> {
                 let to = finger.addr.clone();
                 self.send_request(
                     &to,
-                    Request::GetNeighbours,
+                    Request::GetNeighbours { predecessors: Vec::new() },
                     Purpose::CheckFinger { index: i, finger },
                     now,
                 );
@@ -308,7 +310,7 @@ impl<A: Address> Node<A> {
                     let to = next.addr.clone();
                     self.send_request(
                         &to,
-                        Request::GetNeighbours,
+                        Request::GetNeighbours { predecessors: Vec::new() },
                         Purpose::StabilizeCandidate { candidate: next, fallback: None, chased: 0 },
                         now,
                     );
@@ -409,7 +411,7 @@ impl<A: Address> Node<A> {
                 let attempts = if self.passive.contains(&to) { 1 } else { self.config.request_attempts };
                 self.send_request_attempts(
                     &to,
-                    Request::GetNeighbours,
+                    Request::GetNeighbours { predecessors: Vec::new() },
                     Purpose::StabilizeCandidate {
                         candidate: p,
                         fallback: Some((node, successors)),
@@ -484,6 +486,7 @@ impl<A: Address> Node<A> {
     pub(super) fn set_predecessor(&mut self, predecessor: Option<NodeRef<A>>, now: Time) {
         if self.predecessor != predecessor {
             self.predecessor = predecessor;
+            self.further_predecessors.clear();
             self.events.push_back(Event::PredecessorChanged { predecessor: self.predecessor.clone() });
             self.unsettle(now);
         }

@@ -115,7 +115,12 @@ impl<A: Address> Node<A> {
         }
         self.counters.probes_sent += 1;
         let to = node.addr.clone();
-        let id = self.send_request(&to, Request::GetNeighbours, Purpose::Probe { node }, now);
+        let id = self.send_request(
+            &to,
+            Request::GetNeighbours { predecessors: Vec::new() },
+            Purpose::Probe { node },
+            now,
+        );
         self.pending.get_mut(&id).expect("inserted just above").attempts_left = 0;
     }
 

@@ -241,6 +241,10 @@ pub struct Node<A: Address> {
     rng: ChaCha8Rng,
     phase: Phase<A>,
     predecessor: Option<NodeRef<A>>,
+    /// The nodes before the predecessor, nearest first, as the predecessor last said when it
+    /// stabilized with this node (at most `PREDECESSORS − 1`); cleared whenever the predecessor
+    /// changes.
+    further_predecessors: Vec<NodeRef<A>>,
     successors: Vec<NodeRef<A>>,
     fingers: FingerTable<A>,
     next_request: u64,
@@ -314,6 +318,7 @@ impl<A: Address> Node<A> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             phase: Phase::Idle,
             predecessor: None,
+            further_predecessors: Vec::new(),
             successors: Vec::new(),
             fingers: FingerTable::default(),
             next_request: 0,
@@ -365,6 +370,11 @@ impl<A: Address> Node<A> {
     /// The predecessor, if known.
     pub fn predecessor(&self) -> Option<&NodeRef<A>> {
         self.predecessor.as_ref()
+    }
+    /// This node's predecessors, nearest first: the predecessor, then those it named when it last
+    /// stabilized with this node (at most [`PREDECESSORS`]). Empty when none is known.
+    pub fn predecessors(&self) -> Vec<NodeRef<A>> {
+        self.predecessor.iter().chain(&self.further_predecessors).take(PREDECESSORS).cloned().collect()
     }
     /// The successor list, nearest first; empty when this node believes it is alone.
     pub fn successors(&self) -> &[NodeRef<A>] {
@@ -706,6 +716,11 @@ impl<A: Address> Node<A> {
         next
     }
 }
+
+/// How many predecessors a node learns (its own and those its predecessor names when it
+/// stabilizes): the store's range check needs the n − 1 before its predecessor, plus one for views
+/// in flux, so 4 covers n ≤ 3 ([`crate::kv::range`]).
+pub const PREDECESSORS: usize = 4;
 
 /// Number of fingers, re-exported for drivers that display the table.
 pub const FINGERS: usize = ID_BITS;

@@ -11,7 +11,7 @@ use crate::id::Id;
 use crate::message::{Request, Response};
 use crate::time::Time;
 
-use super::{Node, Phase};
+use super::{Node, PREDECESSORS, Phase};
 
 impl<A: Address> Node<A> {
     pub(super) fn answer(&mut self, from: &A, body: Request<A>, now: Time) -> Response<A> {
@@ -29,10 +29,13 @@ impl<A: Address> Node<A> {
         }
         match body {
             Request::Ping => Response::Ack,
-            Request::GetNeighbours => Response::Neighbours {
-                predecessor: self.predecessor.clone(),
-                successors: self.successors.clone(),
-            },
+            Request::GetNeighbours { predecessors } => {
+                self.learn_predecessors(from, predecessors);
+                Response::Neighbours {
+                    predecessor: self.predecessor.clone(),
+                    successors: self.successors.clone(),
+                }
+            }
             Request::Notify => {
                 self.passive.remove(from);
                 self.rectify(NodeRef::new(from.clone()), now);
@@ -52,6 +55,38 @@ impl<A: Address> Node<A> {
                 Response::Ack
             }
         }
+    }
+
+    /// The predecessor, stabilizing with this node, named the nodes before it: keep them if they
+    /// come from the predecessor itself and run counter-clockwise from it without repeats (this
+    /// node may close the list in a small ring: it is kept, and tells the store that the list
+    /// wrapped). Anything else is ignored and counted.
+    fn learn_predecessors(&mut self, from: &A, predecessors: Vec<NodeRef<A>>) {
+        let Some(predecessor) = &self.predecessor else {
+            return;
+        };
+        if predecessors.is_empty() || from.node_id() != predecessor.id {
+            return;
+        }
+        // The sender's own list starts with its predecessor; ours continues after the sender.
+        let mut previous = predecessor.id;
+        let mut kept = Vec::with_capacity(PREDECESSORS - 1);
+        for node in predecessors.into_iter().take(PREDECESSORS - 1) {
+            // Each must lie strictly between us (exclusive) and the previous entry, going
+            // counter-clockwise: i.e. in (me, previous) clockwise from me.
+            let in_order = node.id == self.me.id || node.id.in_open(&self.me.id, &previous);
+            if !in_order {
+                self.counters.dropped_invalid += 1;
+                return;
+            }
+            let wrapped = node.id == self.me.id;
+            previous = node.id;
+            kept.push(node);
+            if wrapped {
+                break;
+            }
+        }
+        self.further_predecessors = kept;
     }
 
     /// This node's answer to one lookup step for `target`.

@@ -295,7 +295,9 @@ impl Simulation {
             return;
         };
         match message {
-            KvMessage::Request { id, body } => kv.coordinator.handle_request(from, id, body, wall_ms, now),
+            KvMessage::Request { id, body } => {
+                kv.coordinator.handle_request(from, id, body, node, wall_ms, now)
+            }
             KvMessage::Response { id, body } => {
                 kv.coordinator.handle_response(from, id, body, node, wall_ms, now)
             }

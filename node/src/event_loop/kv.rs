@@ -245,7 +245,7 @@ impl KvRoom {
                     self.inbound.insert(id, channel);
                     // Only the peer id matters to the coordinator for answering.
                     let from = PeerAddr::new(peer, libp2p::Multiaddr::empty());
-                    self.coordinator.handle_request(from, id, request, wall_ms, now);
+                    self.coordinator.handle_request(from, id, request, ring, wall_ms, now);
                 }
                 request_response::Message::Response { request_id, response } => {
                     let Some(id) = self.outbound.remove(&request_id) else {

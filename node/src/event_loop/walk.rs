@@ -99,7 +99,10 @@ impl Walks {
         self.next_id += 1;
         let envelope = RingEnvelope {
             sender: me.addr,
-            message: dht::Message::Request { id, body: dht::Request::GetNeighbours },
+            message: dht::Message::Request {
+                id,
+                body: dht::Request::GetNeighbours { predecessors: Vec::new() },
+            },
             stored_keys: None,
         };
         let addresses = vec![next.addr.addr.clone()];
