@@ -399,6 +399,15 @@ pub enum KvRequest {
         /// The record.
         record: Record,
     },
+    /// A delete: store this tombstone if the receiver holds any record of its key (tombstones
+    /// included), as [`KvRequest::Store`] would; answer [`KvResponse::NotHeld`] without storing
+    /// anything if it holds none. A delete of a key no replica holds then leaves nothing behind;
+    /// the writer sends the tombstone as a plain `Store` to the replicas that answered `NotHeld`
+    /// as soon as any replica shows the key may exist somewhere ([`crate::kv`]'s `ops` module).
+    Delete {
+        /// The tombstone.
+        record: Record,
+    },
     /// Return the receiver's record for `key`.
     Fetch {
         /// The user's key.
@@ -493,6 +502,9 @@ pub enum KvResponse {
     /// receiver's replica range by its own view ([`crate::kv::range`]); nothing was stored. The
     /// writer's view of the key's replica set is stale: it looks the key up again.
     NotReplica,
+    /// Answer to [`KvRequest::Delete`]: the receiver holds no record of the key and stored
+    /// nothing.
+    NotHeld,
     /// The request was refused.
     Refused {
         /// Why, for the sender's logs.
@@ -529,6 +541,9 @@ pub enum InvalidKv {
     /// signed writes change a signed key.
     #[error("compare-and-set does not apply to keys under signed/")]
     SignedKeyCas,
+    /// A [`KvRequest::Delete`] whose record is not a tombstone.
+    #[error("a delete must carry a tombstone")]
+    NotATombstone,
 }
 
 /// Largest key accepted.
@@ -554,6 +569,8 @@ impl KvRequest {
     pub fn validate(&self, max_value: usize) -> Result<(), InvalidKv> {
         match self {
             KvRequest::Store { record } => check_record(record, max_value),
+            KvRequest::Delete { record } if !record.tombstone => Err(InvalidKv::NotATombstone),
+            KvRequest::Delete { record } => check_record(record, max_value),
             KvRequest::Fetch { key } => check_len(key.len(), MAX_KEY_BYTES),
             KvRequest::Digest { buckets, .. } => {
                 if buckets.len() == DIGEST_BUCKETS {
@@ -585,7 +602,10 @@ impl KvResponse {
             }
             KvResponse::NotPromised { higher } => Some(*higher),
             KvResponse::Entries { entries, .. } => entries.iter().map(|e| e.version).max(),
-            KvResponse::DigestDiff { .. } | KvResponse::NotReplica | KvResponse::Refused { .. } => None,
+            KvResponse::DigestDiff { .. }
+            | KvResponse::NotReplica
+            | KvResponse::NotHeld
+            | KvResponse::Refused { .. } => None,
         }
     }
 
@@ -605,6 +625,7 @@ impl KvResponse {
             | KvResponse::Promised { record: None }
             | KvResponse::NotPromised { .. }
             | KvResponse::NotReplica
+            | KvResponse::NotHeld
             | KvResponse::Refused { .. } => Ok(()),
         }
     }

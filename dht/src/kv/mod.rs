@@ -245,6 +245,9 @@ struct Pending<A> {
 enum IoPurpose<A> {
     /// This node's copy of a client write.
     OpStore { op: OpId, attempt: u32, replica: usize },
+    /// This node's record of a key being deleted: whether it holds any decides whether the
+    /// tombstone is written here yet.
+    OpDeleteRead { op: OpId, attempt: u32, replica: usize },
     /// This node's copy for a client read.
     OpRead { op: OpId, replica: usize },
     /// Serving a peer's request.
@@ -466,7 +469,9 @@ impl<A: Address> Coordinator<A> {
         Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
     }
 
-    /// Starts a delete of `key` (a tombstone write).
+    /// Starts a delete of `key`: a tombstone write, sent first as a [`KvRequest::Delete`] that
+    /// replicas holding nothing of the key answer without storing anything, so that deleting a
+    /// key that does not exist leaves no tombstone anywhere ([`ops`]).
     pub fn delete(
         &mut self,
         key: Vec<u8>,
@@ -478,7 +483,15 @@ impl<A: Address> Coordinator<A> {
         self.check_sizes(&key, None)?;
         Self::check_unsigned(&key)?;
         let record = Record::tombstone(key, self.clock.tick(wall_ms));
-        Ok(self.ops.start_write(record, consistency, &self.config, &mut self.clock, &mut self.out, ring, now))
+        Ok(self.ops.start_delete(
+            record,
+            consistency,
+            &self.config,
+            &mut self.clock,
+            &mut self.out,
+            ring,
+            now,
+        ))
     }
 
     /// Starts a write of a record its owner signed ([`crate::signed`]): a value or a tombstone of
@@ -634,7 +647,9 @@ impl<A: Address> Coordinator<A> {
     ) {
         self.out.counters.requests_in += 1;
         let written = match &request {
-            KvRequest::Store { record } | KvRequest::Accept { record } => Some(record.key_id()),
+            KvRequest::Store { record } | KvRequest::Delete { record } | KvRequest::Accept { record } => {
+                Some(record.key_id())
+            }
             _ => None,
         };
         if let Some(key_id) = written
@@ -645,7 +660,7 @@ impl<A: Address> Coordinator<A> {
             self.out.respond(from, id, KvResponse::NotReplica);
             return;
         }
-        if matches!(request, KvRequest::Store { .. } | KvRequest::Accept { .. }) {
+        if matches!(request, KvRequest::Store { .. } | KvRequest::Delete { .. } | KvRequest::Accept { .. }) {
             self.sync.on_write(&self.config, now);
         }
         let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
@@ -752,6 +767,16 @@ impl<A: Address> Coordinator<A> {
                 };
                 let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
                 self.ops.on_store_reply(op, attempt, replica, outcome, config, clock, out, now);
+            }
+            IoPurpose::OpDeleteRead { op, attempt, replica } => {
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                match result {
+                    StoreResult::Read(mut records) => match records.pop().flatten() {
+                        Some(_) => self.ops.write_here(op, attempt, replica, out, now),
+                        None => self.ops.on_not_held(op, attempt, replica, config, clock, out, now),
+                    },
+                    _ => self.ops.on_store_reply(op, attempt, replica, None, config, clock, out, now),
+                }
             }
             IoPurpose::OpRead { op, replica } => {
                 let answer = match result {

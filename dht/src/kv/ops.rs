@@ -48,13 +48,27 @@ enum Reply {
     Outdated(Option<crate::store::Version>),
     /// A read: the replica's record.
     Found(Option<Record>),
+    /// A delete sent as [`KvRequest::Delete`]: the replica holds nothing of the key and stored
+    /// nothing.
+    NotHeld,
 }
 
 #[derive(Debug)]
 enum Kind {
-    Write { record: Record, attempt: u32 },
-    Read { key: Vec<u8> },
-    Locate { key_id: Id },
+    /// A write. `if_held` while a delete is still sent as [`KvRequest::Delete`] (replicas store
+    /// the tombstone only where they hold the key); cleared for good once any replica shows the
+    /// key may exist somewhere.
+    Write {
+        record: Record,
+        attempt: u32,
+        if_held: bool,
+    },
+    Read {
+        key: Vec<u8>,
+    },
+    Locate {
+        key_id: Id,
+    },
 }
 
 #[derive(Debug)]
@@ -71,6 +85,11 @@ struct Op<A> {
     /// Lookups started for this op; a failed one is tried again at `reroute_at`.
     lookups: u32,
     reroute_at: Option<Time>,
+    /// Whether the replica set came from a lookup just made (not from a cached range or this
+    /// node's own successor list).
+    looked_up: bool,
+    /// The next routing must look the key up, whatever is cached.
+    must_look_up: bool,
     needed: usize,
     /// The caller has its answer; the op stays for stragglers and read repair.
     answered: bool,
@@ -183,6 +202,8 @@ impl<A: Address> ClientOps<A> {
             resends: Vec::new(),
             lookups: 0,
             reroute_at: None,
+            looked_up: false,
+            must_look_up: false,
             needed: 1,
             answered: false,
         };
@@ -201,8 +222,42 @@ impl<A: Address> ClientOps<A> {
         ring: &mut Node<A>,
         now: Time,
     ) -> OpId {
+        self.start(record, false, consistency, config, clock, out, ring, now)
+    }
+
+    /// Starts a delete: a tombstone write whose first requests ask replicas to store it only if
+    /// they hold the key. When every replica answers that it holds nothing, the delete is done
+    /// with nothing written (`existed: false`); as soon as one replica stored it, holds a newer
+    /// version or failed to answer, the tombstone goes as a plain write to those that held
+    /// nothing, so a quorum of replicas holds it exactly as for any write.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_delete(
+        &mut self,
+        record: Record,
+        consistency: Consistency,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> OpId {
+        self.start(record, true, consistency, config, clock, out, ring, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        record: Record,
+        if_held: bool,
+        consistency: Consistency,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        ring: &mut Node<A>,
+        now: Time,
+    ) -> OpId {
         let key_id = record.key_id();
-        let id = self.insert(Kind::Write { record, attempt: 0 }, consistency, config, now);
+        let id = self.insert(Kind::Write { record, attempt: 0, if_held }, consistency, config, now);
         self.route(id, key_id, config, clock, out, ring, now);
         id
     }
@@ -314,6 +369,7 @@ impl<A: Address> ClientOps<A> {
             return;
         };
         op.needed = op.consistency.required(replicas.len());
+        op.looked_up = lookup.is_some();
         op.replies = vec![Reply::Waiting; replicas.len()];
         op.tries = vec![1; replicas.len()];
         op.resends.clear();
@@ -326,7 +382,7 @@ impl<A: Address> ClientOps<A> {
                 out.finish(id, Ok(OpOutcome::Located(located)));
             }
             Kind::Write { .. } => {
-                let Kind::Write { record, attempt } = &mut op.kind else { unreachable!("matched") };
+                let Kind::Write { record, attempt, if_held } = &mut op.kind else { unreachable!("matched") };
                 // This node may have promised a compare-and-set a ballot above the version taken
                 // before the lookup; its own copy must not slip under that promise.
                 if let Err(promised) = out.promises.admits(&record.key, record.version, now) {
@@ -340,8 +396,8 @@ impl<A: Address> ClientOps<A> {
                     }
                     *record = record.reversioned(clock.tick(0));
                 }
-                let (record, attempt) = (record.clone(), *attempt);
-                send_write(id, &op.replicas, record, attempt, out, now);
+                let (record, attempt, if_held) = (record.clone(), *attempt, *if_held);
+                send_write(id, &op.replicas, record, attempt, if_held, out, now);
             }
             Kind::Read { key } => {
                 for (replica, node) in op.replicas.iter().enumerate() {
@@ -367,13 +423,13 @@ impl<A: Address> ClientOps<A> {
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
-        let Kind::Write { record, attempt: current } = &op.kind else {
+        let Kind::Write { record, attempt: current, .. } = &op.kind else {
             return;
         };
         if attempt != *current || replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
             return;
         }
-        let (version, signed) = (record.version, record.is_signed());
+        let version = record.version;
         if outcome.is_none() && op.schedule_resend(replica, &out.me_id(), config, now) {
             out.counters.replica_resends += 1;
             return;
@@ -393,8 +449,110 @@ impl<A: Address> ClientOps<A> {
                 Reply::Outdated(held)
             }
         };
+        self.decide_write(id, attempt, config, clock, out, now);
+    }
+
+    /// A replica of delete `id` (at `attempt`) holds nothing of the key and stored nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_not_held(
+        &mut self,
+        id: OpId,
+        attempt: u32,
+        replica: usize,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Kind::Write { attempt: current, .. } = &op.kind else {
+            return;
+        };
+        if attempt != *current || replica >= op.replies.len() || op.replies[replica] != Reply::Waiting {
+            return;
+        }
+        op.replies[replica] = Reply::NotHeld;
+        self.decide_write(id, attempt, config, clock, out, now);
+    }
+
+    /// This node is a replica of delete `id` and holds the key: write the tombstone here.
+    pub(super) fn write_here(
+        &mut self,
+        id: OpId,
+        attempt: u32,
+        replica: usize,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
+        let Some(op) = self.ops.get(&id) else {
+            return;
+        };
+        if let (Kind::Write { record, attempt: current, .. }, Some(node)) =
+            (&op.kind, op.replicas.get(replica))
+            && *current == attempt
+        {
+            send_write_to(id, replica, node, record.clone(), attempt, false, out, now);
+        }
+    }
+
+    /// What write `id` does after a reply of `attempt` came in: answer, write again under a
+    /// newer version, send a delete's tombstone to the replicas that held nothing, or fail.
+    fn decide_write(
+        &mut self,
+        id: OpId,
+        attempt: u32,
+        config: &KvConfig,
+        clock: &mut HybridClock,
+        out: &mut Outbox<A>,
+        now: Time,
+    ) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Kind::Write { record, if_held, .. } = &mut op.kind else {
+            return;
+        };
+        let (version, signed) = (record.version, record.is_signed());
+        if *if_held && op.replies.iter().any(|r| !matches!(r, Reply::Waiting | Reply::NotHeld)) {
+            // Some replica stored the tombstone, holds a newer version or did not answer: the key
+            // may exist, so the delete must reach a quorum like any write.
+            *if_held = false;
+        }
+        if !*if_held {
+            let record = record.clone();
+            for replica in 0..op.replies.len() {
+                if op.replies[replica] == Reply::NotHeld {
+                    op.replies[replica] = Reply::Waiting;
+                    send_write_to(
+                        id,
+                        replica,
+                        &op.replicas[replica],
+                        record.clone(),
+                        attempt,
+                        false,
+                        out,
+                        now,
+                    );
+                }
+            }
+        }
+        if !op.answered && !op.replies.is_empty() && op.replies.iter().all(|r| *r == Reply::NotHeld) {
+            if !op.looked_up && op.schedule_reroute(config, now) {
+                // A cached range may name a stale replica set, whose members hold nothing while
+                // the key's true replicas do: "nothing to delete" needs a set just looked up.
+                op.must_look_up = true;
+                out.counters.lookup_retries += 1;
+                return;
+            }
+            // No replica holds anything of the key: nothing to delete, nothing written.
+            self.ops.remove(&id);
+            out.finish(id, Ok(OpOutcome::Written(Written { version, existed: false, acked: 0 })));
+            return;
+        }
         let stored = op.count(|r| matches!(r, Reply::Stored { .. }));
-        let waiting = op.count(|r| *r == Reply::Waiting);
+        let waiting = op.count(|r| matches!(r, Reply::Waiting | Reply::NotHeld));
         let outdated = op.count(|r| matches!(r, Reply::Outdated(_)));
         if !op.answered && stored >= op.needed {
             op.answered = true;
@@ -422,14 +580,16 @@ impl<A: Address> ClientOps<A> {
             if outdated > 0 && attempt + 1 < config.max_write_attempts {
                 // A replica holds a newer version: pass it (the clock observed it) and write again.
                 out.counters.write_retries += 1;
-                let Kind::Write { record, attempt } = &mut op.kind else { unreachable!("matched above") };
+                let Kind::Write { record, attempt, if_held } = &mut op.kind else {
+                    unreachable!("matched above")
+                };
                 *attempt += 1;
                 *record = record.reversioned(clock.tick(0));
-                let (record, attempt) = (record.clone(), *attempt);
+                let (record, attempt, if_held) = (record.clone(), *attempt, *if_held);
                 op.replies = vec![Reply::Waiting; op.replicas.len()];
                 op.tries = vec![1; op.replicas.len()];
                 op.resends.clear();
-                send_write(id, &op.replicas, record, attempt, out, now);
+                send_write(id, &op.replicas, record, attempt, if_held, out, now);
                 return;
             }
             op.answered = true;
@@ -563,7 +723,7 @@ impl<A: Address> ClientOps<A> {
                     Kind::Read { key } => Id::hash(key),
                     Kind::Locate { key_id } => *key_id,
                 };
-                if matches!(op.kind, Kind::Locate { .. }) {
+                if matches!(op.kind, Kind::Locate { .. }) || std::mem::take(&mut op.must_look_up) {
                     self.start_lookup(id, key_id, ring, now);
                 } else {
                     self.route(id, key_id, config, clock, out, ring, now);
@@ -580,8 +740,8 @@ impl<A: Address> ClientOps<A> {
                 }
                 let node = &op.replicas[replica];
                 match &op.kind {
-                    Kind::Write { record, attempt } => {
-                        send_write_to(id, replica, node, record.clone(), *attempt, out, now)
+                    Kind::Write { record, attempt, if_held } => {
+                        send_write_to(id, replica, node, record.clone(), *attempt, *if_held, out, now)
                     }
                     Kind::Read { key } => send_read(id, replica, node, key, out, now),
                     Kind::Locate { .. } => {}
@@ -627,6 +787,7 @@ impl<A: Address> ClientOps<A> {
         *current += 1;
         op.replies.iter_mut().for_each(|reply| *reply = Reply::Failed);
         op.resends.clear();
+        op.must_look_up = true;
         out.counters.lookup_retries += 1;
         true
     }
@@ -646,30 +807,40 @@ fn send_write<A: Address>(
     replicas: &[NodeRef<A>],
     record: Record,
     attempt: u32,
+    if_held: bool,
     out: &mut Outbox<A>,
     now: Time,
 ) {
     for (replica, node) in replicas.iter().enumerate() {
-        send_write_to(id, replica, node, record.clone(), attempt, out, now);
+        send_write_to(id, replica, node, record.clone(), attempt, if_held, out, now);
     }
 }
 
+/// Sends `record` to one replica: a [`KvRequest::Store`], or with `if_held` a
+/// [`KvRequest::Delete`] (here: a read of the key first, [`IoPurpose::OpDeleteRead`]).
+#[allow(clippy::too_many_arguments)]
 fn send_write_to<A: Address>(
     id: OpId,
     replica: usize,
     node: &NodeRef<A>,
     record: Record,
     attempt: u32,
+    if_held: bool,
     out: &mut Outbox<A>,
     now: Time,
 ) {
     if node.id == out.me_id() {
-        out.store(IoPurpose::OpStore { op: id, attempt, replica }, |io| StoreOp::Persist {
-            io,
-            records: vec![record],
-        });
+        if if_held {
+            let keys = vec![record.key];
+            out.store(IoPurpose::OpDeleteRead { op: id, attempt, replica }, |io| StoreOp::Read { io, keys });
+        } else {
+            out.store(IoPurpose::OpStore { op: id, attempt, replica }, |io| StoreOp::Persist {
+                io,
+                records: vec![record],
+            });
+        }
     } else {
-        let body = KvRequest::Store { record };
+        let body = if if_held { KvRequest::Delete { record } } else { KvRequest::Store { record } };
         out.request(node.addr.clone(), body, Purpose::OpStore { op: id, attempt, replica }, now);
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::address::Address;
 use crate::message::RequestId;
-use crate::store::{BucketHash, HybridClock, KvRequest, KvResponse, MAX_BATCH, Version};
+use crate::store::{BucketHash, HybridClock, KvRequest, KvResponse, MAX_BATCH, Record, Version};
 use crate::time::Time;
 
 use super::promise::{self, NotPromised, Prepared};
@@ -21,10 +21,19 @@ use super::{IoPurpose, KvConfig, Outbox, StoreOp, StoreResult};
 #[derive(Clone, Debug)]
 pub(super) enum Served {
     Store,
+    /// A delete: the key's record was read to see whether this node holds any.
+    Delete {
+        record: Record,
+    },
     Fetch,
-    Digest { theirs: Vec<BucketHash> },
+    Digest {
+        theirs: Vec<BucketHash>,
+    },
     Entries,
-    Prepare { key: Vec<u8>, ballot: Version },
+    Prepare {
+        key: Vec<u8>,
+        ballot: Version,
+    },
 }
 
 /// Serves peers' storage requests.
@@ -51,7 +60,9 @@ impl Serving {
             return;
         }
         let claimed = match &request {
-            KvRequest::Store { record } | KvRequest::Accept { record } => Some(record.version),
+            KvRequest::Store { record } | KvRequest::Delete { record } | KvRequest::Accept { record } => {
+                Some(record.version)
+            }
             KvRequest::Prepare { ballot, .. } => Some(*ballot),
             _ => None,
         };
@@ -77,6 +88,17 @@ impl Serving {
                     io,
                     records: vec![record],
                 });
+            }
+            KvRequest::Delete { record } => {
+                clock.observe(&record.version);
+                if let Err(promised) = out.promises.admits(&record.key, record.version, now) {
+                    out.counters.promise_refusals += 1;
+                    out.respond(from, id, KvResponse::Stored { existed: false, newer: Some(promised) });
+                    return;
+                }
+                let keys = vec![record.key.clone()];
+                let served = Served::Delete { record };
+                out.store(IoPurpose::Serve { from, id, request: served }, |io| StoreOp::Read { io, keys });
             }
             KvRequest::Accept { record } => {
                 clock.observe(&record.version);
@@ -170,6 +192,18 @@ impl Serving {
                         out.defer(io, IoPurpose::Serve { from, id, request: served });
                         return;
                     }
+                }
+            }
+            (Served::Delete { record }, StoreResult::Read(mut records)) => {
+                if records.pop().flatten().is_none() {
+                    KvResponse::NotHeld
+                } else {
+                    // Held (live or deleted): store the tombstone as a plain write would.
+                    out.store(IoPurpose::Serve { from, id, request: Served::Store }, |io| StoreOp::Persist {
+                        io,
+                        records: vec![record],
+                    });
+                    return;
                 }
             }
             (Served::Fetch, StoreResult::Read(mut records)) => {

@@ -105,6 +105,10 @@ impl<A: Address> Coordinator<A> {
                 }
                 self.finish_handoff_if_done(now);
             }
+            (Purpose::OpStore { op, attempt, replica }, KvResponse::NotHeld) => {
+                let (config, clock, out) = (&self.config, &mut self.clock, &mut self.out);
+                self.ops.on_not_held(op, attempt, replica, config, clock, out, now);
+            }
             (Purpose::OpStore { op, attempt, replica }, KvResponse::NotReplica) => {
                 // The replica set came from a stale view (a cached range, an old successor
                 // list): find it again rather than count this replica as failed.

@@ -407,3 +407,73 @@ fn each_node_learns_its_predecessors_from_its_predecessor() {
         assert_eq!(known, expected, "node {index}");
     }
 }
+
+fn written(result: &Result<OpOutcome<crate::sim::SimAddr>, KvError>) -> &Written {
+    match result {
+        Ok(OpOutcome::Written(written)) => written,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+#[test]
+fn deleting_a_key_nobody_holds_writes_nothing_anywhere() {
+    let mut sim = ring(16, 11);
+    let key = b"never-written".to_vec();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    // From a replica (its own copy is read, not written) and from a node outside the set.
+    let outsider = (0..16).find(|i| !replicas.contains(i)).expect("16 nodes");
+    for coordinator in [replicas[0], outsider] {
+        let result = finish(&mut sim, |sim| sim.kv_delete(coordinator, key.clone(), Consistency::Quorum));
+        let written = written(&result);
+        assert!(!written.existed, "nothing existed");
+        assert_eq!(written.acked, 0, "nothing stored");
+    }
+    sim.run_until(sim.now() + Duration::from_secs(10));
+    assert!(sim.holders(&key_id).is_empty(), "no tombstone anywhere: {:?}", sim.holders(&key_id));
+}
+
+#[test]
+fn deleting_a_key_that_exists_leaves_a_tombstone_on_every_replica() {
+    let mut sim = ring(16, 12);
+    let key = b"k".to_vec();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    assert!(
+        finish(&mut sim, |sim| sim.kv_put(replicas[1], key.clone(), b"v".to_vec(), Consistency::All)).is_ok()
+    );
+    let result = finish(&mut sim, |sim| sim.kv_delete(replicas[0], key.clone(), Consistency::Quorum));
+    assert!(written(&result).existed);
+    for &replica in &replicas {
+        let record = sim.durable_record(replica, &key_id).expect("held");
+        assert!(record.tombstone, "replica {replica} holds the tombstone");
+    }
+}
+
+#[test]
+fn a_delete_reaches_a_quorum_when_only_one_replica_holds_the_key() {
+    let mut sim = ring(16, 13);
+    let key = b"lonely".to_vec();
+    let key_id = Id::hash(&key);
+    let replicas = sim.true_replicas(&key_id, 3);
+    let hlc = sim.kv_wall_ms(replicas[2]) << 16;
+    // A copy only the last replica holds (the others missed the write; repair has not run).
+    let version = Version { hlc, writer: sim.addr(replicas[2]).node_id() };
+    sim.plant_record(replicas[2], Record::new(key.clone(), b"v".to_vec(), version));
+    let outsider = (0..16).find(|i| !replicas.contains(i)).expect("16 nodes");
+    let result = finish(&mut sim, |sim| sim.kv_delete(outsider, key.clone(), Consistency::Quorum));
+    let written = written(&result);
+    assert!(written.existed, "one replica held a live value: {written:?}");
+    assert!(written.acked >= 2, "a quorum holds the tombstone: {written:?}");
+    let tombstones =
+        replicas.iter().filter(|&&r| sim.durable_record(r, &key_id).is_some_and(|r| r.tombstone)).count();
+    assert!(tombstones >= 2, "{tombstones} replicas hold the tombstone");
+    let read = finish(&mut sim, |sim| sim.kv_get(outsider, key.clone(), Consistency::Quorum));
+    assert!(matches!(&read, Ok(OpOutcome::Read(Some(r))) if r.tombstone), "{read:?}");
+}
+
+#[test]
+fn a_delete_request_must_carry_a_tombstone() {
+    let record = Record::new(b"k".to_vec(), b"v".to_vec(), Version { hlc: 1 << 16, writer: Id::hash(b"w") });
+    assert_eq!(KvRequest::Delete { record }.validate(1024), Err(crate::store::InvalidKv::NotATombstone));
+}

@@ -64,7 +64,8 @@ impl EventLoop {
         let Event::Message { peer, message: Message::Request { request, .. }, .. } = &event else {
             return Some(event);
         };
-        let writes = matches!(request, KvRequest::Store { .. } | KvRequest::Accept { .. });
+        let writes =
+            matches!(request, KvRequest::Store { .. } | KvRequest::Delete { .. } | KvRequest::Accept { .. });
         let Some(reason) = self.refusal(*peer, Protocol::Kv, writes) else {
             return Some(event);
         };
