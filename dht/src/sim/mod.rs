@@ -36,6 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use agenda::Agenda;
+pub use byzantine::LiarCounters;
 pub use invariants::{InvariantReport, check as check_invariants};
 pub use network::NetworkModel;
 
