@@ -32,10 +32,13 @@
 //!   saw a write that precedes W (or the initial absence). A write concurrent with W may be seen,
 //!   either order is allowed for concurrent writes; so may a write never acknowledged (it may take
 //!   effect at any time after it started). A read that returns a tombstone of an unacknowledged
-//!   delete cannot be named and is not counted.
+//!   delete cannot be named and is not counted. Whatever it names, a read that returned a record
+//!   whose version is older than one acknowledged before it began is stale too (a write that
+//!   failed may take effect late, but under its own version, which loses to every newer one).
 //! - `acked_writes_lost`: acknowledged writes W for which the final read saw a write that precedes
-//!   W, although a live node durably holds W's version or a newer one. (When every node that
-//!   persisted W crashed, W is beyond what the design promises: counted in `acked_writes_beyond`.)
+//!   W, or returned a record older than W's version, although a live node durably holds W's
+//!   version or a newer one. (When every node that persisted W crashed, W is beyond what the
+//!   design promises: counted in `acked_writes_beyond`.)
 //! - `unavailable_pct`: client operations that failed (no quorum, no route, contention).
 //! - `repair_s`: from the last disruption (the crash, or the heal) until every key written is
 //!   *repaired*: each of its n true replicas (the first n live members from its id) durably holds
@@ -45,7 +48,8 @@
 //! With liars, a key's replica set *contains a liar* when a Byzantine node is among its n true
 //! replicas when the operations begin or at the final read; the `*_liar_set` counters are the part
 //! of each figure that falls on such keys, the rest fell on keys whose replica set is honest.
-//! `foreign_reads` counts reads (final ones included) that returned a record of another key, and
+//! `foreign_reads` counts reads (final ones included) that returned a record of another key (by
+//! its name, or by a value never written to the asked key), and
 //! `rejected_invalid` the answers (and requests) honest coordinators refused as invalid: records of
 //! another key than asked, bad checksums. A liar's durable copy never counts as holding a write,
 //! nor as a replica that must be repaired.
@@ -217,8 +221,8 @@ struct KeyHistory {
     writes: Vec<WriteRecord>,
     /// Value → write index.
     by_value: BTreeMap<Vec<u8>, usize>,
-    /// Reads: (start, what they saw).
-    reads: Vec<(Time, Seen)>,
+    /// Reads: (start, what they saw, the version of the record returned).
+    reads: Vec<(Time, Seen, Option<Version>)>,
     last_activity: Time,
 }
 
@@ -235,10 +239,24 @@ impl KeyHistory {
         }
     }
 
+    /// Whether a read of `key` returned a record of another key: another key's name, or a value
+    /// never written to this key (every value is written once, to one key).
+    fn is_foreign(&self, key: u64, record: Option<&Record>) -> bool {
+        record
+            .is_some_and(|r| r.key != key_name(key) || !r.tombstone && !self.by_value.contains_key(&r.value))
+    }
+
     /// The latest start of a write acknowledged before `t`: anything that precedes that write is
     /// stale from `t` on.
     fn must_not_precede(&self, t: Time) -> Option<Time> {
         self.writes.iter().filter(|w| w.acked.is_some_and(|(at, _)| at < t)).map(|w| w.start).max()
+    }
+
+    /// The newest version acknowledged before `t`: a read that began at `t` and returned an older
+    /// record is stale, whatever write it names (a write never acknowledged may take effect late,
+    /// but never under a version below one acknowledged before it: the newest version wins).
+    fn newest_acked_before(&self, t: Time) -> Option<Version> {
+        self.writes.iter().filter_map(|w| w.acked.filter(|(at, _)| *at < t).map(|(_, v)| v)).max()
     }
 
     /// Whether `seen` precedes a write that started at `bound`.
@@ -431,7 +449,7 @@ pub fn run(params: &KvParams) -> KvReport {
         failures.liar_keys.extend(now_with_liars);
     }
     let keys: Vec<u64> = history.keys().copied().collect();
-    let mut final_seen: BTreeMap<u64, Seen> = BTreeMap::new();
+    let mut final_seen: BTreeMap<u64, (Seen, Option<Version>)> = BTreeMap::new();
     for key in keys {
         let Some(node) = sim.random_honest_member() else { break };
         if let Ok(op) = sim.kv_get(node, key_name(key), Consistency::Quorum) {
@@ -444,8 +462,9 @@ pub fn run(params: &KvParams) -> KvReport {
         for done in sim.take_kv_results() {
             if let Some(Pending::Final { key }) = pending.remove(&(done.node, done.op)) {
                 if let Ok(OpOutcome::Read(record)) = &done.result {
-                    report.foreign_reads += u64::from(is_foreign(key, record.as_ref()));
-                    final_seen.insert(key, history[&key].saw(record.as_ref()));
+                    report.foreign_reads += u64::from(history[&key].is_foreign(key, record.as_ref()));
+                    let version = record.as_ref().map(|r| r.version);
+                    final_seen.insert(key, (history[&key].saw(record.as_ref()), version));
                 } else {
                     report.final_reads_failed += 1;
                 }
@@ -458,17 +477,17 @@ pub fn run(params: &KvParams) -> KvReport {
     // Judge the history.
     for (key, h) in &history {
         let liar_set = failures.liar_keys.contains(key);
-        for &(start, seen) in &h.reads {
-            if let Some(bound) = h.must_not_precede(start)
-                && h.precedes(seen, bound)
-            {
+        for &(start, seen, version) in &h.reads {
+            let preceding = h.must_not_precede(start).is_some_and(|bound| h.precedes(seen, bound));
+            let older = version.is_some_and(|v| h.newest_acked_before(start).is_some_and(|acked| v < acked));
+            if preceding || older {
                 report.stale_reads += 1;
                 report.stale_reads_liar_set += u64::from(liar_set);
             }
         }
         let acked = h.writes.iter().filter(|w| w.acked.is_some()).count() as u64;
         report.acked_writes_liar_set += if liar_set { acked } else { 0 };
-        let Some(&seen) = final_seen.get(key) else {
+        let Some(&(seen, final_version)) = final_seen.get(key) else {
             report.acked_writes_unjudged += acked;
             report.acked_writes_unjudged_liar_set += if liar_set { acked } else { 0 };
             continue;
@@ -478,7 +497,7 @@ pub fn run(params: &KvParams) -> KvReport {
             let Some((_, version)) = w.acked else {
                 continue;
             };
-            if !h.precedes(seen, w.start) {
+            if !h.precedes(seen, w.start) && final_version.is_none_or(|v| v >= version) {
                 continue;
             }
             let held_live = sim.holders(&key_id).into_iter().any(|node| {
@@ -522,11 +541,6 @@ fn key_name(key: u64) -> Vec<u8> {
     format!("key-{key}").into_bytes()
 }
 
-/// Whether a read of `key` returned a record of another key.
-fn is_foreign(key: u64, record: Option<&Record>) -> bool {
-    record.is_some_and(|r| r.key != key_name(key))
-}
-
 /// The keys among the first `keys` with a Byzantine node among their `n` true replicas now.
 fn keys_with_liars(sim: &Simulation, keys: u64, n: usize) -> BTreeSet<u64> {
     (0..keys)
@@ -558,10 +572,10 @@ fn collect(
             }
             (Pending::Read { key, start }, Ok(OpOutcome::Read(record))) => {
                 report.reads += 1;
-                report.foreign_reads += u64::from(is_foreign(key, record.as_ref()));
                 let h = history.get_mut(&key).expect("a read's key has a history");
+                report.foreign_reads += u64::from(h.is_foreign(key, record.as_ref()));
                 let seen = h.saw(record.as_ref());
-                h.reads.push((start, seen));
+                h.reads.push((start, seen, record.as_ref().map(|r| r.version)));
             }
             (Pending::Final { key }, other) => {
                 // A final read answered early (cannot happen before the final phase).
