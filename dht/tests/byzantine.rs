@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use dht::sim::kv::{self, KvParams, KvReport};
 use dht::sim::scenario::{self, Kind, Params, Report};
 use dht::sim::{NetworkModel, Simulation};
 use dht::{Config, Id, Time};
@@ -97,4 +98,40 @@ fn no_honest_node_routes_keys_by_a_range_a_liar_claimed() {
     eprintln!("{checked} replica sets checked, {refuted} claims refuted");
     assert!(refuted > 0, "no liar was ever asked");
     assert!(checked > 0);
+}
+
+fn run_store(nodes: usize, seed: u64, fraction: f64) -> KvReport {
+    let mut params = KvParams::new(nodes, 5_000, seed);
+    params.rate = 500.0;
+    params.keys = 200;
+    params.byzantine_fraction = fraction;
+    params.config = params.config.with_check_ownership_claims(true);
+    let report = kv::run(&params);
+    eprintln!("{}", serde_json::to_string(&report).expect("serializable"));
+    report
+}
+
+#[test]
+fn liars_in_the_store_lose_no_write_acknowledged_by_an_honest_replica_set() {
+    let report = run_store(150, 4, 0.1);
+    assert_eq!(report.byzantine, 15);
+    // The liars were sent writes and reads, dropped them, and answered reads with stale, foreign
+    // and relabelled records…
+    let liars = &report.liars;
+    assert!(liars.dropped_writes > 100 && liars.dropped_reads > 0, "{liars:?}");
+    assert!(liars.served_stale > 0 && liars.served_foreign > 0 && liars.served_relabelled > 0, "{liars:?}");
+    // …which honest coordinators refused (a record of another key, a bad checksum)…
+    assert!(report.rejected_invalid > 0, "{report:?}");
+    assert_eq!(report.foreign_reads, 0, "{report:?}");
+    // …while writes went on, those to replica sets with a liar included.
+    assert!(report.acked_writes > 2_000 && report.acked_writes_liar_set > 100, "{report:?}");
+    assert!(report.reads > 2_000, "{report:?}");
+    // Keys whose replica set is honest: nothing lost, nothing stale, always available.
+    assert_eq!(report.acked_writes_lost - report.acked_writes_lost_liar_set, 0, "{report:?}");
+    assert_eq!(report.acked_writes_unjudged - report.acked_writes_unjudged_liar_set, 0, "{report:?}");
+    assert_eq!(report.stale_reads - report.stale_reads_liar_set, 0, "{report:?}");
+    assert_eq!(report.unavailable_honest_set_pct, 0.0, "{report:?}");
+    // Keys with a liar among their replicas are not always available: a liar that owns a key
+    // offers other liars as its replica set (the lookup cannot tell).
+    assert!(report.unavailable_liar_set_pct > 0.0, "{report:?}");
 }
