@@ -131,7 +131,10 @@ fn liars_in_the_store_lose_no_write_acknowledged_by_an_honest_replica_set() {
     assert_eq!(report.acked_writes_unjudged - report.acked_writes_unjudged_liar_set, 0, "{report:?}");
     assert_eq!(report.stale_reads - report.stale_reads_liar_set, 0, "{report:?}");
     assert_eq!(report.unavailable_honest_set_pct, 0.0, "{report:?}");
-    // Keys with a liar among their replicas are not always available: a liar that owns a key
-    // offers other liars as its replica set (the lookup cannot tell).
+    // Keys with a liar among their replicas are where the liars do harm, and the checker sees it:
+    // a liar that owns a key offers other liars as its replica set (the lookup takes the owner's
+    // successor list as it is), so operations fail there, and reads through that set return the
+    // oldest version the liars were sent.
     assert!(report.unavailable_liar_set_pct > 0.0, "{report:?}");
+    assert!(report.stale_reads_liar_set > 0, "{report:?}");
 }
