@@ -49,10 +49,10 @@
 //! replicas when the operations begin or at the final read; the `*_liar_set` counters are the part
 //! of each figure that falls on such keys, the rest fell on keys whose replica set is honest.
 //! `foreign_reads` counts reads (final ones included) that returned a record of another key (by
-//! its name, or by a value never written to the asked key), and
-//! `rejected_invalid` the answers (and requests) honest coordinators refused as invalid: records of
-//! another key than asked, bad checksums. A liar's durable copy never counts as holding a write,
-//! nor as a replica that must be repaired.
+//! its name, or by a value never written to the asked key), and `rejected_invalid` the answers
+//! (and requests) honest coordinators refused as invalid: records of another key than asked, bad
+//! checksums. A liar's durable copy never counts as holding a write, nor as a replica that must
+//! be repaired.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -152,7 +152,7 @@ pub struct KvReport {
     pub stale_reads: u64,
     /// Reads answered.
     pub reads: u64,
-    /// Reads (final ones included) that returned a record of another key than asked.
+    /// Reads (final ones included) that returned a record of another key than asked (module docs).
     pub foreign_reads: u64,
     /// Percentage of client operations that failed.
     pub unavailable_pct: f64,
@@ -287,28 +287,28 @@ impl Pending {
     }
 }
 
-/// Client operations started and failed, on keys whose replica set is honest and on the others.
+/// Client operations started and failed, by key, to be split at the end by whether the key's
+/// replica set contains a liar.
 #[derive(Debug, Default)]
 struct Failures {
-    /// Keys whose replica set contains a liar (module docs).
-    liar_keys: BTreeSet<u64>,
-    ops_liar_set: u64,
+    /// Key → (operations started, operations failed).
+    by_key: BTreeMap<u64, (u64, u64)>,
     failed: u64,
-    failed_liar_set: u64,
 }
 
 impl Failures {
     fn started(&mut self, key: u64) {
-        if self.liar_keys.contains(&key) {
-            self.ops_liar_set += 1;
-        }
+        self.by_key.entry(key).or_default().0 += 1;
     }
 
     fn failed(&mut self, key: u64) {
         self.failed += 1;
-        if self.liar_keys.contains(&key) {
-            self.failed_liar_set += 1;
-        }
+        self.by_key.entry(key).or_default().1 += 1;
+    }
+
+    /// (operations started, operations failed) on the keys in `keys`.
+    fn on(&self, keys: &BTreeSet<u64>) -> (u64, u64) {
+        keys.iter().filter_map(|key| self.by_key.get(key)).fold((0, 0), |(s, f), (ks, kf)| (s + ks, f + kf))
     }
 }
 
@@ -328,9 +328,8 @@ pub fn run(params: &KvParams) -> KvReport {
     let mut pending: BTreeMap<(usize, OpId), Pending> = BTreeMap::new();
     let mut report = KvReport { nodes: params.nodes, seed: params.seed, byzantine, ..KvReport::default() };
     let mut failures = Failures::default();
-    if byzantine > 0 {
-        failures.liar_keys = keys_with_liars(&sim, params.keys, params.kv.replicas);
-    }
+    let mut liar_keys =
+        if byzantine > 0 { keys_with_liars(&sim, params.keys, params.kv.replicas) } else { BTreeSet::new() };
     let mut next_value = 0u64;
 
     let start = sim.now();
@@ -445,8 +444,7 @@ pub fn run(params: &KvParams) -> KvReport {
 
     // The final read of every key.
     if byzantine > 0 {
-        let now_with_liars = keys_with_liars(&sim, params.keys, params.kv.replicas);
-        failures.liar_keys.extend(now_with_liars);
+        liar_keys.extend(keys_with_liars(&sim, params.keys, params.kv.replicas));
     }
     let keys: Vec<u64> = history.keys().copied().collect();
     let mut final_seen: BTreeMap<u64, (Seen, Option<Version>)> = BTreeMap::new();
@@ -476,7 +474,7 @@ pub fn run(params: &KvParams) -> KvReport {
 
     // Judge the history.
     for (key, h) in &history {
-        let liar_set = failures.liar_keys.contains(key);
+        let liar_set = liar_keys.contains(key);
         for &(start, seen, version) in &h.reads {
             let preceding = h.must_not_precede(start).is_some_and(|bound| h.precedes(seen, bound));
             let older = version.is_some_and(|v| h.newest_acked_before(start).is_some_and(|acked| v < acked));
@@ -515,11 +513,10 @@ pub fn run(params: &KvParams) -> KvReport {
     }
     report.ops = issued;
     report.unavailable_pct = round3(100.0 * failures.failed as f64 / issued.max(1) as f64);
-    let honest_ops = issued.saturating_sub(failures.ops_liar_set);
-    let honest_failed = failures.failed - failures.failed_liar_set;
+    let (liar_ops, liar_failed) = failures.on(&liar_keys);
+    let (honest_ops, honest_failed) = (issued - liar_ops, failures.failed - liar_failed);
     report.unavailable_honest_set_pct = round3(100.0 * honest_failed as f64 / honest_ops.max(1) as f64);
-    report.unavailable_liar_set_pct =
-        round3(100.0 * failures.failed_liar_set as f64 / failures.ops_liar_set.max(1) as f64);
+    report.unavailable_liar_set_pct = round3(100.0 * liar_failed as f64 / liar_ops.max(1) as f64);
     report.liars = sim.liar_counters().clone();
     report.msgs_per_op = round3(sim.kv_messages() as f64 / issued.max(1) as f64);
     for index in 0..sim.node_count() {
