@@ -209,6 +209,13 @@ impl<A: Clone + Eq> Lookup<A> {
         start
     }
 
+    /// Whether this lookup is routed through others' tables toward this node's own id (join,
+    /// rejoin, successor check): it must not answer with this node, which therefore witnesses
+    /// nothing against the claims it meets.
+    pub(crate) fn is_routed(&self) -> bool {
+        self.exclude.is_some()
+    }
+
     fn usable(&self, addr: &A) -> bool {
         self.exclude.as_ref() != Some(addr) && !self.done_with.contains(addr)
     }

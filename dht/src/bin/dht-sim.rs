@@ -5,7 +5,8 @@
 //! `dht::sim::scenario`) and `multicast`
 //! (multicast trees, see `dht::sim::multicast`), e.g.
 //! `dht-sim --scenario multicast --nodes 1000 --groups 10 --members 50 --messages 1000 --fail-fraction 0.05 --json`,
-//! `kv` (the store, see `dht::sim::kv`) and `partition` (a ring cut into parts that must merge
+//! `kv` (the store, see `dht::sim::kv`; with Byzantine nodes e.g.
+//! `dht-sim --scenario kv --nodes 1000 --byzantine 0.1 --json`) and `partition` (a ring cut into parts that must merge
 //! back after the heal, see `dht::sim::partition`), e.g.
 //! `dht-sim --scenario partition --nodes 1000 --parts 3 --split-s 60 --json`, and `counter`
 //! (clients incrementing one key with compare-and-set, see `dht::sim::counter`), e.g.
@@ -83,13 +84,14 @@ struct Args {
     /// `churn`: fraction of N that crashes (and as many fresh nodes join) per simulated minute.
     #[arg(long, default_value_t = 0.1)]
     churn: f64,
-    /// `stable`, `fail`, `churn`, `byzantine`: fraction of the nodes (drawn by the seed, never the
-    /// bootstrap) that lie in every lookup step they answer from the measured phase on
+    /// `stable`, `fail`, `churn`, `byzantine`, `kv`: fraction of the nodes (drawn by the seed,
+    /// never the bootstrap) that lie in every lookup step they answer from the measured phase on;
+    /// in `kv` they also drop storage requests and answer reads with stale or foreign records
     /// [default: 0.1 for `byzantine`, else 0].
     #[arg(long)]
     byzantine: Option<f64>,
     /// Whether lookups refuse inconsistent ownership claims (`Config::check_ownership_claims`)
-    /// [default: true for `byzantine`, else false].
+    /// [default: true for `byzantine` and for `kv` with `--byzantine` above 0, else false].
     #[arg(long)]
     check_claims: Option<bool>,
     /// Successor-list length r.
@@ -341,15 +343,27 @@ fn run_kv(args: &Args) -> ExitCode {
     if args.keep_strays {
         params.kv.stray_interval = None;
     }
+    let byzantine = args.byzantine.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&byzantine) {
+        eprintln!("dht-sim: --byzantine must lie in [0, 1)");
+        return ExitCode::FAILURE;
+    }
+    params.byzantine_fraction = byzantine;
+    // Liars are only worth simulating against lookups that can refuse their claims.
+    let check_claims = args.check_claims.unwrap_or(byzantine > 0.0);
+    params.config = params.config.with_check_ownership_claims(check_claims);
     eprintln!(
-        "dht-sim: scenario kv, {} nodes, seed {}, {} ops, crash {}, partition {}, loss {}, skew ±{} ms",
+        "dht-sim: scenario kv, {} nodes, seed {}, {} ops, crash {}, partition {}, loss {}, skew ±{} ms, \
+         byzantine {}, check claims {}",
         params.nodes,
         params.seed,
         params.ops,
         params.crash_fraction,
         params.partition,
         args.loss,
-        params.clock_skew_ms
+        params.clock_skew_ms,
+        byzantine,
+        check_claims
     );
     let report = kv_scenario::run(&params);
     if args.json {
@@ -372,6 +386,30 @@ fn run_kv(args: &Args) -> ExitCode {
             report.write_retries,
             report.wall_s
         );
+        if report.byzantine > 0 {
+            let liars = &report.liars;
+            println!(
+                "  {} Byzantine: {} of the acknowledged writes on replica sets with a liar, {} of them lost, \
+                 {} unjudged; {} stale reads there; {} foreign reads; unavailable {:.3}% on honest sets, \
+                 {:.3}% on sets with a liar; liars dropped {} writes, {} reads, {} other, served {} stale, \
+                 {} foreign, {} relabelled; {} answers refused as invalid",
+                report.byzantine,
+                report.acked_writes_liar_set,
+                report.acked_writes_lost_liar_set,
+                report.acked_writes_unjudged_liar_set,
+                report.stale_reads_liar_set,
+                report.foreign_reads,
+                report.unavailable_honest_set_pct,
+                report.unavailable_liar_set_pct,
+                liars.dropped_writes,
+                liars.dropped_reads,
+                liars.dropped_other,
+                liars.served_stale,
+                liars.served_foreign,
+                liars.served_relabelled,
+                report.rejected_invalid
+            );
+        }
     }
     ExitCode::SUCCESS
 }

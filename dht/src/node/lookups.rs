@@ -6,7 +6,9 @@
 //! - every lookup is in `lookups` with its overall deadline in `lookup_deadlines`, and both go
 //!   when it finishes; at most one step is in flight per lookup, and finishing a lookup drops that
 //!   step's request, so that its reply counts as late;
-//! - a routed lookup (join, rejoin, successor check) never answers with this node;
+//! - a routed lookup (join, rejoin, successor check) never answers with this node, and caches no
+//!   range: only lookups started from this node's own tables, which it witnesses, feed the range
+//!   cache;
 //! - a step that comes back to this node is answered locally, without a message, and is not
 //!   counted as a hop.
 
@@ -138,13 +140,18 @@ impl<A: Address> Node<A> {
             }
         }
         match &result {
-            Ok((owner, successors, Some(predecessor))) => {
+            Ok((owner, successors, Some(predecessor))) if !lookup.is_routed() => {
                 self.counters.lookups_succeeded += 1;
                 self.counters.lookup_hops += u64::from(lookup.hops);
                 // Cache no more than was verified, whatever the owner claimed.
                 let start = lookup.verified_start(&owner.id, &predecessor.id);
                 self.remember_range(&start, owner, successors, now);
             }
+            // A routed lookup asks about this node's own id, and this node cannot witness against
+            // claims to own that: a liar among the nodes it asks could claim most of the ring, with
+            // other liars as its successors, and pass every check. Such an answer only serves this
+            // node's own place in the ring (which maintenance goes on checking), never as a range
+            // that keys elsewhere are routed by.
             Ok(_) => {
                 self.counters.lookups_succeeded += 1;
                 self.counters.lookup_hops += u64::from(lookup.hops);

@@ -8,6 +8,9 @@
 //! [`StoreModel::read`] and see what is durable then. Completion times are fixed, not drawn, so
 //! enabling the store changes no random draw of the ring or the network.
 //!
+//! Storage requests addressed to a Byzantine node never reach its coordinator: the harness answers
+//! them with its lies ([`super::byzantine`]).
+//!
 //! Also owns the global index of which live or dead node durably holds which key (for the
 //! scenario's checks), and the partition: while [`Simulation::partition`] is in force, every
 //! message between two different parts is lost on delivery.
@@ -16,14 +19,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::time::Duration;
 
+use super::byzantine::LiarCounters;
 use super::{SimAddr, Simulation, What};
 use crate::id::Id;
 use crate::kv::{
     Coordinator, Expect, IoId, KvConfig, KvError, KvEvent, KvMessage, OpId, OpOutcome, PersistOutcome,
     StoreOp, StoreResult,
 };
+use crate::message::RequestId;
 use crate::node::Node;
-use crate::store::{Consistency, Record, bucket_of, digest};
+use crate::store::{Consistency, KvRequest, Record, bucket_of, digest};
 use crate::time::Time;
 
 /// How long simulated store operations take.
@@ -289,6 +294,12 @@ impl Simulation {
         if !self.nodes[index].alive || self.is_cut(from.index(), index) {
             return;
         }
+        if self.nodes[index].byzantine
+            && let KvMessage::Request { id, body } = message
+        {
+            self.answer_as_liar(index, from, id, body);
+            return;
+        }
         let (now, wall_ms) = (self.now, self.wall_ms(index));
         let SimNode { node, kv, .. } = &mut self.nodes[index];
         let Some(kv) = kv.as_mut() else {
@@ -303,6 +314,27 @@ impl Simulation {
             }
         }
         self.flush(index);
+    }
+
+    /// The liar `index` was sent a storage request: the harness answers it (or drops it) instead
+    /// of the liar's coordinator ([`super::byzantine`]).
+    fn answer_as_liar(&mut self, index: usize, from: SimAddr, id: RequestId, request: KvRequest) {
+        let me = self.nodes[index].node.me().addr;
+        let Some(body) = self.liars.answer_kv(me, request, &mut self.rng) else {
+            return;
+        };
+        if let Some(world) = self.kv.as_mut() {
+            world.messages += 1;
+        }
+        if let Some(delay) = self.network.sample(&mut self.rng) {
+            let message = KvMessage::Response { id, body };
+            self.push(self.now + delay, What::DeliverKv { to: from.index() as u32, from: me, message });
+        }
+    }
+
+    /// What the liars did to storage requests so far.
+    pub fn liar_counters(&self) -> &LiarCounters {
+        self.liars.counters()
     }
 
     pub(super) fn flush_kv(&mut self, index: usize) {

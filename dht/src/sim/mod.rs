@@ -36,6 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use agenda::Agenda;
+pub use byzantine::LiarCounters;
 pub use invariants::{InvariantReport, check as check_invariants};
 pub use network::NetworkModel;
 
@@ -334,7 +335,8 @@ impl Simulation {
     }
 
     /// Makes node `index` Byzantine from now on: the simulator rewrites every lookup step it
-    /// answers into a claim that it owns the target, with other liars as its successor list (see
+    /// answers into a claim that it owns the target, with other liars as its successor list, and
+    /// answers the storage requests sent to it with drops and stale or foreign records (see
     /// [`byzantine`]). User lookups scheduled with [`Simulation::schedule_lookup`] then start only
     /// at honest members.
     pub fn make_byzantine(&mut self, index: usize) {

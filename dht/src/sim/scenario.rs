@@ -179,7 +179,7 @@ pub fn run(params: &Params) -> Report {
     }
     let fingers_settle_sim_s = (sim.now() - settle_start).as_secs_f64();
 
-    let byzantine = make_liars(&mut sim, params);
+    let byzantine = make_liars(&mut sim, params.nodes, params.byzantine_fraction);
 
     // Measured phase.
     let phase_start = sim.now();
@@ -359,10 +359,10 @@ pub(crate) fn grow_ring(sim: &mut Simulation, params: &Params) -> Option<Time> {
     }
 }
 
-/// Turns a fraction `params.byzantine_fraction` of the members Byzantine, drawn by the seed and
-/// never node 0; returns how many. Draws nothing when the fraction is zero.
-fn make_liars(sim: &mut Simulation, params: &Params) -> usize {
-    let wanted = (params.nodes as f64 * params.byzantine_fraction).round() as usize;
+/// Turns a fraction `fraction` of `nodes` Byzantine, members drawn by the seed and never node 0;
+/// returns how many. Draws nothing when the fraction is zero.
+pub(crate) fn make_liars(sim: &mut Simulation, nodes: usize, fraction: f64) -> usize {
+    let wanted = (nodes as f64 * fraction).round() as usize;
     let wanted = wanted.min(sim.member_count().saturating_sub(1));
     let mut made = 0;
     while made < wanted {
