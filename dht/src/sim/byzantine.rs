@@ -159,7 +159,7 @@ impl Liars {
     ) -> Option<KvResponse> {
         let memory = self.memories.entry(me).or_default();
         let key = match request {
-            KvRequest::Store { record } | KvRequest::Accept { record } => {
+            KvRequest::Store { record } | KvRequest::Delete { record } | KvRequest::Accept { record } => {
                 memory.remember(&record);
                 self.counters.dropped_writes += 1;
                 return None;

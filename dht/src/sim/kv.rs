@@ -140,6 +140,9 @@ pub struct KvReport {
     pub seed: u64,
     /// Client operations started.
     pub ops: u64,
+    /// Deletes that found no replica holding their key and wrote nothing (counted among the reads,
+    /// as a read of "not found", not among the writes).
+    pub noop_deletes: u64,
     /// Writes (puts and deletes) acknowledged.
     pub acked_writes: u64,
     /// Acknowledged writes lost although a live node holds them (module docs).
@@ -201,6 +204,9 @@ pub struct KvReport {
 struct WriteRecord {
     start: Time,
     delete: bool,
+    /// A delete that found no replica holding the key and wrote nothing: it took no effect, and
+    /// counts as a read that saw the key absent.
+    noop: bool,
     /// When it was acknowledged, and under which version.
     acked: Option<(Time, Version)>,
 }
@@ -265,7 +271,7 @@ impl KeyHistory {
             // Absent through a delete that does not precede the bound is fine; the initial absence
             // precedes every write.
             Seen::Absent => {
-                !self.writes.iter().any(|w| w.delete && w.acked.is_none_or(|(at, _)| at >= bound))
+                !self.writes.iter().any(|w| w.delete && !w.noop && w.acked.is_none_or(|(at, _)| at >= bound))
             }
             Seen::Write(w) => self.writes[w].acked.is_some_and(|(at, _)| at < bound),
             Seen::Unknown => false,
@@ -397,7 +403,7 @@ pub fn run(params: &KvParams) -> KvReport {
                     sim.kv_put(node, key_bytes, value, Consistency::Quorum)
                 };
                 let write = entry.writes.len();
-                entry.writes.push(WriteRecord { start: now, delete, acked: None });
+                entry.writes.push(WriteRecord { start: now, delete, noop: false, acked: None });
                 result.map(|op| (op, Pending::Write { key, write }))
             };
             match started {
@@ -561,6 +567,19 @@ fn collect(
         };
         let key = what.key();
         match (what, result) {
+            (Pending::Write { key, write }, Ok(OpOutcome::Written(written)))
+                if written.acked == 0 && !written.existed =>
+            {
+                // A delete of a key no replica held: nothing written; judged as a read of
+                // "not found" that began when the delete did.
+                report.reads += 1;
+                report.noop_deletes += 1;
+                let h = history.get_mut(&key).expect("a write's key has a history");
+                h.last_activity = at;
+                h.writes[write].noop = true;
+                let start = h.writes[write].start;
+                h.reads.push((start, Seen::Absent, None));
+            }
             (Pending::Write { key, write }, Ok(OpOutcome::Written(written))) => {
                 report.acked_writes += 1;
                 let h = history.get_mut(&key).expect("a write's key has a history");
